@@ -1,0 +1,3 @@
+from brewer_cli.cli import main
+
+main()

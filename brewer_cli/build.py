@@ -1,0 +1,224 @@
+"""Recipe → Run: the only place that reads specs and turns them into models, data and a distiller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from brewer_cli.errors import ModelError, RecipeError
+from brewer_cli.models import (
+    LoadedModel,
+    build_tokenizer,
+    load_checkpoint,
+    model_from_config,
+    parameter_count,
+)
+from brewer_cli.paths import resolve_path
+from brewer_cli.recipe import ModelSpec, Recipe, validate_recipe
+from brewer_cli.registry import Registry
+from brewer_cli.tasks import TASKS, PreparedData, Task
+from brewer_cli.tasks.data import column, read_source
+
+
+@dataclass
+class Run:
+    recipe: Recipe
+    run_dir: Path
+    task: Task
+    data: PreparedData
+    collate: Callable
+    student: LoadedModel  # for kind `trainer`: the model being trained
+    teachers: list[LoadedModel]
+    distiller_class: type
+
+    @property
+    def teacher(self) -> LoadedModel | None:
+        return self.teachers[0] if self.teachers else None
+
+
+def lookup(registry: Registry, name: str, recipe: Recipe, field: str) -> Any:
+    if name not in registry:
+        raise RecipeError(f"{recipe.path}: {field}: {registry.unknown_message(name)}")
+    return registry.get(name)
+
+
+def check_names(recipe: Recipe) -> None:
+    """Registry names in the recipe, all checked before any weight is read."""
+    from brewer_cli.losses import KD_LOSSES
+    from brewer_cli.schedulers import TEMPERATURE_SCHEDULES, WEIGHT_SCHEDULES
+
+    problems: list[str] = []
+
+    def check(registry: Registry, name: str, field: str) -> None:
+        if name not in registry:
+            problems.append(f"{recipe.path}: {field}: {registry.unknown_message(name)}")
+
+    check(TASKS, recipe.task.kind, "task.kind")
+    distillation = recipe.distillation
+    if distillation.kind != "trainer":
+        check(KD_LOSSES, distillation.kd_loss, "distillation.kd_loss")
+        check(TEMPERATURE_SCHEDULES, distillation.temperature_schedule.kind, "distillation.temperature_schedule.kind")
+        check(WEIGHT_SCHEDULES, distillation.kd_weight_schedule, "distillation.kd_weight_schedule")
+        check(WEIGHT_SCHEDULES, distillation.hard_label_weight_schedule, "distillation.hard_label_weight_schedule")
+    if problems:
+        raise RecipeError(problems)
+
+
+def teacher_training_recipe(recipe: Recipe) -> Recipe:
+    """The `trainer` recipe that `teacher.train` describes; its run directory is the parent of
+    `teacher.checkpoint` (…/<run name>/final)."""
+    teacher = recipe.teacher
+    run_dir = Path(teacher.checkpoint).parent
+    raw = {
+        "name": run_dir.name,
+        "task": recipe.task.model_dump(exclude_none=True),
+        "data": recipe.data.model_dump(exclude_none=True),
+        "model": teacher.train.model.model_dump(by_alias=True, exclude_none=True),
+        "training": teacher.train.training.model_dump(),
+        "distillation": {"kind": "trainer"},
+    }
+    return validate_recipe(raw, recipe.path)
+
+
+def teacher_run_parent(recipe: Recipe) -> Path:
+    return resolve_path(recipe.teacher.checkpoint, recipe).parent.parent
+
+
+def teacher_missing(recipe: Recipe) -> bool:
+    from brewer_cli.paths import looks_like_hub_id
+
+    value = recipe.teacher.checkpoint
+    if value is None:
+        return False
+    return not resolve_path(value, recipe).exists() and (recipe.teacher.train is not None or not looks_like_hub_id(value))
+
+
+def build_run(recipe: Recipe, output_dir: str | Path, teacher_override: LoadedModel | None = None) -> Run:
+    from brewer_cli.distillers import DISTILLERS
+
+    check_names(recipe)
+    task: Task = TASKS.get(recipe.task.kind)(recipe.task)
+    distiller_class = DISTILLERS.get(recipe.distillation.kind)
+    run_dir = Path(output_dir) / recipe.name
+
+    teachers: list[LoadedModel] = []
+    label_names = list(recipe.task.labels) if recipe.task.labels else None
+    if recipe.distillation.kind == "trainer":
+        model_spec, field = recipe.model, "model"
+        tokenizer = _trainer_tokenizer(recipe, model_spec)
+        data = task.prepare(recipe, tokenizer, label_names)
+        student = _load_student(model_spec, task, data.label_names, tokenizer, recipe, field, "model")
+        if student.tokenizer is None:
+            student.tokenizer = tokenizer
+    else:
+        teacher = teacher_override or _load_teacher(recipe, task, label_names)
+        teachers.append(teacher)
+        label_names = label_names or _named_labels(teacher.model)
+        data = task.prepare(recipe, teacher.tokenizer, label_names)
+        student = _load_student(recipe.student, task, data.label_names, teacher.tokenizer, recipe, "student", "student")
+        _check_vocabularies(recipe, teacher, student)
+    return Run(recipe, run_dir, task, data, task.collate(student.tokenizer), student, teachers, distiller_class)
+
+
+def _trainer_tokenizer(recipe: Recipe, spec: ModelSpec) -> Any:
+    if spec.tokenizer is not None:
+        texts: list[str] = []
+        if spec.tokenizer.train_wordpiece is not None:
+            rows = read_source(recipe.data.train, recipe, "data.train")
+            where = f"{recipe.path}: data.train"
+            texts = [str(value) for value in column(rows, recipe.data.train.text or recipe.data.text, where, "text")]
+            pair = recipe.data.train.text_pair or recipe.data.text_pair
+            if pair:
+                texts += [str(value) for value in column(rows, pair, where, "text_pair")]
+        return build_tokenizer(spec.tokenizer, texts, recipe, "model.tokenizer")
+    if spec.checkpoint is not None:
+        from brewer_cli.models import checkpoint_location, load_tokenizer_dir
+
+        location = checkpoint_location(spec.checkpoint, recipe, "model.checkpoint")
+        return load_tokenizer_dir(location, recipe, "model.checkpoint")
+    raise ModelError(
+        f"{recipe.path}: model.tokenizer: a model built from a config needs a tokenizer — give "
+        f"`tokenizer: {{path: …}}` or `tokenizer: {{train_wordpiece: {{vocab_size: …}}}}`"
+    )
+
+
+def _load_teacher(recipe: Recipe, task: Task, label_names: list[str] | None) -> LoadedModel:
+    spec = recipe.teacher
+    if spec.checkpoint is None:
+        raise ModelError(
+            f"{recipe.path}: teacher.checkpoint: a teacher must be a trained checkpoint (a run's final/ directory or a hub id)"
+        )
+    teacher = load_checkpoint(spec.checkpoint, task, label_names, recipe, "teacher.checkpoint", "teacher", shape_head=False)
+    if teacher.tokenizer is None:
+        if spec.tokenizer is None:
+            raise ModelError(f"{recipe.path}: teacher.tokenizer: {spec.checkpoint!r} has no tokenizer files — give `teacher.tokenizer: {{path: …}}`")
+        teacher.tokenizer = build_tokenizer(spec.tokenizer, [], recipe, "teacher.tokenizer")
+    return teacher
+
+
+def _load_student(
+    spec: ModelSpec, task: Task, label_names: list[str] | None, tokenizer: Any, recipe: Recipe, field: str, role: str
+) -> LoadedModel:
+    if spec.checkpoint is not None:
+        loaded = load_checkpoint(spec.checkpoint, task, label_names, recipe, f"{field}.checkpoint", role, shape_head=True)
+        if loaded.tokenizer is None:
+            loaded.tokenizer = tokenizer
+        return loaded
+    if spec.config is not None:
+        return model_from_config(spec, task, label_names, tokenizer, recipe, field, role)
+    raise RecipeError(
+        f"{recipe.path}: {field}.init: extraction from the teacher (ETD) is not available in this build — "
+        f"use `{field}.config` or `{field}.checkpoint`"
+    )
+
+
+def _named_labels(model: Any) -> list[str] | None:
+    """The teacher's label names, unless they are transformers' placeholders (LABEL_0, …)."""
+    id2label = getattr(model.config, "id2label", None) or {}
+    names = [str(id2label[i]) for i in sorted(id2label, key=int)]
+    if not names or all(name == f"LABEL_{i}" for i, name in enumerate(names)):
+        return None
+    return names
+
+
+def _check_vocabularies(recipe: Recipe, teacher: LoadedModel, student: LoadedModel) -> None:
+    teacher_vocab = teacher.model.config.vocab_size
+    student_vocab = student.model.config.vocab_size
+    if teacher_vocab != student_vocab:
+        raise ModelError(
+            f"{recipe.path}: student.checkpoint: the student's vocabulary has {student_vocab} tokens but the "
+            f"teacher's has {teacher_vocab} — both read the same token ids in one batch, so they must share a "
+            f"tokenizer; use a student with the teacher's vocabulary, or build it from a config (`student.config`), "
+            f"which takes the teacher's tokenizer"
+        )
+
+
+def plan_lines(run: Run) -> list[str]:
+    """What a run will do, for `--dry-run`."""
+    from brewer_cli.distillers.base import resolve_precision
+
+    training = run.recipe.training
+    batches = -(-len(run.data.train) // training.batch_size)
+    steps_per_epoch = max(1, -(-batches // training.gradient_accumulation))
+    total = training.max_steps or max(1, int(-(-training.epochs * steps_per_epoch // 1)))
+    lines = [f"run directory: {run.run_dir}"]
+    for teacher in run.teachers:
+        lines.append(f"teacher: {teacher.family.name} from {teacher.source} — {parameter_count(teacher.model):,} parameters, "
+                     f"{teacher.model.config.num_hidden_layers} layers × {teacher.model.config.hidden_size}")
+    role = "model" if run.recipe.distillation.kind == "trainer" else "student"
+    student = run.student
+    lines.append(f"{role}: {student.family.name} from {student.source} — {parameter_count(student.model):,} parameters, "
+                 f"{student.model.config.num_hidden_layers} layers × {student.model.config.hidden_size}")
+    if run.teachers:
+        ratio = parameter_count(student.model) / parameter_count(run.teachers[0].model)
+        lines.append(f"student / teacher parameters: {ratio:.3f}")
+    labels = f", labels: {', '.join(run.data.label_names)}" if run.data.label_names else ""
+    lines.append(f"data: {len(run.data.train):,} training examples, "
+                 f"{len(run.data.eval) if run.data.eval is not None else 0:,} eval examples{labels}")
+    lines.append(f"steps: {total:,} ({steps_per_epoch:,} per epoch, batch {training.batch_size} × accumulation "
+                 f"{training.gradient_accumulation}), precision {resolve_precision(training.precision)}")
+    distiller = run.distiller_class(run)
+    lines.append(f"distiller: {run.recipe.distillation.kind}")
+    lines.extend(f"  loss: {line}" for line in distiller.describe_losses())
+    return lines

@@ -1,0 +1,161 @@
+"""The `brewer` command line. Each command parses its arguments, calls one library function and
+turns a `BrewerError` into one clear paragraph and exit code 2. Heavy imports (torch,
+transformers) happen inside the command bodies so that `brewer --help` is instant."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+app = typer.Typer(
+    help="brewer: knowledge distillation for NLP models, driven by one recipe file.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RecipeArgument = typer.Argument(..., help="recipe file (.yaml or .json)", show_default=False)
+SetOption = typer.Option(None, "--set", help="override a recipe field: --set training.epochs=3 (repeatable)")
+OutputOption = typer.Option(Path("runs"), "--output-dir", help="parent of the run directory")
+ResumeOption = typer.Option(False, "--resume", help="continue from the newest complete checkpoint")
+DryRunOption = typer.Option(False, "--dry-run", help="validate, build models and data, print the plan, train nothing")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _run(action: Callable[[], object]) -> None:
+    from brewer_cli.errors import BrewerError
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Per-file progress bars of transformers ("Loading weights", "Writing model shards") would
+    # drown brewer's own progress bar and tables.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        action()
+    except BrewerError as error:
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error[/bold red] ({error.kind}): {error.message}", markup=True)
+        raise typer.Exit(code=2) from None
+
+
+def _load(recipe: Path, overrides: Optional[List[str]]):
+    from brewer_cli.recipe import load_recipe
+
+    return load_recipe(recipe, overrides or [])
+
+
+@app.command()
+def distill(
+    recipe: Path = RecipeArgument,
+    set_: Optional[List[str]] = SetOption,
+    output_dir: Path = OutputOption,
+    resume: bool = ResumeOption,
+    dry_run: bool = DryRunOption,
+) -> None:
+    """Distill the recipe's teacher into its student (training the teacher first when the recipe says how)."""
+
+    def action():
+        from brewer_cli.pipeline import distill as run_distill
+
+        run_distill(_load(recipe, set_), output_dir, resume=resume, dry_run=dry_run, console=_console())
+
+    _run(action)
+
+
+@app.command("train-teacher")
+def train_teacher(
+    recipe: Path = RecipeArgument,
+    set_: Optional[List[str]] = SetOption,
+    output_dir: Path = OutputOption,
+    resume: bool = ResumeOption,
+    dry_run: bool = DryRunOption,
+) -> None:
+    """Fine-tune a teacher: a `kind: trainer` recipe, or a distillation recipe's `teacher.train`."""
+
+    def action():
+        from brewer_cli.pipeline import train_teacher as run_train
+
+        run_train(_load(recipe, set_), output_dir, resume=resume, dry_run=dry_run, console=_console())
+
+    _run(action)
+
+
+@app.command("eval")
+def evaluate(
+    target: str = typer.Argument(..., help="run directory (runs/<name>) or model directory", show_default=False),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="recipe giving the task and data (default: the run's own)"),
+    data: Optional[str] = typer.Option(None, "--data", help="evaluate on this file instead of the recipe's eval split"),
+    against: Optional[str] = typer.Option(None, "--against", help="also evaluate this teacher (run or checkpoint) and compare"),
+    set_: Optional[List[str]] = SetOption,
+) -> None:
+    """Evaluate a run or checkpoint on its eval split (or --data), print a table, write eval.json."""
+
+    def action():
+        from brewer_cli.evaluate import eval_command
+
+        eval_command(target, str(recipe) if recipe else None, data, against, set_ or [], _console())
+
+    _run(action)
+
+
+@app.command("size-report")
+def size_report(
+    target: str = typer.Argument(..., help="run directory, checkpoint directory, hub id or config file", show_default=False),
+    against: Optional[str] = typer.Option(None, "--against", help="teacher to compare with (same kinds of target)"),
+    seq_len: int = typer.Option(128, "--seq-len", help="sequence length for FLOPs and latency"),
+    runs: int = typer.Option(10, "--runs", help="timed runs per batch size after warm-up (0: skip latency)"),
+    batch_sizes: str = typer.Option("1,32", "--batch-sizes", help="comma-separated batch sizes for latency"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    markdown: bool = typer.Option(False, "--markdown", help="print a Markdown table"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="draw parameters against latency into this PNG (needs brewer[plot])"),
+) -> None:
+    """Parameters, disk size, FLOPs, latency and throughput of a model, and ratios against a teacher."""
+
+    def action():
+        from brewer_cli.errors import BrewerError
+        from brewer_cli.size_report import run as run_report
+
+        try:
+            sizes = tuple(int(part) for part in batch_sizes.split(",") if part.strip())
+        except ValueError:
+            raise BrewerError(f"--batch-sizes {batch_sizes!r}: expected comma-separated whole numbers, e.g. 1,32") from None
+        run_report(target, against=against, seq_len=seq_len, runs=runs, batch_sizes=sizes, device=device,
+                   as_json=as_json, markdown=markdown, plot_path=str(plot) if plot else None, console=_console())
+
+    _run(action)
+
+
+@app.command()
+def catalog() -> None:
+    """List every registered family, task, distiller, loss, schedule, projection and match preset."""
+
+    def action():
+        from brewer_cli.catalog import print_catalog
+
+        print_catalog(_console())
+
+    _run(action)
+
+
+def main() -> None:
+    app(prog_name="brewer")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

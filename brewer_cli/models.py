@@ -1,0 +1,237 @@
+"""Loading teachers and students: checkpoints (local directory or hub id), configs, tokenizers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from brewer_cli.errors import ModelError
+from brewer_cli.families import Family, family_for
+from brewer_cli.paths import looks_like_hub_id, resolve_path
+from brewer_cli.recipe import ModelSpec, Recipe, TokenizerSpec, WordPieceTraining
+from brewer_cli.tasks.base import Task
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    family: Family
+    role: str  # "teacher", "student" or "model": used in messages and the plan
+    source: str
+
+
+def checkpoint_location(value: str, recipe: Recipe | None, field: str) -> str:
+    """A local directory when one exists (or the value looks like a path), else a hub id."""
+    path = resolve_path(value, recipe)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{_where(recipe)}{field}: {value!r} is a directory without config.json — point it at a "
+                f"directory written by save_pretrained (a run's final/ or best/) or a hub id"
+            )
+        return str(path)
+    if looks_like_hub_id(value):
+        return value
+    raise ModelError(
+        f"{_where(recipe)}{field}: checkpoint {value!r} not found (looked at {path}) — train it first "
+        f"(`brewer train-teacher`, or give `teacher.train` so that distill trains it), or fix the path"
+    )
+
+
+def load_config(location: str, recipe: Recipe | None, field: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(location)
+    except Exception as error:
+        raise ModelError(
+            f"{_where(recipe)}{field}: could not load the config of {location!r}: {_first_line(error)} — "
+            f"check the name; without network only local directories load"
+        ) from None
+
+
+def load_checkpoint(
+    value: str, task: Task, label_names: list[str] | None, recipe: Recipe | None, field: str, role: str,
+    shape_head: bool,
+) -> LoadedModel:
+    """Load a model and its tokenizer. `shape_head` passes the task's label settings, for a
+    checkpoint that will be trained (its head is created or must fit); a teacher's head is checked
+    instead."""
+    location = checkpoint_location(value, recipe, field)
+    config = load_config(location, recipe, field)
+    family = family_for(config)
+    kwargs = task.model_kwargs(label_names) if shape_head else {}
+    try:
+        with _quiet_transformers():
+            model = task.auto_class.from_pretrained(location, **kwargs)
+    except Exception as error:
+        raise ModelError(f"{_where(recipe)}{field}: could not load {location!r} as a {task.name} model: {_first_line(error)}") from None
+    if not shape_head:
+        task.check_model(model, label_names, f"{_where(recipe)}{field}")
+    tokenizer = load_tokenizer_dir(location, recipe, field, required=False)
+    return LoadedModel(model, tokenizer, family, role, location)
+
+
+def load_tokenizer_dir(location: str, recipe: Recipe | None, field: str, required: bool = True) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(location)
+    except Exception as error:
+        if not required:
+            return None
+        raise ModelError(f"{_where(recipe)}{field}: could not load a tokenizer from {location!r}: {_first_line(error)}") from None
+
+
+def model_from_config(
+    spec: ModelSpec, task: Task, label_names: list[str] | None, tokenizer: Any, recipe: Recipe, field: str, role: str
+) -> LoadedModel:
+    """A randomly initialized model whose vocabulary is the tokenizer's (the teacher's, for a
+    student: teacher and student must read the same token ids)."""
+    from transformers import AutoConfig
+
+    settings = read_config_spec(spec.config, recipe, f"{field}.config")
+    model_type = settings.pop("model_type", None)
+    if model_type is None:
+        raise ModelError(f"{_where(recipe)}{field}.config: the config has no `model_type` (e.g. bert, roberta, distilbert)")
+    settings.pop("architectures", None)
+    settings.pop("transformers_version", None)
+    try:
+        config = AutoConfig.for_model(model_type, **settings)
+    except Exception as error:
+        raise ModelError(f"{_where(recipe)}{field}.config: {_first_line(error)}") from None
+    family = family_for(config)
+    config.vocab_size = len(tokenizer)
+    if tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+    for key, value in task.model_kwargs(label_names).items():
+        setattr(config, key, value)
+    with _quiet_transformers():
+        model = task.auto_class.from_config(config)
+    return LoadedModel(model, tokenizer, family, role, f"config {spec.config if isinstance(spec.config, str) else 'inline'}")
+
+
+def read_config_spec(value: str | dict[str, Any], recipe: Recipe | None, field: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return dict(value)
+    path = resolve_path(value, recipe)
+    if not path.is_file():
+        raise ModelError(f"{_where(recipe)}{field}: config file {value!r} not found (looked at {path}); shipped architectures are in configs/students/")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            return dict(yaml.safe_load(path.read_text()))
+        return dict(json.loads(path.read_text()))
+    except Exception as error:
+        raise ModelError(f"{_where(recipe)}{field}: could not read {path}: {_first_line(error)}") from None
+
+
+def build_tokenizer(spec: TokenizerSpec, texts: list[str], recipe: Recipe, field: str) -> Any:
+    if spec.path is not None:
+        location = checkpoint_location_for_tokenizer(spec.path, recipe, f"{field}.path")
+        return load_tokenizer_dir(location, recipe, f"{field}.path")
+    return train_wordpiece(texts, spec.train_wordpiece)
+
+
+def checkpoint_location_for_tokenizer(value: str, recipe: Recipe, field: str) -> str:
+    path = resolve_path(value, recipe)
+    if path.exists() or looks_like_hub_id(value):
+        return str(path) if path.exists() else value
+    raise ModelError(f"{_where(recipe)}{field}: tokenizer {value!r} not found (looked at {path})")
+
+
+def train_wordpiece(texts: list[str], settings: WordPieceTraining) -> Any:
+    """A BERT-style WordPiece tokenizer trained on the given texts, built locally (no hub)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=settings.lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=settings.vocab_size, min_frequency=settings.min_frequency, special_tokens=special
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def parameter_count(model: Any) -> int:
+    """Parameters with shared tensors counted once (ALBERT layers, tied embeddings)."""
+    seen: set[int] = set()
+    total = 0
+    for parameter in model.parameters():
+        if id(parameter) not in seen:
+            seen.add(id(parameter))
+            total += parameter.numel()
+    return total
+
+
+def _where(recipe: Recipe | None) -> str:
+    return f"{recipe.path}: " if recipe is not None and recipe.path is not None else ""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class _quiet_transformers:
+    """transformers logs a warning for every newly initialized head; the plan already says so."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("transformers.modeling_utils")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+        from transformers.utils import logging as hf_logging
+
+        self.hf_level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        self.logger.setLevel(self.level)
+        hf_logging.set_verbosity(self.hf_level)
+        return False
+
+
+def save_model_dir(model: Any, tokenizer: Any, directory: Path) -> None:
+    """save_pretrained into `directory` atomically: written beside it, then renamed into place."""
+    import shutil
+
+    directory = Path(directory)
+    temporary = directory.with_name(directory.name + ".tmp")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    model.save_pretrained(temporary, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(temporary)
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        directory.rename(old)
+    temporary.rename(directory)
+    if old.exists():
+        shutil.rmtree(old)

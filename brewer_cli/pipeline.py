@@ -1,0 +1,183 @@
+"""The commands' library functions: train a teacher, distill, write the run directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from brewer_cli.build import Run, build_run, plan_lines, teacher_missing, teacher_run_parent, teacher_training_recipe
+from brewer_cli.errors import BrewerError, ModelError
+from brewer_cli.models import parameter_count
+from brewer_cli.recipe import Recipe, resolved_mapping
+
+
+def distill(recipe: Recipe, output_dir: str | Path = "runs", resume: bool = False, dry_run: bool = False,
+            console: Any = None) -> dict[str, Any] | None:
+    """`brewer distill` and, for kind `trainer`, `brewer train-teacher`."""
+    console = console or _console()
+    teacher_override = None
+    if recipe.distillation.kind != "trainer" and teacher_missing(recipe):
+        if recipe.teacher.train is None:
+            raise ModelError(
+                f"{recipe.path}: teacher.checkpoint: {recipe.teacher.checkpoint!r} does not exist and the recipe has no "
+                f"`teacher.train` section — train it first with `brewer train-teacher`, add `teacher.train`, or fix the path"
+            )
+        teacher_recipe = teacher_training_recipe(recipe)
+        if dry_run:
+            console.print(f"[bold]teacher {recipe.teacher.checkpoint} is missing: it will be trained first[/bold]")
+            teacher_run = build_run(teacher_recipe, teacher_run_parent(recipe))
+            _print_plan(teacher_run, console)
+            teacher_override = teacher_run.student
+            teacher_override.role = "teacher"
+            teacher_override.source += " (untrained in this plan)"
+        else:
+            console.print(f"[bold]teacher {recipe.teacher.checkpoint} is missing: training it first[/bold]")
+            distill(teacher_recipe, teacher_run_parent(recipe), resume=resume, console=console)
+    run = build_run(recipe, output_dir, teacher_override=teacher_override)
+    if dry_run:
+        _print_plan(run, console)
+        return None
+    return execute(run, resume, console)
+
+
+def train_teacher(recipe: Recipe, output_dir: str | Path = "runs", resume: bool = False, dry_run: bool = False,
+                  console: Any = None) -> dict[str, Any] | None:
+    """`brewer train-teacher`: a `trainer` recipe, or a distillation recipe's `teacher.train`."""
+    if recipe.distillation.kind == "trainer":
+        return distill(recipe, output_dir, resume, dry_run, console)
+    if recipe.teacher is None or recipe.teacher.train is None:
+        raise BrewerError(
+            f"{recipe.path}: teacher.train: this recipe does not say how to train its teacher — give a recipe with "
+            f"`distillation: {{kind: trainer}}` and `model:`, or add `teacher.train: {{model: …, training: …}}`"
+        )
+    return distill(teacher_training_recipe(recipe), teacher_run_parent(recipe), resume, dry_run, console)
+
+
+def execute(run: Run, resume: bool, console: Any) -> dict[str, Any]:
+    from accelerate import PartialState
+
+    from brewer_cli.distillers import TrainingLoop
+    from brewer_cli.evaluate import evaluate_model
+
+    state = PartialState()
+    _prepare_run_dir(run, resume, state.is_main_process)
+    state.wait_for_everyone()
+    teacher_metrics = None
+    if run.teacher is not None and run.data.eval is not None:
+        run.teacher.model.to(state.device)
+        teacher_metrics = evaluate_model(run, run.teacher.model, run.teacher.family)
+        if state.is_main_process:
+            console.print(f"teacher {run.task.primary_metric}: {teacher_metrics[run.task.primary_metric]:.4f}")
+    distiller = run.distiller_class(run)
+    loop = TrainingLoop(run, distiller, resume=resume, console=console)
+    result = loop.fit()
+    summary = _summary(run, result, teacher_metrics, loop)
+    if state.is_main_process:
+        _write_json(run.run_dir / "summary.json", summary)
+        _print_summary(summary, console, run)
+    return summary
+
+
+def _prepare_run_dir(run: Run, resume: bool, main: bool) -> None:
+    run_dir = run.run_dir
+    if not main:
+        return
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        complete = (run_dir / "summary.json").exists()
+        raise BrewerError(
+            f"{run_dir}: the run directory already exists{' and holds a finished run' if complete else ''} — "
+            f"continue it with --resume, choose another name with --set name=…, or another --output-dir; "
+            f"brewer never overwrites checkpoints"
+        )
+    if resume and not (run_dir / "checkpoints").exists():
+        raise BrewerError(f"{run_dir}: --resume: nothing to resume (no checkpoints/) — run without --resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # A finished run is recognized by summary.json, written last; a resumed run removes it first.
+    if (run_dir / "summary.json").exists():
+        (run_dir / "summary.json").unlink()
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(resolved_mapping(run.recipe), sort_keys=False))
+
+
+def _summary(run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any] | None, loop: Any) -> dict[str, Any]:
+    import torch
+
+    metric = run.task.primary_metric
+    student_metrics = result["student_metrics"] or {}
+    student = {"metric": student_metrics.get(metric), "metrics": student_metrics,
+               "parameters": parameter_count(run.student.model), "checkpoint": str(run.run_dir / "final")}
+    summary: dict[str, Any] = {"name": run.recipe.name, "kind": run.recipe.distillation.kind, "metric": metric}
+    if run.teacher is None:
+        summary["model"] = student
+    else:
+        teacher_value = (teacher_metrics or {}).get(metric)
+        summary["teacher"] = {"metric": teacher_value, "metrics": teacher_metrics, "parameters": parameter_count(run.teacher.model),
+                              "checkpoint": run.teacher.source}
+        summary["student"] = student
+        summary["student_to_teacher"] = (
+            student["metric"] / teacher_value if teacher_value and student["metric"] is not None else None
+        )
+        summary["parameters_ratio"] = student["parameters"] / summary["teacher"]["parameters"]
+    summary.update({
+        "best": result["best"], "steps": result["steps"], "wall_time_s": round(result["wall_time_s"], 2),
+        "precision": result["precision"], "processes": result["processes"],
+        "peak_memory_bytes": _peak_memory(torch),
+    })
+    return summary
+
+
+def _peak_memory(torch: Any) -> dict[str, int]:
+    import resource
+    import sys
+
+    peak = {"host_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)}
+    if torch.cuda.is_available():
+        peak["cuda_allocated"] = int(torch.cuda.max_memory_allocated())
+    return peak
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2))
+    temporary.replace(path)
+
+
+def _print_plan(run: Run, console: Any) -> None:
+    console.print(f"[bold]plan for {run.recipe.name}[/bold]")
+    for line in plan_lines(run):
+        console.print(f"  {line}")
+
+
+def _print_summary(summary: dict[str, Any], console: Any, run: Run) -> None:
+    from rich.table import Table
+
+    metric = summary["metric"]
+    table = Table(title=f"{summary['name']} ({summary['kind']}, {summary['steps']} steps, {summary['wall_time_s']:.0f} s)")
+    table.add_column("model")
+    table.add_column("parameters", justify="right")
+    table.add_column(metric, justify="right")
+    table.add_column("of teacher", justify="right")
+    for role in ("teacher", "student", "model"):
+        if role in summary:
+            entry = summary[role]
+            value = entry["metric"]
+            share = summary.get("student_to_teacher") if role == "student" else None
+            table.add_row(role, f"{entry['parameters']:,}", "" if value is None else f"{value:.4f}",
+                          "" if share is None else f"{share:.1%}")
+    console.print(table)
+    console.print(f"written: {run.run_dir}/final (a transformers model directory), summary.json, metrics.jsonl")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def remove_incomplete(run_dir: Path) -> None:
+    """Remove a run directory that a failed start left without any checkpoint."""
+    if run_dir.exists() and not (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists():
+        shutil.rmtree(run_dir)

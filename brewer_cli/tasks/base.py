@@ -1,0 +1,135 @@
+"""The task interface: data → tokenized examples, batches, logits for KD, metrics.
+
+A task owns everything that differs between sequence classification, token classification and
+question answering; the distillers and the loop never look at task-specific fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from brewer_cli.recipe import DataSpec, Recipe, TaskSpec
+
+
+class TokenizedDataset(Dataset):
+    """Tokenized examples as columns of Python lists; `__getitem__` adds the example index (the
+    key of the teacher-output cache and of QA post-processing)."""
+
+    def __init__(self, columns: dict[str, list[Any]]):
+        lengths = {len(values) for values in columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"columns of different lengths: { {k: len(v) for k, v in columns.items()} }")
+        self.columns = columns
+        self.size = lengths.pop() if lengths else 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {name: values[index] for name, values in self.columns.items()}
+        item["index"] = index
+        return item
+
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.columns["input_ids"]]
+
+
+@dataclass
+class PreparedData:
+    train: TokenizedDataset
+    eval: TokenizedDataset | None
+    label_names: list[str] | None
+    # Raw eval examples, for tasks whose metric needs them (QA answers, NER words).
+    eval_examples: list[dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def pad_batch(
+    items: Sequence[dict[str, Any]],
+    pad_token_id: int,
+    sequence_keys: Sequence[str] = ("input_ids", "attention_mask", "token_type_ids"),
+    label_key: str | None = "labels",
+    label_pad: int = -100,
+) -> dict[str, torch.Tensor]:
+    """Dynamic padding: pad to the longest sequence of this batch, never to max_length."""
+    longest = max(len(item["input_ids"]) for item in items)
+    batch: dict[str, torch.Tensor] = {}
+    for key in sequence_keys:
+        if key not in items[0]:
+            continue
+        fill = pad_token_id if key == "input_ids" else 0
+        batch[key] = torch.tensor([list(item[key]) + [fill] * (longest - len(item[key])) for item in items], dtype=torch.long)
+    if label_key and label_key in items[0]:
+        first = items[0][label_key]
+        if isinstance(first, (list, tuple)):
+            batch[label_key] = torch.tensor(
+                [list(item[label_key]) + [label_pad] * (longest - len(item[label_key])) for item in items], dtype=torch.long
+            )
+        elif isinstance(first, float):
+            batch[label_key] = torch.tensor([item[label_key] for item in items], dtype=torch.float)
+        else:
+            batch[label_key] = torch.tensor([item[label_key] for item in items], dtype=torch.long)
+    batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
+    return batch
+
+
+class Task:
+    """Base class; subclasses are registered in `brewer_cli.tasks.TASKS`."""
+
+    name: str = ""
+    # The transformers Auto class name for this task's head.
+    auto_class_name: str = "AutoModelForSequenceClassification"
+    primary_metric: str = "accuracy"
+    greater_is_better: bool = True
+
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+        raise NotImplementedError  # every registered task overrides this
+
+    def collate(self, tokenizer: Any) -> Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return lambda items: pad_batch(items, pad_id)
+
+    # -- model ----------------------------------------------------------------------------------
+
+    @property
+    def auto_class(self):
+        import transformers
+
+        return getattr(transformers, self.auto_class_name)
+
+    def model_kwargs(self, label_names: list[str] | None) -> dict[str, Any]:
+        """Arguments for `from_pretrained` / `from_config` that shape the head."""
+        return {}
+
+    def logits(self, outputs: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return outputs.logits
+
+    def kd_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Which logits positions KD counts: None for one row per example."""
+        return None
+
+    def labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch.get("labels")
+
+    def check_model(self, model: Any, label_names: list[str] | None, role: str) -> None:
+        """Raise a clear error when a loaded checkpoint's head does not fit the task."""
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def compute_metrics(
+        self, predictions: list[Any], indices: list[int], data: PreparedData, output_dir: Any = None
+    ) -> dict[str, Any]:
+        raise NotImplementedError  # every registered task overrides this
+
+    def prediction_of(self, logits: Any) -> Any:
+        """What the eval loop keeps from a batch's logits (moved to CPU)."""
+        return logits

@@ -1,0 +1,130 @@
+"""Reading raw examples: hub datasets, local csv / tsv / json / jsonl files, `save_to_disk`
+directories and the project's own synthetic generators. Every reader returns a list of dicts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from brewer_cli.errors import DataError
+from brewer_cli.paths import resolve_path
+from brewer_cli.recipe import DataSource, Recipe
+
+
+def read_source(source: DataSource, recipe: Recipe, field: str) -> list[dict[str, Any]]:
+    """Rows of one split; `field` is its dotted path in the recipe, for messages."""
+    where = f"{recipe.path}: {field}"
+    if source.synthetic is not None:
+        from brewer_cli.synthetic import GENERATORS
+
+        generator = GENERATORS.get(source.synthetic)
+        rows = generator(source.examples or 1000, source.seed)
+    elif source.hub is not None:
+        rows = _read_hub(source, where)
+    else:
+        path = resolve_path(source.path, recipe)
+        if not path.exists():
+            raise DataError(f"{where}.path: data file {source.path!r} not found (looked at {path}) — check the path; relative paths are read from the current directory or the recipe's folder")
+        rows = _read_local(path, source, where)
+    if source.limit is not None:
+        rows = rows[: source.limit]
+    if not rows:
+        raise DataError(f"{where}: the dataset is empty — point it at a file or split with at least one example")
+    return rows
+
+
+def _read_hub(source: DataSource, where: str) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(source.hub, source.config, split=source.split)
+    except Exception as error:  # the hub raises many kinds: connection, missing config, missing split
+        raise DataError(
+            f"{where}.hub: could not load {source.hub!r}"
+            + (f" (config {source.config!r})" if source.config else "")
+            + f", split {source.split!r}: {str(error).splitlines()[0] if str(error) else type(error).__name__} — "
+            f"check the name, config and split, or use a local copy with `path:`"
+        ) from None
+    return [dict(row) for row in dataset]
+
+
+def _read_local(path: Path, source: DataSource, where: str) -> list[dict[str, Any]]:
+    kind = source.format
+    if kind == "auto":
+        kind = _format_from_path(path)
+        if kind is None:
+            raise DataError(
+                f"{where}.format: cannot tell the format of {path.name!r} from its name — "
+                f"set `format:` to one of csv, tsv, json, jsonl, disk, conll, squad"
+            )
+    if kind == "disk":
+        return _read_disk(path, source, where)
+    if kind in ("csv", "tsv"):
+        return _read_delimited(path, kind, source.quoting)
+    if kind == "jsonl":
+        rows = []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise DataError(f"{where}: {path}:{number}: not valid JSON ({error.msg})") from None
+        return rows
+    if kind == "json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where}: {path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise DataError(f"{where}: {path}: expected a JSON list of examples (or {{\"data\": [...]}})")
+        return data
+    # conll and squad have task-specific readers; the task calls them itself.
+    raise DataError(f"{where}.format: format {kind!r} is read by its task only (token_classification / question_answering)")
+
+
+def _format_from_path(path: Path) -> str | None:
+    if path.is_dir():
+        return "disk"
+    suffix = path.suffix.lower()
+    return {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".conll": "conll", ".txt": None}.get(suffix)
+
+
+def _read_delimited(path: Path, kind: str, quoting: bool) -> list[dict[str, Any]]:
+    delimiter = "\t" if kind == "tsv" else ","
+    # TSV corpora such as GLUE's SST-2 contain bare quote characters: CSV quoting would merge lines.
+    use_quoting = quoting or kind == "csv"
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if use_quoting else csv.QUOTE_NONE)
+        return [dict(row) for row in reader]
+
+
+def _read_disk(path: Path, source: DataSource, where: str) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as error:
+        raise DataError(f"{where}.path: {path} is not a `save_to_disk` directory: {error}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if source.split is None or source.split not in loaded:
+            raise DataError(f"{where}.split: {path} holds splits {', '.join(loaded)} — name one with `split:`")
+        loaded = loaded[source.split]
+    return [dict(row) for row in loaded]
+
+
+def column(rows: list[dict[str, Any]], name: str, where: str, role: str) -> list[Any]:
+    """One column of every row, or a clear error listing the columns that exist."""
+    if name not in rows[0]:
+        found = ", ".join(str(key) for key in rows[0])
+        raise DataError(
+            f"{where}: {role} column {name!r} not found — columns found: {found}. "
+            f"Set the column name in the recipe (e.g. `data.{role}: <column>`)."
+        )
+    return [row.get(name) for row in rows]

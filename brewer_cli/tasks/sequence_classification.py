@@ -1,0 +1,172 @@
+"""Sequence classification: single sentences and sentence pairs, classification and regression."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from brewer_cli.errors import DataError, ModelError
+from brewer_cli.recipe import Recipe
+from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
+from brewer_cli.tasks.data import column, read_source
+
+
+class SequenceClassification(Task):
+    name = "sequence_classification"
+    auto_class_name = "AutoModelForSequenceClassification"
+
+    @property
+    def is_regression(self) -> bool:
+        return self.spec.num_labels == 1
+
+    @property
+    def primary_metric(self) -> str:  # type: ignore[override]
+        return "pearson" if self.is_regression else "accuracy"
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+        data = recipe.data
+        train_rows = read_source(data.train, recipe, "data.train")
+        eval_rows = read_source(data.eval, recipe, "data.eval") if data.eval is not None else None
+        names = list(self.spec.labels) if self.spec.labels else label_names
+        if not self.is_regression and names is None:
+            names = self._label_names_from(train_rows, data.train.label or data.label, recipe, "data.train")
+        if not self.is_regression and self.spec.num_labels is not None and len(names) != self.spec.num_labels:
+            field = "task.labels" if self.spec.labels else "task.num_labels"
+            raise DataError(
+                f"{recipe.path}: {field}: the data has {len(names)} labels ({', '.join(names[:20])}) but "
+                f"task.num_labels is {self.spec.num_labels} — make them agree"
+            )
+        train = self._tokenize(train_rows, recipe, "data.train", data.train, tokenizer, names)
+        evaluation = (
+            self._tokenize(eval_rows, recipe, "data.eval", data.eval, tokenizer, names) if eval_rows is not None else None
+        )
+        return PreparedData(train=train, eval=evaluation, label_names=names, eval_examples=eval_rows)
+
+    def _label_names_from(self, rows, label_column: str, recipe: Recipe, field: str) -> list[str] | None:
+        values = column(rows, label_column, f"{recipe.path}: {field}", "label")
+        if all(_as_int(value) is not None for value in values):
+            # Integer labels keep their ids; names are the ids as text unless the recipe names them.
+            count = self.spec.num_labels or (max(_as_int(v) for v in values) + 1)
+            return [str(i) for i in range(count)]
+        return sorted({str(value) for value in values})
+
+    def _tokenize(self, rows, recipe, field, source, tokenizer, names) -> TokenizedDataset:
+        data = recipe.data
+        where = f"{recipe.path}: {field}"
+        text_column = source.text or data.text
+        pair_column = source.text_pair or data.text_pair
+        label_column = source.label or data.label
+        texts = [str(value) for value in column(rows, text_column, where, "text")]
+        pairs = [str(value) for value in column(rows, pair_column, where, "text_pair")] if pair_column else None
+        raw_labels = column(rows, label_column, where, "label")
+        labels = [self._label_id(value, number, names, where, label_column) for number, value in enumerate(raw_labels)]
+        encoded = tokenizer(texts, pairs, truncation=True, max_length=data.max_length)
+        columns = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
+        if "token_type_ids" in encoded:
+            columns["token_type_ids"] = encoded["token_type_ids"]
+        return TokenizedDataset(columns)
+
+    def _label_id(self, value: Any, number: int, names: list[str] | None, where: str, label_column: str):
+        if self.is_regression:
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: example {number}: regression label {value!r} in column {label_column!r} is not a number") from None
+        names = names or []
+        if str(value) in names:
+            return names.index(str(value))
+        as_int = _as_int(value)
+        if as_int is not None:
+            if 0 <= as_int < len(names):
+                return as_int
+            raise DataError(
+                f"{where}: example {number}: label {value!r} is outside task.num_labels={len(names)} "
+                f"(valid ids 0…{len(names) - 1}) — fix the data or raise task.num_labels"
+            )
+        raise DataError(
+            f"{where}: example {number}: label {value!r} is not one of the labels ({', '.join(names)}) — "
+            f"add it to task.labels or fix the data"
+        )
+
+    # -- model ----------------------------------------------------------------------------------
+
+    def model_kwargs(self, label_names: list[str] | None) -> dict[str, Any]:
+        if self.is_regression:
+            return {"num_labels": 1, "problem_type": "regression"}
+        names = label_names or [str(i) for i in range(self.spec.num_labels or 2)]
+        return {
+            "num_labels": len(names),
+            "id2label": {i: name for i, name in enumerate(names)},
+            "label2id": {name: i for i, name in enumerate(names)},
+            "problem_type": "single_label_classification",
+        }
+
+    def check_model(self, model: Any, label_names: list[str] | None, role: str) -> None:
+        expected = 1 if self.is_regression else len(label_names or []) or self.spec.num_labels
+        if expected and model.config.num_labels != expected:
+            raise ModelError(
+                f"{role}: the checkpoint's classifier has {model.config.num_labels} labels but the task has "
+                f"{expected} — use a checkpoint trained for this task, or set task.num_labels"
+            )
+
+    def labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch.get("labels")
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def prediction_of(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float()
+
+    def compute_metrics(self, predictions, indices, data: PreparedData, output_dir=None) -> dict[str, Any]:
+        logits = torch.cat(predictions).numpy()
+        labels = np.asarray([data.eval.columns["labels"][i] for i in indices])
+        if self.is_regression:
+            scores = logits.reshape(-1)
+            return {"pearson": _pearson(scores, labels), "spearman": _pearson(_ranks(scores), _ranks(labels)), "mse": float(np.mean((scores - labels) ** 2))}
+        predicted = logits.argmax(-1)
+        metrics = {"accuracy": float((predicted == labels).mean())}
+        if logits.shape[-1] == 2:
+            true_positive = float(((predicted == 1) & (labels == 1)).sum())
+            precision = true_positive / max(float((predicted == 1).sum()), 1.0)
+            recall = true_positive / max(float((labels == 1).sum()), 1.0)
+            metrics["f1"] = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+        return metrics
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x = x.astype(np.float64) - x.mean()
+    y = y.astype(np.float64) - y.mean()
+    denominator = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
+    return float((x * y).sum() / denominator) if denominator > 0 else 0.0
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks, ties sharing their mean rank (what Spearman's rho is defined on)."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    start = 0
+    while start < len(values):
+        end = start
+        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2.0
+        start = end + 1
+    return ranks
