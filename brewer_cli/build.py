@@ -61,6 +61,10 @@ def check_names(recipe: Recipe) -> None:
         check(TEMPERATURE_SCHEDULES, distillation.temperature_schedule.kind, "distillation.temperature_schedule.kind")
         check(WEIGHT_SCHEDULES, distillation.kd_weight_schedule, "distillation.kd_weight_schedule")
         check(WEIGHT_SCHEDULES, distillation.hard_label_weight_schedule, "distillation.hard_label_weight_schedule")
+    if distillation.kind == "general":
+        from brewer_cli.matches import match_problems
+
+        problems.extend(match_problems(recipe))
     if problems:
         raise RecipeError(problems)
 
@@ -98,6 +102,11 @@ def build_run(recipe: Recipe, output_dir: str | Path, teacher_override: LoadedMo
     from brewer_cli.distillers import DISTILLERS
 
     check_names(recipe)
+    if recipe.distillation.kind == "general":
+        from brewer_cli.matches import validate_before_loading
+
+        # Layer indices, widths and heads against the configs readable without loading weights.
+        validate_before_loading(recipe)
     task: Task = TASKS.get(recipe.task.kind)(recipe.task)
     distiller_class = DISTILLERS.get(recipe.distillation.kind)
     run_dir = Path(output_dir) / recipe.name
@@ -116,8 +125,16 @@ def build_run(recipe: Recipe, output_dir: str | Path, teacher_override: LoadedMo
         teachers.append(teacher)
         label_names = label_names or _named_labels(teacher.model)
         data = task.prepare(recipe, teacher.tokenizer, label_names)
-        student = _load_student(recipe.student, task, data.label_names, teacher.tokenizer, recipe, "student", "student")
+        if recipe.student.init is not None:
+            student = extract_from_teacher(recipe, task, teacher, data)
+        else:
+            student = _load_student(recipe.student, task, data.label_names, teacher.tokenizer, recipe, "student", "student")
         _check_vocabularies(recipe, teacher, student)
+        if recipe.distillation.kind == "general":
+            from brewer_cli.matches import resolve_matches
+
+            # The loaded models are authoritative (hub checkpoints, extracted students): before step 1.
+            resolve_matches(recipe, teacher.model.config, student.model.config)
     return Run(recipe, run_dir, task, data, task.collate(student.tokenizer), student, teachers, distiller_class)
 
 
@@ -165,12 +182,43 @@ def _load_student(
         if loaded.tokenizer is None:
             loaded.tokenizer = tokenizer
         return loaded
-    if spec.config is not None:
-        return model_from_config(spec, task, label_names, tokenizer, recipe, field, role)
-    raise RecipeError(
-        f"{recipe.path}: {field}.init: extraction from the teacher (ETD) is not available in this build — "
-        f"use `{field}.config` or `{field}.checkpoint`"
+    return model_from_config(spec, task, label_names, tokenizer, recipe, field, role)
+
+
+def extraction_plan(recipe: Recipe) -> Any:
+    from brewer_cli.extract import ExtractPlan
+
+    spec = recipe.student.init.extract
+    layers = tuple(spec.layers) if isinstance(spec.layers, (list, tuple)) else spec.layers
+    return ExtractPlan(
+        layers=layers, selection=spec.selection, hidden=spec.hidden, heads=spec.heads, head_dim=spec.head_dim,
+        intermediate=spec.intermediate, strategy=spec.strategy, seed=spec.seed,
+        hidden_scoring=spec.hidden_scoring, rounds=spec.rounds,
     )
+
+
+def extract_from_teacher(recipe: Recipe, task: Task, teacher: LoadedModel, data: PreparedData) -> LoadedModel:
+    """ETD: the student is cut out of the teacher's own parameters (width, then depth); for
+    importance, the teacher is scored on the first `examples` training examples."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from brewer_cli.extract import extract_student
+    from brewer_cli.families import family_for
+
+    spec = recipe.student.init.extract
+    plan = extraction_plan(recipe)
+    batches = None
+    if plan.strategy == "importance":
+        count = min(spec.examples, len(data.train))
+        loader = DataLoader(Subset(data.train, range(count)), batch_size=16, collate_fn=task.collate(teacher.tokenizer))
+        batches = [{name: tensor for name, tensor in batch.items() if name != "index"} for batch in loader]
+    with torch.random.fork_rng():
+        result = extract_student(teacher.model, plan, batches, max_examples=spec.examples)
+    model = result.model
+    model.train()
+    return LoadedModel(model, teacher.tokenizer, family_for(model.config), "student",
+                       f"extracted from the teacher ({plan.strategy})", extraction=result)
 
 
 def _named_labels(model: Any) -> list[str] | None:
@@ -218,6 +266,10 @@ def plan_lines(run: Run) -> list[str]:
                  f"{len(run.data.eval) if run.data.eval is not None else 0:,} eval examples{labels}")
     lines.append(f"steps: {total:,} ({steps_per_epoch:,} per epoch, batch {training.batch_size} × accumulation "
                  f"{training.gradient_accumulation}), precision {resolve_precision(training.precision)}")
+    if student.extraction is not None:
+        from brewer_cli.extract import describe
+
+        lines.extend(f"  {line}" for line in describe(student.extraction).splitlines())
     distiller = run.distiller_class(run)
     lines.append(f"distiller: {run.recipe.distillation.kind}")
     lines.extend(f"  loss: {line}" for line in distiller.describe_losses())

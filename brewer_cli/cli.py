@@ -142,6 +142,22 @@ def size_report(
 
 
 @app.command()
+def extract(
+    recipe: Path = RecipeArgument,
+    set_: Optional[List[str]] = SetOption,
+    output: Optional[Path] = typer.Option(None, "--output", help="directory for the extracted student (default runs/<name>-extracted)"),
+) -> None:
+    """ETD: cut the recipe's student out of its teacher, write it and print what was kept."""
+
+    def action():
+        from brewer_cli.pipeline import extract as run_extract
+
+        run_extract(_load(recipe, set_), output, console=_console())
+
+    _run(action)
+
+
+@app.command()
 def catalog() -> None:
     """List every registered family, task, distiller, loss, schedule, projection and match preset."""
 

@@ -57,8 +57,9 @@ def evaluate_model(setup: Any, model: Any, family: Family, accelerator: Any = No
 
 def _gather(accelerator: Any, logits: Any, index: torch.Tensor) -> tuple[Any, torch.Tensor]:
     def one(tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.dim() > 2:
-            # Token-level logits differ in length between processes' batches.
+        if tensor.dim() > 2 or isinstance(logits, tuple):
+            # Token-level (B, L, C) and QA span (B, L) logits differ in length between processes'
+            # batches; the tasks read only each window's own length back.
             tensor = accelerator.pad_across_processes(tensor, dim=1, pad_index=-1e4)
         return accelerator.gather_for_metrics(tensor.contiguous())
 

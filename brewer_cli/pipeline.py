@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,13 @@ def distill(recipe: Recipe, output_dir: str | Path = "runs", resume: bool = Fals
                 f"{recipe.path}: teacher.checkpoint: {recipe.teacher.checkpoint!r} does not exist and the recipe has no "
                 f"`teacher.train` section — train it first with `brewer train-teacher`, add `teacher.train`, or fix the path"
             )
+        if recipe.distillation.kind == "general":
+            from brewer_cli.build import check_names
+            from brewer_cli.matches import validate_before_loading
+
+            # A bad match should fail now, not after the teacher has been trained.
+            check_names(recipe)
+            validate_before_loading(recipe)
         teacher_recipe = teacher_training_recipe(recipe)
         if dry_run:
             console.print(f"[bold]teacher {recipe.teacher.checkpoint} is missing: it will be trained first[/bold]")
@@ -57,13 +63,42 @@ def train_teacher(recipe: Recipe, output_dir: str | Path = "runs", resume: bool 
     return distill(teacher_training_recipe(recipe), teacher_run_parent(recipe), resume, dry_run, console)
 
 
+def extract(recipe: Recipe, output: str | Path | None = None, console: Any = None) -> Path:
+    """`brewer extract`: cut the student out of the teacher and write it, to inspect before distilling."""
+    from brewer_cli.extract import describe
+    from brewer_cli.models import save_model_dir
+
+    console = console or _console()
+    if recipe.student is None or recipe.student.init is None:
+        raise BrewerError(f"{recipe.path}: student.init.extract: this recipe does not extract its student — add "
+                          f"`student: {{init: {{extract: {{layers: …, hidden: …}}}}}}`")
+    if teacher_missing(recipe):
+        raise ModelError(f"{recipe.path}: teacher.checkpoint: {recipe.teacher.checkpoint!r} does not exist — train it "
+                         f"first with `brewer train-teacher {recipe.path}`")
+    run = build_run(recipe, "runs")
+    target = Path(output) if output is not None else Path("runs") / f"{recipe.name}-extracted"
+    if target.exists() and any(target.iterdir()):
+        raise BrewerError(f"{target}: already exists — choose another --output")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_model_dir(run.student.model, run.student.tokenizer, target)
+    extraction = run.student.extraction
+    (target / "extraction.json").write_text(json.dumps(
+        {"kept": extraction.kept, "importance": extraction.importance_summary}, indent=2, default=str))
+    console.print(describe(extraction))
+    console.print(f"written: {target} (a transformers model directory) and {target / 'extraction.json'}")
+    return target
+
+
 def execute(run: Run, resume: bool, console: Any) -> dict[str, Any]:
     from accelerate import PartialState
 
     from brewer_cli.distillers import TrainingLoop
     from brewer_cli.evaluate import evaluate_model
 
-    state = PartialState()
+    import torch
+
+    # Without CUDA, Accelerate only joins a multi-process launch (gloo) when told it runs on CPU.
+    state = PartialState(cpu=not torch.cuda.is_available())
     _prepare_run_dir(run, resume, state.is_main_process)
     state.wait_for_everyone()
     teacher_metrics = None
@@ -121,12 +156,32 @@ def _summary(run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any] |
             student["metric"] / teacher_value if teacher_value and student["metric"] is not None else None
         )
         summary["parameters_ratio"] = student["parameters"] / summary["teacher"]["parameters"]
+    summary["size"] = _size_figures(run)
     summary.update({
         "best": result["best"], "steps": result["steps"], "wall_time_s": round(result["wall_time_s"], 2),
         "precision": result["precision"], "processes": result["processes"],
         "peak_memory_bytes": _peak_memory(torch),
     })
     return summary
+
+
+def _size_figures(run: Run) -> dict[str, Any]:
+    """The size report's cheap figures (architecture, parameters by part, FLOPs at the run's
+    max_length) for each model, so a summary says what the student saves."""
+    from brewer_cli.size_report import summary_figures
+
+    length = run.recipe.data.max_length
+    figures = {"seq_len": length}
+    models = [("teacher", run.teacher), ("student" if run.teacher else "model", run.student)]
+    for role, loaded in models:
+        if loaded is not None:
+            figures[role] = summary_figures(loaded.model, seq_len=min(length, loaded.model.config.max_position_embeddings))
+    if run.teacher is not None:
+        teacher_flops = (figures["teacher"].get("flops") or {}).get("total")
+        student_flops = (figures["student"].get("flops") or {}).get("total")
+        if teacher_flops and student_flops:
+            figures["flops_fewer_by"] = teacher_flops / student_flops
+    return figures
 
 
 def _peak_memory(torch: Any) -> dict[str, int]:
@@ -175,9 +230,3 @@ def _console() -> Any:
     from rich.console import Console
 
     return Console()
-
-
-def remove_incomplete(run_dir: Path) -> None:
-    """Remove a run directory that a failed start left without any checkpoint."""
-    if run_dir.exists() and not (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists():
-        shutil.rmtree(run_dir)

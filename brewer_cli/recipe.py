@@ -63,10 +63,22 @@ class DataSource(Strict):
     examples: int | None = Field(default=None, ge=1, description="synthetic: how many examples")
     seed: int = 0
     limit: int | None = Field(default=None, ge=1, description="keep only the first N examples")
+    articles: str | None = Field(
+        default=None,
+        description='SQuAD: keep the questions of articles START:END (0-based, END excluded, like a Python '
+        'slice, e.g. "0:38" and "38:48"), so a train/eval split never shares a paragraph; applied before `limit`',
+    )
     # Column names; when absent the values under `data` apply.
     text: str | None = None
     text_pair: str | None = None
     label: str | None = None
+
+    @field_validator("articles")
+    @classmethod
+    def _article_range(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\s*\d*\s*:\s*\d*\s*", value):
+            raise ValueError(f"{value!r} is not an article range — write START:END, e.g. \"0:38\" (either side may be empty)")
+        return value
 
     @model_validator(mode="after")
     def _one_origin(self) -> "DataSource":
@@ -213,24 +225,38 @@ class ScheduleSpec(Strict):
 
 
 class MatchSpec(Strict):
+    """One intermediate match. Layers are hidden_states indices (0 = embeddings, i = layer i; for
+    attention features i = layer i's attention); pair losses (fsp/gram, nst/mmd) take `[a, b]`.
+    Cross-field and model-dependent checks live in `brewer_cli.matches`."""
+
     teacher_layer: int | tuple[int, int]
     student_layer: int | tuple[int, int]
-    feature: Literal["hidden", "attention", "attention_inputs", "embedding"] = "hidden"
+    # None: the feature the loss reads (hidden, attention or attention_inputs).
+    feature: Literal["hidden", "attention", "attention_inputs", "embedding"] | None = None
     loss: str = "hidden_mse"
     weight: float = Field(default=1.0, ge=0)
-    projection: str | None = None
+    projection: str | None = Field(default=None, description="linear | relu | tanh; sizes come from the models")
     relation_heads: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embedding_layers(cls, value: Any) -> Any:
+        # `feature: embedding` always reads hidden_states[0], so its layers may be left out.
+        if isinstance(value, dict) and value.get("feature") == "embedding":
+            value = {"teacher_layer": 0, "student_layer": 0, **value}
+        return value
 
 
 class UniformMatches(Strict):
-    """Generate one match per student layer against a uniformly spaced teacher layer."""
+    """Generate one match per student layer j against teacher layer round(j·N/M)."""
 
     uniform: Literal[True] = True
     loss: str = "hidden_mse"
-    feature: Literal["hidden", "attention", "attention_inputs"] = "hidden"
+    feature: Literal["hidden", "attention", "attention_inputs"] | None = None
     weight: float = Field(default=1.0, ge=0)
     projection: str | None = None
-    include_embeddings: bool = False
+    relation_heads: int | None = Field(default=None, ge=1)
+    include_embeddings: bool = Field(default=False, description="also match the embeddings (layer 0 ↔ 0)")
 
 
 def _match_entry_kind(value: Any) -> str:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from brewer_cli.distillers.base import Distiller, TrainingLoop
 from brewer_cli.distillers.basic import BasicDistiller
+from brewer_cli.distillers.general import GeneralDistiller
 from brewer_cli.distillers.trainer import TrainerDistiller
 from brewer_cli.registry import Registry
 
 DISTILLERS: Registry[type[Distiller]] = Registry("distiller")
 DISTILLERS.add("trainer", TrainerDistiller, "supervised training of `model` on the labels (teacher fine-tuning)")
 DISTILLERS.add("basic", BasicDistiller, "logit KD (ce | kl | mse, temperature, schedules) + weighted hard-label loss")
+DISTILLERS.add("general", GeneralDistiller, "basic + intermediate-layer matches (hidden, attention, relations; presets, uniform map, projections)")
 
 __all__ = ["DISTILLERS", "Distiller", "TrainingLoop"]

@@ -169,6 +169,7 @@ class TrainingLoop:
         self.console = console
         self.precision = resolve_precision(self.training.precision)
         self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
             mixed_precision=self.precision,
             gradient_accumulation_steps=self.training.gradient_accumulation,
             step_scheduler_with_optimizer=False,
@@ -191,7 +192,10 @@ class TrainingLoop:
             len(data), self.training.seed, self.training.batch_size,
             lengths=data.lengths() if self.training.group_by_length else None,
         )
-        loader = DataLoader(data, batch_size=self.training.batch_size, sampler=sampler, collate_fn=self.run.collate)
+        # The loader's own generator: creating an epoch's iterator draws a seed from it, and drawing
+        # from the global RNG instead would shift dropout masks after a resume.
+        loader = DataLoader(data, batch_size=self.training.batch_size, sampler=sampler, collate_fn=self.run.collate,
+                            generator=torch.Generator().manual_seed(self.training.seed))
         return loader, sampler
 
     def _optimizer(self) -> torch.optim.Optimizer:

@@ -114,7 +114,10 @@ class Family:
         `logits_of(outputs)` picks the task's logits (QA returns a (start, end) tuple).
         """
         inputs = self.model_inputs(batch)
-        if labels is not None:
+        if isinstance(labels, tuple):
+            # Extractive QA: (start, end) answer positions, under the QA heads' own argument names.
+            inputs["start_positions"], inputs["end_positions"] = labels
+        elif labels is not None:
             inputs["labels"] = labels
         with self.capture(model, needs) as captured:
             outputs = model(**inputs, output_hidden_states=needs.hidden_states, return_dict=True)

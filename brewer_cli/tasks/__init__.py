@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from brewer_cli.registry import Registry
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
+from brewer_cli.tasks.question_answering import QuestionAnswering
 from brewer_cli.tasks.sequence_classification import SequenceClassification
+from brewer_cli.tasks.token_classification import TokenClassification
 
 TASKS: Registry[type[Task]] = Registry("task")
 TASKS.add(
     "sequence_classification",
     SequenceClassification,
     "one label per text or text pair (`data.text_pair`); num_labels: 1 is regression. Metrics: accuracy, F1 (binary), Pearson/Spearman",
+)
+TASKS.add(
+    "token_classification",
+    TokenClassification,
+    "one tag per word (NER): CoNLL files or tokens/ner_tags rows, first sub-word labelled. Metrics: strict IOB2 entity P/R/F1, F1 per type, word accuracy",
+)
+TASKS.add(
+    "question_answering",
+    QuestionAnswering,
+    "extractive QA (SQuAD v1.1 / v2): windows with doc_stride, n-best span decoding. Metrics: exact match, F1 (0-100)",
 )
 
 __all__ = ["TASKS", "Task", "PreparedData", "TokenizedDataset"]

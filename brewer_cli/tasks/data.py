@@ -12,6 +12,7 @@ from typing import Any
 from brewer_cli.errors import DataError
 from brewer_cli.paths import resolve_path
 from brewer_cli.recipe import DataSource, Recipe
+from brewer_cli.tasks.formats import TAGS, TOKENS, is_squad_document, read_conll, read_squad, select_articles, squad_rows
 
 
 def read_source(source: DataSource, recipe: Recipe, field: str) -> list[dict[str, Any]]:
@@ -28,7 +29,9 @@ def read_source(source: DataSource, recipe: Recipe, field: str) -> list[dict[str
         path = resolve_path(source.path, recipe)
         if not path.exists():
             raise DataError(f"{where}.path: data file {source.path!r} not found (looked at {path}) — check the path; relative paths are read from the current directory or the recipe's folder")
-        rows = _read_local(path, source, where)
+        rows = _read_local(path, source, where, recipe)
+    if source.articles is not None:
+        rows = select_articles(rows, source.articles, where)
     if source.limit is not None:
         rows = rows[: source.limit]
     if not rows:
@@ -51,7 +54,7 @@ def _read_hub(source: DataSource, where: str) -> list[dict[str, Any]]:
     return [dict(row) for row in dataset]
 
 
-def _read_local(path: Path, source: DataSource, where: str) -> list[dict[str, Any]]:
+def _read_local(path: Path, source: DataSource, where: str, recipe: Recipe | None = None) -> list[dict[str, Any]]:
     kind = source.format
     if kind == "auto":
         kind = _format_from_path(path)
@@ -79,13 +82,19 @@ def _read_local(path: Path, source: DataSource, where: str) -> list[dict[str, An
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise DataError(f"{where}: {path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        if is_squad_document(data):
+            # A SQuAD file (data[].paragraphs[].qas[]): one row per question, as on the hub.
+            return squad_rows(data, path, where)
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
             raise DataError(f"{where}: {path}: expected a JSON list of examples (or {{\"data\": [...]}})")
         return data
-    # conll and squad have task-specific readers; the task calls them itself.
-    raise DataError(f"{where}.format: format {kind!r} is read by its task only (token_classification / question_answering)")
+    if kind == "squad":
+        return read_squad(path, where)
+    # conll: rows named by the recipe's `data.tokens` / `data.tags` (default tokens / ner_tags).
+    data_spec = recipe.data if recipe is not None else None
+    return read_conll(path, where, (data_spec and data_spec.tokens) or TOKENS, (data_spec and data_spec.tags) or TAGS)
 
 
 def _format_from_path(path: Path) -> str | None:

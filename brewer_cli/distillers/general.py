@@ -1,0 +1,121 @@
+"""`general`: `basic` (logit KD + hard label, with its schedules and probability shift) plus
+intermediate-layer matches between teacher and student features (DESIGN §5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from brewer_cli.distillers.basic import BasicDistiller
+from brewer_cli.families import FeatureNeeds, Features
+from brewer_cli.matches import ModelShape, ResolvedMatch, resolve_matches
+from brewer_cli.projections import build_projection
+
+
+class GeneralDistiller(BasicDistiller):
+    kind = "general"
+
+    def __init__(self, run: Any):
+        super().__init__(run)
+        teacher_config = run.teachers[0].model.config
+        student_config = run.student.model.config
+        # build_run has already validated the matches against these models; resolving again here
+        # is cheap and keeps the distiller usable from a Run alone.
+        self.matches: list[ResolvedMatch] = resolve_matches(run.recipe, teacher_config, student_config)
+        self.teacher_shape = ModelShape.of(teacher_config)
+        self.student_shape = ModelShape.of(student_config)
+        # Projections are submodules: the optimizer trains them, the loop clips them with the
+        # student, and checkpoints save (and --resume restores) them as non-student state.
+        self.projections = nn.ModuleDict()
+        self.projection_keys: list[str | None] = []
+        # Seeded from the recipe so that two runs of one recipe start from the same projections,
+        # without disturbing the global generator that the loop seeds itself.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(run.recipe.training.seed)
+            for index, match in enumerate(self.matches):
+                self.projection_keys.append(self._projection_for(index, match))
+        self.part_names = [self._part_name(index, match) for index, match in enumerate(self.matches)]
+        # Both sides read the same kinds of feature; attention is captured only when a match reads it.
+        reads = {match.reads for match in self.matches}
+        self._needs = FeatureNeeds(
+            hidden_states="hidden" in reads,
+            attention_scores="attention" in reads,
+            attention_inputs="attention_inputs" in reads,
+        )
+
+    def _projection_for(self, index: int, match: ResolvedMatch) -> str | None:
+        if match.projection is None:
+            return None
+        # TinyBERT's hidden loss maps every layer and the embeddings through one matrix.
+        key = match.loss if match.spec.shared_projection else f"match_{index}"
+        if key not in self.projections:
+            self.projections[key] = build_projection(match.projection, self.student_shape.width, self.teacher_shape.width)
+        return key
+
+    @staticmethod
+    def _part_name(index: int, match: ResolvedMatch) -> str:
+        def short(layer) -> str:
+            return f"{layer[0]}+{layer[1]}" if isinstance(layer, tuple) else str(layer)
+
+        return f"{match.loss}.s{short(match.student_layer)}.t{short(match.teacher_layer)}.{index}"
+
+    def student_needs(self) -> FeatureNeeds:
+        return self._needs
+
+    def teacher_needs(self) -> FeatureNeeds:
+        return self._needs
+
+    # -- the loss -------------------------------------------------------------------------------
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        teacher = self.teacher_features(batch)
+        student = self.student_features(batch, with_labels=self.settings.hard_label_weight > 0)
+        parts = self.logit_losses(batch, student, teacher.logits)
+        mask = batch["attention_mask"]
+        intermediate = torch.zeros((), device=mask.device)
+        for match, key, name in zip(self.matches, self.projection_keys, self.part_names):
+            value = self.match_loss(match, key, student, teacher, mask)
+            parts[name] = value
+            intermediate = intermediate + match.weight * value
+        if self.matches:
+            parts["intermediate"] = intermediate
+            parts["loss"] = parts["loss"] + intermediate
+        return parts
+
+    def match_loss(
+        self, match: ResolvedMatch, projection_key: str | None, student: Features, teacher: Features, mask: torch.Tensor
+    ) -> torch.Tensor:
+        spec = match.spec
+        student_feature = _select(student, match.reads, match.student_layer)
+        teacher_feature = _select(teacher, match.reads, match.teacher_layer)
+        if projection_key is not None:
+            projection = self.projections[projection_key]
+            student_feature = (
+                tuple(projection(item) for item in student_feature) if spec.pair else projection(student_feature)
+            )
+        if spec.takes_relation_heads:
+            return spec.fn(student_feature, teacher_feature, mask, relation_heads=match.relation_heads)
+        return spec.fn(student_feature, teacher_feature, mask)
+
+    # -- the plan -------------------------------------------------------------------------------
+
+    def describe_losses(self) -> list[str]:
+        lines = super().describe_losses()
+        if not self.matches:
+            lines.append("no intermediate matches (`distillation.matches` is empty): this is basic KD")
+        lines.extend(match.describe(self.student_shape, self.teacher_shape) for match in self.matches)
+        return lines
+
+
+def _select(features: Features, reads: str, layer: int | tuple[int, int]) -> Any:
+    """The feature of one layer (or a pair of layers). hidden_states[i] is layer i (0 = the
+    embeddings); attention i is layer i's attention, at position i − 1 of the per-layer tuples."""
+    if isinstance(layer, tuple):
+        return tuple(_select(features, reads, item) for item in layer)
+    if reads == "hidden":
+        return features.hidden_states[layer]
+    if reads == "attention":
+        return features.attention_scores[layer - 1]
+    return features.attention_inputs[layer - 1]

@@ -1,0 +1,479 @@
+"""Extractive question answering (SQuAD v1.1, and v2-style unanswerable questions).
+
+Data: SQuAD JSON files (`data[].paragraphs[].qas[].answers[]`; `format: squad`, or any `.json`
+file of that shape; `articles: "0:38"` keeps some articles), jsonl/json rows and hub datasets in
+the hub's `squad` layout: `id`, `context`, `question`, `answers: {text: [...], answer_start:
+[...]}` (column names `data.question`, `data.context`, `data.answers`; answers may also be a list
+of `{text, answer_start}`).
+
+Windows: a context longer than `data.max_length` is split into windows (the question is repeated
+in each) that share `task.doc_stride` context tokens — Hugging Face's meaning of the stride (the
+tokenizer's `stride`), default min(128, max_length // 3). A question too long to leave room for
+that overlap is cut, with a warning.
+
+Training targets: the token positions of the answer's first and last characters, or the [CLS]
+position when the answer is not wholly inside the window (and for unanswerable questions). An
+answer whose `answer_start` does not point at its text is moved to the nearest occurrence of the
+text in the context, or — when the text does not occur — dropped; a question left without answers
+is not trained on (never a wrong span, never a wrong "unanswerable"). A span that cuts a word
+("two" found inside "Westwood", as in a few of SQuAD's dev offsets) moves to the nearest whole-word
+occurrence. The counts are logged and kept in `PreparedData.extra["answer_alignment"]`.
+
+KD: on the start and end logits, summed (`kd_loss` over the (start, end) tuple). The softmax of
+each runs over the context tokens and [CLS] only (`kd_mask`: the `context_mask` column). The
+answer can only be a context span or the null answer at [CLS]; question tokens, [SEP] and padding
+are never predicted, and leaving them in would let the student spend capacity matching the
+teacher's arbitrary scores there.
+
+Evaluation: per window the `n_best` highest start and end logits are paired into spans of at most
+`max_answer_length` tokens inside the context, scored by start + end logit; the best span over all
+windows of a question wins. With `task.version_2_with_negative`, the null answer (score of [CLS]
+start + end, the lowest over the windows) wins when it beats the best span, and predicts "".
+Metrics: exact match and F1 with the official SQuAD answer normalization (lower case, no
+punctuation, no articles a/an/the, single spaces), max over the gold answers, on the official
+0…100 scale; with v2 also on the answerable and unanswerable questions separately.
+`predictions.json` ({id: answer}) is written into the output directory when one is given.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from brewer_cli.errors import DataError
+from brewer_cli.recipe import DataSource, Recipe
+from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
+from brewer_cli.tasks.data import column, read_source
+from brewer_cli.tasks.token_classification import check_fast_tokenizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_ANSWER_LENGTH = 30
+DEFAULT_N_BEST = 20
+
+
+@dataclass
+class QuestionExample:
+    id: str
+    question: str
+    context: str
+    answer_texts: list[str]
+    answer_starts: list[int]
+
+
+@dataclass
+class Window:
+    """What decoding needs from one window: its logits and where its context tokens are."""
+
+    start_logits: Sequence[float]
+    end_logits: Sequence[float]
+    # Character span in the context per token; None for question, special and padding tokens.
+    offsets: Sequence[tuple[int, int] | None]
+    cls_index: int = 0
+
+
+class QuestionAnswering(Task):
+    name = "question_answering"
+    auto_class_name = "AutoModelForQuestionAnswering"
+    primary_metric = "f1"
+
+    @property
+    def version_2(self) -> bool:
+        return bool(self.spec.version_2_with_negative)
+
+    @property
+    def max_answer_length(self) -> int:
+        return self.spec.max_answer_length or DEFAULT_MAX_ANSWER_LENGTH
+
+    @property
+    def n_best(self) -> int:
+        return self.spec.n_best or DEFAULT_N_BEST
+
+    def doc_stride(self, recipe: Recipe) -> int:
+        max_length = recipe.data.max_length
+        stride = self.spec.doc_stride if self.spec.doc_stride is not None else min(128, max_length // 3)
+        if stride >= max_length:
+            raise DataError(
+                f"{recipe.path}: task.doc_stride: {stride} must be smaller than data.max_length ({max_length}) — "
+                f"it is the number of context tokens consecutive windows share; e.g. doc_stride {max_length // 3}"
+            )
+        return stride
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+        check_fast_tokenizer(tokenizer, recipe)
+        stride = self.doc_stride(recipe)
+        data = recipe.data
+        train_examples = self.read_examples(data.train, recipe, "data.train")
+        train_examples, alignment = self.align_answers(train_examples, recipe, "data.train")
+        train = self.windows(train_examples, tokenizer, data.max_length, stride, recipe, "data.train", for_eval=False)
+        evaluation, eval_examples = None, None
+        if data.eval is not None:
+            eval_examples = self.read_examples(data.eval, recipe, "data.eval")
+            evaluation = self.windows(eval_examples, tokenizer, data.max_length, stride, recipe, "data.eval", for_eval=True)
+        return PreparedData(
+            train=train, eval=evaluation, label_names=None,
+            eval_examples=[vars(example) for example in eval_examples] if eval_examples is not None else None,
+            extra={"answer_alignment": alignment, "eval_question_examples": eval_examples},
+        )
+
+    def read_examples(self, source: DataSource, recipe: Recipe, field: str) -> list[QuestionExample]:
+        rows = read_source(source, recipe, field)
+        where = f"{recipe.path}: {field}"
+        data = recipe.data
+        questions = column(rows, data.question or "question", where, "question")
+        contexts = column(rows, data.context or "context", where, "context")
+        answers = column(rows, data.answers or "answers", where, "answers")
+        examples = []
+        for number, (row, question, context, answer) in enumerate(zip(rows, questions, contexts, answers)):
+            identifier = str(row.get("id", number))
+            if not isinstance(question, str) or not isinstance(context, str):
+                raise DataError(f"{where}: question {identifier!r}: `question` and `context` must be text")
+            texts, starts = _answer_lists(answer, where, identifier)
+            if not texts and not self.version_2 and field == "data.eval":
+                # Scoring it would need the v2 rule (empty answer is right); training only skips it.
+                raise DataError(
+                    f"{where}: question {identifier!r} has no answer — set task.version_2_with_negative: true for "
+                    f"data with unanswerable questions (SQuAD v2), or fix the data"
+                )
+            examples.append(QuestionExample(identifier, question.lstrip(), context, texts, starts))
+        return examples
+
+    def align_answers(
+        self, examples: list[QuestionExample], recipe: Recipe, field: str
+    ) -> tuple[list[QuestionExample], dict[str, int]]:
+        """Training examples whose answer spans are right: see the module docstring."""
+        counts = {"relocated": 0, "word_boundary": 0, "dropped": 0, "questions_skipped": 0}
+        kept = []
+        for example in examples:
+            answers: list[tuple[bool, str, int]] = []
+            for text, start in zip(example.answer_texts, example.answer_starts):
+                position, outcome = locate_answer(example.context, text, start)
+                if outcome in counts:
+                    counts[outcome] += 1
+                if position is not None:
+                    answers.append((outcome == "partial_word", text, position))
+            had_answers = bool(example.answer_texts)
+            if not answers and (had_answers or not self.version_2):
+                # All its answers were wrong, or a v1 question without an answer: no right target.
+                counts["questions_skipped"] += 1
+                continue
+            # Training uses the first answer; one on word boundaries goes first (stable sort).
+            answers.sort(key=lambda answer: answer[0])
+            kept.append(QuestionExample(
+                example.id, example.question, example.context,
+                [text for _, text, _ in answers], [position for _, _, position in answers],
+            ))
+        descriptions = {
+            "relocated": "answer_start values that did not point at their text moved to the nearest occurrence",
+            "word_boundary": "spans that cut a word moved to the nearest whole-word occurrence",
+            "dropped": "answers dropped (text not in the context)",
+            "questions_skipped": "questions left without an answer not trained on",
+        }
+        found = [f"{count} {descriptions[name]}" for name, count in counts.items() if count]
+        if found:
+            logger.warning("%s: %s: answer spans fixed for training: %s", recipe.path, field, "; ".join(found))
+        if not kept:
+            raise DataError(f"{recipe.path}: {field}: no question with a usable answer is left to train on — check the answers")
+        return kept, counts
+
+    def windows(
+        self, examples: list[QuestionExample], tokenizer: Any, max_length: int, stride: int, recipe: Recipe, field: str,
+        for_eval: bool,
+    ) -> TokenizedDataset:
+        questions = self._fit_questions(examples, tokenizer, max_length, stride, recipe, field)
+        try:
+            encoded = tokenizer(
+                questions, [example.context for example in examples], truncation="only_second", max_length=max_length,
+                stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+            )
+        except Exception as error:  # the Rust tokenizer reports a stride it cannot honour this way
+            raise DataError(
+                f"{recipe.path}: task.doc_stride: the tokenizer could not split the contexts into windows of "
+                f"{max_length} tokens sharing {stride}: {error} — lower task.doc_stride or raise data.max_length"
+            ) from None
+        cls_id = tokenizer.cls_token_id
+        columns: dict[str, list[Any]] = collections.defaultdict(list)
+        for window in range(len(encoded["input_ids"])):
+            example = examples[encoded["overflow_to_sample_mapping"][window]]
+            input_ids = encoded["input_ids"][window]
+            sequence_ids = encoded.sequence_ids(window)
+            cls_index = input_ids.index(cls_id) if cls_id in input_ids else 0
+            context_mask = [1 if sequence == 1 else 0 for sequence in sequence_ids]
+            context_mask[cls_index] = 1
+            offsets = [
+                tuple(offset) if sequence == 1 else None
+                for offset, sequence in zip(encoded["offset_mapping"][window], sequence_ids)
+            ]
+            columns["input_ids"].append(input_ids)
+            columns["attention_mask"].append(encoded["attention_mask"][window])
+            if "token_type_ids" in encoded:
+                columns["token_type_ids"].append(encoded["token_type_ids"][window])
+            columns["context_mask"].append(context_mask)
+            if for_eval:
+                columns["offset_mapping"].append(offsets)
+                columns["example_index"].append(encoded["overflow_to_sample_mapping"][window])
+                columns["cls_index"].append(cls_index)
+            else:
+                start, end = answer_positions(example, offsets, cls_index)
+                columns["start_positions"].append(start)
+                columns["end_positions"].append(end)
+        return TokenizedDataset(dict(columns))
+
+    def _fit_questions(
+        self, examples: list[QuestionExample], tokenizer: Any, max_length: int, stride: int, recipe: Recipe, field: str
+    ) -> list[str]:
+        """Questions, cut where needed so that each window keeps more context tokens than the stride
+        (the tokenizer cannot make windows otherwise)."""
+        room = max_length - tokenizer.num_special_tokens_to_add(pair=True) - stride - 1
+        if room < 1:
+            raise DataError(
+                f"{recipe.path}: task.doc_stride: {stride} leaves no room for the question in windows of "
+                f"data.max_length={max_length} tokens — lower task.doc_stride (e.g. {max_length // 3})"
+            )
+        questions = [example.question for example in examples]
+        encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+        cut = 0
+        for number, offsets in enumerate(encoded["offset_mapping"]):
+            if len(offsets) > room:
+                questions[number] = questions[number][: offsets[room - 1][1]]
+                cut += 1
+        if cut:
+            logger.warning(
+                "%s: %s: %d questions are longer than %d tokens and were cut to fit windows of data.max_length=%d "
+                "sharing task.doc_stride=%d tokens", recipe.path, field, cut, room, max_length, stride,
+            )
+        return questions
+
+    def collate(self, tokenizer: Any):
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+        def collate(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+            # Only tensors go into a batch: offsets and example ids stay in the dataset columns,
+            # where compute_metrics reads them by window index.
+            longest = max(len(item["input_ids"]) for item in items)
+            batch: dict[str, torch.Tensor] = {}
+            for key in ("input_ids", "attention_mask", "token_type_ids", "context_mask"):
+                if key in items[0]:
+                    fill = pad_id if key == "input_ids" else 0
+                    batch[key] = torch.tensor(
+                        [list(item[key]) + [fill] * (longest - len(item[key])) for item in items], dtype=torch.long
+                    )
+            for key in ("start_positions", "end_positions"):
+                if key in items[0]:
+                    batch[key] = torch.tensor([item[key] for item in items], dtype=torch.long)
+            batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
+            return batch
+
+        return collate
+
+    # -- model ----------------------------------------------------------------------------------
+
+    def logits(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return outputs.start_logits, outputs.end_logits
+
+    def kd_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L): context tokens and [CLS] — the positions an answer can start or end at."""
+        return batch["context_mask"]
+
+    def labels(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if "start_positions" not in batch:
+            return None
+        return batch["start_positions"], batch["end_positions"]
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def prediction_of(self, logits: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits[0].float(), logits[1].float()
+
+    def compute_metrics(self, predictions, indices, data: PreparedData, output_dir=None) -> dict[str, Any]:
+        examples: list[QuestionExample] = data.extra["eval_question_examples"]
+        columns = data.eval.columns
+        windows_of: dict[int, list[Window]] = collections.defaultdict(list)
+        rows = ((start, end) for starts, ends in predictions for start, end in zip(starts, ends))
+        for window, (start, end) in zip(indices, rows):
+            offsets = columns["offset_mapping"][window]
+            # Logits past the window's own length are padding (of the batch or across processes).
+            windows_of[columns["example_index"][window]].append(
+                Window(start[: len(offsets)].tolist(), end[: len(offsets)].tolist(), offsets, columns["cls_index"][window])
+            )
+        answers: dict[str, str] = {}
+        gold: dict[str, list[str]] = {}
+        for example_index in sorted(windows_of):
+            example = examples[example_index]
+            answers[example.id] = decode_answer(
+                windows_of[example_index], example.context, self.n_best, self.max_answer_length, self.version_2
+            )
+            gold[example.id] = example.answer_texts
+        if output_dir is not None:
+            path = Path(output_dir) / "predictions.json"
+            path.write_text(json.dumps(answers, indent=2, ensure_ascii=False), encoding="utf-8")
+        return squad_scores(answers, gold, self.version_2)
+
+
+# ============================================================================= helpers
+
+
+def _answer_lists(value: Any, where: str, identifier: str) -> tuple[list[str], list[int]]:
+    """The hub's {text: [...], answer_start: [...]} or a list of {text, answer_start}."""
+    try:
+        if isinstance(value, dict):
+            texts, starts = list(value["text"]), [int(start) for start in value["answer_start"]]
+        elif isinstance(value, list):
+            texts, starts = [answer["text"] for answer in value], [int(answer["answer_start"]) for answer in value]
+        else:
+            raise TypeError
+    except (KeyError, TypeError, ValueError):
+        raise DataError(
+            f"{where}: question {identifier!r}: answers must be {{text: [...], answer_start: [...]}} or a list of "
+            f"{{text, answer_start}}, got {str(value)[:80]!r}"
+        ) from None
+    if len(texts) != len(starts):
+        raise DataError(f"{where}: question {identifier!r}: {len(texts)} answer texts but {len(starts)} answer_start values")
+    return [str(text) for text in texts], starts
+
+
+def locate_answer(context: str, text: str, start: int) -> tuple[int | None, str]:
+    """Where `text` really starts, and how that was decided:
+
+    - "ok": at `start`, on word boundaries;
+    - "relocated": `start` does not point at the text; its occurrence nearest to `start` (whole-word
+      occurrences first);
+    - "word_boundary": the text is at `start` but cuts a word there ("two" inside "Westwood": SQuAD's
+      dev file has such offsets, found by substring search); moved to the nearest whole-word occurrence;
+    - "partial_word": at `start`, cutting a word, and no whole-word occurrence exists (kept: the
+      annotator chose part of a word, e.g. "10" of "2010");
+    - "dropped" (position None): the text is empty or not in the context.
+    """
+    if not text:
+        return None, "dropped"
+    occurrences = [match.start() for match in re.finditer(re.escape(text), context)]
+    if not occurrences:
+        return None, "dropped"
+    whole = [occurrence for occurrence in occurrences if _on_word_boundaries(context, occurrence, len(text))]
+
+    def nearest(candidates: list[int]) -> int:
+        return min(candidates, key=lambda occurrence: (abs(occurrence - start), occurrence))
+
+    if start in occurrences:
+        if start in whole:
+            return start, "ok"
+        return (nearest(whole), "word_boundary") if whole else (start, "partial_word")
+    return nearest(whole or occurrences), "relocated"
+
+
+def _on_word_boundaries(context: str, start: int, length: int) -> bool:
+    """No letter or digit of the same word just before the start or just after the end."""
+    end = start + length
+    before = start > 0 and context[start - 1].isalnum() and context[start].isalnum()
+    after = end < len(context) and context[end].isalnum() and context[end - 1].isalnum()
+    return not before and not after
+
+
+def answer_positions(example: QuestionExample, offsets: Sequence[tuple[int, int] | None], cls_index: int) -> tuple[int, int]:
+    """Token positions of the (first) answer in one window; (cls, cls) when it is not wholly inside."""
+    if not example.answer_texts:
+        return cls_index, cls_index
+    char_start = example.answer_starts[0]
+    char_end = char_start + len(example.answer_texts[0])
+    context_tokens = [position for position, offset in enumerate(offsets) if offset is not None]
+    if not context_tokens:
+        return cls_index, cls_index
+    first, last = context_tokens[0], context_tokens[-1]
+    if offsets[first][0] > char_start or offsets[last][1] < char_end:
+        return cls_index, cls_index
+    # The first token that ends after the answer's start, the last that starts before its end.
+    start = next(position for position in context_tokens if offsets[position][1] > char_start)
+    end = next(position for position in reversed(context_tokens) if offsets[position][0] < char_end)
+    return start, end
+
+
+def decode_answer(
+    windows: Sequence[Window], context: str, n_best: int, max_answer_length: int, allow_null: bool
+) -> str:
+    """The best answer over a question's windows; "" when the null answer wins (v2 only)."""
+    best_score, best_text = float("-inf"), ""
+    null_score = float("inf")
+    for window in windows:
+        start_logits, end_logits, offsets = window.start_logits, window.end_logits, window.offsets
+        null_score = min(null_score, start_logits[window.cls_index] + end_logits[window.cls_index])
+        starts = _top(start_logits, n_best)
+        ends = _top(end_logits, n_best)
+        for start in starts:
+            if offsets[start] is None:
+                continue
+            for end in ends:
+                if offsets[end] is None or end < start or end - start + 1 > max_answer_length:
+                    continue
+                score = start_logits[start] + end_logits[end]
+                if score > best_score:
+                    best_score, best_text = score, context[offsets[start][0] : offsets[end][1]]
+    if allow_null and null_score > best_score:
+        return ""
+    return best_text
+
+
+def _top(values: Sequence[float], count: int) -> list[int]:
+    return sorted(range(len(values)), key=lambda position: values[position], reverse=True)[:count]
+
+
+# ----------------------------------------------------------------------------- SQuAD metric
+
+
+def normalize_answer(text: str) -> str:
+    """The official SQuAD normalization: lower case, no punctuation, no articles, single spaces."""
+    text = text.lower()
+    text = "".join(character for character in text if character not in _PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+_PUNCTUATION = set(string.punctuation)
+
+
+def exact_match(prediction: str, truth: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(truth))
+
+
+def f1_score(prediction: str, truth: str) -> float:
+    predicted_tokens = normalize_answer(prediction).split()
+    truth_tokens = normalize_answer(truth).split()
+    if not predicted_tokens or not truth_tokens:
+        # SQuAD v2's rule: an empty answer scores 1 only against an empty answer.
+        return float(predicted_tokens == truth_tokens)
+    common = collections.Counter(predicted_tokens) & collections.Counter(truth_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision = same / len(predicted_tokens)
+    recall = same / len(truth_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: dict[str, str], gold: dict[str, list[str]], version_2: bool = False) -> dict[str, float]:
+    """Exact match and F1 (0…100), each the max over a question's gold answers; an unanswerable
+    question's gold is the empty answer."""
+    exact, f1 = {}, {}
+    for identifier, truths in gold.items():
+        truths = [truth for truth in truths if normalize_answer(truth)] or [""]
+        prediction = predictions.get(identifier, "")
+        exact[identifier] = max(exact_match(prediction, truth) for truth in truths)
+        f1[identifier] = max(f1_score(prediction, truth) for truth in truths)
+    count = max(len(gold), 1)
+    scores = {"exact_match": 100.0 * sum(exact.values()) / count, "f1": 100.0 * sum(f1.values()) / count}
+    if version_2:
+        for name, keep in (("has_answer", True), ("no_answer", False)):
+            subset = [identifier for identifier, truths in gold.items() if bool(truths) == keep]
+            if subset:
+                scores[f"{name}_exact_match"] = 100.0 * sum(exact[i] for i in subset) / len(subset)
+                scores[f"{name}_f1"] = 100.0 * sum(f1[i] for i in subset) / len(subset)
+    return scores

@@ -1,0 +1,314 @@
+"""Token classification (NER, chunking, POS): one tag per word, predicted on the word's sub-words.
+
+Data: CoNLL files (`format: conll`, or a `.conll` name), jsonl/json rows and hub datasets with a
+list of words and a list of tags per sentence (`data.tokens`, default `tokens`; `data.tags`,
+default `ner_tags`). Integer tags are named by the hub dataset's features (conll2003's ClassLabel
+names), or by `task.labels`.
+
+Labels: the tag list is `task.labels`, else the teacher's (`id2label`), else every tag of the
+training data sorted with `O` first. Each word's tag goes on its first sub-word; the other pieces
+get -100 (ignored), or with `task.label_all_tokens: true` the word's tag (B-X turned into I-X, so
+one entity never gets two beginnings).
+
+KD: on the token logits (B, L, C) at the positions that carry a label (`labels != -100`): every
+real word's first piece (and with `label_all_tokens` its other pieces too). Not the attention
+mask: [CLS], [SEP] and continuation pieces are trained with -100, so the teacher's outputs there
+are untrained noise, and counting them would also shrink the weight of the real words in the mean.
+
+Metric: entity-level precision / recall / F1 with strict IOB2 matching (seqeval `mode="strict",
+scheme=IOB2`: an entity counts only when its type, its B- start and its exact end all match),
+F1 per entity type (`f1_<TYPE>`) and word accuracy, all as fractions 0…1. Words cut off by
+`data.max_length` count as predicted `O`, so truncation shows in the score instead of being hidden.
+When the tags are not IOB2 (e.g. POS tags), only word accuracy is reported and is the primary metric.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+
+from brewer_cli.errors import DataError, ModelError
+from brewer_cli.recipe import DataSource, Recipe
+from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
+from brewer_cli.tasks.data import column, read_source
+from brewer_cli.tasks.formats import TAGS, TOKENS, hub_class_names
+
+logger = logging.getLogger(__name__)
+
+OUTSIDE = "O"
+IGNORED = -100
+
+
+class TokenClassification(Task):
+    name = "token_classification"
+    auto_class_name = "AutoModelForTokenClassification"
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        # Whether the tags follow IOB2 (O, B-TYPE, I-TYPE); decided by `prepare` from the tag list.
+        self.entity_tags = True
+
+    @property
+    def primary_metric(self) -> str:  # type: ignore[override]
+        return "f1" if self.entity_tags else "accuracy"
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+        data = recipe.data
+        check_fast_tokenizer(tokenizer, recipe)
+        given = list(self.spec.labels) if self.spec.labels else label_names
+        train = self.read_sentences(data.train, recipe, "data.train", given)
+        evaluation = self.read_sentences(data.eval, recipe, "data.eval", given) if data.eval is not None else None
+        names = given or tag_list_from([tags for _, tags, _ in train])
+        if self.spec.num_labels is not None and len(names) != self.spec.num_labels:
+            field = "task.labels" if self.spec.labels else "task.num_labels"
+            raise DataError(
+                f"{recipe.path}: {field}: the tag list has {len(names)} tags ({', '.join(names[:20])}) but "
+                f"task.num_labels is {self.spec.num_labels} — make them agree, or leave num_labels out"
+            )
+        origin = "task.labels" if self.spec.labels else ("the teacher's labels" if label_names else "the training data's tags")
+        check_tags(train, names, recipe, "data.train", origin)
+        if evaluation is not None:
+            check_tags(evaluation, names, recipe, "data.eval", origin)
+        self.entity_tags = all(is_iob2(tag) for tag in names)
+        train_set = self.tokenize(train, names, tokenizer, data.max_length, recipe, "data.train")
+        eval_set = self.tokenize(evaluation, names, tokenizer, data.max_length, recipe, "data.eval") if evaluation is not None else None
+        extra = {"eval_tags": [tags for _, tags, _ in evaluation]} if evaluation is not None else {}
+        return PreparedData(
+            train=train_set, eval=eval_set, label_names=names,
+            eval_examples=[{"tokens": words, "tags": tags} for words, tags, _ in evaluation] if evaluation is not None else None,
+            extra=extra,
+        )
+
+    def read_sentences(
+        self, source: DataSource, recipe: Recipe, field: str, given: list[str] | None
+    ) -> list[tuple[list[str], list[str], str]]:
+        """(words, tags as names, where-in-the-file) per sentence."""
+        rows = read_source(source, recipe, field)
+        where = f"{recipe.path}: {field}"
+        tokens_column = recipe.data.tokens or TOKENS
+        tags_column = recipe.data.tags or TAGS
+        all_words = column(rows, tokens_column, where, "tokens")
+        all_tags = column(rows, tags_column, where, "tags")
+        class_names: list[str] | None = None
+        sentences = []
+        for number, (row, words, tags) in enumerate(zip(rows, all_words, all_tags)):
+            place = _place(source, recipe, row, number)
+            if not isinstance(words, (list, tuple)) or not isinstance(tags, (list, tuple)):
+                raise DataError(
+                    f"{where}: {place}: `{tokens_column}` and `{tags_column}` must be lists (one entry per word), got "
+                    f"{type(words).__name__} and {type(tags).__name__}"
+                )
+            if len(words) != len(tags):
+                raise DataError(f"{where}: {place}: {len(words)} words but {len(tags)} tags — give one tag per word")
+            if any(_is_integer(tag) for tag in tags):
+                if class_names is None:
+                    class_names = self._class_names(source, tags_column, given, where)
+                tags = [_tag_name(tag, class_names, where, place, tags_column) for tag in tags]
+            sentences.append(([str(word) for word in words], [str(tag) for tag in tags], place))
+        return sentences
+
+    def _class_names(self, source: DataSource, tags_column: str, given: list[str] | None, where: str) -> list[str]:
+        # Hub datasets store tags as ClassLabel ids; their names are in the dataset's features.
+        names = hub_class_names(source, tags_column) if source.hub is not None else None
+        names = names or given
+        if names is None:
+            raise DataError(
+                f"{where}: the `{tags_column}` column holds integer tags and nothing names them — give the names in "
+                f"id order with `task.labels: [O, B-PER, I-PER, …]`"
+            )
+        return names
+
+    def tokenize(
+        self, sentences: list[tuple[list[str], list[str], str]], names: list[str], tokenizer: Any, max_length: int,
+        recipe: Recipe, field: str,
+    ) -> TokenizedDataset:
+        label_ids = {name: index for index, name in enumerate(names)}
+        encoded = tokenizer(
+            [words for words, _, _ in sentences], is_split_into_words=True, truncation=True, max_length=max_length
+        )
+        columns: dict[str, list[Any]] = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        if "token_type_ids" in encoded:
+            columns["token_type_ids"] = encoded["token_type_ids"]
+        labels, word_starts = [], []
+        truncated = 0
+        for number, (words, tags, _) in enumerate(sentences):
+            word_ids = encoded.word_ids(number)
+            token_labels, starts = align_labels(word_ids, [label_ids[tag] for tag in tags], names, bool(self.spec.label_all_tokens))
+            labels.append(token_labels)
+            word_starts.append(starts)
+            # Cut off: the sequence is full and its last word is not the sentence's last word. (A word
+            # with no piece at all, e.g. only control characters, also leaves a gap, but not this one.)
+            last_word = max((word for word in word_ids if word is not None), default=-1)
+            if len(word_ids) >= max_length and last_word < len(words) - 1:
+                truncated += 1
+        if truncated:
+            logger.warning(
+                "%s: %s: %d of %d sentences are longer than data.max_length=%d tokens; their last words are cut "
+                "off (and count as predicted O in the metric) — raise data.max_length to keep them",
+                recipe.path, field, truncated, len(sentences), max_length,
+            )
+        columns["labels"] = labels
+        columns["word_starts"] = word_starts
+        return TokenizedDataset(columns)
+
+    # -- model ----------------------------------------------------------------------------------
+
+    def model_kwargs(self, label_names: list[str] | None) -> dict[str, Any]:
+        names = label_names or [str(i) for i in range(self.spec.num_labels or 2)]
+        return {
+            "num_labels": len(names),
+            "id2label": {i: name for i, name in enumerate(names)},
+            "label2id": {name: i for i, name in enumerate(names)},
+        }
+
+    def check_model(self, model: Any, label_names: list[str] | None, role: str) -> None:
+        expected = len(label_names or []) or self.spec.num_labels
+        if expected and model.config.num_labels != expected:
+            raise ModelError(
+                f"{role}: the checkpoint's token classifier has {model.config.num_labels} tags but the task has "
+                f"{expected} — use a checkpoint trained on this tag set, or set task.labels"
+            )
+
+    def kd_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L): the positions that carry a tag (see the module docstring for why not the attention mask)."""
+        return batch["labels"] != IGNORED
+
+    def labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch.get("labels")
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def prediction_of(self, logits: torch.Tensor) -> torch.Tensor:
+        # Only the arg-max is needed: (B, L) instead of (B, L, C) kept for the whole eval set.
+        return logits.argmax(dim=-1)
+
+    def compute_metrics(self, predictions, indices, data: PreparedData, output_dir=None) -> dict[str, Any]:
+        names = data.label_names or []
+        fill = OUTSIDE if OUTSIDE in names else names[0]
+        predicted_ids: dict[int, torch.Tensor] = {}
+        rows = (row for batch in predictions for row in batch)
+        for index, row in zip(indices, rows):
+            predicted_ids[index] = row
+        gold_sequences, predicted_sequences = [], []
+        for index in sorted(predicted_ids):
+            gold = data.extra["eval_tags"][index]
+            starts = data.eval.columns["word_starts"][index]
+            row = predicted_ids[index]
+            # A word the model never saw (cut off by max_length) counts as predicted O.
+            predicted = [names[int(row[position])] if position >= 0 else fill for position in starts]
+            gold_sequences.append(gold)
+            predicted_sequences.append(predicted)
+        metrics = {"accuracy": word_accuracy(gold_sequences, predicted_sequences)}
+        if self.entity_tags:
+            metrics = {**entity_scores(gold_sequences, predicted_sequences), **metrics}
+        return metrics
+
+
+# ============================================================================= helpers
+
+
+def check_fast_tokenizer(tokenizer: Any, recipe: Recipe) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(
+            f"{recipe.path}: teacher.checkpoint: token classification needs a fast (Rust) tokenizer to map sub-words "
+            f"to words, but {type(tokenizer).__name__} is a slow one — save the checkpoint with its tokenizer.json"
+        )
+
+
+def tag_list_from(tag_sequences: Sequence[Sequence[str]]) -> list[str]:
+    """Every tag seen, sorted, with `O` first (the usual id 0 of NER tag sets)."""
+    seen = {tag for tags in tag_sequences for tag in tags}
+    return ([OUTSIDE] if OUTSIDE in seen else []) + sorted(seen - {OUTSIDE})
+
+
+def check_tags(sentences, names: list[str], recipe: Recipe, field: str, origin: str) -> None:
+    known = set(names)
+    for _, tags, place in sentences:
+        for tag in tags:
+            if tag not in known:
+                raise DataError(
+                    f"{recipe.path}: {field}: {place}: tag {tag!r} is not in the tag list ({', '.join(names)}), which "
+                    f"comes from {origin} — add it to task.labels (and retrain the teacher) or fix the data"
+                )
+
+
+def is_iob2(tag: str) -> bool:
+    return tag == OUTSIDE or (tag[:2] in ("B-", "I-") and len(tag) > 2)
+
+
+def align_labels(
+    word_ids: Sequence[int | None], word_labels: Sequence[int], names: Sequence[str], label_all_tokens: bool
+) -> tuple[list[int], list[int]]:
+    """Per-token labels for one tokenized sentence, and per word the position of its first piece
+    (-1 for a word with no piece: cut off by max_length, or made only of characters the tokenizer drops).
+
+    Special tokens get -100. A word's first piece gets the word's tag; its other pieces get -100,
+    or with `label_all_tokens` the tag with B- turned into I- (when that tag exists).
+    """
+    index_of = {name: index for index, name in enumerate(names)}
+    labels: list[int] = []
+    starts: list[int] = [-1] * len(word_labels)
+    previous: int | None = None
+    for position, word in enumerate(word_ids):
+        if word is None:
+            labels.append(IGNORED)
+        elif word != previous:
+            labels.append(word_labels[word])
+            starts[word] = position
+        elif label_all_tokens:
+            tag = names[word_labels[word]]
+            inside = "I-" + tag[2:] if tag.startswith("B-") else tag
+            labels.append(index_of.get(inside, word_labels[word]))
+        else:
+            labels.append(IGNORED)
+        previous = word
+    return labels, starts
+
+
+def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
+    """Entity-level precision, recall and F1 with strict IOB2 matching, and F1 per entity type."""
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2
+
+    options = {"mode": "strict", "scheme": IOB2, "zero_division": 0}
+    scores = {
+        "precision": float(precision_score(gold, predicted, **options)),
+        "recall": float(recall_score(gold, predicted, **options)),
+        "f1": float(f1_score(gold, predicted, **options)),
+    }
+    report = classification_report(gold, predicted, output_dict=True, **options)
+    for entity_type in sorted(key for key in report if not key.endswith(" avg")):
+        scores[f"f1_{entity_type}"] = float(report[entity_type]["f1-score"])
+    return scores
+
+
+def word_accuracy(gold: list[list[str]], predicted: list[list[str]]) -> float:
+    total = sum(len(tags) for tags in gold)
+    correct = sum(g == p for gold_tags, predicted_tags in zip(gold, predicted) for g, p in zip(gold_tags, predicted_tags))
+    return correct / total if total else 0.0
+
+
+def _place(source: DataSource, recipe: Recipe, row: dict[str, Any], number: int) -> str:
+    """Where a sentence is, for messages: file and line for CoNLL, example number otherwise."""
+    if "line" in row and source.path is not None:
+        return f"{source.path}:{row['line']}"
+    return f"example {number}"
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _tag_name(value: Any, names: list[str], where: str, place: str, tags_column: str) -> str:
+    if not _is_integer(value):
+        return str(value)
+    if not 0 <= value < len(names):
+        raise DataError(
+            f"{where}: {place}: tag id {value} in `{tags_column}` is outside the {len(names)} named tags "
+            f"({', '.join(names)}) — fix the data or task.labels"
+        )
+    return names[value]
