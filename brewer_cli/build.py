@@ -115,7 +115,7 @@ def build_run(recipe: Recipe, output_dir: str | Path, teacher_override: LoadedMo
     label_names = list(recipe.task.labels) if recipe.task.labels else None
     if recipe.distillation.kind == "trainer":
         model_spec, field = recipe.model, "model"
-        tokenizer = _trainer_tokenizer(recipe, model_spec)
+        tokenizer = _trainer_tokenizer(recipe, model_spec, task)
         data = task.prepare(recipe, tokenizer, label_names)
         student = _load_student(model_spec, task, data.label_names, tokenizer, recipe, field, "model")
         if student.tokenizer is None:
@@ -138,16 +138,10 @@ def build_run(recipe: Recipe, output_dir: str | Path, teacher_override: LoadedMo
     return Run(recipe, run_dir, task, data, task.collate(student.tokenizer), student, teachers, distiller_class)
 
 
-def _trainer_tokenizer(recipe: Recipe, spec: ModelSpec) -> Any:
+def _trainer_tokenizer(recipe: Recipe, spec: ModelSpec, task: Task) -> Any:
     if spec.tokenizer is not None:
-        texts: list[str] = []
-        if spec.tokenizer.train_wordpiece is not None:
-            rows = read_source(recipe.data.train, recipe, "data.train")
-            where = f"{recipe.path}: data.train"
-            texts = [str(value) for value in column(rows, recipe.data.train.text or recipe.data.text, where, "text")]
-            pair = recipe.data.train.text_pair or recipe.data.text_pair
-            if pair:
-                texts += [str(value) for value in column(rows, pair, where, "text_pair")]
+        # The task knows which columns hold text (sentences, words, questions and contexts).
+        texts = task.tokenizer_texts(recipe) if spec.tokenizer.train_wordpiece is not None else []
         return build_tokenizer(spec.tokenizer, texts, recipe, "model.tokenizer")
     if spec.checkpoint is not None:
         from brewer_cli.models import checkpoint_location, load_tokenizer_dir

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from brewer_cli.errors import BrewerError
-from brewer_cli.families import Family, family_for
+from brewer_cli.families import Family
 from brewer_cli.recipe import DataSource, Recipe, load_recipe
 from brewer_cli.tasks import TASKS, PreparedData, Task
 
@@ -187,7 +187,3 @@ def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return "" if value is None else str(value)
-
-
-def family_of(model: Any) -> Family:
-    return family_for(model.config)

@@ -121,7 +121,8 @@ def _prepare_run_dir(run: Run, resume: bool, main: bool) -> None:
     run_dir = run.run_dir
     if not main:
         return
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+    started = (run_dir / "checkpoints").exists() or (run_dir / "summary.json").exists()
+    if started and not resume:
         complete = (run_dir / "summary.json").exists()
         raise BrewerError(
             f"{run_dir}: the run directory already exists{' and holds a finished run' if complete else ''} — "
@@ -131,6 +132,9 @@ def _prepare_run_dir(run: Run, resume: bool, main: bool) -> None:
     if resume and not (run_dir / "checkpoints").exists():
         raise BrewerError(f"{run_dir}: --resume: nothing to resume (no checkpoints/) — run without --resume")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        # A start that failed before its first checkpoint left nothing worth keeping but its log.
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     # A finished run is recognized by summary.json, written last; a resumed run removes it first.
     if (run_dir / "summary.json").exists():
         (run_dir / "summary.json").unlink()

@@ -172,3 +172,21 @@ def test_eval_missing_target(tmp_path):
 
 def test_size_report_bad_batch_sizes(tmp_path):
     assert_clean_error(invoke("size-report", "x", "--batch-sizes", "1,a"), "--batch-sizes '1,a': expected comma-separated whole numbers")
+
+
+def test_size_report_command_compares_student_and_teacher(tmp_path, tokenizer_dir):
+    teacher = save_tiny_model(tmp_path / "teacher", tokenizer_dir)
+    student = save_tiny_model(tmp_path / "student", tokenizer_dir, config={**TINY_BERT, "hidden_size": 16, "num_attention_heads": 2})
+    result = runner.invoke(app, ["size-report", str(student), "--against", str(teacher), "--json", "--runs", "2",
+                                 "--batch-sizes", "1,4", "--seq-len", "16"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    target, reference = report["models"]
+    assert target["parameters"]["total"] < reference["parameters"]["total"]
+    comparison = report["comparison"]
+    assert comparison["parameters_smaller_by"] == pytest.approx(reference["parameters"]["total"] / target["parameters"]["total"])
+    assert comparison["flops_fewer_by"] > 1
+    assert [entry["batch_size"] for entry in comparison["latency"]] == [1, 4]
+    assert all(entry["faster_by"] > 0 for entry in comparison["latency"])
+    markdown = runner.invoke(app, ["size-report", str(student), "--markdown", "--runs", "0", "--seq-len", "16"])
+    assert markdown.exit_code == 0 and "|" in markdown.output

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 import random
 import shutil
 import time
@@ -27,7 +28,7 @@ from brewer_cli.families import FeatureNeeds, Features
 from brewer_cli.models import LoadedModel, save_model_dir
 
 
-class Distiller(nn.Module):
+class Distiller(nn.Module, ABC):
     """Base class: subclasses implement `compute_loss`."""
 
     kind = ""
@@ -47,8 +48,9 @@ class Distiller(nn.Module):
 
     # -- what subclasses provide ----------------------------------------------------------------
 
+    @abstractmethod
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError  # each registered distiller overrides this
+        """The total `loss` plus named parts for logging."""
 
     def student_needs(self) -> FeatureNeeds:
         return FeatureNeeds()
@@ -177,6 +179,7 @@ class TrainingLoop:
         )
         self.run_dir: Path = run.run_dir
         self.state = LoopState()
+        self.last_eval: tuple[int, dict[str, Any]] | None = None
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -296,6 +299,7 @@ class TrainingLoop:
         from brewer_cli.evaluate import evaluate_model
 
         metrics = evaluate_model(self.run, self.distiller.student, self.distiller.student_family, self.accelerator)
+        self.last_eval = (self.state.step, metrics)
         primary = metrics[self.run.task.primary_metric]
         self._log({"step": self.state.step, "eval": metrics})
         better = self.state.best_metric is None or (
@@ -313,7 +317,11 @@ class TrainingLoop:
 
         student_metrics = None
         if self.run.data.eval is not None:
-            student_metrics = evaluate_model(self.run, self.distiller.student, self.distiller.student_family, self.accelerator)
+            # The last step was evaluated already unless the run resumed from its final checkpoint.
+            if self.last_eval is not None and self.last_eval[0] == self.state.step:
+                student_metrics = self.last_eval[1]
+            else:
+                student_metrics = evaluate_model(self.run, self.distiller.student, self.distiller.student_family, self.accelerator)
         if self.accelerator.is_main_process:
             self._save_student(self.run_dir / "final")
         return {

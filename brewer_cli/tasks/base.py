@@ -6,6 +6,7 @@ question answering; the distillers and the loop never look at task-specific fiel
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -77,7 +78,7 @@ def pad_batch(
     return batch
 
 
-class Task:
+class Task(ABC):
     """Base class; subclasses are registered in `brewer_cli.tasks.TASKS`."""
 
     name: str = ""
@@ -91,8 +92,21 @@ class Task:
 
     # -- data -----------------------------------------------------------------------------------
 
+    @abstractmethod
     def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
-        raise NotImplementedError  # every registered task overrides this
+        """Read and tokenize the recipe's splits."""
+
+    def tokenizer_texts(self, recipe: Recipe) -> list[str]:
+        """The training split's text, for a WordPiece vocabulary trained on it (`train_wordpiece`)."""
+        from brewer_cli.tasks.data import column, read_source
+
+        rows = read_source(recipe.data.train, recipe, "data.train")
+        where = f"{recipe.path}: data.train"
+        texts = [str(value) for value in column(rows, recipe.data.train.text or recipe.data.text, where, "text")]
+        pair = recipe.data.train.text_pair or recipe.data.text_pair
+        if pair:
+            texts += [str(value) for value in column(rows, pair, where, "text_pair")]
+        return texts
 
     def collate(self, tokenizer: Any) -> Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -125,10 +139,11 @@ class Task:
 
     # -- evaluation -----------------------------------------------------------------------------
 
+    @abstractmethod
     def compute_metrics(
         self, predictions: list[Any], indices: list[int], data: PreparedData, output_dir: Any = None
     ) -> dict[str, Any]:
-        raise NotImplementedError  # every registered task overrides this
+        """Metrics from the eval loop's per-batch predictions and the examples' indices."""
 
     def prediction_of(self, logits: Any) -> Any:
         """What the eval loop keeps from a batch's logits (moved to CPU)."""
