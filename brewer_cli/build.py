@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from brewer_cli.errors import ModelError, RecipeError
+from brewer_cli.errors import BrewerError, ModelError, RecipeError
 from brewer_cli.models import (
     LoadedModel,
     build_tokenizer,
@@ -15,7 +16,7 @@ from brewer_cli.models import (
     parameter_count,
 )
 from brewer_cli.paths import resolve_path
-from brewer_cli.recipe import ModelSpec, Recipe, validate_recipe
+from brewer_cli.recipe import ModelSpec, Recipe, TeacherSpec, validate_recipe
 from brewer_cli.registry import Registry
 from brewer_cli.tasks import TASKS, PreparedData, Task
 from brewer_cli.tasks.data import column, read_source
@@ -31,6 +32,8 @@ class Run:
     student: LoadedModel  # for kind `trainer`: the model being trained
     teachers: list[LoadedModel]
     distiller_class: type
+    # What kinds multi_teacher and multi_task build besides (brewer_cli.multi_teacher / multi_task).
+    multi: Any = None
 
     @property
     def teacher(self) -> LoadedModel | None:
@@ -54,14 +57,33 @@ def check_names(recipe: Recipe) -> None:
         if name not in registry:
             problems.append(f"{recipe.path}: {field}: {registry.unknown_message(name)}")
 
-    check(TASKS, recipe.task.kind, "task.kind")
+    if recipe.tasks is not None:
+        for name, entry in recipe.tasks.items():
+            check(TASKS, entry.task.kind, f"tasks.{name}.task.kind")
+    else:
+        check(TASKS, recipe.task.kind, "task.kind")
+    if recipe.stages is not None:
+        from brewer_cli.stages import stage_name_problems
+
+        # Each stage is checked as the recipe it runs as; its lines name stages.N.distillation.
+        problems.extend(line for line in stage_name_problems(recipe) if line not in problems)
+        if problems:
+            raise RecipeError(problems)
+        return
+    if recipe.task is not None and recipe.task.kind in TASKS:
+        problems.extend(TASKS.get(recipe.task.kind).recipe_problems(recipe))
     distillation = recipe.distillation
+    if (distillation.kind in ("basic", "general") and distillation.kd_weight == 0 and distillation.hard_label_weight == 0
+            and not getattr(distillation, "matches", ())):
+        # kd_weight 0 skips logit KD entirely, so nothing would be left to learn from.
+        problems.append(f"{recipe.path}: distillation.kd_weight: with kd_weight 0, hard_label_weight 0 and no matches "
+                        f"there is no loss — raise kd_weight or hard_label_weight, or add intermediate matches")
     if distillation.kind != "trainer":
         check(KD_LOSSES, distillation.kd_loss, "distillation.kd_loss")
         check(TEMPERATURE_SCHEDULES, distillation.temperature_schedule.kind, "distillation.temperature_schedule.kind")
         check(WEIGHT_SCHEDULES, distillation.kd_weight_schedule, "distillation.kd_weight_schedule")
         check(WEIGHT_SCHEDULES, distillation.hard_label_weight_schedule, "distillation.hard_label_weight_schedule")
-    if distillation.kind == "general":
+    if distillation.kind in ("general", "multi_teacher"):
         from brewer_cli.matches import match_problems
 
         problems.extend(match_problems(recipe))
@@ -69,15 +91,17 @@ def check_names(recipe: Recipe) -> None:
         raise RecipeError(problems)
 
 
-def teacher_training_recipe(recipe: Recipe) -> Recipe:
+def teacher_training_recipe(recipe: Recipe, teacher: TeacherSpec | None = None) -> Recipe:
     """The `trainer` recipe that `teacher.train` describes; its run directory is the parent of
-    `teacher.checkpoint` (…/<run name>/final)."""
-    teacher = recipe.teacher
+    `teacher.checkpoint` (…/<run name>/final). `teacher`: one of several (multi-teacher), trained
+    on the recipe's task and data."""
+    teacher = teacher or recipe.teacher
     run_dir = Path(teacher.checkpoint).parent
     raw = {
         "name": run_dir.name,
         "task": recipe.task.model_dump(exclude_none=True),
-        "data": recipe.data.model_dump(exclude_none=True),
+        # The teacher learns from the original data: augmentation (data.augment) serves distillation only.
+        "data": recipe.data.model_dump(exclude_none=True, exclude={"augment"}),
         "model": teacher.train.model.model_dump(by_alias=True, exclude_none=True),
         "training": teacher.train.training.model_dump(),
         "distillation": {"kind": "trainer"},
@@ -85,23 +109,40 @@ def teacher_training_recipe(recipe: Recipe) -> Recipe:
     return validate_recipe(raw, recipe.path)
 
 
-def teacher_run_parent(recipe: Recipe) -> Path:
-    return resolve_path(recipe.teacher.checkpoint, recipe).parent.parent
+def teacher_run_parent(recipe: Recipe, teacher: TeacherSpec | None = None) -> Path:
+    return resolve_path((teacher or recipe.teacher).checkpoint, recipe).parent.parent
 
 
-def teacher_missing(recipe: Recipe) -> bool:
+def teacher_missing(recipe: Recipe, teacher: TeacherSpec | None = None) -> bool:
     from brewer_cli.paths import looks_like_hub_id
 
-    value = recipe.teacher.checkpoint
+    teacher = teacher or recipe.teacher
+    value = teacher.checkpoint
     if value is None:
         return False
-    return not resolve_path(value, recipe).exists() and (recipe.teacher.train is not None or not looks_like_hub_id(value))
+    return not resolve_path(value, recipe).exists() and (teacher.train is not None or not looks_like_hub_id(value))
 
 
-def build_run(recipe: Recipe, output_dir: str | Path, teacher_override: LoadedModel | None = None) -> Run:
+def build_run(recipe: Recipe, output_dir: str | Path, teacher_override: LoadedModel | None = None,
+              teacher_overrides: dict[str, LoadedModel] | None = None) -> Run:
+    """`teacher_override` stands in for `teacher`; `teacher_overrides` for teachers of the multi
+    kinds, by field (`teachers.1`, `tasks.<name>.teacher`) — untrained teachers in a dry-run plan."""
+    from transformers import set_seed
+
     from brewer_cli.distillers import DISTILLERS
 
     check_names(recipe)
+    # Students built from a config (and heads added to checkpoints) draw their initial weights
+    # here, before the loop seeds itself: seeding now makes a recipe's run reproducible.
+    set_seed(recipe.training.seed)
+    if recipe.distillation.kind == "multi_teacher":
+        from brewer_cli.multi_teacher import build_multi_teacher_run
+
+        return build_multi_teacher_run(recipe, Path(output_dir) / recipe.name, teacher_overrides or {})
+    if recipe.distillation.kind == "multi_task":
+        from brewer_cli.multi_task import build_multi_task_run
+
+        return build_multi_task_run(recipe, Path(output_dir) / recipe.name, teacher_overrides or {})
     if recipe.distillation.kind == "general":
         from brewer_cli.matches import validate_before_loading
 
@@ -154,17 +195,19 @@ def _trainer_tokenizer(recipe: Recipe, spec: ModelSpec, task: Task) -> Any:
     )
 
 
-def _load_teacher(recipe: Recipe, task: Task, label_names: list[str] | None) -> LoadedModel:
-    spec = recipe.teacher
+def _load_teacher(recipe: Recipe, task: Task, label_names: list[str] | None, spec: TeacherSpec | None = None,
+                  field: str = "teacher") -> LoadedModel:
+    """`spec` and `field`: one teacher of several (`teachers.1`, `tasks.<name>.teacher`)."""
+    spec = spec or recipe.teacher
     if spec.checkpoint is None:
         raise ModelError(
-            f"{recipe.path}: teacher.checkpoint: a teacher must be a trained checkpoint (a run's final/ directory or a hub id)"
+            f"{recipe.path}: {field}.checkpoint: a teacher must be a trained checkpoint (a run's final/ directory or a hub id)"
         )
-    teacher = load_checkpoint(spec.checkpoint, task, label_names, recipe, "teacher.checkpoint", "teacher", shape_head=False)
+    teacher = load_checkpoint(spec.checkpoint, task, label_names, recipe, f"{field}.checkpoint", "teacher", shape_head=False)
     if teacher.tokenizer is None:
         if spec.tokenizer is None:
-            raise ModelError(f"{recipe.path}: teacher.tokenizer: {spec.checkpoint!r} has no tokenizer files — give `teacher.tokenizer: {{path: …}}`")
-        teacher.tokenizer = build_tokenizer(spec.tokenizer, [], recipe, "teacher.tokenizer")
+            raise ModelError(f"{recipe.path}: {field}.tokenizer: {spec.checkpoint!r} has no tokenizer files — give `{field}.tokenizer: {{path: …}}`")
+        teacher.tokenizer = build_tokenizer(spec.tokenizer, [], recipe, f"{field}.tokenizer")
     return teacher
 
 
@@ -180,15 +223,31 @@ def _load_student(
 
 
 def extraction_plan(recipe: Recipe) -> Any:
+    """The recipe's `student.init.extract` as an ExtractPlan; its field checks need no weights, so
+    `distill` calls this before training a missing teacher."""
     from brewer_cli.extract import ExtractPlan
 
     spec = recipe.student.init.extract
     layers = tuple(spec.layers) if isinstance(spec.layers, (list, tuple)) else spec.layers
-    return ExtractPlan(
-        layers=layers, selection=spec.selection, hidden=spec.hidden, heads=spec.heads, head_dim=spec.head_dim,
-        intermediate=spec.intermediate, strategy=spec.strategy, seed=spec.seed,
-        hidden_scoring=spec.hidden_scoring, rounds=spec.rounds,
-    )
+    try:
+        return ExtractPlan(
+            layers=layers, selection=spec.selection, hidden=spec.hidden, heads=spec.heads, head_dim=spec.head_dim,
+            intermediate=spec.intermediate, strategy=spec.strategy, seed=spec.seed,
+            hidden_scoring=spec.hidden_scoring, rounds=spec.rounds,
+        )
+    except BrewerError as error:
+        raise _extraction_error(recipe, error) from None
+
+
+def _extraction_error(recipe: Recipe, error: Exception) -> Exception:
+    """extract.py names the field (student.init.extract.…) but cannot know the file: add the recipe's
+    path so the message says what to edit. Field problems become recipe problems, one per line."""
+    from brewer_cli.extract import FIELD
+
+    lines = str(error).splitlines()
+    if type(error) is not ModelError and lines and all(line.startswith(FIELD) for line in lines):
+        return RecipeError([f"{recipe.path}: {line}" for line in lines])
+    return type(error)(f"{recipe.path}: {FIELD}: {error}")
 
 
 def extract_from_teacher(recipe: Recipe, task: Task, teacher: LoadedModel, data: PreparedData) -> LoadedModel:
@@ -208,11 +267,15 @@ def extract_from_teacher(recipe: Recipe, task: Task, teacher: LoadedModel, data:
         loader = DataLoader(Subset(data.train, range(count)), batch_size=16, collate_fn=task.collate(teacher.tokenizer))
         batches = [{name: tensor for name, tensor in batch.items() if name != "index"} for batch in loader]
     with torch.random.fork_rng():
-        result = extract_student(teacher.model, plan, batches, max_examples=spec.examples)
+        try:
+            result = extract_student(teacher.model, plan, batches, max_examples=spec.examples)
+        except BrewerError as error:
+            # Sizes are checked against the teacher's config only now, once it is loaded.
+            raise _extraction_error(recipe, error) from None
     model = result.model
     model.train()
     return LoadedModel(model, teacher.tokenizer, family_for(model.config), "student",
-                       f"extracted from the teacher ({plan.strategy})", extraction=result)
+                       f"the teacher's weights (ETD extraction, {plan.strategy})", extraction=result)
 
 
 def _named_labels(model: Any) -> list[str] | None:
@@ -267,4 +330,11 @@ def plan_lines(run: Run) -> list[str]:
     distiller = run.distiller_class(run)
     lines.append(f"distiller: {run.recipe.distillation.kind}")
     lines.extend(f"  loss: {line}" for line in distiller.describe_losses())
+    from brewer_cli.teacher_cache import plan_cache
+
+    # A launcher (torchrun, accelerate launch) says how many processes will each keep a cache.
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    lines.append(f"teacher cache: {plan_cache(distiller, total, steps_per_epoch, processes, run.run_dir).describe()}")
+    if training.compile:
+        lines.append("compile: the student's forward is compiled in place (torch.compile) before step 1")
     return lines

@@ -158,6 +158,36 @@ def extract(
 
 
 @app.command()
+def augment(
+    target: str = typer.Argument(..., help="recipe (its data.augment and training split) or data file (.tsv, .csv, .jsonl, .json)", show_default=False),
+    model: Optional[str] = typer.Option(None, "--model", help="masked LM with its MLM head (hub id, directory, python-package:NAME)"),
+    word_vectors: Optional[str] = typer.Option(None, "--word-vectors", help="word vectors in GloVe text format, for multi-piece words"),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="splits words when there is no --model"),
+    output: Optional[str] = typer.Option(None, "--output", help="the augmented file, .jsonl or .tsv (default: ~/.cache/brewer/augment/)"),
+    text: Optional[str] = typer.Option(None, "--text", help="data file: the text column (default: text)"),
+    text_pair: Optional[str] = typer.Option(None, "--text-pair", help="data file: the second text column of a pair task"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="data file: augment only the first N examples"),
+    variants: Optional[int] = typer.Option(None, "--variants", help="N_a: variants tried per example (default 20)"),
+    probability: Optional[float] = typer.Option(None, "--probability", help="p: replacement probability per word (default 0.4)"),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="K: MLM predictions / neighbours per word (default 15)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default 0)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="masked-LM inference batch (default 64)"),
+    set_: Optional[List[str]] = SetOption,
+) -> None:
+    """TinyBERT data augmentation: write a dataset with MLM / word-vector word replacements (cached)."""
+
+    def action():
+        from brewer_cli.augment import augment_command
+
+        options = {"model": model, "word_vectors": word_vectors, "tokenizer": tokenizer, "output": output,
+                   "variants": variants, "probability": probability, "candidates": candidates, "seed": seed,
+                   "batch_size": batch_size}
+        augment_command(target, options, text, text_pair, limit, set_ or [], _console())
+
+    _run(action)
+
+
+@app.command()
 def catalog() -> None:
     """List every registered family, task, distiller, loss, schedule, projection and match preset."""
 

@@ -88,6 +88,11 @@ def find_run_recipe(target: Path) -> Path | None:
 def checkpoint_of(target: Path) -> Path:
     if (target / "config.json").is_file():
         return target
+    for directory in (target, target / "final", target / "best"):
+        if (directory / "tasks.json").is_file():
+            # A multi-task run: one model directory per task.
+            choices = sorted(str(path.parent) for path in directory.glob("*/config.json"))
+            raise BrewerError(f"{target}: a multi-task run holds one model per task — give one of: {', '.join(choices)}")
     for name in ("final", "best"):
         if (target / name / "config.json").is_file():
             return target / name
@@ -110,6 +115,8 @@ def eval_command(
     if recipe_file is None:
         raise BrewerError(f"{target}: no recipe.yaml found beside this checkpoint — pass --recipe RECIPE so brewer knows the task and data")
     recipe = load_recipe(recipe_file, overrides)
+    if recipe.tasks is not None:
+        recipe = _one_task(recipe, checkpoint)
     if data_path is not None:
         eval_source = DataSource(path=data_path, format="auto")
         recipe = _with_eval(recipe, eval_source)
@@ -134,7 +141,9 @@ def eval_command(
         metrics = evaluate_model(setup, loaded.model, loaded.family, output_dir=Path(location) if Path(location).is_dir() else None)
         results[role] = {"checkpoint": str(location), "parameters": parameter_count(loaded.model), "metrics": metrics}
     primary = task.primary_metric
-    report: dict[str, Any] = {"metric": primary, **results, "examples": len(data.eval)}
+    # Examples as the user counts them: questions for QA, not the windows they were split into.
+    examples = len(data.eval_examples) if data.eval_examples is not None else len(data.eval)
+    report: dict[str, Any] = {"metric": primary, **results, "examples": examples}
     if against:
         teacher_value = results["teacher"]["metrics"][primary]
         report["model_to_teacher"] = results["model"]["metrics"][primary] / teacher_value if teacher_value else None
@@ -142,6 +151,18 @@ def eval_command(
     output.write_text(json.dumps(report, indent=2))
     _print_eval(report, console, output)
     return report
+
+
+def _one_task(recipe: Recipe, checkpoint: Path) -> Recipe:
+    """A multi-task recipe's task whose exported model this is (final/<task>/)."""
+    from brewer_cli.multi_task import task_recipe
+
+    if checkpoint.name not in recipe.tasks:
+        raise BrewerError(
+            f"{checkpoint}: {recipe.path} is a multi-task recipe and this directory is not one of its tasks' models "
+            f"(final/<task>/ with a task among {', '.join(recipe.tasks)}) — give a task's directory"
+        )
+    return task_recipe(recipe, checkpoint.name)
 
 
 def _label_names(model: Any) -> list[str] | None:

@@ -18,8 +18,18 @@ def distill(recipe: Recipe, output_dir: str | Path = "runs", resume: bool = Fals
             console: Any = None) -> dict[str, Any] | None:
     """`brewer distill` and, for kind `trainer`, `brewer train-teacher`."""
     console = console or _console()
+    if recipe.stages is not None or (recipe.data is not None and recipe.data.augment is not None):
+        from brewer_cli.stages import prepare_and_distill
+
+        # Augmentation first, then each stage as a run of its own (each comes back here).
+        return prepare_and_distill(recipe, output_dir, resume, dry_run, console)
     teacher_override = None
-    if recipe.distillation.kind != "trainer" and teacher_missing(recipe):
+    teacher_overrides = None
+    if recipe.distillation.kind in ("multi_teacher", "multi_task"):
+        from brewer_cli.teacher_slots import train_missing_teachers
+
+        teacher_overrides = train_missing_teachers(recipe, resume, dry_run, console)
+    elif recipe.distillation.kind != "trainer" and teacher_missing(recipe):
         if recipe.teacher.train is None:
             raise ModelError(
                 f"{recipe.path}: teacher.checkpoint: {recipe.teacher.checkpoint!r} does not exist and the recipe has no "
@@ -32,6 +42,11 @@ def distill(recipe: Recipe, output_dir: str | Path = "runs", resume: bool = Fals
             # A bad match should fail now, not after the teacher has been trained.
             check_names(recipe)
             validate_before_loading(recipe)
+        if recipe.student is not None and recipe.student.init is not None:
+            from brewer_cli.build import extraction_plan
+
+            # Likewise a malformed student.init.extract; sizes against the teacher wait for its weights.
+            extraction_plan(recipe)
         teacher_recipe = teacher_training_recipe(recipe)
         if dry_run:
             console.print(f"[bold]teacher {recipe.teacher.checkpoint} is missing: it will be trained first[/bold]")
@@ -43,7 +58,7 @@ def distill(recipe: Recipe, output_dir: str | Path = "runs", resume: bool = Fals
         else:
             console.print(f"[bold]teacher {recipe.teacher.checkpoint} is missing: training it first[/bold]")
             distill(teacher_recipe, teacher_run_parent(recipe), resume=resume, console=console)
-    run = build_run(recipe, output_dir, teacher_override=teacher_override)
+    run = build_run(recipe, output_dir, teacher_override=teacher_override, teacher_overrides=teacher_overrides)
     if dry_run:
         _print_plan(run, console)
         return None
@@ -55,6 +70,10 @@ def train_teacher(recipe: Recipe, output_dir: str | Path = "runs", resume: bool 
     """`brewer train-teacher`: a `trainer` recipe, or a distillation recipe's `teacher.train`."""
     if recipe.distillation.kind == "trainer":
         return distill(recipe, output_dir, resume, dry_run, console)
+    if recipe.distillation.kind in ("multi_teacher", "multi_task"):
+        from brewer_cli.teacher_slots import train_teachers
+
+        return {"teachers": train_teachers(recipe, resume, dry_run, console or _console())}
     if recipe.teacher is None or recipe.teacher.train is None:
         raise BrewerError(
             f"{recipe.path}: teacher.train: this recipe does not say how to train its teacher — give a recipe with "
@@ -75,10 +94,12 @@ def extract(recipe: Recipe, output: str | Path | None = None, console: Any = Non
     if teacher_missing(recipe):
         raise ModelError(f"{recipe.path}: teacher.checkpoint: {recipe.teacher.checkpoint!r} does not exist — train it "
                          f"first with `brewer train-teacher {recipe.path}`")
-    run = build_run(recipe, "runs")
     target = Path(output) if output is not None else Path("runs") / f"{recipe.name}-extracted"
-    if target.exists() and any(target.iterdir()):
+    # Checked before the (possibly long) importance scoring; a file in the way would otherwise
+    # fail inside save_pretrained with a traceback.
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise BrewerError(f"{target}: already exists — choose another --output")
+    run = build_run(recipe, "runs")
     target.parent.mkdir(parents=True, exist_ok=True)
     save_model_dir(run.student.model, run.student.tokenizer, target)
     extraction = run.student.extraction
@@ -93,7 +114,6 @@ def execute(run: Run, resume: bool, console: Any) -> dict[str, Any]:
     from accelerate import PartialState
 
     from brewer_cli.distillers import TrainingLoop
-    from brewer_cli.evaluate import evaluate_model
 
     import torch
 
@@ -101,13 +121,11 @@ def execute(run: Run, resume: bool, console: Any) -> dict[str, Any]:
     state = PartialState(cpu=not torch.cuda.is_available())
     _prepare_run_dir(run, resume, state.is_main_process)
     state.wait_for_everyone()
-    teacher_metrics = None
-    if run.teacher is not None and run.data.eval is not None:
-        run.teacher.model.to(state.device)
-        teacher_metrics = evaluate_model(run, run.teacher.model, run.teacher.family)
-        if state.is_main_process:
-            console.print(f"teacher {run.task.primary_metric}: {teacher_metrics[run.task.primary_metric]:.4f}")
     distiller = run.distiller_class(run)
+    # The distiller knows its teachers: one, several (and their ensemble), or one per task.
+    teacher_metrics = distiller.evaluate_teachers(state.device)
+    if teacher_metrics is not None and state.is_main_process:
+        console.print(f"teacher {run.task.primary_metric}: {teacher_metrics[run.task.primary_metric]:.4f}")
     loop = TrainingLoop(run, distiller, resume=resume, console=console)
     result = loop.fit()
     summary = _summary(run, result, teacher_metrics, loop)
@@ -118,9 +136,10 @@ def execute(run: Run, resume: bool, console: Any) -> dict[str, Any]:
 
 
 def _prepare_run_dir(run: Run, resume: bool, main: bool) -> None:
+    """Every process checks (they all read the same directory, so they agree): a refusal raised on
+    the main process alone would leave the others waiting for it at the next barrier. Only the
+    main process writes."""
     run_dir = run.run_dir
-    if not main:
-        return
     started = (run_dir / "checkpoints").exists() or (run_dir / "summary.json").exists()
     if started and not resume:
         complete = (run_dir / "summary.json").exists()
@@ -131,6 +150,8 @@ def _prepare_run_dir(run: Run, resume: bool, main: bool) -> None:
         )
     if resume and not (run_dir / "checkpoints").exists():
         raise BrewerError(f"{run_dir}: --resume: nothing to resume (no checkpoints/) — run without --resume")
+    if not main:
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         # A start that failed before its first checkpoint left nothing worth keeping but its log.
@@ -148,6 +169,11 @@ def _summary(run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any] |
     student_metrics = result["student_metrics"] or {}
     student = {"metric": student_metrics.get(metric), "metrics": student_metrics,
                "parameters": parameter_count(run.student.model), "checkpoint": str(run.run_dir / "final")}
+    extraction = run.student.extraction
+    if extraction is not None:
+        # An extracted student's starting point is part of the result: which teacher layers,
+        # channels and heads it began from (the same content `brewer extract` writes).
+        student["extraction"] = {"kept": extraction.kept, "importance": extraction.importance_summary}
     summary: dict[str, Any] = {"name": run.recipe.name, "kind": run.recipe.distillation.kind, "metric": metric}
     if run.teacher is None:
         summary["model"] = student
@@ -164,8 +190,11 @@ def _summary(run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any] |
     summary.update({
         "best": result["best"], "steps": result["steps"], "wall_time_s": round(result["wall_time_s"], 2),
         "precision": result["precision"], "processes": result["processes"],
-        "peak_memory_bytes": _peak_memory(torch),
+        "peak_memory_bytes": _peak_memory(torch, loop.accelerator.device),
     })
+    if loop.distiller.teacher_cache is not None:
+        summary["teacher_cache"] = _teacher_cache_report(loop.distiller.teacher_cache, torch, loop.accelerator.device)
+    loop.distiller.update_summary(summary, teacher_metrics)
     return summary
 
 
@@ -174,7 +203,9 @@ def _size_figures(run: Run) -> dict[str, Any]:
     max_length) for each model, so a summary says what the student saves."""
     from brewer_cli.size_report import summary_figures
 
-    length = run.recipe.data.max_length
+    recipe = run.recipe
+    # A multi-task recipe has one data section per task: the longest of their lengths.
+    length = recipe.data.max_length if recipe.data is not None else max(entry.data.max_length for entry in recipe.tasks.values())
     figures = {"seq_len": length}
     models = [("teacher", run.teacher), ("student" if run.teacher else "model", run.student)]
     for role, loaded in models:
@@ -188,14 +219,35 @@ def _size_figures(run: Run) -> dict[str, Any]:
     return figures
 
 
-def _peak_memory(torch: Any) -> dict[str, int]:
+def _peak_memory(torch: Any, device: Any) -> dict[str, int]:
+    """Peak resident memory of the process (ru_maxrss: KiB on Linux, bytes on macOS) and, on a
+    GPU, the most CUDA memory tensors held; with several processes, the largest process's (each
+    holds its own models, data and batches). Called on every process: the maximum is a collective."""
     import resource
     import sys
 
     peak = {"host_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)}
     if torch.cuda.is_available():
         peak["cuda_allocated"] = int(torch.cuda.max_memory_allocated())
-    return peak
+    return dict(zip(peak, _across_processes(torch, device, list(peak.values()), "max")))
+
+
+def _teacher_cache_report(cache: Any, torch: Any, device: Any) -> dict[str, Any]:
+    """The cache's mode and size, and how often it answered, summed over the processes."""
+    report = cache.report()
+    counted = ["hits", "misses", "teacher_forwards", "teacher_forwards_skipped"]
+    report.update(zip(counted, _across_processes(torch, device, [report[name] for name in counted], "sum")))
+    return report
+
+
+def _across_processes(torch: Any, device: Any, values: list[int], operation: str) -> list[int]:
+    import torch.distributed as distributed
+
+    if not (distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1):
+        return values
+    tensor = torch.tensor(values, dtype=torch.int64, device=device)
+    distributed.all_reduce(tensor, op=distributed.ReduceOp.MAX if operation == "max" else distributed.ReduceOp.SUM)
+    return [int(value) for value in tensor.tolist()]
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -219,15 +271,29 @@ def _print_summary(summary: dict[str, Any], console: Any, run: Run) -> None:
     table.add_column("parameters", justify="right")
     table.add_column(metric, justify="right")
     table.add_column("of teacher", justify="right")
+    def row(label: str, entry: dict[str, Any], share: float | None = None) -> None:
+        value = entry["metric"]
+        table.add_row(label, f"{entry['parameters']:,}", "" if value is None else f"{value:.4f}",
+                      "" if share is None else f"{share:.1%}")
+
+    # Several teachers (multi_teacher): each, then their ensemble as "teacher".
+    for index, entry in enumerate(summary.get("teachers", [])):
+        row(f"teacher {index} (weight {entry['weight']:g})", entry)
     for role in ("teacher", "student", "model"):
         if role in summary:
-            entry = summary[role]
-            value = entry["metric"]
-            share = summary.get("student_to_teacher") if role == "student" else None
-            table.add_row(role, f"{entry['parameters']:,}", "" if value is None else f"{value:.4f}",
-                          "" if share is None else f"{share:.1%}")
+            label = role
+            if role == "teacher" and "teachers" in summary:
+                label = "teachers' mean logits"
+            elif "tasks" in summary:
+                label = f"{role} (mean over tasks)"
+            row(label, summary[role], summary.get("student_to_teacher") if role == "student" else None)
+    # Several tasks (multi_task): each task's teacher and student, in the task's own metric.
+    for name, entry in summary.get("tasks", {}).items():
+        row(f"{name}: teacher ({entry['metric']})", entry["teacher"])
+        row(f"{name}: student ({entry['metric']})", entry["student"], entry.get("student_to_teacher"))
     console.print(table)
-    console.print(f"written: {run.run_dir}/final (a transformers model directory), summary.json, metrics.jsonl")
+    written = "final/<task>/ (a transformers model directory per task)" if "tasks" in summary else "final (a transformers model directory)"
+    console.print(f"written: {run.run_dir}/{written}, summary.json, metrics.jsonl")
 
 
 def _console() -> Any:

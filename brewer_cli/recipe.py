@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -93,9 +94,35 @@ class DataSource(Strict):
         return self
 
 
+class AugmentSpec(Strict):
+    """TinyBERT data augmentation of the training split (brewer_cli.augment), run before training
+    and cached: each word outside a built-in stop-word list is a candidate; a single-piece word takes
+    the masked LM's top `candidates` predictions, a multi-piece word (or every word, without `model`)
+    its nearest neighbours in `word_vectors`; `variants` tries per example, each replacing every
+    candidate word with probability `probability`. The original is kept, duplicates are dropped."""
+
+    model: str | None = Field(default=None, description="masked-LM checkpoint with its MLM head: hub id, directory or python-package:NAME")
+    word_vectors: str | None = Field(default=None, description="word vectors in GloVe text format (`word v1 v2 …` per line), "
+                                     "or embeddings:CHECKPOINT for a model's input embeddings of whole words")
+    tokenizer: str | None = Field(default=None, description="splits words when there is no `model` (default: the teacher's)")
+    variants: int = Field(default=20, ge=1, description="N_a: augmented variants tried per example")
+    probability: float = Field(default=0.4, gt=0, le=1, description="p: chance that a candidate word is replaced")
+    candidates: int = Field(default=15, ge=1, description="K: MLM predictions (or neighbours) per word")
+    seed: int = 0
+    batch_size: int = Field(default=64, ge=1, description="masked-LM inference batch")
+    output: str | None = Field(default=None, description="the augmented file (.jsonl or .tsv); default: the cache, ~/.cache/brewer/augment/")
+
+    @model_validator(mode="after")
+    def _a_source_of_candidates(self) -> "AugmentSpec":
+        if self.model is None and self.word_vectors is None:
+            raise ValueError("give `model` (a masked LM), `word_vectors` (a GloVe-format file), or both")
+        return self
+
+
 class DataSpec(Strict):
     train: DataSource
     eval: DataSource | None = None
+    augment: AugmentSpec | None = Field(default=None, description="augment the training split first (TinyBERT)")
     max_length: int = Field(default=128, ge=8, le=8192)
     text: str = "text"
     text_pair: str | None = None
@@ -190,6 +217,8 @@ class TrainingSpec(Strict):
     log_every: int = Field(default=10, ge=1)
     group_by_length: bool = False
     progress: bool = True
+    compile: bool = Field(default=False, description="torch.compile the student in place: slow first steps (and one "
+                          "recompile per new batch shape until shapes go dynamic), faster steps after, mostly on GPUs")
 
 
 class TeacherTraining(Strict):
@@ -213,6 +242,31 @@ class TeacherSpec(ModelSpec):
                     f"got {self.checkpoint!r}"
                 )
         return self
+
+
+class WeightedTeacherSpec(TeacherSpec):
+    """One entry of `teachers:` (kind multi_teacher)."""
+
+    weight: float = Field(default=1.0, gt=0, description="its share in the weighted mean of the teachers' logits")
+
+
+def _task_name(name: str) -> str:
+    # A task's name becomes a directory of the exported student (final/<task>/).
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError("a task name becomes the directory final/<name>/ of its student: use letters, digits, "
+                         "'.', '_' or '-', starting with a letter or digit")
+    return name
+
+
+TaskName = Annotated[str, AfterValidator(_task_name)]
+
+
+class TaskEntry(Strict):
+    """One entry of `tasks:` (kind multi_task): the task, its data and the teacher for it."""
+
+    task: TaskSpec
+    data: DataSpec
+    teacher: TeacherSpec
 
 
 # ----------------------------------------------------------------------------- distillation
@@ -296,6 +350,12 @@ class BasicDistillation(Strict):
     hard_label_weight: float = Field(default=0.0, ge=0)
     hard_label_weight_schedule: str = "constant"
     probability_shift: bool = False
+    teacher_cache: Literal["auto", "off", "memory", "disk"] = Field(
+        default="auto",
+        description="keep the frozen teacher's outputs from the first time an example is seen (brewer_cli.teacher_cache): "
+        "logits in memory, the matches' features in fp16 in memory or in a memory-mapped file; auto: memory when they "
+        "fit 2 GiB, else disk, off for runs of one epoch or less",
+    )
 
 
 class GeneralDistillation(BasicDistillation):
@@ -313,22 +373,70 @@ class GeneralDistillation(BasicDistillation):
         return value
 
 
+class MultiTeacherDistillation(GeneralDistillation):
+    """KD against the weighted mean of the teachers' logits, Σ w_k z_k / Σ w_k (TextBrewer's
+    MultiTeacherDistiller averages logits, not probabilities); optional `matches` read one teacher."""
+
+    kind: Literal["multi_teacher"]  # type: ignore[assignment]
+    match_teacher: int = Field(default=0, ge=0, description="index in `teachers` of the teacher that `matches` read")
+
+
+class MultiTaskDistillation(BasicDistillation):
+    """One student encoder with a head per task; each batch comes from one task, drawn with
+    probability ∝ |D_k|^τ (τ = `sampling_temperature`: 1 proportional to size, 0 uniform)."""
+
+    kind: Literal["multi_task"]  # type: ignore[assignment]
+    sampling_temperature: float = Field(default=1.0, ge=0)
+    # The tasks' example indices overlap (each counts from 0), and the cache is keyed by index.
+    teacher_cache: Literal["off"] = Field(default="off", description="multi_task runs its teachers on every batch")  # type: ignore[assignment]
+
+
 Distillation = Annotated[
-    Union[TrainerDistillation, BasicDistillation, GeneralDistillation],
+    Union[TrainerDistillation, BasicDistillation, GeneralDistillation, MultiTeacherDistillation, MultiTaskDistillation],
     Field(discriminator="kind"),
 ]
-DISTILLATION_KINDS = ("trainer", "basic", "general")
+DISTILLATION_KINDS = ("trainer", "basic", "general", "multi_teacher", "multi_task")
+
+
+class _Required:
+    """Stands in for `task` / `data` when a kind that needs them lacks them, so that pydantic
+    reports the absence together with every other problem (see `_explain`)."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+_REQUIRED = _Required()
+
+
+STAGE_KINDS = ("basic", "general")
+
+
+class StageSpec(Strict):
+    """One stage of a staged recipe (TinyBERT's task distillation: intermediate layers, then
+    predictions). Stage k runs in <run>/stage-k with the recipe's task, data and teacher, its own
+    distillation, and `training` fields that override the recipe's; its student is stage k − 1's
+    final/ (stage 1's is the recipe's `student`)."""
+
+    name: str | None = Field(default=None, description="a label for the plan and summary.json, e.g. intermediate")
+    training: dict[str, Any] = Field(default_factory=dict, description="fields of `training` that differ in this stage")
+    distillation: Distillation
 
 
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    task: TaskSpec
-    data: DataSpec
+    # Required by every kind but multi_task, whose tasks each carry their own (see `_required_sections`).
+    task: TaskSpec | None = None
+    data: DataSpec | None = None
     teacher: TeacherSpec | None = None
+    teachers: tuple[WeightedTeacherSpec, ...] | None = Field(default=None, description="kind multi_teacher")
+    tasks: dict[TaskName, TaskEntry] | None = Field(default=None, description="kind multi_task: name → task, data, teacher")
     student: ModelSpec | None = None
     model: ModelSpec | None = Field(default=None, description="kind trainer: the model to train")
     training: TrainingSpec = TrainingSpec()
     distillation: Distillation
+    # With stages, `distillation` is not written: it stands for the last stage's (see `_stages`).
+    stages: tuple[StageSpec, ...] | None = Field(default=None, min_length=1, description="run these stages in order (brewer_cli.stages)")
 
     _path: Path | None = PrivateAttr(default=None)
 
@@ -336,25 +444,118 @@ class Recipe(Strict):
     def path(self) -> Path | None:
         return self._path
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stages(cls, value: Any) -> Any:
+        """A staged recipe's `distillation` is its last stage's, so that every reader of
+        `recipe.distillation` (checks, teacher training, the plan) sees the kind that ends the run."""
+        if not isinstance(value, dict) or not isinstance(value.get("stages"), list):
+            return value
+        if "distillation" in value:
+            raise _CrossFieldProblems([("distillation", "with `stages`, each stage names its own distillation — move "
+                                        "the top-level `distillation` into a stage, or remove `stages`")])
+        last = value["stages"][-1] if value["stages"] else None
+        if isinstance(last, dict) and isinstance(last.get("distillation"), dict):
+            return {**value, "distillation": last["distillation"]}
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _required_sections(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        distillation = value.get("distillation")
+        kind = distillation.get("kind") if isinstance(distillation, dict) else getattr(distillation, "kind", None)
+        if kind == "multi_task" or "tasks" in value:
+            # With `tasks`, the cross-field check explains the kind instead (`_models_for_kind`).
+            return value
+        return {**value, **{name: _REQUIRED for name in ("task", "data") if name not in value}}
+
     @model_validator(mode="after")
     def _models_for_kind(self) -> "Recipe":
         problems: list[tuple[str, str]] = []
-        if self.distillation.kind == "trainer":
+        kind = self.distillation.kind
+        if kind == "trainer":
             if self.model is None:
                 problems.append(("model", "kind `trainer` trains `model`: give `model: {checkpoint: …}` or `{config: …}`"))
             for unused in ("teacher", "student"):
                 if getattr(self, unused) is not None:
                     problems.append((unused, f"kind `trainer` has no {unused}; name the model to train under `model`"))
         else:
-            if self.teacher is None:
+            if kind == "multi_teacher":
+                problems.extend(self._multi_teacher_problems())
+            elif kind == "multi_task":
+                problems.extend(self._multi_task_problems())
+            elif self.teacher is None:
                 problems.append(("teacher", "distillation needs a teacher: `teacher: {checkpoint: …}`"))
             if self.student is None:
                 problems.append(("student", "distillation needs a student: `student: {config: …}` or `{checkpoint: …}`"))
             if self.model is not None:
                 problems.append(("model", "`model` is for kind `trainer`; a distillation recipe names `teacher` and `student`"))
+        if kind != "multi_teacher" and self.teachers is not None:
+            problems.append(("teachers", f"`teachers` (a list) is for kind `multi_teacher`; kind `{kind}` "
+                             + ("takes one teacher per task under `tasks.<name>.teacher`" if kind == "multi_task" else
+                                "names one `teacher` — or set `distillation.kind: multi_teacher`")))
+        if kind != "multi_task" and self.tasks is not None:
+            problems.append(("tasks", f"`tasks` is for kind `multi_task`; kind `{kind}` reads one `task` and `data` "
+                             f"— or set `distillation.kind: multi_task`"))
+            problems.extend((name, "required field is missing") for name in ("task", "data") if getattr(self, name) is None)
+        if self.stages is not None:
+            problems.extend(self._stage_problems())
+        for name, entry in (self.tasks or {}).items():
+            if entry.data.augment is not None:
+                problems.append((f"tasks.{name}.data.augment", "augmentation runs before single-task recipes only — "
+                                 "write the augmented file with `brewer augment` and name it in the task's `data.train`"))
         if problems:
             raise _CrossFieldProblems(problems)
         return self
+
+    def _stage_problems(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        base = self.training.model_dump()
+        valid = sorted(TrainingSpec.model_fields)
+        for index, stage in enumerate(self.stages):
+            where = f"stages.{index}"
+            if stage.distillation.kind not in STAGE_KINDS:
+                problems.append((f"{where}.distillation.kind", f"a stage distills the recipe's teacher into its student: "
+                                 f"kind {' or '.join(STAGE_KINDS)}, not {stage.distillation.kind!r}"))
+            unknown = [key for key in stage.training if key not in TrainingSpec.model_fields]
+            for key in unknown:
+                problems.append((f"{where}.training.{key}", f"unknown key{_did_you_mean(key, valid)} — valid: {', '.join(valid)}"))
+            if unknown:
+                continue
+            try:
+                # A stage's training is the recipe's with the stage's fields replaced.
+                TrainingSpec.model_validate({**base, **stage.training})
+            except ValidationError as error:
+                for item in error.errors(include_url=False):
+                    dotted = ".".join(str(part) for part in item["loc"])
+                    problems.append((f"{where}.training.{dotted}", item["msg"].removeprefix("Value error, ")))
+        return problems
+
+    def _multi_teacher_problems(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        if self.teacher is not None:
+            problems.append(("teacher", "kind `multi_teacher` reads `teachers: [{checkpoint: …}, …]` (a list); move "
+                             "`teacher` into `teachers`"))
+        if not self.teachers:
+            problems.append(("teachers", "kind `multi_teacher` needs `teachers: [{checkpoint: …, weight: …}, …]` "
+                             "with at least one entry"))
+        elif self.distillation.match_teacher >= len(self.teachers):
+            problems.append(("distillation.match_teacher", f"{self.distillation.match_teacher} is not an index of "
+                             f"`teachers` (0…{len(self.teachers) - 1})"))
+        return problems
+
+    def _multi_task_problems(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        for name in ("task", "data", "teacher"):
+            if getattr(self, name) is not None:
+                problems.append((name, f"kind `multi_task` takes each task's `{name}` under `tasks.<name>.{name}`; "
+                                 f"remove the top-level `{name}`"))
+        if not self.tasks:
+            problems.append(("tasks", "kind `multi_task` needs `tasks: {NAME: {task: …, data: …, teacher: …}, …}` "
+                             "with at least one task"))
+        return problems
 
 
 class _CrossFieldProblems(ValueError):
@@ -476,7 +677,7 @@ def _explain(item: dict[str, Any], raw: dict[str, Any]) -> list[tuple[str, str]]
         parent = _schema_at(location[:-1], raw)
         valid = sorted(_field_names(parent)) if parent else []
         return [(dotted, f"unknown key{_did_you_mean(str(location[-1]), valid)}" + (f" — valid: {', '.join(valid)}" if valid else ""))]
-    if kind == "missing":
+    if kind == "missing" or item.get("input") is _REQUIRED:
         return [(dotted, "required field is missing")]
     if kind == "union_tag_invalid":
         tag = context.get("tag")
@@ -507,7 +708,9 @@ def _clean_location(location: tuple, raw: dict[str, Any]) -> list[Any]:
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             cleaned.append(part)
             node = node[part]
-        elif isinstance(part, str) and (_UNION_MEMBER.match(part) or part in DISTILLATION_KINDS or part in _TAGS):
+        elif isinstance(part, str) and (_UNION_MEMBER.match(part) or part in DISTILLATION_KINDS or part in _TAGS
+                                        or part == "[key]"):
+            # "[key]": pydantic's mark for a problem with a mapping's key rather than its value.
             continue
         else:
             cleaned.append(part)
@@ -522,6 +725,9 @@ def _schema_at(location: list[Any], raw: dict[str, Any]) -> type[BaseModel] | No
     for part in location:
         if isinstance(part, int):
             annotation = _element_type(annotation)
+        elif _mapping_value_type(annotation) is not None:
+            # A key of a user-named mapping (`tasks.<name>`).
+            annotation = _mapping_value_type(annotation)
         else:
             model = _model_in(annotation, node)
             if model is None or part not in model.model_fields:
@@ -535,6 +741,13 @@ def _has(node: Any, part: Any) -> bool:
     if isinstance(node, dict):
         return part in node
     return isinstance(part, int) and part < len(node)
+
+
+def _mapping_value_type(annotation: Any) -> Any:
+    for argument in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(argument) is dict:
+            return typing.get_args(argument)[1]
+    return None
 
 
 def _element_type(annotation: Any) -> Any:
@@ -581,4 +794,6 @@ def _did_you_mean(given: str, valid: list[str]) -> str:
 
 def resolved_mapping(recipe: Recipe) -> dict[str, Any]:
     """The recipe with every default filled in, as written to the run directory."""
-    return recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
+    # A staged recipe's `distillation` is its last stage's, never written by the user.
+    exclude = {"distillation"} if recipe.stages is not None else None
+    return recipe.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=exclude)

@@ -45,6 +45,8 @@ class Distiller(nn.Module, ABC):
         object.__setattr__(self, "teachers", [loaded for loaded in run.teachers])
         self.total_steps = 1
         self.current_step = 0
+        # Set by the loop when the run caches teacher outputs (brewer_cli.teacher_cache).
+        self.teacher_cache: Any = None
 
     # -- what subclasses provide ----------------------------------------------------------------
 
@@ -62,6 +64,77 @@ class Distiller(nn.Module, ABC):
         """One line per loss term, for the dry-run plan."""
         return []
 
+    # -- what the loop and the pipeline ask; multi-task distillation brings its own data and models
+
+    def train_loader(self, training: Any) -> tuple[DataLoader, Any]:
+        """The training batches and the sampler whose `set_epoch` orders an epoch."""
+        data = self.run.data.train
+        sampler = EpochSampler(
+            len(data), training.seed, training.batch_size,
+            lengths=data.lengths() if training.group_by_length else None,
+        )
+        # The loader's own generator: creating an epoch's iterator draws a seed from it, and drawing
+        # from the global RNG instead would shift dropout masks after a resume.
+        loader = DataLoader(data, batch_size=training.batch_size, sampler=sampler, collate_fn=self.run.collate,
+                            generator=torch.Generator().manual_seed(training.seed))
+        return loader, sampler
+
+    def evaluate(self, accelerator: Any = None) -> dict[str, Any]:
+        """The student's metrics on the eval split; the loop keeps the best by the task's primary metric."""
+        from brewer_cli.evaluate import evaluate_model
+
+        if self.task.measured_by_distillation_loss:
+            return self.distillation_loss_on_eval(accelerator)
+        return evaluate_model(self.run, self.student, self.student_family, accelerator)
+
+    def distillation_loss_on_eval(self, accelerator: Any = None) -> dict[str, float]:
+        """This distiller's loss and its parts on the eval split, averaged over examples, with the
+        student in eval mode: the measure of tasks without labels (general distillation)."""
+        data = self.run.data.eval
+        training = self.recipe.training
+        loader = DataLoader(data, batch_size=training.eval_batch_size or training.batch_size * 2, shuffle=False,
+                            collate_fn=self.run.collate)
+        distributed = accelerator is not None and accelerator.num_processes > 1
+        if distributed:
+            loader = accelerator.prepare_data_loader(loader)
+        device = accelerator.device if accelerator is not None else next(self.student.parameters()).device
+        was_training = self.training
+        self.eval()
+        totals: dict[str, float] = {}
+        examples = 0
+        with torch.no_grad():
+            for batch in loader:
+                batch = {name: tensor.to(device) for name, tensor in batch.items()}
+                size = int(batch["input_ids"].shape[0])
+                for name, value in self.compute_loss(batch).items():
+                    totals[name] = totals.get(name, 0.0) + float(value) * size
+                examples += size
+        self.train(was_training)
+        names = sorted(totals)
+        if distributed:
+            summed = accelerator.reduce(torch.tensor([totals[name] for name in names] + [examples], device=device,
+                                                     dtype=torch.float64), reduction="sum")
+            totals, examples = dict(zip(names, summed[:-1].tolist())), float(summed[-1])
+        return {name: totals[name] / max(examples, 1) for name in names}
+
+    def export_student(self, directory: Path) -> None:
+        """Write the student as a `save_pretrained` directory with its tokenizer (best/, final/)."""
+        save_model_dir(self.student, self.run.student.tokenizer, directory)
+
+    def evaluate_teachers(self, device: Any) -> dict[str, Any] | None:
+        """The teacher's metrics on the eval split, reported beside the student's."""
+        from brewer_cli.evaluate import evaluate_model
+
+        if not self.teachers or self.run.data.eval is None or self.task.measured_by_distillation_loss:
+            # Without labels a teacher has no metric either (its distillation loss is 0 by definition).
+            return None
+        teacher = self.teachers[0]
+        teacher.model.to(device)
+        return evaluate_model(self.run, teacher.model, teacher.family)
+
+    def update_summary(self, summary: dict[str, Any], teacher_metrics: dict[str, Any] | None) -> None:
+        """Add what this kind of distillation has to say to summary.json (several teachers, tasks)."""
+
     # -- shared helpers -------------------------------------------------------------------------
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -71,12 +144,70 @@ class Distiller(nn.Module, ABC):
         labels = self.task.labels(batch) if with_labels else None
         return self.student_family.features(self.student, batch, self.student_needs(), labels=labels, logits_of=self.task.logits)
 
-    def teacher_features(self, batch: dict[str, torch.Tensor], teacher: LoadedModel | None = None) -> Features:
+    def teacher_features(self, batch: dict[str, torch.Tensor], teacher: LoadedModel | None = None,
+                         needs: FeatureNeeds | None = None, prefix: str | None = None) -> Features:
+        """A teacher's outputs on `batch` (`prefix`: the columns of a teacher with its own
+        tokenization), from the teacher-output cache while training when the run keeps one."""
+        from brewer_cli.teacher_views import view_batch
+
         teacher = teacher or self.teachers[0]
-        with torch.inference_mode():
-            features = teacher.family.features(teacher.model, batch, self.teacher_needs(), logits_of=self.task.logits)
-        # Inference tensors cannot be saved for backward; a clone outside inference mode can.
-        return _clone_features(features)
+        needs = self.teacher_needs() if needs is None else needs
+
+        def compute(examples: dict[str, torch.Tensor]) -> Features:
+            with torch.inference_mode():
+                features = teacher.family.features(teacher.model, view_batch(examples, prefix), needs,
+                                                   logits_of=self.task.logits)
+            # Inference tensors cannot be saved for backward; a clone outside inference mode can.
+            return _clone_features(features)
+
+        # Only training batches: evaluation batches index the eval split, not the cached train split.
+        if self.teacher_cache is None or not self.training:
+            return compute(batch)
+        index = next(number for number, loaded in enumerate(self.teachers) if loaded is teacher)
+        read = self.teacher_cache.read_of(index)
+        if read is None or read.needs != needs or read.prefix != prefix:
+            raise RuntimeError(f"teacher {index} is read with {needs}, prefix {prefix!r}, but teacher_reads() declared "
+                               f"{read} — the cache would return other features than the losses ask for")
+        return self.teacher_cache.features(index, batch, compute, self.current_step)
+
+    # -- the teacher-output cache and compilation (brewer_cli.teacher_cache, training.compile) --
+
+    def teacher_feature_layers(self) -> tuple[tuple[str, int], ...]:
+        """(hidden | attention | attention_inputs, layer) pairs the losses read from the teacher."""
+        return ()
+
+    def teacher_reads(self) -> list[Any]:
+        """What each teacher's forward gives the losses; the teacher-output cache keeps exactly that."""
+        from brewer_cli.teacher_cache import TeacherRead
+
+        if not self.needs_teacher or not self.teachers:
+            return []
+        return [TeacherRead(0, self.teacher_needs(), self.teacher_feature_layers())]
+
+    def open_teacher_cache(self, run_dir: Path, resume: bool, step: int, total_steps: int, steps_per_epoch: int,
+                           accelerator: Any, precision: str) -> None:
+        from brewer_cli.teacher_cache import open_teacher_cache
+
+        self.teacher_cache = open_teacher_cache(self, run_dir, resume, step, total_steps, steps_per_epoch, accelerator,
+                                                precision)
+
+    def persist_teacher_cache(self) -> None:
+        if self.teacher_cache is not None:
+            self.teacher_cache.persist()
+
+    def compile_student(self) -> None:
+        """`training.compile`: compile each model's forward in place (`nn.Module.compile`), so that
+        parameter names — and with them checkpoints, resume and exports — stay the plain model's."""
+        from transformers import PreTrainedModel
+
+        def outermost(module: nn.Module) -> list[nn.Module]:
+            # A multi-task student holds one model per task around a shared encoder: each is compiled.
+            if isinstance(module, PreTrainedModel):
+                return [module]
+            return [found for child in module.children() for found in outermost(child)]
+
+        for model in outermost(self.student) or [self.student]:
+            model.compile()
 
     def progress(self) -> float:
         return self.current_step / max(self.total_steps, 1)
@@ -132,8 +263,12 @@ class EpochSampler(Sampler[int]):
         for start in range(0, len(order), window):
             chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i], reverse=True)
             grouped.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        # Only the last window can end in a short group; it goes last, since anywhere else it would
+        # shift every later batch across two groups of different lengths.
+        short = grouped.pop() if grouped and len(grouped[-1]) < self.batch_size else None
         batch_order = torch.randperm(len(grouped), generator=generator).tolist()
-        return iter([index for b in batch_order for index in grouped[b]])
+        ordered = [index for b in batch_order for index in grouped[b]]
+        return iter(ordered + (short or []))
 
 
 # ============================================================================= the loop
@@ -189,18 +324,6 @@ class TrainingLoop:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-    def _train_loader(self) -> tuple[DataLoader, EpochSampler]:
-        data = self.run.data.train
-        sampler = EpochSampler(
-            len(data), self.training.seed, self.training.batch_size,
-            lengths=data.lengths() if self.training.group_by_length else None,
-        )
-        # The loader's own generator: creating an epoch's iterator draws a seed from it, and drawing
-        # from the global RNG instead would shift dropout masks after a resume.
-        loader = DataLoader(data, batch_size=self.training.batch_size, sampler=sampler, collate_fn=self.run.collate,
-                            generator=torch.Generator().manual_seed(self.training.seed))
-        return loader, sampler
-
     def _optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
         for name, parameter in self.distiller.named_parameters():
@@ -222,7 +345,7 @@ class TrainingLoop:
 
         accelerator = self.accelerator
         self._seed()
-        loader, sampler = self._train_loader()
+        loader, sampler = self.distiller.train_loader(self.training)
         for loaded in self.distiller.teachers:
             loaded.model.to(accelerator.device)
             loaded.model.eval()
@@ -238,6 +361,11 @@ class TrainingLoop:
         if self.resume:
             self._load_latest(optimizer, scheduler)
         self.distiller.current_step = self.state.step
+        # Opened once the step to start from is known: on resume only entries filled before it count.
+        self.distiller.open_teacher_cache(self.run_dir, self.resume, self.state.step, total_steps, steps_per_epoch,
+                                          accelerator, self.precision)
+        if self.training.compile:
+            self.distiller.compile_student()
 
         start = time.time()
         progress = _Progress(self.training.progress and accelerator.is_main_process, total_steps, self.console)
@@ -296,9 +424,7 @@ class TrainingLoop:
     # -- evaluation -----------------------------------------------------------------------------
 
     def _evaluate_and_keep_best(self) -> None:
-        from brewer_cli.evaluate import evaluate_model
-
-        metrics = evaluate_model(self.run, self.distiller.student, self.distiller.student_family, self.accelerator)
+        metrics = self.distiller.evaluate(self.accelerator)
         self.last_eval = (self.state.step, metrics)
         primary = metrics[self.run.task.primary_metric]
         self._log({"step": self.state.step, "eval": metrics})
@@ -313,15 +439,13 @@ class TrainingLoop:
                 self._save_student(self.run_dir / "best")
 
     def _finish(self, wall_time: float) -> dict[str, Any]:
-        from brewer_cli.evaluate import evaluate_model
-
         student_metrics = None
         if self.run.data.eval is not None:
             # The last step was evaluated already unless the run resumed from its final checkpoint.
             if self.last_eval is not None and self.last_eval[0] == self.state.step:
                 student_metrics = self.last_eval[1]
             else:
-                student_metrics = evaluate_model(self.run, self.distiller.student, self.distiller.student_family, self.accelerator)
+                student_metrics = self.distiller.evaluate(self.accelerator)
         if self.accelerator.is_main_process:
             self._save_student(self.run_dir / "final")
         return {
@@ -343,8 +467,7 @@ class TrainingLoop:
             handle.write(json.dumps(record) + "\n")
 
     def _save_student(self, directory: Path) -> None:
-        student = self.accelerator.unwrap_model(self.distiller).student
-        save_model_dir(student, self.run.student.tokenizer, directory)
+        self.accelerator.unwrap_model(self.distiller).export_student(directory)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -352,6 +475,8 @@ class TrainingLoop:
         """checkpoints/step-N/: student (safetensors), projections, optimizer, scheduler, RNG and
         loop state, written to a temporary directory and renamed, so a crash never leaves a
         checkpoint that looks complete."""
+        # Every process writes the teacher outputs it cached (teacher_cache/process-<rank>/).
+        self.distiller.persist_teacher_cache()
         if not self.accelerator.is_main_process:
             self.accelerator.wait_for_everyone()
             return

@@ -67,6 +67,14 @@ class GeneralDistiller(BasicDistiller):
     def teacher_needs(self) -> FeatureNeeds:
         return self._needs
 
+    def teacher_feature_layers(self) -> tuple[tuple[str, int], ...]:
+        # The teacher-output cache keeps these layers only, not every layer the forward returns.
+        layers = set()
+        for match in self.matches:
+            for layer in match.teacher_layer if isinstance(match.teacher_layer, tuple) else (match.teacher_layer,):
+                layers.add((match.reads, layer))
+        return tuple(sorted(layers))
+
     # -- the loss -------------------------------------------------------------------------------
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

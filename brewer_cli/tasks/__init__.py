@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from brewer_cli.registry import Registry
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
+from brewer_cli.tasks.general_corpus import GeneralCorpus
 from brewer_cli.tasks.question_answering import QuestionAnswering
 from brewer_cli.tasks.sequence_classification import SequenceClassification
 from brewer_cli.tasks.token_classification import TokenClassification
@@ -23,6 +24,13 @@ TASKS.add(
     "question_answering",
     QuestionAnswering,
     "extractive QA (SQuAD v1.1 / v2): windows with doc_stride, n-best span decoding. Metrics: exact match, F1 (0-100)",
+)
+TASKS.add(
+    "masked_lm",
+    GeneralCorpus,
+    "general distillation over unlabeled text (one document or sentence per line, or a column), no labels: "
+    "bare encoders, intermediate matches only. Measure: the distillation loss on the eval split",
+    aliases=("general_corpus",),
 )
 
 __all__ = ["TASKS", "Task", "PreparedData", "TokenizedDataset"]

@@ -86,9 +86,18 @@ class Task(ABC):
     auto_class_name: str = "AutoModelForSequenceClassification"
     primary_metric: str = "accuracy"
     greater_is_better: bool = True
+    # A task without labels (general distillation) has no metric of the student alone: the loop
+    # measures the distiller's own loss on the eval split instead (`Distiller.evaluate`).
+    measured_by_distillation_loss: bool = False
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
+
+    @classmethod
+    def recipe_problems(cls, recipe: Recipe) -> list[str]:
+        """Problems only this task can see in a recipe (`file: dotted.path: problem — fix` lines),
+        reported by `build.check_names` with every other name problem, before any weight is read."""
+        return []
 
     # -- data -----------------------------------------------------------------------------------
 

@@ -126,6 +126,11 @@ class QuestionAnswering(Task):
             extra={"answer_alignment": alignment, "eval_question_examples": eval_examples},
         )
 
+    def tokenizer_texts(self, recipe: Recipe) -> list[str]:
+        examples = self.read_examples(recipe.data.train, recipe, "data.train")
+        # Each context once: SQuAD asks several questions about the same paragraph.
+        return [example.question for example in examples] + list(dict.fromkeys(example.context for example in examples))
+
     def read_examples(self, source: DataSource, recipe: Recipe, field: str) -> list[QuestionExample]:
         rows = read_source(source, recipe, field)
         where = f"{recipe.path}: {field}"
@@ -134,8 +139,13 @@ class QuestionAnswering(Task):
         contexts = column(rows, data.context or "context", where, "context")
         answers = column(rows, data.answers or "answers", where, "answers")
         examples = []
+        seen: set[str] = set()
         for number, (row, question, context, answer) in enumerate(zip(rows, questions, contexts, answers)):
             identifier = str(row.get("id", number))
+            if identifier in seen:
+                # Predictions and scores are kept per id: a repeated id would overwrite another question.
+                raise DataError(f"{where}: question id {identifier!r} appears twice — give every question its own `id`")
+            seen.add(identifier)
             if not isinstance(question, str) or not isinstance(context, str):
                 raise DataError(f"{where}: question {identifier!r}: `question` and `context` must be text")
             texts, starts = _answer_lists(answer, where, identifier)

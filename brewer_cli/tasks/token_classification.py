@@ -6,7 +6,8 @@ default `ner_tags`). Integer tags are named by the hub dataset's features (conll
 names), or by `task.labels`.
 
 Labels: the tag list is `task.labels`, else the teacher's (`id2label`), else every tag of the
-training data sorted with `O` first. Each word's tag goes on its first sub-word; the other pieces
+training data sorted with `O` first (for a hub dataset whose tags are named ClassLabel ids: its
+names, in id order). Each word's tag goes on its first sub-word; the other pieces
 get -100 (ignored), or with `task.label_all_tokens: true` the word's tag (B-X turned into I-X, so
 one entity never gets two beginnings).
 
@@ -49,6 +50,8 @@ class TokenClassification(Task):
         super().__init__(spec)
         # Whether the tags follow IOB2 (O, B-TYPE, I-TYPE); decided by `prepare` from the tag list.
         self.entity_tags = True
+        # The tag names of a hub dataset's ClassLabel feature, found while reading it.
+        self.dataset_tag_names: list[str] | None = None
 
     @property
     def primary_metric(self) -> str:  # type: ignore[override]
@@ -60,16 +63,22 @@ class TokenClassification(Task):
         data = recipe.data
         check_fast_tokenizer(tokenizer, recipe)
         given = list(self.spec.labels) if self.spec.labels else label_names
+        self.dataset_tag_names = None
         train = self.read_sentences(data.train, recipe, "data.train", given)
+        # A hub dataset that names its tag ids (ClassLabel) fixes the list and its order.
+        dataset_names = self.dataset_tag_names
         evaluation = self.read_sentences(data.eval, recipe, "data.eval", given) if data.eval is not None else None
-        names = given or tag_list_from([tags for _, tags, _ in train])
+        names = given or dataset_names or tag_list_from([tags for _, tags, _ in train])
         if self.spec.num_labels is not None and len(names) != self.spec.num_labels:
             field = "task.labels" if self.spec.labels else "task.num_labels"
             raise DataError(
                 f"{recipe.path}: {field}: the tag list has {len(names)} tags ({', '.join(names[:20])}) but "
                 f"task.num_labels is {self.spec.num_labels} — make them agree, or leave num_labels out"
             )
-        origin = "task.labels" if self.spec.labels else ("the teacher's labels" if label_names else "the training data's tags")
+        origin = (
+            "task.labels" if self.spec.labels else "the teacher's labels" if label_names
+            else "the dataset's tag names" if dataset_names else "the training data's tags"
+        )
         check_tags(train, names, recipe, "data.train", origin)
         if evaluation is not None:
             check_tags(evaluation, names, recipe, "data.eval", origin)
@@ -83,10 +92,14 @@ class TokenClassification(Task):
             extra=extra,
         )
 
+    def tokenizer_texts(self, recipe: Recipe) -> list[str]:
+        return [" ".join(words) for words, _, _ in self.read_sentences(recipe.data.train, recipe, "data.train", None, names_needed=False)]
+
     def read_sentences(
-        self, source: DataSource, recipe: Recipe, field: str, given: list[str] | None
+        self, source: DataSource, recipe: Recipe, field: str, given: list[str] | None, names_needed: bool = True
     ) -> list[tuple[list[str], list[str], str]]:
-        """(words, tags as names, where-in-the-file) per sentence."""
+        """(words, tags as names, where-in-the-file) per sentence; with `names_needed` false, integer
+        tags stay ids (for reading the words only)."""
         rows = read_source(source, recipe, field)
         where = f"{recipe.path}: {field}"
         tokens_column = recipe.data.tokens or TOKENS
@@ -104,7 +117,7 @@ class TokenClassification(Task):
                 )
             if len(words) != len(tags):
                 raise DataError(f"{where}: {place}: {len(words)} words but {len(tags)} tags — give one tag per word")
-            if any(_is_integer(tag) for tag in tags):
+            if names_needed and any(_is_integer(tag) for tag in tags):
                 if class_names is None:
                     class_names = self._class_names(source, tags_column, given, where)
                 tags = [_tag_name(tag, class_names, where, place, tags_column) for tag in tags]
@@ -114,6 +127,8 @@ class TokenClassification(Task):
     def _class_names(self, source: DataSource, tags_column: str, given: list[str] | None, where: str) -> list[str]:
         # Hub datasets store tags as ClassLabel ids; their names are in the dataset's features.
         names = hub_class_names(source, tags_column) if source.hub is not None else None
+        if names is not None:
+            self.dataset_tag_names = self.dataset_tag_names or names
         names = names or given
         if names is None:
             raise DataError(
@@ -127,9 +142,15 @@ class TokenClassification(Task):
         recipe: Recipe, field: str,
     ) -> TokenizedDataset:
         label_ids = {name: index for index, name in enumerate(names)}
-        encoded = tokenizer(
-            [words for words, _, _ in sentences], is_split_into_words=True, truncation=True, max_length=max_length
-        )
+        try:
+            encoded = tokenizer(
+                [words for words, _, _ in sentences], is_split_into_words=True, truncation=True, max_length=max_length
+            )
+        except ValueError as error:  # e.g. byte-level BPE (RoBERTa) saved without add_prefix_space
+            raise ModelError(
+                f"{recipe.path}: {field}: the tokenizer cannot read pre-split words: {str(error).splitlines()[0]} — for "
+                f"RoBERTa-style tokenizers save the checkpoint's tokenizer with add_prefix_space=True"
+            ) from None
         columns: dict[str, list[Any]] = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         if "token_type_ids" in encoded:
             columns["token_type_ids"] = encoded["token_type_ids"]
@@ -214,8 +235,9 @@ class TokenClassification(Task):
 def check_fast_tokenizer(tokenizer: Any, recipe: Recipe) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(
-            f"{recipe.path}: teacher.checkpoint: token classification needs a fast (Rust) tokenizer to map sub-words "
-            f"to words, but {type(tokenizer).__name__} is a slow one — save the checkpoint with its tokenizer.json"
+            f"{recipe.path}: {recipe.task.kind} needs a fast (Rust) tokenizer, which maps sub-words to words and "
+            f"characters, but the checkpoint's {type(tokenizer).__name__} is a slow one — save the checkpoint with "
+            f"its tokenizer.json (AutoTokenizer.from_pretrained(…, use_fast=True).save_pretrained(…))"
         )
 
 

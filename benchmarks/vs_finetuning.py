@@ -1,0 +1,83 @@
+"""What distillation costs over fine-tuning: a `basic` and a `general` distillation step (teacher
+cache on) against a plain fine-tuning step (`trainer`) of the same student on the same batches.
+
+The three runs share the student's initialization, the data (the first N SST-2 training
+sentences, real lengths, dynamic padding), the seed — hence the batches — and the optimizer
+settings; `basic` adds KD (ce, T = 8) against the MiniLM SST-2 teacher, `general` adds hidden_mse
+and nst matches (as in vs_textbrewer.py). In epoch 1 the teacher runs on every batch (and fills
+the cache); from epoch 2 on it does not run at all.
+
+    nice -n 10 python benchmarks/vs_finetuning.py [--examples 256 --epochs 3 --batch-size 16 --rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from typing import Any
+
+from common import append
+from speed_common import WORK, median, mib, prepare_inputs, run_child
+
+SIDES = [("fine-tuning (`trainer`)", {"kind": "trainer"}),
+         ("`basic` distillation, teacher cache on", {"kind": "basic", "cache": "memory"}),
+         ("`general` distillation, teacher cache on", {"kind": "general", "cache": "memory"})]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-results", action="store_true", help="print, do not append to RESULTS.md (trial runs)")
+    arguments = parser.parse_args()
+    directory = WORK / "vs_finetuning"
+    if directory.exists():
+        shutil.rmtree(directory)
+    inputs = prepare_inputs(directory, arguments.examples)
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in SIDES}
+    for round_number in range(arguments.rounds):
+        print(f"round {round_number + 1}", flush=True)
+        shift = round_number % len(SIDES)
+        for label, extra in SIDES[shift:] + SIDES[:shift]:
+            child_arguments = {
+                "name": f"{extra['kind']}-{round_number}", "data": str(inputs["sst2"]), "student": str(inputs["student"]),
+                "output": str(directory / "runs"), "epochs": arguments.epochs, "batch_size": arguments.batch_size,
+                "learning_rate": arguments.learning_rate, "seed": 42, **extra,
+            }
+            results[label].append(run_child("brewer", child_arguments, label))
+    trainer = results[SIDES[0][0]]
+    rows = []
+    for label, _ in SIDES:
+        runs = results[label]
+
+        def ratio(key: str) -> float:
+            return median([run[key] / base[key] for run, base in zip(runs, trainer)])
+
+        rows.append(f"| {label} | {1000 * median([run['per_step_s'] for run in runs]):.0f} | {ratio('per_step_s'):.2f}× | "
+                    f"{1000 * median([run['later_epochs_per_step_s'] for run in runs]):.0f} | "
+                    f"{ratio('later_epochs_per_step_s'):.2f}× | {mib(median([run['peak_rss_bytes'] for run in runs]))} |")
+    body = f"""
+Command: `nice -n 10 python benchmarks/vs_finetuning.py --examples {arguments.examples} --epochs {arguments.epochs} \
+--batch-size {arguments.batch_size} --rounds {arguments.rounds}`. CPU only (no GPU on this machine; the script runs
+unchanged on one when lent), fp32. Student 3 × 192 from one saved initialization; the first {arguments.examples} SST-2
+training sentences, batch {arguments.batch_size}, {arguments.epochs} epochs, the same seed (so the same batches) for all
+three; teacher MiniLM-L6-H384 fine-tuned on SST-2. `general` matches: hidden_mse (linear 192 → 384) student 0-3 ↔
+teacher 0, 2, 4, 6 and nst 1-3 ↔ 2, 4, 6. Each run is its own process (peak RSS = its ru_maxrss); runs alternate
+within each round, ratios are per round, median over {arguments.rounds} rounds; step 1 (warm-up) is left out. Epoch 1
+runs the teacher on every batch and fills the cache; "epochs 2+" is the steady state with the cache warm. The 2 cores
+were shared with other jobs: read the ratios rather than the absolute times.
+
+| run | ms / step | × fine-tuning | ms / step, epochs 2+ | × fine-tuning | peak RSS |
+|---|---:|---:|---:|---:|---:|
+{chr(10).join(rows)}
+"""
+    if not arguments.no_results:
+        append("Distillation step vs fine-tuning step (teacher cache on)", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
