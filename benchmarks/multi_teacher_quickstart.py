@@ -1,11 +1,12 @@
 """Multi-teacher distillation on the quickstart task, offline: train three quickstart teachers that
 differ only in their seed (one `brewer train-teacher` command each), distill them together into
 the quickstart student (`recipes/quickstart-multi-teacher.yaml`: KD against the mean of their
-logits), and, for comparison, the same student from the seed-1 teacher alone (`recipes/quickstart.yaml`).
-Appends each teacher's accuracy, their mean, the ensemble's (mean-logits) accuracy and both
-students' accuracies to RESULTS.md.
+logits), and, for comparison, the same student from two of them and from single teachers
+(`recipes/quickstart.yaml`), each student configuration repeated over a few seeds. Appends each
+teacher's accuracy, their mean, the ensembles' (mean-logits) accuracies and the students'
+accuracies to RESULTS.md. Finished teachers of the same settings are reused.
 
-    nice -n 10 python benchmarks/multi_teacher_quickstart.py [--teacher-epochs 5] [--student-epochs 8]
+    nice -n 10 python benchmarks/multi_teacher_quickstart.py [--teacher-epochs 5] [--student-epochs 8] [--student-seeds 42,43,44]
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--teacher-epochs", type=float, default=5, help="the quickstart teacher trains 5 epochs")
     parser.add_argument("--student-epochs", type=float, default=8, help="the quickstart student trains 8 epochs")
+    parser.add_argument("--student-seeds", type=lambda text: [int(part) for part in text.split(",")], default=[42, 43, 44],
+                        help="training.seed of the repeated student runs, comma-separated")
     arguments = parser.parse_args()
     output = WORK / "quickstart-multi-teacher"
     started = time.time()
@@ -36,52 +39,72 @@ def main() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         brewer("train-teacher", "recipes/quickstart-teacher.yaml", "--set", f"training.seed={seed}",
                "--set", f"name=quickstart-teacher-seed{seed}", "--set", f"training.epochs={arguments.teacher_epochs:g}", *quiet)
-    for name in ("quickstart-multi-teacher", "quickstart-single-teacher-seed1"):
-        shutil.rmtree(output / name, ignore_errors=True)
-    teachers = [f"teachers.{index}.checkpoint={output / f'quickstart-teacher-seed{seed}' / 'final'}"
-                for index, seed in enumerate(SEEDS)]
-    student_epochs = ["--set", f"training.epochs={arguments.student_epochs:g}"]
-    brewer("distill", "recipes/quickstart-multi-teacher.yaml", *[part for item in teachers for part in ("--set", item)],
-           *student_epochs, *quiet)
-    brewer("distill", "recipes/quickstart.yaml", "--set", f"teacher.checkpoint={output / 'quickstart-teacher-seed1' / 'final'}",
-           "--set", "name=quickstart-single-teacher-seed1", *student_epochs, *quiet)
+
+    def checkpoint(seed: int) -> str:
+        return str(output / f"quickstart-teacher-seed{seed}" / "final")
+
+    # Each student configuration: its recipe and the overrides naming its teacher(s).
+    configurations = {
+        "multi-teacher from seeds 1, 2, 3": ("recipes/quickstart-multi-teacher.yaml",
+                                             [f"teachers.{index}.checkpoint={checkpoint(seed)}" for index, seed in enumerate(SEEDS)]),
+        "multi-teacher from seeds 1, 3": ("recipes/quickstart-multi-teacher.yaml",
+                                          [f"teachers=[{{checkpoint: {checkpoint(1)}}}, {{checkpoint: {checkpoint(3)}}}]"]),
+        "single teacher, seed 1": ("recipes/quickstart.yaml", [f"teacher.checkpoint={checkpoint(1)}"]),
+        "single teacher, seed 3": ("recipes/quickstart.yaml", [f"teacher.checkpoint={checkpoint(3)}"]),
+    }
+    results: dict[str, list[dict]] = {}
+    for number, (label, (recipe, overrides)) in enumerate(configurations.items()):
+        for student_seed in arguments.student_seeds:
+            name = f"quickstart-student-{number}-seed{student_seed}"
+            shutil.rmtree(output / name, ignore_errors=True)
+            brewer("distill", recipe, *[part for item in overrides for part in ("--set", item)], "--set", f"name={name}",
+                   "--set", f"training.seed={student_seed}", "--set", f"training.epochs={arguments.student_epochs:g}", *quiet)
+            results.setdefault(label, []).append(summary(output / name))
     minutes = (time.time() - started) / 60
 
     trained = [summary(output / f"quickstart-teacher-seed{seed}") for seed in SEEDS]
-    multi = summary(output / "quickstart-multi-teacher")
-    single = summary(output / "quickstart-single-teacher-seed1")
     accuracies = [entry["model"]["metric"] for entry in trained]
     mean = sum(accuracies) / len(accuracies)
-    # The distillation run evaluates each teacher again; the same weights must give the same figure.
-    for entry, accuracy in zip(multi["teachers"], accuracies):
+    # The distillation runs evaluate each teacher again; the same weights must give the same figure.
+    for entry, accuracy in zip(results["multi-teacher from seeds 1, 2, 3"][0]["teachers"], accuracies):
         assert abs(entry["metric"] - accuracy) < 1e-9, (entry["metric"], accuracy)
-    rows = "\n".join(
+    teacher_rows = "\n".join(
         f"| teacher, seed {seed} (`trainer`, 4 × 128) | {entry['model']['parameters']:,} | {entry['model']['metric']:.4f} | "
         f"{entry['steps']} | {entry['wall_time_s']:.0f} s |"
         for seed, entry in zip(SEEDS, trained)
     )
+    ensemble_rows = "\n".join(
+        f"| ensemble: mean of the logits of seeds {label.split('seeds ')[1]} | {runs[0]['teacher']['parameters']:,} | "
+        f"{runs[0]['teacher']['metric']:.4f} | | |"
+        for label, runs in results.items() if label.startswith("multi")
+    )
+    def student_row(label: str, runs: list[dict]) -> str:
+        figures = [run["student"]["metric"] for run in runs]
+        each = ", ".join(f"{figure:.3f}" for figure in figures)
+        wall = sum(run["wall_time_s"] for run in runs) / len(runs)
+        return (f"| student (2 × 96), {label} | {runs[0]['student']['parameters']:,} | "
+                f"{sum(figures) / len(figures):.4f} ({each}) | {runs[0]['steps']} | {wall:.0f} s |")
+
+    student_rows = "\n".join(student_row(label, runs) for label, runs in results.items())
+    seeds = ",".join(str(seed) for seed in arguments.student_seeds)
     body = f"""
-Command: `nice -n 10 python benchmarks/multi_teacher_quickstart.py --teacher-epochs {arguments.teacher_epochs:g} --student-epochs {arguments.student_epochs:g}`
-(recipes `recipes/quickstart-teacher.yaml` ×3 with `--set training.seed=N --set name=quickstart-teacher-seedN`,
-`recipes/quickstart-multi-teacher.yaml`, and `recipes/quickstart.yaml` from the seed-1 teacher for comparison).
+Command: `nice -n 10 python benchmarks/multi_teacher_quickstart.py --teacher-epochs {arguments.teacher_epochs:g} --student-epochs {arguments.student_epochs:g} --student-seeds {seeds}`
+(teachers: `brewer train-teacher recipes/quickstart-teacher.yaml --set training.seed=N --set name=quickstart-teacher-seedN`;
+students: `recipes/quickstart-multi-teacher.yaml` and, for comparison, `recipes/quickstart.yaml` from one teacher).
 Data: the generated quickstart sentiment task (4,000 training / 1,000 eval sentences, 3% label noise).
-Teachers: {arguments.teacher_epochs:g} epochs each (the quickstart's teacher trains 5); students: {arguments.student_epochs:g}
-epochs (the quickstart's student trains 8), `kd_loss: ce`, T = 4, hard-label weight 0.5, same seed (42) for both students.
-Multi-teacher target: the mean of the three teachers' logits, equal weights (TextBrewer's definition).
-Script time for this invocation: {minutes:.1f} min on 2 CPU cores shared with other jobs (load average about 8-10),
-so wall times are several times those of an idle machine.
+Teachers: {arguments.teacher_epochs:g} epochs each (as the quickstart's). Students: {arguments.student_epochs:g} epochs (as the
+quickstart's), `kd_loss: ce`, T = 4, hard-label weight 0.5, each run with training.seed {seeds} (which seeds the student's
+initial weights, the data order and dropout); the accuracy column gives the mean and each run's figure.
+Multi-teacher target: the mean of the teachers' logits with equal weights (TextBrewer's definition).
+Script time for this invocation: {minutes:.1f} min on 2 CPU cores shared with other jobs; teachers reused from an
+earlier invocation keep the wall time of the run that trained them.
 
 | model | parameters | accuracy | steps | wall time |
 |---|---:|---:|---:|---:|
-{rows}
+{teacher_rows}
 | mean of the three teachers' accuracies | | {mean:.4f} | | |
-| ensemble: mean of the three teachers' logits | {multi['teacher']['parameters']:,} | {multi['teacher']['metric']:.4f} | | |
-| student, `multi_teacher` KD from the three (2 × 96) | {multi['student']['parameters']:,} | {multi['student']['metric']:.4f} | {multi['steps']} | {multi['wall_time_s']:.0f} s |
-| student, `basic` KD from the seed-1 teacher alone (2 × 96) | {single['student']['parameters']:,} | {single['student']['metric']:.4f} | {single['steps']} | {single['wall_time_s']:.0f} s |
-
-Multi-teacher student / ensemble accuracy: {multi['student_to_teacher']:.1%}; single-teacher student / its teacher:
-{single['student_to_teacher']:.1%}. One run per configuration (no repeats over student seeds), so differences of a few
-tenths of a point are within run-to-run noise.
+{ensemble_rows}
+{student_rows}
 """
     append("Quickstart, three seeds' teachers → one student (multi-teacher KD)", body)
     print(body)

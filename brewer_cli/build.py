@@ -334,7 +334,8 @@ def plan_lines(run: Run) -> list[str]:
 
     # A launcher (torchrun, accelerate launch) says how many processes will each keep a cache.
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    lines.append(f"teacher cache: {plan_cache(distiller, total, steps_per_epoch, processes, run.run_dir).describe()}")
+    if run.teachers:
+        lines.append(f"teacher cache: {plan_cache(distiller, total, steps_per_epoch, processes, run.run_dir).describe()}")
     if training.compile:
         lines.append("compile: the student's forward is compiled in place (torch.compile) before step 1")
     return lines

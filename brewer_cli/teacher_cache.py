@@ -260,7 +260,7 @@ def plan_cache(distiller: Any, total_steps: int, steps_per_epoch: int, processes
     requested = getattr(distiller.recipe.distillation, "teacher_cache", "off")
     reads = distiller.teacher_reads()
     if not reads:
-        return CachePlan("off", requested, "this distiller has no teacher outputs to cache")
+        return CachePlan("off", requested, f"kind {distiller.kind} does not cache teacher outputs")
     if requested == "off":
         return CachePlan("off", requested, "distillation.teacher_cache: off")
     layouts = tuple(probe_layout(distiller, read) for read in reads)
