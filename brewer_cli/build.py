@@ -336,6 +336,7 @@ def plan_lines(run: Run) -> list[str]:
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if run.teachers:
         lines.append(f"teacher cache: {plan_cache(distiller, total, steps_per_epoch, processes, run.run_dir).describe()}")
-    if training.compile:
-        lines.append("compile: the student's forward is compiled in place (torch.compile) before step 1")
+    if training.compile_backend is not None:
+        lines.append(f"compile: the student's forward is compiled in place (torch.compile, backend "
+                     f"{training.compile_backend}) before step 1")
     return lines

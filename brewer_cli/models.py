@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,18 +172,26 @@ def checkpoint_location_for_tokenizer(value: str, recipe: Recipe, field: str) ->
 
 
 def train_wordpiece(texts: list[str], settings: WordPieceTraining) -> Any:
-    """A BERT-style WordPiece tokenizer trained on the given texts, built locally (no hub)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A BERT-style WordPiece tokenizer trained on the given texts, built locally (no hub).
+
+    The vocabulary is learnt by `wordpiece_vocabulary`, not by `tokenizers`' WordPieceTrainer:
+    that trainer breaks ties between equally frequent pairs by hash-map order, which is seeded
+    afresh in every process, so the same texts gave a different vocabulary (and a different
+    model) from one run to the next."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=settings.lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=settings.vocab_size, min_frequency=settings.min_frequency, special_tokens=special
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=settings.lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    vocabulary = wordpiece_vocabulary(words, settings.vocab_size, settings.min_frequency, special)
+    tokenizer = Tokenizer(models.WordPiece({token: number for number, token in enumerate(vocabulary)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.add_special_tokens(special)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -199,6 +208,76 @@ def train_wordpiece(texts: list[str], settings: WordPieceTraining) -> Any:
         mask_token="[MASK]",
         model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
+
+
+def wordpiece_vocabulary(words: Counter[str], vocab_size: int, min_frequency: int, special: list[str]) -> list[str]:
+    """The WordPiece vocabulary BERT's recipe learns, deterministically.
+
+    Each word starts as its characters (pieces after the first carry `##`); the most frequent
+    adjacent pair is merged, again and again, until the vocabulary (special tokens, every
+    character, every merge) reaches `vocab_size` or no pair occurs `min_frequency` times. Ties
+    go to the pair that sorts first, so the same words always give the same vocabulary. Pair
+    counts are updated only for the words a merge touches, as in `tokenizers`' trainer."""
+    import heapq
+    from collections import defaultdict
+
+    ordered = sorted(words)
+    splits = [[word[0], *(f"##{character}" for character in word[1:])] for word in ordered]
+    counts = [words[word] for word in ordered]
+    vocabulary = list(special)
+    known = set(vocabulary)
+    for symbol in sorted({symbol for split in splits for symbol in split}):
+        if symbol not in known:
+            known.add(symbol)
+            vocabulary.append(symbol)
+    pair_counts: dict[tuple[str, str], int] = defaultdict(int)
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for number, split in enumerate(splits):
+        for pair in zip(split, split[1:]):
+            pair_counts[pair] += counts[number]
+            where[pair].add(number)
+    # Max-heap on count, then the pair in sorted order; entries whose count changed are stale
+    # and skipped when popped (the current count was pushed when it changed).
+    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+    while len(vocabulary) < vocab_size and heap:
+        negative, pair = heapq.heappop(heap)
+        if pair_counts.get(pair, 0) != -negative:
+            continue
+        if -negative < min_frequency:
+            break
+        first, second = pair
+        merged = first + second[2:]
+        changed: set[tuple[str, str]] = set()
+        for number in sorted(where.pop(pair, ())):
+            split, count = splits[number], counts[number]
+            for old in zip(split, split[1:]):
+                pair_counts[old] -= count
+                changed.add(old)
+            position, joined = 0, []
+            while position < len(split):
+                if position + 1 < len(split) and split[position] == first and split[position + 1] == second:
+                    joined.append(merged)
+                    position += 2
+                else:
+                    joined.append(split[position])
+                    position += 1
+            splits[number] = joined
+            for new in zip(joined, joined[1:]):
+                pair_counts[new] += count
+                where[new].add(number)
+                changed.add(new)
+        for changed_pair in changed:
+            count = pair_counts[changed_pair]
+            if count <= 0:
+                pair_counts.pop(changed_pair, None)
+                where.pop(changed_pair, None)
+            else:
+                heapq.heappush(heap, (-count, changed_pair))
+        if merged not in known:
+            known.add(merged)
+            vocabulary.append(merged)
+    return vocabulary
 
 
 def parameter_count(model: Any) -> int:

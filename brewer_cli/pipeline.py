@@ -192,6 +192,8 @@ def _summary(run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any] |
         "precision": result["precision"], "processes": result["processes"],
         "peak_memory_bytes": _peak_memory(torch, loop.accelerator.device),
     })
+    if loop.distiller.compiled is not None:
+        summary["compile"] = loop.distiller.compiled
     if loop.distiller.teacher_cache is not None:
         summary["teacher_cache"] = _teacher_cache_report(loop.distiller.teacher_cache, torch, loop.accelerator.device)
     loop.distiller.update_summary(summary, teacher_metrics)

@@ -199,6 +199,10 @@ class ModelSpec(Strict):
         return self
 
 
+# torch.compile backends `training.compile` may name (`true` means inductor).
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
+
+
 class TrainingSpec(Strict):
     epochs: float = Field(default=3.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="overrides epochs when set")
@@ -217,8 +221,26 @@ class TrainingSpec(Strict):
     log_every: int = Field(default=10, ge=1)
     group_by_length: bool = False
     progress: bool = True
-    compile: bool = Field(default=False, description="torch.compile the student in place: slow first steps (and one "
-                          "recompile per new batch shape until shapes go dynamic), faster steps after, mostly on GPUs")
+    compile: bool | str = Field(
+        default=False, description="torch.compile the student in place (true = inductor, or a backend by name: "
+        f"{', '.join(COMPILE_BACKENDS)}): slow first steps (and one recompile per new batch shape until shapes go "
+        "dynamic), faster steps after, mostly on GPUs")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_backend_known(cls, value: Any) -> Any:
+        # Before the union: one message naming every valid value, not one per union member.
+        if isinstance(value, bool) or value in COMPILE_BACKENDS:
+            return value
+        raise ValueError(f"{value!r} is not allowed{_did_you_mean(str(value), list(COMPILE_BACKENDS))} — valid: true, "
+                         f"false, {', '.join(COMPILE_BACKENDS)}")
+
+    @property
+    def compile_backend(self) -> str | None:
+        """The torch.compile backend `compile` asks for, None when off."""
+        if self.compile is False:
+            return None
+        return "inductor" if self.compile is True else self.compile
 
 
 class TeacherTraining(Strict):

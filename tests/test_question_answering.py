@@ -155,10 +155,12 @@ def window_texts(task, example, tokenizer, max_length, stride, recipe):
 
 def test_windows_share_doc_stride_tokens_and_answers_across_a_boundary(tmp_path, word_tokenizer):
     recipe, task = load(tmp_path, qa_recipe(tmp_path, "unused"))
-    # "the cat of john is re ##d ." is 8 tokens, the dog's sentence 9. Windows of 32 tokens hold 23
-    # context tokens (the question takes 6 + 3 special), sharing 8: context tokens 0-22, 15-37, 30-48.
-    # The answer is tokens 16-23, so the first window cuts it.
-    context = " ".join(["the cat of john is red ."] * 2 + ["the dog of mary is blue ."] + ["the cat of john is red ."] * 3)
+    # "the cat of john is red ." is 7 tokens, the dog's sentence 9 ("bl ##u ##e"). Windows of 32
+    # tokens hold 23 context tokens (the question takes 6 + 3 special), sharing 8: context tokens
+    # 0-22, 15-37, 30-43. The answer is tokens 21-28, so the first window cuts it.
+    assert [len(word_tokenizer.tokenize(text)) for text in
+            ("the cat of john is red .", "the dog of mary is blue .", "what color is the dog ?")] == [7, 9, 6]
+    context = " ".join(["the cat of john is red ."] * 3 + ["the dog of mary is blue ."] + ["the cat of john is red ."] * 2)
     answer = "the dog of mary is blue"
     example = QuestionExample("q", "what color is the dog ?", context, [answer], [context.index(answer)])
     start = example.answer_starts[0]

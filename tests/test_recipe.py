@@ -75,6 +75,19 @@ def test_literal_choices_are_listed(tmp_path):
     assert error.value.problems == [f"{path}: training.precision: 'fp32' is not allowed — valid: auto, no, bf16, fp16"]
 
 
+def test_compile_takes_a_flag_or_a_backend_by_name(tmp_path):
+    raw = distill_recipe("runs/t/final")
+    raw["training"]["compile"] = "eagre"
+    path = write_recipe(tmp_path, raw)
+    with pytest.raises(RecipeError) as error:
+        load_recipe(path)
+    assert error.value.problems == [f"{path}: training.compile: 'eagre' is not allowed (did you mean 'eager'?) — valid: "
+                                    f"true, false, inductor, aot_eager, eager, cudagraphs"]
+    for value, backend in ((False, None), (True, "inductor"), ("aot_eager", "aot_eager")):
+        raw["training"]["compile"] = value
+        assert load_recipe(write_recipe(tmp_path, raw)).training.compile_backend == backend
+
+
 def test_malformed_yaml_reports_line_and_column(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\ntask: [a\n  b: c\n")

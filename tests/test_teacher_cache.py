@@ -236,23 +236,18 @@ def test_group_by_length_reduces_padding_and_keeps_each_example_once_per_epoch()
 # ============================================================================= compile
 
 
-def test_training_compile_compiles_the_student_in_place(tmp_path, teacher_dir, quiet_console, monkeypatch):
-    """Inductor needs minutes for even a tiny model on a busy CPU, so this run compiles with
-    dynamo's eager backend: the flag, the in-place compile and a run through dynamo are what is
-    tested here; `test_training_compile_with_inductor` (slow) runs the real compiler."""
-    compiled = []
-    original = torch.nn.Module.compile
-
-    def compile_eagerly(module, *arguments, **options):
-        compiled.append(type(module).__name__)
-        return original(module, backend="eager")
-
-    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
+def test_training_compile_compiles_the_student_in_place(tmp_path, teacher_dir, quiet_console):
+    """Inductor needs minutes for even a tiny model on a busy CPU, so this run names dynamo's eager
+    backend: the in-place compile and a run through dynamo are what is tested here;
+    `test_training_compile_with_inductor` (slow) runs the real compiler."""
     raw = distill_recipe(teacher_dir)
-    raw["training"].update({"max_steps": 2, "compile": True})
+    raw["training"].update({"max_steps": 2, "compile": "eager"})
     recipe = load_recipe(write_recipe(tmp_path, raw))
+    assert recipe.training.compile_backend == "eager"
+    assert "compile: the student's forward is compiled in place (torch.compile, backend eager) before step 1" in \
+        plan_lines(build_run(recipe, tmp_path / "plan"))
     summary = distill(recipe, tmp_path / "out", console=quiet_console)
-    assert compiled == ["BertForSequenceClassification"]
+    assert summary["compile"] == {"backend": "eager", "models": ["BertForSequenceClassification"]}
     assert summary["steps"] == 2 and summary["student"]["metric"] is not None
     # In place: the exported student has the plain model's parameter names.
     assert not any("_orig_mod" in name for name in final_weights(tmp_path / "out" / "tiny"))
@@ -262,5 +257,7 @@ def test_training_compile_compiles_the_student_in_place(tmp_path, teacher_dir, q
 def test_training_compile_with_inductor(tmp_path, teacher_dir, quiet_console):
     raw = distill_recipe(teacher_dir)
     raw["training"].update({"max_steps": 2, "compile": True})
-    summary = distill(load_recipe(write_recipe(tmp_path, raw)), tmp_path / "out", console=quiet_console)
-    assert summary["steps"] == 2
+    recipe = load_recipe(write_recipe(tmp_path, raw))
+    assert recipe.training.compile_backend == "inductor"
+    summary = distill(recipe, tmp_path / "out", console=quiet_console)
+    assert summary["steps"] == 2 and summary["compile"]["backend"] == "inductor"

@@ -71,8 +71,9 @@ def test_trainer_loss_goes_down_on_a_repeated_batch(tmp_path, tokenizer_dir):
     raw["distillation"] = {"kind": "trainer"}
     run = build_run(load_recipe(write_recipe(tmp_path, raw)), tmp_path / "out")
     assert run.teachers == []
-    losses = losses_on_repeated_batch(run, learning_rate=1e-2)
-    assert losses[-1] < 0.3 * losses[0], losses
+    # 3e-3, not 1e-2: at 1e-2 Adam overshoots on some vocabularies and the loss spikes late.
+    losses = losses_on_repeated_batch(run, steps=40, learning_rate=3e-3)
+    assert losses[-1] < 0.1 * losses[0], losses
 
 
 def test_teacher_is_frozen_and_not_part_of_the_trained_module(tmp_path, teacher_dir):
@@ -126,11 +127,16 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, teacher_dir, quiet_c
     full = tmp_path / "full" / "tiny"
     assert sorted(p.name for p in (full / "checkpoints").iterdir()) == ["step-10", "step-12", "step-5"]
 
-    # Simulate a crash after step 5: only that checkpoint (and a half-written one) survive.
+    # Three epochs: the teacher-output cache (auto → memory) answers from the second epoch on.
+    assert json.loads((full / "summary.json").read_text())["teacher_cache"]["mode"] == "memory"
+
+    # Simulate a crash after step 5: that checkpoint (and a half-written one) survive, with the
+    # teacher cache the run persisted (it holds entries filled after step 5 too: resume drops them).
     crashed = tmp_path / "crashed" / "tiny"
     crashed.mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step-5", crashed / "checkpoints" / "step-5")
     (crashed / "checkpoints" / ".step-10.tmp").mkdir()
+    shutil.copytree(full / "teacher_cache", crashed / "teacher_cache")
     shutil.copy(full / "recipe.yaml", crashed / "recipe.yaml")
     distill(recipe, tmp_path / "crashed", resume=True, console=quiet_console)
 
@@ -143,6 +149,17 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, teacher_dir, quiet_c
         assert torch.equal(uninterrupted[name], resumed[name]), name
     log = (crashed / "metrics.jsonl").read_text()
     assert "resumed_from" in log and "step-5" in log
+
+    # Without the cache the resumed run recomputes the teacher on the second epoch's batches: the
+    # same examples padded with other neighbours, equal to the cached outputs up to float rounding.
+    lost = tmp_path / "lost" / "tiny"
+    lost.mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-5", lost / "checkpoints" / "step-5")
+    shutil.copy(full / "recipe.yaml", lost / "recipe.yaml")
+    distill(recipe, tmp_path / "lost", resume=True, console=quiet_console)
+    recomputed = load_file(str(lost / "final" / "model.safetensors"))
+    for name in uninterrupted:
+        torch.testing.assert_close(recomputed[name], uninterrupted[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_resume_without_checkpoints_is_an_error(tmp_path, teacher_dir, quiet_console):

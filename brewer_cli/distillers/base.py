@@ -47,6 +47,8 @@ class Distiller(nn.Module, ABC):
         self.current_step = 0
         # Set by the loop when the run caches teacher outputs (brewer_cli.teacher_cache).
         self.teacher_cache: Any = None
+        # Set by `compile_student` (training.compile): the backend and the models compiled.
+        self.compiled: dict[str, Any] | None = None
 
     # -- what subclasses provide ----------------------------------------------------------------
 
@@ -195,9 +197,10 @@ class Distiller(nn.Module, ABC):
         if self.teacher_cache is not None:
             self.teacher_cache.persist()
 
-    def compile_student(self) -> None:
+    def compile_student(self, backend: str) -> list[str]:
         """`training.compile`: compile each model's forward in place (`nn.Module.compile`), so that
-        parameter names — and with them checkpoints, resume and exports — stay the plain model's."""
+        parameter names — and with them checkpoints, resume and exports — stay the plain model's.
+        Returns the class names of the models compiled, for summary.json."""
         from transformers import PreTrainedModel
 
         def outermost(module: nn.Module) -> list[nn.Module]:
@@ -206,8 +209,11 @@ class Distiller(nn.Module, ABC):
                 return [module]
             return [found for child in module.children() for found in outermost(child)]
 
-        for model in outermost(self.student) or [self.student]:
-            model.compile()
+        models = outermost(self.student) or [self.student]
+        for model in models:
+            model.compile(backend=backend)
+        self.compiled = {"backend": backend, "models": [type(model).__name__ for model in models]}
+        return self.compiled["models"]
 
     def progress(self) -> float:
         return self.current_step / max(self.total_steps, 1)
@@ -364,8 +370,8 @@ class TrainingLoop:
         # Opened once the step to start from is known: on resume only entries filled before it count.
         self.distiller.open_teacher_cache(self.run_dir, self.resume, self.state.step, total_steps, steps_per_epoch,
                                           accelerator, self.precision)
-        if self.training.compile:
-            self.distiller.compile_student()
+        if self.training.compile_backend is not None:
+            self.distiller.compile_student(self.training.compile_backend)
 
         start = time.time()
         progress = _Progress(self.training.progress and accelerator.is_main_process, total_steps, self.console)
