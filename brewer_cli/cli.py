@@ -46,11 +46,27 @@ def _run(action: Callable[[], object]) -> None:
         pass
     try:
         action()
+        _leave_process_group(wait=True)
     except BrewerError as error:
+        _leave_process_group(wait=False)
         from rich.console import Console
 
         Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error[/bold red] ({error.kind}): {error.message}", markup=True)
         raise typer.Exit(code=2) from None
+
+
+def _leave_process_group(wait: bool) -> None:
+    """Under torchrun / accelerate launch: leave the process group before the interpreter exits.
+    Left to interpreter teardown, gloo's threads were sometimes destroyed while still joinable
+    ("terminate called without an active exception", exit −6) after a run that had finished.
+    `wait`: after a success every process gets here, so they first wait for each other; after a
+    refusal one may not, and a barrier could hang."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    if wait:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def _load(recipe: Path, overrides: Optional[List[str]]):
