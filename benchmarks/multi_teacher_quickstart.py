@@ -6,7 +6,7 @@ logits), and, for comparison, the same student from two of them and from single 
 teacher's accuracy, their mean, the ensembles' (mean-logits) accuracies and the students'
 accuracies to RESULTS.md. Finished teachers of the same settings are reused.
 
-    nice -n 10 python benchmarks/multi_teacher_quickstart.py [--teacher-epochs 5] [--student-epochs 8] [--student-seeds 42,43,44]
+    nice -n 10 python benchmarks/multi_teacher_quickstart.py [--teacher-epochs 12] [--student-epochs 16] [--student-seeds 42,43,44]
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ SEEDS = (1, 2, 3)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--teacher-epochs", type=float, default=5, help="the quickstart teacher trains 5 epochs")
-    parser.add_argument("--student-epochs", type=float, default=8, help="the quickstart student trains 8 epochs")
+    parser.add_argument("--teacher-epochs", type=float, default=12, help="the quickstart teacher trains 12 epochs")
+    parser.add_argument("--student-epochs", type=float, default=16, help="the quickstart student trains 16 epochs")
     parser.add_argument("--student-seeds", type=lambda text: [int(part) for part in text.split(",")], default=[42, 43, 44],
                         help="training.seed of the repeated student runs, comma-separated")
     arguments = parser.parse_args()

@@ -104,6 +104,13 @@ def dev_accuracy(model: Any, tokenizer: Any) -> float:
     return correct / len(rows)
 
 
+def majority_rate() -> float:
+    """SST-2 dev accuracy of always answering the more frequent label: a student at this figure
+    has not learnt the task yet."""
+    labels = [label for _, label in read_tsv(SST2 / "dev.tsv")]
+    return max(labels.count(0), labels.count(1)) / len(labels)
+
+
 # ============================================================================= children
 
 

@@ -1,5 +1,6 @@
-"""Several CPU processes (gloo): `torchrun --nproc_per_node 2 -m brewer_cli distill` against one
-process with the same global batch, and a refusal that reaches every process."""
+"""Several CPU processes (gloo): `torchrun --nproc_per_node 2 -m brewer_cli distill` and
+`accelerate launch --multi_gpu --num_processes 2 -m brewer_cli distill` against one process with the
+same global batch, and a refusal that reaches every process."""
 
 from __future__ import annotations
 
@@ -34,12 +35,21 @@ def recipe_with_batch(tmp_path: Path, teacher: Path, batch_size: int, name: str)
     return write_recipe(tmp_path, raw, name)
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, teacher_dir, quiet_console):
+# README's two ways to start two CPU processes. `accelerate launch` needs `--multi_gpu` to start
+# more than one (without it, on a machine without GPUs, it runs one); brewer then joins gloo.
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, teacher_dir, quiet_console, launcher):
     from safetensors.torch import load_file
 
     two = recipe_with_batch(tmp_path, teacher_dir, 8, "two.yaml")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "brewer_cli", "distill", str(two), "--output-dir", str(tmp_path / "two")]
+    command = [*LAUNCHERS[launcher], "-m", "brewer_cli", "distill", str(two), "--output-dir", str(tmp_path / "two")]
     launched = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp_path)
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
     one_summary = distill(load_recipe(recipe_with_batch(tmp_path, teacher_dir, 16, "one.yaml")), tmp_path / "one",
