@@ -131,7 +131,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, teacher_dir, quiet_c
     assert json.loads((full / "summary.json").read_text())["teacher_cache"]["mode"] == "memory"
 
     # Simulate a crash after step 5: that checkpoint (and a half-written one) survive, with the
-    # teacher cache the run persisted (it holds entries filled after step 5 too: resume drops them).
+    # teacher cache the run persisted beside them (filled in epoch 1, steps 1-4).
     crashed = tmp_path / "crashed" / "tiny"
     crashed.mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step-5", crashed / "checkpoints" / "step-5")

@@ -197,10 +197,10 @@ class Distiller(nn.Module, ABC):
         if self.teacher_cache is not None:
             self.teacher_cache.persist()
 
-    def compile_student(self, backend: str) -> list[str]:
+    def compile_student(self, backend: str) -> None:
         """`training.compile`: compile each model's forward in place (`nn.Module.compile`), so that
         parameter names — and with them checkpoints, resume and exports — stay the plain model's.
-        Returns the class names of the models compiled, for summary.json."""
+        What was compiled goes to summary.json (`self.compiled`)."""
         from transformers import PreTrainedModel
 
         def outermost(module: nn.Module) -> list[nn.Module]:
@@ -213,7 +213,6 @@ class Distiller(nn.Module, ABC):
         for model in models:
             model.compile(backend=backend)
         self.compiled = {"backend": backend, "models": [type(model).__name__ for model in models]}
-        return self.compiled["models"]
 
     def progress(self) -> float:
         return self.current_step / max(self.total_steps, 1)
