@@ -15,7 +15,7 @@ import argparse
 import shutil
 import time
 
-from common import WORK, append, brewer, summary
+from common import ROOT, WORK, append, brewer, summary
 
 SEEDS = (1, 2, 3)
 
@@ -87,13 +87,16 @@ def main() -> None:
 
     student_rows = "\n".join(student_row(label, runs) for label, runs in results.items())
     seeds = ",".join(str(seed) for seed in arguments.student_seeds)
+    import yaml
+
+    kd = yaml.safe_load((ROOT / "recipes" / "quickstart-multi-teacher.yaml").read_text())["distillation"]
     body = f"""
 Command: `nice -n 10 python benchmarks/multi_teacher_quickstart.py --teacher-epochs {arguments.teacher_epochs:g} --student-epochs {arguments.student_epochs:g} --student-seeds {seeds}`
 (teachers: `brewer train-teacher recipes/quickstart-teacher.yaml --set training.seed=N --set name=quickstart-teacher-seedN`;
 students: `recipes/quickstart-multi-teacher.yaml` and, for comparison, `recipes/quickstart.yaml` from one teacher).
 Data: the generated quickstart sentiment task (4,000 training / 1,000 eval sentences, 3% label noise).
 Teachers: {arguments.teacher_epochs:g} epochs each (as the quickstart's). Students: {arguments.student_epochs:g} epochs (as the
-quickstart's), `kd_loss: ce`, T = 4, hard-label weight 0.5, each run with training.seed {seeds} (which seeds the student's
+quickstart's), `kd_loss: {kd['kd_loss']}`, T = {kd['temperature']:g}, hard-label weight {kd['hard_label_weight']:g}, each run with training.seed {seeds} (which seeds the student's
 initial weights, the data order and dropout); the accuracy column gives the mean and each run's figure.
 Multi-teacher target: the mean of the teachers' logits with equal weights (TextBrewer's definition).
 Script time for this invocation: {minutes:.1f} min on 2 CPU cores shared with other jobs; teachers reused from an
@@ -111,11 +114,15 @@ earlier invocation keep the wall time of the run that trained them.
 
 
 def _finished_with(run_dir, epochs: float) -> bool:
+    """A finished teacher trained as recipes/quickstart-teacher.yaml says now, for `epochs`."""
     import yaml
 
     if not (run_dir / "summary.json").is_file():
         return False
-    return float(yaml.safe_load((run_dir / "recipe.yaml").read_text())["training"]["epochs"]) == float(epochs)
+    stored = yaml.safe_load((run_dir / "recipe.yaml").read_text())["training"]
+    wanted = yaml.safe_load((ROOT / "recipes" / "quickstart-teacher.yaml").read_text())["training"]
+    same = all(stored.get(key) == value for key, value in wanted.items() if key not in ("epochs", "seed"))
+    return same and float(stored["epochs"]) == float(epochs)
 
 
 if __name__ == "__main__":
