@@ -15,6 +15,8 @@ import argparse
 import shutil
 import time
 
+import yaml
+
 from common import ROOT, WORK, append, brewer, summary
 
 SEEDS = (1, 2, 3)
@@ -87,8 +89,6 @@ def main() -> None:
 
     student_rows = "\n".join(student_row(label, runs) for label, runs in results.items())
     seeds = ",".join(str(seed) for seed in arguments.student_seeds)
-    import yaml
-
     kd = yaml.safe_load((ROOT / "recipes" / "quickstart-multi-teacher.yaml").read_text())["distillation"]
     body = f"""
 Command: `nice -n 10 python benchmarks/multi_teacher_quickstart.py --teacher-epochs {arguments.teacher_epochs:g} --student-epochs {arguments.student_epochs:g} --student-seeds {seeds}`
@@ -115,8 +115,6 @@ earlier invocation keep the wall time of the run that trained them.
 
 def _finished_with(run_dir, epochs: float) -> bool:
     """A finished teacher trained as recipes/quickstart-teacher.yaml says now, for `epochs`."""
-    import yaml
-
     if not (run_dir / "summary.json").is_file():
         return False
     stored = yaml.safe_load((run_dir / "recipe.yaml").read_text())["training"]
