@@ -104,6 +104,20 @@ def dev_accuracy(model: Any, tokenizer: Any) -> float:
     return correct / len(rows)
 
 
+def speed_arguments(description: str) -> Any:
+    """The options both speed benchmarks take (the same job on every side); a script adds its own."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-results", action="store_true", help="print, do not append to RESULTS.md (trial runs)")
+    return parser
+
+
 def majority_rate() -> float:
     """SST-2 dev accuracy of always answering the more frequent label: a student at this figure
     has not learnt the task yet."""

@@ -12,12 +12,11 @@ the cache); from epoch 2 on it does not run at all.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from typing import Any
 
 from common import append
-from speed_common import WORK, median, mib, prepare_inputs, run_child
+from speed_common import WORK, median, mib, prepare_inputs, run_child, speed_arguments
 
 SIDES = [("fine-tuning (`trainer`)", {"kind": "trainer"}),
          ("`basic` distillation, teacher cache on", {"kind": "basic", "cache": "memory"}),
@@ -25,14 +24,7 @@ SIDES = [("fine-tuning (`trainer`)", {"kind": "trainer"}),
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--no-results", action="store_true", help="print, do not append to RESULTS.md (trial runs)")
-    arguments = parser.parse_args()
+    arguments = speed_arguments(__doc__).parse_args()
     directory = WORK / "vs_finetuning"
     if directory.exists():
         shutil.rmtree(directory)

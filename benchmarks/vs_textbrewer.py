@@ -23,12 +23,11 @@ brewer runs with the teacher cache off and on (`memory`); with it on, epochs 2+ 
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from typing import Any
 
 from common import append
-from speed_common import TEXTBREWER_PYTHON, WORK, majority_rate, median, mib, prepare_inputs, run_child
+from speed_common import TEXTBREWER_PYTHON, WORK, majority_rate, median, mib, prepare_inputs, run_child, speed_arguments
 
 SIDES = [("textbrewer", "TextBrewer GeneralDistiller", {}),
          ("brewer", "brewer general, teacher cache off", {"kind": "general", "cache": "off"}),
@@ -36,15 +35,9 @@ SIDES = [("textbrewer", "TextBrewer GeneralDistiller", {}),
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser = speed_arguments(__doc__)
     parser.add_argument("--title", default="brewer vs TextBrewer: general distillation, time per step and peak memory")
-    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", default="sst2,fixed128")
-    parser.add_argument("--no-results", action="store_true", help="print, do not append to RESULTS.md (trial runs)")
     arguments = parser.parse_args()
     if not TEXTBREWER_PYTHON.exists():
         raise SystemExit(f"{TEXTBREWER_PYTHON}: TextBrewer's venv is missing — see this script's docstring")

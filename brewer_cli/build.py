@@ -19,7 +19,6 @@ from brewer_cli.paths import resolve_path
 from brewer_cli.recipe import ModelSpec, Recipe, TeacherSpec, validate_recipe
 from brewer_cli.registry import Registry
 from brewer_cli.tasks import TASKS, PreparedData, Task
-from brewer_cli.tasks.data import column, read_source
 
 
 @dataclass

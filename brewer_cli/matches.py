@@ -361,8 +361,8 @@ def _check_layer(path: str, field: str, origin: str, feature: str, layer: Layer,
                     f"(or left out) — for layer {index} use `feature: hidden`")
             return
         if feature in ("attention", "attention_inputs") and index == 0:
-            problem(path, field, origin, f"layer 0 is the embeddings, which have no attention — attention layers "
-                    f"count from 1 (layer i's attention)")
+            problem(path, field, origin, "layer 0 is the embeddings, which have no attention — attention layers "
+                    "count from 1 (layer i's attention)")
             return
         if side is not None and index > side.depth:
             first = 1 if feature in ("attention", "attention_inputs") else 0

@@ -7,7 +7,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from brewer_cli.errors import ModelError
 from brewer_cli.families import Family, family_for
@@ -162,6 +162,20 @@ def build_tokenizer(spec: TokenizerSpec, texts: list[str], recipe: Recipe, field
         location = checkpoint_location_for_tokenizer(spec.path, recipe, f"{field}.path")
         return load_tokenizer_dir(location, recipe, f"{field}.path")
     return train_wordpiece(texts, spec.train_wordpiece)
+
+
+def own_student_tokenizer(recipe: Recipe, texts: Callable[[], list[str]]) -> Any | None:
+    """The student's own tokenizer when the recipe gives it one — `student.tokenizer` (a WordPiece
+    vocabulary trained on `texts()`, called only then) or the tokenizer saved with a student
+    checkpoint — else None, and the caller falls back to a teacher's."""
+    spec = recipe.student
+    if spec.tokenizer is not None:
+        return build_tokenizer(spec.tokenizer, texts() if spec.tokenizer.train_wordpiece is not None else [], recipe,
+                               "student.tokenizer")
+    if spec.checkpoint is not None:
+        location = checkpoint_location(spec.checkpoint, recipe, "student.checkpoint")
+        return load_tokenizer_dir(location, recipe, "student.checkpoint", required=False)
+    return None
 
 
 def checkpoint_location_for_tokenizer(value: str, recipe: Recipe, field: str) -> str:

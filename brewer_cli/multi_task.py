@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from brewer_cli.errors import ModelError, RecipeError
-from brewer_cli.models import LoadedModel, build_tokenizer, checkpoint_location, load_tokenizer_dir, save_model_dir
+from brewer_cli.models import LoadedModel, own_student_tokenizer, save_model_dir
 from brewer_cli.recipe import Recipe, validate_recipe
 from brewer_cli.tasks import TASKS, PreparedData, Task, TokenizedDataset
 from brewer_cli.teacher_views import (
@@ -347,19 +347,9 @@ def build_multi_task_run(recipe: Recipe, run_dir: Path, overrides: dict[str, Loa
 def _student_tokenizer(recipe: Recipe, entries: list[tuple[str, Recipe, Task, LoadedModel]]) -> Any:
     """The student's own tokenizer when the recipe names one (`student.tokenizer`, trained on
     every task's text, or a student checkpoint's), else the first task's teacher's."""
-    spec = recipe.student
-    if spec.tokenizer is not None:
-        texts: list[str] = []
-        if spec.tokenizer.train_wordpiece is not None:
-            for _, single, task, _ in entries:
-                texts.extend(task.tokenizer_texts(single))
-        return build_tokenizer(spec.tokenizer, texts, recipe, "student.tokenizer")
-    if spec.checkpoint is not None:
-        location = checkpoint_location(spec.checkpoint, recipe, "student.checkpoint")
-        own = load_tokenizer_dir(location, recipe, "student.checkpoint", required=False)
-        if own is not None:
-            return own
-    return entries[0][3].tokenizer
+    own = own_student_tokenizer(recipe, lambda: [text for _, single, task, _ in entries
+                                                 for text in task.tokenizer_texts(single)])
+    return own if own is not None else entries[0][3].tokenizer
 
 
 def _check_same_architecture(recipe: Recipe, slots: list[TaskSlot]) -> None:

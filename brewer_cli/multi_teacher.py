@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from brewer_cli.errors import ModelError, RecipeError
-from brewer_cli.models import LoadedModel, build_tokenizer, checkpoint_location, load_tokenizer_dir
+from brewer_cli.models import LoadedModel, own_student_tokenizer
 from brewer_cli.recipe import Recipe
 from brewer_cli.tasks import TASKS, Task
 from brewer_cli.teacher_views import (
@@ -108,19 +108,11 @@ def build_multi_teacher_run(recipe: Recipe, run_dir: Path, overrides: dict[str, 
 def _student_tokenizer(recipe: Recipe, task: Task, match_teacher: LoadedModel) -> Any:
     """The student's own tokenizer when the recipe names one (`student.tokenizer`, or a student
     checkpoint's), else the match teacher's (teachers[0] unless `match_teacher` says otherwise)."""
-    spec = recipe.student
-    if spec.tokenizer is not None:
-        if spec.init is not None:
-            raise ModelError(f"{recipe.path}: student.tokenizer: an extracted student reads its teacher's tokenizer — "
-                             f"remove `student.tokenizer`")
-        texts = task.tokenizer_texts(recipe) if spec.tokenizer.train_wordpiece is not None else []
-        return build_tokenizer(spec.tokenizer, texts, recipe, "student.tokenizer")
-    if spec.checkpoint is not None:
-        location = checkpoint_location(spec.checkpoint, recipe, "student.checkpoint")
-        own = load_tokenizer_dir(location, recipe, "student.checkpoint", required=False)
-        if own is not None:
-            return own
-    return match_teacher.tokenizer
+    if recipe.student.tokenizer is not None and recipe.student.init is not None:
+        raise ModelError(f"{recipe.path}: student.tokenizer: an extracted student reads its teacher's tokenizer — "
+                         f"remove `student.tokenizer`")
+    own = own_student_tokenizer(recipe, lambda: task.tokenizer_texts(recipe))
+    return own if own is not None else match_teacher.tokenizer
 
 
 def _check_label_orders(recipe: Recipe, teachers: list[LoadedModel], label_names: list[str] | None) -> None:

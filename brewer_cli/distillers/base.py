@@ -375,7 +375,9 @@ class TrainingLoop:
         start = time.time()
         progress = _Progress(self.training.progress and accelerator.is_main_process, total_steps, self.console)
         progress.advance_to(self.state.step)
-        running: dict[str, float] = {}
+        # Loss terms summed on the device since the last log line: reading them (float()) waits
+        # for the device, so that happens only when a line is logged, not on every step.
+        running: dict[str, torch.Tensor] = {}
         count = 0
         finished = self.state.step >= total_steps
         distiller.train()
@@ -397,7 +399,7 @@ class TrainingLoop:
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 for name, value in parts.items():
-                    running[name] = running.get(name, 0.0) + float(value.detach())
+                    running[name] = running[name] + value.detach() if name in running else value.detach()
                 count += 1
                 if not accelerator.sync_gradients:
                     continue
@@ -405,11 +407,14 @@ class TrainingLoop:
                 self.state.step += 1
                 self.distiller.current_step = self.state.step
                 learning_rate = scheduler.get_last_lr()[0]
-                progress.update(self.state.step, running.get("loss", 0.0) / max(count, 1), learning_rate)
                 if self.state.step % self.training.log_every == 0 or self.state.step == total_steps:
+                    averages = {name: float(value) / max(count, 1) for name, value in running.items()}
+                    progress.update(self.state.step, learning_rate, averages.get("loss"))
                     self._log({"step": self.state.step, "epoch": self.state.epoch, "learning_rate": learning_rate,
-                               **{name: value / max(count, 1) for name, value in running.items()}})
+                               **averages})
                     running, count = {}, 0
+                else:
+                    progress.update(self.state.step, learning_rate)
                 last = self.state.step >= total_steps
                 if self.run.data.eval is not None and (self.state.step % eval_every == 0 or last):
                     self._evaluate_and_keep_best()
@@ -611,9 +616,11 @@ class _Progress:
         if self.enabled:
             self.bar.update(self.task, completed=step)
 
-    def update(self, step: int, loss: float, learning_rate: float) -> None:
+    def update(self, step: int, learning_rate: float, loss: float | None = None) -> None:
+        """`loss`: the average of the last logged steps; None keeps the one shown."""
         if self.enabled:
-            self.bar.update(self.task, completed=step, loss=loss, lr=learning_rate)
+            fields = {"lr": learning_rate} if loss is None else {"lr": learning_rate, "loss": loss}
+            self.bar.update(self.task, completed=step, **fields)
 
     def close(self) -> None:
         if self.enabled:

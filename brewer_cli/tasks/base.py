@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from brewer_cli.recipe import DataSpec, Recipe, TaskSpec
+from brewer_cli.recipe import Recipe, TaskSpec
 
 
 class TokenizedDataset(Dataset):
