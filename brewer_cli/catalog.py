@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.table import Table
+
+from brewer_cli.distillers import DISTILLERS
+from brewer_cli.families import FAMILIES
+from brewer_cli.losses import KD_LOSSES, MATCH_LOSSES
+from brewer_cli.matches import PRESETS
+from brewer_cli.projections import PROJECTIONS
+from brewer_cli.schedulers import TEMPERATURE_SCHEDULES, WEIGHT_SCHEDULES
+from brewer_cli.synthetic import GENERATORS
+from brewer_cli.tasks import TASKS
+
 
 def sections() -> list[tuple[str, str, list[tuple[str, str]]]]:
     """(title, recipe field, [(name, description)]) for each registry."""
-    from brewer_cli.distillers import DISTILLERS
-    from brewer_cli.families import FAMILIES
-    from brewer_cli.losses import KD_LOSSES, MATCH_LOSSES
-    from brewer_cli.projections import PROJECTIONS
-    from brewer_cli.schedulers import TEMPERATURE_SCHEDULES, WEIGHT_SCHEDULES
-    from brewer_cli.synthetic import GENERATORS
-    from brewer_cli.tasks import TASKS
 
     def rows(registry, describe=None) -> list[tuple[str, str]]:
         result = []
@@ -39,19 +43,12 @@ def sections() -> list[tuple[str, str, list[tuple[str, str]]]]:
         ("weight schedules", "distillation.kd_weight_schedule / hard_label_weight_schedule", rows(WEIGHT_SCHEDULES)),
         ("projections", "distillation.matches[].projection", rows(PROJECTIONS)),
         ("synthetic datasets", "data.train.synthetic", rows(GENERATORS)),
+        ("match presets", "distillation.matches[] (by name)", rows(PRESETS)),
     ]
-    try:
-        from brewer_cli.matches import PRESETS
-    except ImportError:
-        PRESETS = None
-    if PRESETS is not None:
-        result.append(("match presets", "distillation.matches[] (by name)", rows(PRESETS)))
     return result
 
 
 def print_catalog(console: Any) -> None:
-    from rich.table import Table
-
     for title, field, entries in sections():
         table = Table(title=f"{title} — {field}", title_justify="left", show_header=False, expand=False)
         table.add_column("name", style="bold", no_wrap=True)

@@ -86,7 +86,7 @@ def distill(
     """Distill the recipe's teacher into its student (training the teacher first when the recipe says how)."""
 
     def action():
-        from brewer_cli.pipeline import distill as run_distill
+        from brewer_cli.commands import distill as run_distill
 
         run_distill(_load(recipe, set_), output_dir, resume=resume, dry_run=dry_run, console=_console())
 
@@ -104,7 +104,7 @@ def train_teacher(
     """Fine-tune a teacher: a `kind: trainer` recipe, or a distillation recipe's `teacher.train`."""
 
     def action():
-        from brewer_cli.pipeline import train_teacher as run_train
+        from brewer_cli.commands import train_teacher as run_train
 
         run_train(_load(recipe, set_), output_dir, resume=resume, dry_run=dry_run, console=_console())
 
@@ -122,9 +122,9 @@ def evaluate(
     """Evaluate a run or checkpoint on its eval split (or --data), print a table, write eval.json."""
 
     def action():
-        from brewer_cli.evaluate import eval_command
+        from brewer_cli.commands import evaluate as run_evaluate
 
-        eval_command(target, str(recipe) if recipe else None, data, against, set_ or [], _console())
+        run_evaluate(target, str(recipe) if recipe else None, data, against, set_ or [], _console())
 
     _run(action)
 
@@ -166,7 +166,7 @@ def extract(
     """ETD: cut the recipe's student out of its teacher, write it and print what was kept."""
 
     def action():
-        from brewer_cli.pipeline import extract as run_extract
+        from brewer_cli.commands import extract as run_extract
 
         run_extract(_load(recipe, set_), output, console=_console())
 

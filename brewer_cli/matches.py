@@ -18,9 +18,12 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from transformers import AutoConfig
 
 from brewer_cli.errors import BrewerError, RecipeError
+from brewer_cli.families import FAMILIES, family_for
 from brewer_cli.losses import MATCH_LOSSES, MatchLoss
+from brewer_cli.models import read_config_spec
 from brewer_cli.paths import PACKAGE_CONFIGS, resolve_path
 from brewer_cli.projections import PROJECTIONS
 from brewer_cli.recipe import MatchSpec, Recipe, Strict, UniformMatches
@@ -117,8 +120,6 @@ class ModelShape:
 
     @classmethod
     def of(cls, config: Any) -> "ModelShape":
-        from brewer_cli.families import family_for
-
         family = family_for(config)
         return cls(family.depth(config), family.width(config), family.heads(config), family.name,
                    family.supports_attention_capture)
@@ -399,10 +400,6 @@ def configs_before_loading(recipe: Recipe) -> tuple[Any, Any]:
     checkpoint's config.json, or a student `config`. Hub checkpoints are left to the check after
     loading (a config download that fails offline would only repeat the loader's own error), as is
     an extracted student (its sizes exist only after extraction)."""
-    from transformers import AutoConfig
-
-    from brewer_cli.models import read_config_spec
-
     def local(value: str | None) -> Any:
         if value is None:
             return None
@@ -443,10 +440,6 @@ def configs_before_loading(recipe: Recipe) -> tuple[Any, Any]:
 
 def validate_before_loading(recipe: Recipe) -> None:
     """Check the matches against whatever configs are readable before any weight is loaded."""
-    if recipe.distillation.kind != "general":
-        return
-    from brewer_cli.families import FAMILIES
-
     teacher_config, student_config = configs_before_loading(recipe)
     known = {model_type for entry in FAMILIES for model_type in entry.value.model_types}
     # An unknown model_type is the loader's error to report (with the list of families).

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from brewer_cli.losses import logits_masks
+from brewer_cli.losses.masks import logits_masks
 from brewer_cli.registry import Registry
 
 # A per-row temperature below this floor is raised to it. τ0 + β(mean(w) − w_i) can reach 0 or
@@ -92,20 +92,14 @@ def schedule_parameters(name: str) -> list[str]:
     return [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
-def temperature_for(
-    name: str,
-    base: float,
-    student_logits: torch.Tensor | Sequence[torch.Tensor],
-    teacher_logits: torch.Tensor | Sequence[torch.Tensor],
-    mask: torch.Tensor | None = None,
-    **params: Any,
-) -> float | torch.Tensor | tuple[float | torch.Tensor, ...]:
-    """The temperature from schedule `name` around base τ0.
+def temperature_schedule(name: str, base: float, **params: Any) -> Callable[..., Any]:
+    """Schedule `name` around base τ0, resolved once: a function of (student logits, teacher
+    logits, mask) giving the temperature.
 
-    Returns a float for `constant`, else a detached tensor with one temperature per row: (B,) for
-    sequence logits (B, C) and span logits (B, L), (B, L) for token logits (B, L, C). For a tuple of
-    logits heads (QA start/end) each head gets its own temperatures, returned as a tuple — the
-    form `kd_loss` accepts.
+    It returns a float for `constant`, else a detached tensor with one temperature per row: (B,)
+    for sequence logits (B, C) and span logits (B, L), (B, L) for token logits (B, L, C). For a
+    tuple of logits heads (QA start/end) each head gets its own temperatures, returned as a tuple
+    — the form `kd_loss` accepts.
     """
     schedule = TEMPERATURE_SCHEDULES.get(name)
     unknown = sorted(set(params) - set(schedule_parameters(name)))
@@ -114,12 +108,29 @@ def temperature_for(
         raise ValueError(f"temperature schedule {name!r} has no parameter {', '.join(unknown)} — valid: {valid}")
     if not base > 0:
         raise ValueError(f"base temperature must be positive, got {base}")
-    if isinstance(student_logits, torch.Tensor):
-        return schedule(base, student_logits, teacher_logits, mask, **params)
-    return tuple(
-        schedule(base, student, teacher, mask, **params)
-        for student, teacher in zip(student_logits, teacher_logits, strict=True)
-    )
+
+    def temperature(student_logits: torch.Tensor | Sequence[torch.Tensor], teacher_logits: torch.Tensor | Sequence[torch.Tensor],
+                    mask: torch.Tensor | None = None) -> float | torch.Tensor | tuple[float | torch.Tensor, ...]:
+        if isinstance(student_logits, torch.Tensor):
+            return schedule(base, student_logits, teacher_logits, mask, **params)
+        return tuple(
+            schedule(base, student, teacher, mask, **params)
+            for student, teacher in zip(student_logits, teacher_logits, strict=True)
+        )
+
+    return temperature
+
+
+def temperature_for(
+    name: str,
+    base: float,
+    student_logits: torch.Tensor | Sequence[torch.Tensor],
+    teacher_logits: torch.Tensor | Sequence[torch.Tensor],
+    mask: torch.Tensor | None = None,
+    **params: Any,
+) -> float | torch.Tensor | tuple[float | torch.Tensor, ...]:
+    """The temperature from schedule `name` around base τ0 for these logits (`temperature_schedule`)."""
+    return temperature_schedule(name, base, **params)(student_logits, teacher_logits, mask)
 
 
 @WEIGHT_SCHEDULES.register("constant", "the configured weight throughout")
@@ -137,13 +148,23 @@ def linear_growth(progress: float) -> float:
     return progress
 
 
-def weight_for(name: str, configured_weight: float, step: int, total_steps: int) -> float:
-    """The configured weight multiplied by schedule `name` at t = step / total_steps.
+def weight_schedule(name: str, configured_weight: float) -> Callable[[int, int], float]:
+    """Schedule `name` resolved once: a function of (step, total_steps) giving the configured weight
+    multiplied by the schedule at t = step / total_steps.
 
     t is clamped to [0, 1] so that steps past the planned total (a resumed run with more epochs)
     never turn a decaying weight negative.
     """
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be positive, got {total_steps}")
-    progress = min(max(step / total_steps, 0.0), 1.0)
-    return configured_weight * WEIGHT_SCHEDULES.get(name)(progress)
+    schedule = WEIGHT_SCHEDULES.get(name)
+
+    def weight(step: int, total_steps: int) -> float:
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        return configured_weight * schedule(min(max(step / total_steps, 0.0), 1.0))
+
+    return weight
+
+
+def weight_for(name: str, configured_weight: float, step: int, total_steps: int) -> float:
+    """The configured weight multiplied by schedule `name` at t = step / total_steps (`weight_schedule`)."""
+    return weight_schedule(name, configured_weight)(step, total_steps)

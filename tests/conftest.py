@@ -27,7 +27,7 @@ TINY_STUDENT = {**TINY_BERT, "hidden_size": 16, "num_hidden_layers": 1, "num_att
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     """A WordPiece tokenizer (vocab ≤ 100) trained on the synthetic sentiment data."""
-    from brewer_cli.models import train_wordpiece
+    from brewer_cli.tokenizers import train_wordpiece
     from brewer_cli.recipe import WordPieceTraining
     from brewer_cli.synthetic import negation_sentiment
 

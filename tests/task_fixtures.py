@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import transformers
 
-from brewer_cli.models import train_wordpiece
+from brewer_cli.tokenizers import train_wordpiece
 from brewer_cli.recipe import WordPieceTraining
 
 PEOPLE = [["john", "smith"], ["mary"], ["anna", "bell"], ["peter"], ["lucas", "brandt"]]

@@ -97,7 +97,7 @@ def test_general_distiller_without_attention_matches_registers_no_hooks(tmp_path
 
     run = build_run(general_recipe(tmp_path, tokenizer_dir, [{"uniform": True, "loss": "hidden_mse",
                                                               "projection": "linear"}]), tmp_path / "runs")
-    distiller = run.distiller_class(run)
+    distiller = run.distiller
     assert distiller.student_needs() == FeatureNeeds(hidden_states=True)
     assert distiller.teacher_needs() == FeatureNeeds(hidden_states=True)
     projections = [module for loaded in (run.student, run.teacher)

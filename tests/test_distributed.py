@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from brewer_cli.pipeline import distill
+from brewer_cli.commands import distill
 from brewer_cli.recipe import load_recipe
 from tests.conftest import TINY_STUDENT, distill_recipe, write_recipe
 

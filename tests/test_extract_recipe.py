@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from brewer_cli.build import build_run
 from brewer_cli.cli import app
 from brewer_cli.errors import RecipeError
-from brewer_cli.pipeline import distill
+from brewer_cli.commands import distill
 from brewer_cli.recipe import load_recipe
 from tests.conftest import TINY_BERT, distill_recipe, save_tiny_model, write_recipe
 

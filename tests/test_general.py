@@ -58,7 +58,7 @@ def mixed_run(tmp_path, tokenizer_dir):
 
 
 def test_loss_goes_down_on_a_repeated_batch(mixed_run):
-    distiller = mixed_run.distiller_class(mixed_run)
+    distiller = mixed_run.distiller
     assert distiller.kind == "general"
     batch = one_batch(mixed_run)
     optimizer = torch.optim.AdamW(distiller.parameters(), lr=3e-3)
@@ -82,7 +82,7 @@ def test_loss_goes_down_on_a_repeated_batch(mixed_run):
 
 
 def test_projections_are_trained_submodules_and_teachers_are_not(mixed_run):
-    distiller = mixed_run.distiller_class(mixed_run)
+    distiller = mixed_run.distiller
     assert sorted(distiller.projections) == ["match_0", "match_1", "match_2"]
     assert distiller.projections["match_0"].linear.weight.shape == (32, 16)  # student 16 → teacher 32
     names = dict(distiller.named_parameters())
@@ -98,8 +98,10 @@ def test_projections_are_trained_submodules_and_teachers_are_not(mixed_run):
 
 
 def test_projections_start_from_the_recipe_seed(mixed_run):
-    first = mixed_run.distiller_class(mixed_run).projections["match_1"].linear.weight
-    second = mixed_run.distiller_class(mixed_run).projections["match_1"].linear.weight
+    from brewer_cli.build import build_run
+
+    first = mixed_run.distiller.projections["match_1"].linear.weight
+    second = build_run(mixed_run.recipe, mixed_run.run_dir.parent).distiller.projections["match_1"].linear.weight
     assert torch.equal(first, second)
 
 
@@ -109,7 +111,7 @@ def test_tinybert_hidden_shares_one_projection(tmp_path, tokenizer_dir):
     recipe = general_recipe(tmp_path, tokenizer_dir, [
         {"uniform": True, "loss": "tinybert_hidden", "projection": "linear", "include_embeddings": True}])
     run = build_run(recipe, tmp_path / "runs")
-    distiller = run.distiller_class(run)
+    distiller = run.distiller
     assert list(distiller.projections) == ["tinybert_hidden"]
     assert distiller.projection_keys == ["tinybert_hidden"] * 3
     assert any("projection linear 16→32 (shared)" in line for line in distiller.describe_losses())
@@ -121,7 +123,7 @@ def test_general_inherits_schedules_and_probability_shift(tmp_path, tokenizer_di
     recipe = general_recipe(tmp_path, tokenizer_dir, MIXED[:1], kd_weight_schedule="linear_decay",
                             probability_shift=True, temperature_schedule={"kind": "flsw", "beta": 1.0, "gamma": 2.0})
     run = build_run(recipe, tmp_path / "runs")
-    distiller = run.distiller_class(run)
+    distiller = run.distiller
     distiller.total_steps = 10
     distiller.current_step = 10  # linear_decay: the KD weight is 0 at the end
     parts = {name: float(value.detach()) for name, value in distiller(one_batch(run)).items()}
@@ -144,6 +146,7 @@ def test_plan_prints_each_expanded_match(mixed_run):
 
 def test_bad_match_fails_before_any_weight_is_read(tmp_path, tokenizer_dir, monkeypatch):
     import brewer_cli.build as build
+    import brewer_cli.build.loading as loading
 
     recipe = general_recipe(tmp_path, tokenizer_dir, [{"teacher_layer": 1, "student_layer": 3, "projection": "linear"},
                                                       {"teacher_layer": 1, "student_layer": 1}])
@@ -151,8 +154,8 @@ def test_bad_match_fails_before_any_weight_is_read(tmp_path, tokenizer_dir, monk
     def no_loading(*args, **kwargs):
         raise AssertionError("weights were read before the matches were checked")
 
-    monkeypatch.setattr(build, "load_checkpoint", no_loading)
-    monkeypatch.setattr(build, "model_from_config", no_loading)
+    monkeypatch.setattr(loading, "load_checkpoint", no_loading)
+    monkeypatch.setattr(loading, "model_from_config", no_loading)
     with pytest.raises(RecipeError) as error:
         build.build_run(recipe, tmp_path / "runs")
     assert error.value.problems == [
@@ -165,7 +168,7 @@ def test_bad_match_fails_before_any_weight_is_read(tmp_path, tokenizer_dir, monk
 
 
 def test_bad_match_fails_before_the_teacher_is_trained(tmp_path, quiet_console):
-    from brewer_cli.pipeline import distill
+    from brewer_cli.commands import distill
 
     raw = distill_recipe(
         tmp_path / "teacher-run" / "final",
@@ -202,7 +205,7 @@ def test_resumed_general_run_restores_projections(tmp_path, tokenizer_dir, quiet
     from safetensors.torch import load_file
 
     from brewer_cli.build import build_run
-    from brewer_cli.pipeline import distill
+    from brewer_cli.commands import distill
 
     recipe = general_recipe(tmp_path, tokenizer_dir, MIXED[:1],
                             training={"max_steps": 4, "save_every": 2, "keep_checkpoints": 5, "eval_every": 4})
@@ -212,7 +215,7 @@ def test_resumed_general_run_restores_projections(tmp_path, tokenizer_dir, quiet
     step_2 = load_file(str(checkpoints / "step-2" / "extra_modules.safetensors"))
     step_4 = load_file(str(checkpoints / "step-4" / "extra_modules.safetensors"))
     assert sorted(step_4) == [f"projections.match_{i}.linear.{p}" for i in range(3) for p in ("bias", "weight")]
-    fresh = build_run(recipe, runs).distiller_class(build_run(recipe, runs)).state_dict()
+    fresh = build_run(recipe, runs).distiller.state_dict()
     # The projections moved during training, so a resume that did not restore them would diverge.
     assert not torch.equal(fresh["projections.match_0.linear.weight"], step_2["projections.match_0.linear.weight"])
     assert not torch.equal(step_2["projections.match_0.linear.weight"], step_4["projections.match_0.linear.weight"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from brewer_cli.errors import BrewerError
-from brewer_cli.families.base import AttentionInputs
+from brewer_cli.features import AttentionInputs
 from brewer_cli.losses import (
     KD_LOSSES,
     MATCH_LOSSES,

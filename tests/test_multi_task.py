@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from brewer_cli.build import build_run
 from brewer_cli.errors import ModelError, RecipeError
-from brewer_cli.multi_task import MultiTaskBatchSampler, task_probabilities
+from brewer_cli.tasks.ordering import MultiTaskBatchSampler, task_probabilities
 from brewer_cli.recipe import WordPieceTraining, load_recipe
 from tests.conftest import TINY_STUDENT, save_tiny_model, write_recipe
 from tests.task_fixtures import corpus, ner_sentences, write_conll
@@ -76,7 +76,7 @@ def two_tasks(tmp_path_factory, tokenizer_dir) -> dict:
     """A NER teacher reading tokenizer A (trained on both tasks' text) and a sentiment teacher
     reading the conftest tokenizer B; NER comes first, so the student reads A and the sentiment
     teacher its own tokenization."""
-    from brewer_cli.models import train_wordpiece
+    from brewer_cli.tokenizers import train_wordpiece
     from brewer_cli.synthetic import negation_sentiment
 
     root = tmp_path_factory.mktemp("multi-task")
@@ -115,11 +115,11 @@ def multi_task_recipe(tasks: dict, **sections) -> dict:
 
 
 def test_multi_task_run_exports_one_model_per_task(tmp_path, two_tasks, quiet_console):
-    from brewer_cli.pipeline import execute
+    from brewer_cli.commands import execute
 
     recipe = load_recipe(write_recipe(tmp_path, multi_task_recipe(two_tasks)))
     run = build_run(recipe, tmp_path / "out")
-    ner, sentiment = run.multi.slots
+    ner, sentiment = run.distiller.slots
     assert (ner.teacher_prefix, sentiment.teacher_prefix) == (None, "teacher_0_")
     assert type(ner.model).__name__ == "BertForTokenClassification"
     assert type(sentiment.model).__name__ == "BertForSequenceClassification"
@@ -127,7 +127,7 @@ def test_multi_task_run_exports_one_model_per_task(tmp_path, two_tasks, quiet_co
     assert ner.model.bert.encoder is sentiment.model.bert.encoder
     assert ner.model.bert.embeddings is sentiment.model.bert.embeddings
     assert ner.model.bert.pooler is None and sentiment.model.bert.pooler is not None
-    assert run.multi.probabilities == pytest.approx(task_probabilities([40, 56], 0.5))
+    assert run.distiller.probabilities == pytest.approx(task_probabilities([40, 56], 0.5))
 
     summary = execute(run, resume=False, console=quiet_console)
     run_dir = tmp_path / "out" / "tiny-mt"
@@ -144,10 +144,11 @@ def test_multi_task_run_exports_one_model_per_task(tmp_path, two_tasks, quiet_co
     assert max(e["student"]["parameters"] for e in summary["tasks"].values()) < counted < sum(
         e["student"]["parameters"] for e in summary["tasks"].values())
     # The sentiment teacher was evaluated on its own tokenization of the eval split.
-    from brewer_cli.evaluate import EvalSetup, evaluate_model
+    from brewer_cli.evaluation import EvalSetup, evaluate_model
+    from brewer_cli.recipe import task_recipe
 
-    own = sentiment.task.prepare(sentiment.recipe, sentiment.teacher.tokenizer, sentiment.data.label_names)
-    direct = evaluate_model(EvalSetup(sentiment.recipe, sentiment.task, own, sentiment.task.collate(sentiment.teacher.tokenizer)),
+    own = sentiment.task.prepare(task_recipe(recipe, "sentiment"), sentiment.teacher.tokenizer, sentiment.data.label_names)
+    direct = evaluate_model(EvalSetup(sentiment.task, own, sentiment.task.collate(sentiment.teacher.tokenizer), 16),
                             sentiment.teacher.model, sentiment.teacher.family)
     assert summary["tasks"]["sentiment"]["teacher"]["metrics"] == direct
     written = json.loads((run_dir / "summary.json").read_text())
@@ -159,7 +160,7 @@ def test_multi_task_run_exports_one_model_per_task(tmp_path, two_tasks, quiet_co
     # Each exported task model is a plain transformers directory reproducing the multi-task model.
     assert json.loads((run_dir / "final" / "tasks.json").read_text())["tasks"] == {
         "ner": "BertForTokenClassification", "sentiment": "BertForSequenceClassification"}
-    for slot in run.multi.slots:
+    for slot in run.distiller.slots:
         exported = slot.task.auto_class.from_pretrained(run_dir / "final" / slot.name).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "final" / slot.name)
         batch = slot.collate([slot.data.eval[i] for i in range(6)])
@@ -187,44 +188,16 @@ def test_loss_goes_down_on_a_repeated_batch(tmp_path, two_tasks):
     raw = multi_task_recipe(two_tasks)
     raw["distillation"].update({"kd_loss": "kl", "temperature": 1.0, "hard_label_weight": 0.0})
     run = build_run(load_recipe(write_recipe(tmp_path, raw)), tmp_path / "out")
-    ner, sentiment = run.multi.slots
+    ner, sentiment = run.distiller.slots
     make_confident([ner.teacher.model], ([0.5] * 7,))
     # one_batch takes the first examples: NER's, the first task.
     losses = losses_on_repeated_batch(run, steps=15, learning_rate=1e-2)
     assert losses[-1] < 0.3 * losses[0], losses
-    distiller = run.distiller_class(run)
+    distiller = run.distiller
     batch = run.collate([run.data.train[index] for index in range(40, 48)])
     assert batch["task"].tolist() == [1] * 8 and "teacher_0_input_ids" in batch
     parts = distiller(batch)
     assert torch.isfinite(parts["loss"]) and float(parts["loss"].detach()) > 0
-
-
-def test_resumed_run_matches_an_uninterrupted_one(tmp_path, two_tasks, quiet_console):
-    from safetensors.torch import load_file
-
-    from brewer_cli.pipeline import distill
-
-    raw = multi_task_recipe(two_tasks)
-    raw["training"].update({"epochs": 1, "save_every": 4, "keep_checkpoints": 10, "eval_every": 100})
-    recipe = load_recipe(write_recipe(tmp_path, raw))
-    distill(recipe, tmp_path / "full", console=quiet_console)
-    full = tmp_path / "full" / "tiny-mt"
-    stored = load_file(str(full / "checkpoints" / "step-4" / "student" / "model.safetensors"))
-    # The shared encoder is stored once.
-    assert any(name.startswith("models.ner.bert.encoder.") for name in stored)
-    assert not any(name.startswith("models.sentiment.bert.encoder.") for name in stored)
-
-    crashed = tmp_path / "crashed" / "tiny-mt"
-    crashed.mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "step-4", crashed / "checkpoints" / "step-4")
-    shutil.copy(full / "recipe.yaml", crashed / "recipe.yaml")
-    distill(recipe, tmp_path / "crashed", resume=True, console=quiet_console)
-    for name in ("ner", "sentiment"):
-        uninterrupted = load_file(str(full / "final" / name / "model.safetensors"))
-        resumed = load_file(str(crashed / "final" / name / "model.safetensors"))
-        assert uninterrupted.keys() == resumed.keys()
-        for key in uninterrupted:
-            assert torch.equal(uninterrupted[key], resumed[key]), (name, key)
 
 
 # ----------------------------------------------------------------------------- errors

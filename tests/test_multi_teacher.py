@@ -38,7 +38,7 @@ def make_confident(models: list, biases: tuple) -> None:
 @pytest.fixture(scope="module")
 def other_tokenizer_dir(tmp_path_factory) -> Path:
     """A second WordPiece vocabulary (cased, 60 entries) over the same text: other ids, other splits."""
-    from brewer_cli.models import train_wordpiece
+    from brewer_cli.tokenizers import train_wordpiece
     from brewer_cli.synthetic import negation_sentiment
 
     texts = [row["text"].upper() if index % 2 else row["text"] for index, row in enumerate(negation_sentiment(400, 5))]
@@ -59,9 +59,9 @@ def test_loss_is_kd_against_the_weighted_mean_of_the_logits(tmp_path, two_teache
     raw = multi_recipe({"checkpoint": str(first)}, {"checkpoint": str(second), "weight": 3.0}, temperature=2.0,
                        hard_label_weight=0.5)
     run = build_run(load_recipe(write_recipe(tmp_path, raw)), tmp_path / "out")
-    assert run.multi.prefixes == [None, None] and run.multi.weights == [1.0, 3.0]
+    assert run.distiller.prefixes == [None, None] and run.distiller.weights == [1.0, 3.0]
     make_confident([run.teachers[0].model, run.teachers[1].model, run.student.model], ([4.0, -4.0], [-3.0, 3.0], [1.0, -1.0]))
-    distiller = run.distiller_class(run)
+    distiller = run.distiller
     distiller.eval()  # no dropout: the hand computation sees the same student logits
     batch = one_batch(run)
     parts = distiller(batch)
@@ -97,7 +97,7 @@ def test_loss_goes_down_on_a_repeated_batch(tmp_path, two_teachers):
 def test_teachers_with_their_own_tokenizers(tmp_path, tokenizer_dir, other_tokenizer_dir, quiet_console):
     from transformers import AutoTokenizer
 
-    from brewer_cli.pipeline import distill
+    from brewer_cli.commands import distill
     from brewer_cli.synthetic import negation_sentiment
 
     first = save_tiny_model(tmp_path / "t0", tokenizer_dir, seed=0)
@@ -107,7 +107,7 @@ def test_teachers_with_their_own_tokenizers(tmp_path, tokenizer_dir, other_token
     recipe = load_recipe(write_recipe(tmp_path, raw))
     run = build_run(recipe, tmp_path / "out")
     # The student takes teachers[0]'s tokenizer; teachers 1 and 2 share one set of columns.
-    assert run.multi.prefixes == [None, "teacher_1_", "teacher_1_"]
+    assert run.distiller.prefixes == [None, "teacher_1_", "teacher_1_"]
     assert "teacher_1_input_ids" in run.data.train.columns and "teacher_2_input_ids" not in run.data.train.columns
     assert "teacher_1_input_ids" in run.data.eval.columns
 
@@ -120,7 +120,7 @@ def test_teachers_with_their_own_tokenizers(tmp_path, tokenizer_dir, other_token
     assert not torch.equal(batch["input_ids"][:, :4], batch["teacher_1_input_ids"][:, :4])
 
     # Each teacher's logits come from its own tokenization of the batch.
-    distiller = run.distiller_class(run)
+    distiller = run.distiller
     with torch.no_grad():
         direct = run.teachers[2].model.eval()(**expected).logits
     assert torch.allclose(distiller.teacher_logits(batch, 2), direct, atol=1e-5)
@@ -136,12 +136,11 @@ def test_teachers_with_their_own_tokenizers(tmp_path, tokenizer_dir, other_token
 
 
 def test_the_ensemble_metric_is_the_mean_of_the_logits(tmp_path, two_teachers):
-    from brewer_cli.multi_teacher import evaluate_teachers
-
     first, second = two_teachers
     raw = multi_recipe({"checkpoint": str(first), "weight": 2.0}, {"checkpoint": str(second)})
     run = build_run(load_recipe(write_recipe(tmp_path, raw)), tmp_path / "out")
-    ensemble, each = evaluate_teachers(run, run.teachers, run.multi, torch.device("cpu"))
+    ensemble = run.distiller.evaluate_teachers(torch.device("cpu"))
+    each = run.distiller.each_teacher_metrics
     from torch.utils.data import DataLoader
 
     batch = next(iter(DataLoader(run.data.eval, batch_size=len(run.data.eval), collate_fn=run.collate)))
@@ -159,7 +158,7 @@ def test_matches_read_the_named_teacher(tmp_path, two_teachers, tokenizer_dir, o
     match = {"teacher_layer": 2, "student_layer": 1, "loss": "hidden_mse", "projection": "linear"}
     raw = multi_recipe({"checkpoint": str(first)}, {"checkpoint": str(second)}, matches=[match], match_teacher=1)
     run = build_run(load_recipe(write_recipe(tmp_path, raw)), tmp_path / "out")
-    distiller = run.distiller_class(run)
+    distiller = run.distiller
     assert distiller.teachers[1] is run.teachers[1] and distiller.match_index == 1
     parts = distiller(one_batch(run))
     parts = {name: float(value.detach()) for name, value in parts.items()}
@@ -172,7 +171,7 @@ def test_matches_read_the_named_teacher(tmp_path, two_teachers, tokenizer_dir, o
     third = save_tiny_model(tmp_path / "t2", other_tokenizer_dir, seed=2)
     raw = multi_recipe({"checkpoint": str(first)}, {"checkpoint": str(third)}, matches=[match], match_teacher=1)
     run = build_run(load_recipe(write_recipe(tmp_path, raw, "other.yaml")), tmp_path / "out")
-    assert run.multi.prefixes == ["teacher_0_", None]
+    assert run.distiller.prefixes == ["teacher_0_", None]
     raw["student"]["tokenizer"] = {"path": str(tokenizer_dir)}
     with pytest.raises(RecipeError) as error:
         build_run(load_recipe(write_recipe(tmp_path, raw, "other.yaml")), tmp_path / "out")
@@ -197,7 +196,7 @@ def test_token_level_task_needs_one_tokenizer(tmp_path, other_tokenizer_dir):
     raw["data"] = {"train": {"path": str(write_conll(tmp_path / "train.conll", ner_sentences(16, 1)))}, "max_length": 64}
     # Sharing one tokenizer, token-level logits average position by position.
     run = build_run(load_recipe(write_recipe(tmp_path, raw)), tmp_path / "out")
-    parts = run.distiller_class(run)(one_batch(run))
+    parts = run.distiller(one_batch(run))
     assert torch.isfinite(parts["loss"]) and float(parts["kd"].detach()) > 0
 
     raw["teachers"][1] = {"checkpoint": str(second)}
@@ -247,7 +246,7 @@ def test_missing_teachers_are_named_or_trained(tmp_path, tokenizer_dir, monkeypa
     multi-teacher recipe whose last teacher `distill` trains itself from its `train` section."""
     from brewer_cli.cli import app
     from brewer_cli.errors import BrewerError
-    from brewer_cli.pipeline import distill, train_teacher
+    from brewer_cli.commands import distill, train_teacher
 
     monkeypatch.chdir(tmp_path)
     trainer = distill_recipe("unused")

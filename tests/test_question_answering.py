@@ -287,7 +287,7 @@ def test_v2_scores_of_empty_answers():
 
 def test_distill_and_brewer_eval_end_to_end(tmp_path, word_tokenizer):
     from brewer_cli.cli import app
-    from brewer_cli.pipeline import distill
+    from brewer_cli.commands import distill
 
     teacher = save_tiny_model(tmp_path / "teacher", transformers.AutoModelForQuestionAnswering, word_tokenizer)
     raw = qa_recipe(tmp_path, teacher)
@@ -326,7 +326,8 @@ def test_teacher_training_on_qa_learns_the_task(tmp_path, word_tokenizer):
     raw["model"] = {"checkpoint": str(model_dir)}
     raw["distillation"] = {"kind": "trainer"}
     run = build_run(validate_recipe(raw, tmp_path / "recipe.yaml"), tmp_path / "runs")
-    distiller = TrainerDistiller(run)
+    distiller = run.distiller
+    assert isinstance(distiller, TrainerDistiller)
     batch = run.collate([run.data.train[i] for i in range(4)])
     optimizer = torch.optim.AdamW(distiller.parameters(), lr=3e-3)
     losses = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from brewer_cli.pipeline import distill
+from brewer_cli.commands import distill
 from brewer_cli.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

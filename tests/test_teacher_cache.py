@@ -15,7 +15,7 @@ import torch
 from brewer_cli.build import build_run, plan_lines
 from brewer_cli.errors import CheckpointError
 from brewer_cli.families import AttentionInputs, FeatureNeeds, Features
-from brewer_cli.pipeline import distill
+from brewer_cli.commands import distill
 from brewer_cli.recipe import load_recipe
 from brewer_cli.teacher_cache import Layout, Part, SlotStore, TeacherRead
 from tests.conftest import TINY_BERT, distill_recipe, save_tiny_model, write_recipe
@@ -172,7 +172,7 @@ def test_every_kind_of_part_round_trips_trimmed_to_each_example(tmp_path):
 
 
 def test_the_plan_says_which_cache_and_why(tmp_path, teacher_dir, monkeypatch):
-    import brewer_cli.teacher_cache as teacher_cache
+    import brewer_cli.teacher_cache.plan as teacher_cache
 
     def plan(cache: str, epochs: float) -> str:
         raw = general_raw(teacher_dir, cache, epochs=epochs)
@@ -203,7 +203,7 @@ def test_multi_task_recipes_refuse_a_cache(tmp_path):
 
 
 def test_group_by_length_reduces_padding_and_keeps_each_example_once_per_epoch():
-    from brewer_cli.distillers.base import EpochSampler
+    from brewer_cli.tasks.ordering import EpochSampler
 
     generator = np.random.default_rng(0)
     lengths = generator.integers(4, 120, size=1003).tolist()

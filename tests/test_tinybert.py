@@ -11,7 +11,7 @@ import yaml
 
 from brewer_cli.build import build_run, check_names
 from brewer_cli.errors import BrewerError, RecipeError
-from brewer_cli.pipeline import distill
+from brewer_cli.commands import distill
 from brewer_cli.recipe import load_recipe, resolved_mapping
 from tests.conftest import TINY_BERT, distill_recipe, write_recipe
 
@@ -58,7 +58,7 @@ def test_general_distillation_runs_without_labels(tmp_path, teacher_dir, quiet_c
     assert len(run.data.train) == 48
     # Bare encoders: no head, so no vocabulary (or class) logits are ever computed.
     assert type(run.teacher.model).__name__ == "BertModel" and type(run.student.model).__name__ == "BertModel"
-    distiller = run.distiller_class(run)
+    distiller = run.distiller
     from torch.utils.data import DataLoader
 
     batch = next(iter(DataLoader(run.data.train, batch_size=4, collate_fn=run.collate)))
@@ -100,7 +100,7 @@ def test_masked_lm_recipe_problems_are_reported_before_loading(tmp_path, teacher
 def test_kd_weight_zero_skips_the_logit_loss(tmp_path, teacher_dir):
     raw = distill_recipe(teacher_dir, student={"config": dict(STUDENT)}, distillation=dict(INTERMEDIATE))
     run = build_run(load_recipe(write_recipe(tmp_path, raw)), tmp_path / "out")
-    distiller = run.distiller_class(run)
+    distiller = run.distiller
     from torch.utils.data import DataLoader
 
     batch = next(iter(DataLoader(run.data.train, batch_size=8, collate_fn=run.collate)))
@@ -196,7 +196,7 @@ def test_staged_recipe_problems(tmp_path, teacher_dir):
 
 
 def test_teacher_is_trained_on_the_original_data(tmp_path, tokenizer_dir):
-    from brewer_cli.build import teacher_training_recipe
+    from brewer_cli.recipe import teacher_training_recipe
 
     raw = staged_recipe(tmp_path, tmp_path / "teacher-run" / "final", tmp_path / "mlm")
     raw["teacher"]["train"] = {"model": {"config": dict(TINY_BERT), "tokenizer": {"path": str(tokenizer_dir)}}}

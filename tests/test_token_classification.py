@@ -217,7 +217,7 @@ def test_teacher_training_distillation_and_brewer_eval_end_to_end(tmp_path):
     """`teacher.train` with a WordPiece vocabulary trained on the CoNLL words, then `basic` KD, then
     `brewer eval --against` the teacher's run."""
     from brewer_cli.cli import app
-    from brewer_cli.pipeline import distill
+    from brewer_cli.commands import distill
 
     raw = ner_recipe(tmp_path, tmp_path / "runs" / "ner-teacher" / "final")
     raw["teacher"]["train"] = {

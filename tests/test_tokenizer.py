@@ -6,7 +6,7 @@ import subprocess
 import sys
 from collections import Counter
 
-from brewer_cli.models import train_wordpiece, wordpiece_vocabulary
+from brewer_cli.tokenizers import train_wordpiece, wordpiece_vocabulary
 from brewer_cli.recipe import WordPieceTraining
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -31,7 +31,7 @@ def test_a_merge_inside_a_longer_word_updates_its_neighbouring_pairs():
 
 
 SCRIPT = """
-from brewer_cli.models import train_wordpiece
+from brewer_cli.tokenizers import train_wordpiece
 from brewer_cli.recipe import WordPieceTraining
 from brewer_cli.synthetic import negation_sentiment
 texts = [row["text"] for row in negation_sentiment(500, 0)]

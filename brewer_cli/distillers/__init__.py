@@ -1,10 +1,11 @@
-"""Registered distillers; `distillation.kind` names one. Each only computes the loss — the loop
-is `brewer_cli.distillers.base.TrainingLoop`."""
+"""Registered distillers; `distillation.kind` names one. Each computes its loss and answers the
+loop's hooks; the loop itself is `brewer_cli.loop.TrainingLoop`. This file is the list of kinds:
+adding a distiller is one module here plus one line below (and its builder in brewer_cli.build)."""
 
 from __future__ import annotations
 
-from brewer_cli.distillers.base import Distiller, TrainingLoop
-from brewer_cli.distillers.basic import BasicDistiller
+from brewer_cli.distillers.base import Distiller, DistillerInputs
+from brewer_cli.distillers.basic import BasicDistiller, LogitKD
 from brewer_cli.distillers.general import GeneralDistiller
 from brewer_cli.distillers.multi_task import MultiTaskDistiller
 from brewer_cli.distillers.multi_teacher import MultiTeacherDistiller
@@ -18,4 +19,4 @@ DISTILLERS.add("general", GeneralDistiller, "basic + intermediate-layer matches 
 DISTILLERS.add("multi_teacher", MultiTeacherDistiller, "KD against the weighted mean of several teachers' logits (each may use its own tokenizer) + hard label; optional matches against one teacher")
 DISTILLERS.add("multi_task", MultiTaskDistiller, "one student encoder with a head per task, each task distilled from its own teacher; batches drawn per task ∝ |D_k|^τ")
 
-__all__ = ["DISTILLERS", "Distiller", "TrainingLoop"]
+__all__ = ["DISTILLERS", "Distiller", "DistillerInputs", "LogitKD"]

@@ -2,33 +2,73 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
-from brewer_cli.distillers.base import Distiller
-from brewer_cli.families import Features
-from brewer_cli.losses import kd_loss, probability_shift
-from brewer_cli.schedulers import temperature_for, weight_for
+from brewer_cli.distillers.base import Distiller, DistillerInputs
+from brewer_cli.features import Features
+from brewer_cli.losses import KD_LOSSES, kd_loss, probability_shift
+from brewer_cli.recipe import Recipe
+from brewer_cli.schedulers import TEMPERATURE_SCHEDULES, WEIGHT_SCHEDULES
+
+# step, total steps → the weight at that step
+WeightAt = Callable[[int, int], float]
+
+
+@dataclass(frozen=True)
+class LogitKD:
+    """The logit-KD and hard-label settings, resolved once by the build step: functions, not
+    registry names (`describe` keeps the names for the plan)."""
+
+    loss: Callable  # a KD_LOSSES function
+    weight: float
+    weight_at: WeightAt
+    # student logits, teacher logits, mask → the temperature (a float, or one per row)
+    temperature_of: Callable
+    temperature_squared: bool
+    probability_shift: bool
+    hard_label_weight: float
+    hard_label_weight_at: WeightAt
+    describe: tuple[str, ...]  # the plan's lines
 
 
 class BasicDistiller(Distiller):
     kind = "basic"
 
-    def __init__(self, run):
-        super().__init__(run)
-        self.settings = run.recipe.distillation
+    def __init__(self, inputs: DistillerInputs, logit_kd: LogitKD):
+        super().__init__(inputs)
+        self.logit_kd = logit_kd
+
+    @classmethod
+    def recipe_problems(cls, recipe: Recipe) -> list[str]:
+        distillation = recipe.distillation
+        problems = [
+            f"{recipe.path}: {field}: {registry.unknown_message(name)}"
+            for registry, name, field in (
+                (KD_LOSSES, distillation.kd_loss, "distillation.kd_loss"),
+                (TEMPERATURE_SCHEDULES, distillation.temperature_schedule.kind, "distillation.temperature_schedule.kind"),
+                (WEIGHT_SCHEDULES, distillation.kd_weight_schedule, "distillation.kd_weight_schedule"),
+                (WEIGHT_SCHEDULES, distillation.hard_label_weight_schedule, "distillation.hard_label_weight_schedule"),
+            )
+            if name not in registry
+        ]
+        if distillation.kd_weight == 0 and distillation.hard_label_weight == 0 and not getattr(distillation, "matches", ()):
+            # kd_weight 0 skips logit KD entirely, so nothing would be left to learn from.
+            problems.insert(0, f"{recipe.path}: distillation.kd_weight: with kd_weight 0, hard_label_weight 0 and no "
+                               f"matches there is no loss — raise kd_weight or hard_label_weight, or add intermediate matches")
+        return problems
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         teacher = self.teacher_features(batch)
-        student = self.student_features(batch, with_labels=self.settings.hard_label_weight > 0)
-        parts = self.logit_losses(batch, student, teacher.logits)
-        return parts
+        student = self.student_features(batch, with_labels=self.logit_kd.hard_label_weight > 0)
+        return self.logit_losses(batch, student, teacher.logits)
 
-    def logit_losses(
-        self, batch: dict[str, torch.Tensor], student: Features, teacher_logits
-    ) -> dict[str, torch.Tensor]:
-        """KD (+ hard label) shared by basic, general and multi-teacher distillation."""
-        settings = self.settings
-        if settings.kd_weight == 0:
+    def logit_losses(self, batch: dict[str, torch.Tensor], student: Features, teacher_logits) -> dict[str, torch.Tensor]:
+        """KD (+ hard label) shared by basic, general, multi-teacher and multi-task distillation."""
+        settings = self.logit_kd
+        if settings.weight == 0:
             # No logit KD at all, not KD × 0: TinyBERT's intermediate stage and general distillation
             # (whose encoders have no logits) set kd_weight 0, and the schedules only scale it.
             parts: dict[str, torch.Tensor] = {}
@@ -36,37 +76,20 @@ class BasicDistiller(Distiller):
         else:
             parts, loss = self._kd(batch, student, teacher_logits)
         if settings.hard_label_weight > 0:
-            hard_weight = weight_for(
-                settings.hard_label_weight_schedule, settings.hard_label_weight, self.current_step, self.total_steps
-            )
             parts["hard_label"] = student.task_loss
-            loss = loss + hard_weight * student.task_loss
+            loss = loss + settings.hard_label_weight_at(self.current_step, self.total_steps) * student.task_loss
         parts["loss"] = loss
         return parts
 
     def _kd(self, batch: dict[str, torch.Tensor], student: Features, teacher_logits) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        settings = self.settings
+        settings = self.logit_kd
         mask = self.task.kd_mask(batch)
         if settings.probability_shift:
             teacher_logits = probability_shift(teacher_logits, self.task.labels(batch))
-        schedule = settings.temperature_schedule
-        params = {name: getattr(schedule, name) for name in ("beta", "gamma") if getattr(schedule, name) is not None}
-        temperature = temperature_for(schedule.kind, settings.temperature, student.logits, teacher_logits, mask, **params)
-        kd_weight = weight_for(settings.kd_weight_schedule, settings.kd_weight, self.current_step, self.total_steps)
-        kd = kd_loss(settings.kd_loss, student.logits, teacher_logits, temperature, mask, settings.temperature_squared)
-        return {"kd": kd}, kd_weight * kd
+        temperature = settings.temperature_of(student.logits, teacher_logits, mask)
+        kd = kd_loss(settings.loss, student.logits, teacher_logits, temperature, mask, settings.temperature_squared)
+        return {"kd": kd}, settings.weight_at(self.current_step, self.total_steps) * kd
 
     def describe_losses(self) -> list[str]:
-        settings = self.settings
-        schedule = settings.temperature_schedule
-        if settings.kd_weight == 0:
-            lines = ["no logit KD (kd_weight 0)"]
-        else:
-            lines = [
-                f"KD {settings.kd_loss} × {settings.kd_weight} ({settings.kd_weight_schedule}), temperature "
-                f"{settings.temperature} ({schedule.kind}){', ×τ²' if settings.temperature_squared else ''}"
-                f"{', probability shift' if settings.probability_shift else ''}"
-            ]
-        if settings.hard_label_weight > 0:
-            lines.append(f"hard label × {settings.hard_label_weight} ({settings.hard_label_weight_schedule})")
-        return lines
+        return list(self.logit_kd.describe)
+

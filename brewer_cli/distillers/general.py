@@ -8,24 +8,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from brewer_cli.distillers.basic import BasicDistiller
-from brewer_cli.families import FeatureNeeds, Features
-from brewer_cli.matches import ModelShape, ResolvedMatch, resolve_matches
+from brewer_cli.distillers.base import DistillerInputs
+from brewer_cli.distillers.basic import BasicDistiller, LogitKD
+from brewer_cli.features import FeatureNeeds, Features
+from brewer_cli.matches import ModelShape, ResolvedMatch, match_problems, validate_before_loading
 from brewer_cli.projections import build_projection
+from brewer_cli.recipe import Recipe
 
 
 class GeneralDistiller(BasicDistiller):
     kind = "general"
 
-    def __init__(self, run: Any):
-        super().__init__(run)
-        teacher_config = run.teachers[0].model.config
-        student_config = run.student.model.config
-        # build_run has already validated the matches against these models; resolving again here
-        # is cheap and keeps the distiller usable from a Run alone.
-        self.matches: list[ResolvedMatch] = resolve_matches(run.recipe, teacher_config, student_config)
-        self.teacher_shape = ModelShape.of(teacher_config)
-        self.student_shape = ModelShape.of(student_config)
+    def __init__(self, inputs: DistillerInputs, logit_kd: LogitKD, matches: list[ResolvedMatch],
+                 match_teacher: int = 0):
+        """`matches`: resolved by the build step against the loaded models; they read
+        `teachers[match_teacher]`."""
+        super().__init__(inputs, logit_kd)
+        self.matches = list(matches)
+        self.match_index = match_teacher
+        self.teacher_shape = ModelShape.of(inputs.teachers[match_teacher].model.config)
+        self.student_shape = ModelShape.of(inputs.student.model.config)
         # Projections are submodules: the optimizer trains them, the loop clips them with the
         # student, and checkpoints save (and --resume restores) them as non-student state.
         self.projections = nn.ModuleDict()
@@ -33,7 +35,7 @@ class GeneralDistiller(BasicDistiller):
         # Seeded from the recipe so that two runs of one recipe start from the same projections,
         # without disturbing the global generator that the loop seeds itself.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(run.recipe.training.seed)
+            torch.manual_seed(inputs.training.seed)
             for index, match in enumerate(self.matches):
                 self.projection_keys.append(self._projection_for(index, match))
         self.part_names = [self._part_name(index, match) for index, match in enumerate(self.matches)]
@@ -44,6 +46,15 @@ class GeneralDistiller(BasicDistiller):
             attention_scores="attention" in reads,
             attention_inputs="attention_inputs" in reads,
         )
+
+    @classmethod
+    def recipe_problems(cls, recipe: Recipe) -> list[str]:
+        return super().recipe_problems(recipe) + match_problems(recipe)
+
+    @classmethod
+    def check_before_loading(cls, recipe: Recipe) -> None:
+        """Layer indices, widths and heads against the configs readable without loading weights."""
+        validate_before_loading(recipe)
 
     def _projection_for(self, index: int, match: ResolvedMatch) -> str | None:
         if match.projection is None:
@@ -79,18 +90,24 @@ class GeneralDistiller(BasicDistiller):
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         teacher = self.teacher_features(batch)
-        student = self.student_features(batch, with_labels=self.settings.hard_label_weight > 0)
+        student = self.student_features(batch, with_labels=self.logit_kd.hard_label_weight > 0)
         parts = self.logit_losses(batch, student, teacher.logits)
+        self.add_match_losses(parts, batch, student, teacher)
+        return parts
+
+    def add_match_losses(self, parts: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], student: Features,
+                         teacher: Features) -> None:
+        """Each match's loss as a part, their weighted sum as `intermediate`, added to `loss`."""
+        if not self.matches:
+            return
         mask = batch["attention_mask"]
         intermediate = torch.zeros((), device=mask.device)
         for match, key, name in zip(self.matches, self.projection_keys, self.part_names):
             value = self.match_loss(match, key, student, teacher, mask)
             parts[name] = value
             intermediate = intermediate + match.weight * value
-        if self.matches:
-            parts["intermediate"] = intermediate
-            parts["loss"] = parts["loss"] + intermediate
-        return parts
+        parts["intermediate"] = intermediate
+        parts["loss"] = parts["loss"] + intermediate
 
     def match_loss(
         self, match: ResolvedMatch, projection_key: str | None, student: Features, teacher: Features, mask: torch.Tensor

@@ -4,38 +4,53 @@ MultiTeacherDistiller), plus `general`'s optional intermediate matches against o
     z̄ = Σ_k w_k z_k / Σ_k w_k        loss = kd_weight · KD(z_S, z̄, τ) + hard_label_weight · task loss
                                            + Σ matches (student ↔ teachers[match_teacher])
 
-The mean is taken over logits, before the temperature, exactly as TextBrewer does; probability
-shift and the temperature schedules see z̄ as they would see one teacher's logits.
+The mean is taken over logits, before the temperature, exactly as TextBrewer does (not the mean of
+the teachers' softmax(z_k/τ)); probability shift and the temperature schedules see z̄ as they would
+see one teacher's logits. A teacher whose tokenizer differs from the student's reads the examples
+tokenized its way (brewer_cli.tasks.views); that works for sequence-level tasks only.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
+from brewer_cli.distillers.base import DistillerInputs
+from brewer_cli.distillers.basic import LogitKD
 from brewer_cli.distillers.general import GeneralDistiller
-from brewer_cli.families import FeatureNeeds
-from brewer_cli.multi_teacher import evaluate_teachers, mean_logits, update_summary
+from brewer_cli.evaluation import evaluate_outputs
+from brewer_cli.families import parameter_count
+from brewer_cli.features import FeatureNeeds
+from brewer_cli.matches import ResolvedMatch
+from brewer_cli.recipe import Recipe
+from brewer_cli.tasks.views import view_batch
 from brewer_cli.teacher_cache import TeacherRead
+
+
+def mean_logits(logits: Sequence[Any], weights: Sequence[float]) -> Any:
+    """Σ_k w_k z_k / Σ_k w_k, element-wise; QA's (start, end) logits are averaged per element."""
+    if isinstance(logits[0], tuple):
+        return tuple(mean_logits([item[part] for item in logits], weights) for part in range(len(logits[0])))
+    total = float(sum(weights))
+    return sum(weight * value for weight, value in zip(weights, logits)) / total
 
 
 class MultiTeacherDistiller(GeneralDistiller):
     kind = "multi_teacher"
 
-    def __init__(self, run: Any):
-        match_index = run.recipe.distillation.match_teacher
-        order = [match_index] + [index for index in range(len(run.teachers)) if index != match_index]
-        # GeneralDistiller resolves `matches` against run.teachers[0]: give it a view of the run in
-        # which the match teacher comes first, then keep the recipe's order.
-        super().__init__(dataclasses.replace(run, teachers=[run.teachers[index] for index in order]))
-        self.run = run
-        object.__setattr__(self, "teachers", list(run.teachers))
-        self.match_index = match_index
-        self.prefixes: list[str | None] = list(run.multi.prefixes)
-        self.weights: list[float] = list(run.multi.weights)
+    def __init__(self, inputs: DistillerInputs, logit_kd: LogitKD, matches: list[ResolvedMatch], match_teacher: int,
+                 prefixes: list[str | None], weights: list[float]):
+        """`prefixes`: per teacher, the prefix of the token columns it reads (None: the student's);
+        `weights`: its weight in the mean of the logits."""
+        super().__init__(inputs, logit_kd, matches, match_teacher)
+        self.prefixes = list(prefixes)
+        self.weights = list(weights)
         self.each_teacher_metrics: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def check_before_loading(cls, recipe: Recipe) -> None:
+        """Nothing before loading: the matches read the match teacher, checked once it is loaded."""
 
     # -- the loss -------------------------------------------------------------------------------
 
@@ -49,17 +64,9 @@ class MultiTeacherDistiller(GeneralDistiller):
                 logits.append(match_features.logits)
             else:
                 logits.append(self.teacher_logits(batch, index))
-        student = self.student_features(batch, with_labels=self.settings.hard_label_weight > 0)
+        student = self.student_features(batch, with_labels=self.logit_kd.hard_label_weight > 0)
         parts = self.logit_losses(batch, student, mean_logits(logits, self.weights))
-        if self.matches:
-            mask = batch["attention_mask"]
-            intermediate = torch.zeros((), device=mask.device)
-            for match, key, name in zip(self.matches, self.projection_keys, self.part_names):
-                value = self.match_loss(match, key, student, match_features, mask)
-                parts[name] = value
-                intermediate = intermediate + match.weight * value
-            parts["intermediate"] = intermediate
-            parts["loss"] = parts["loss"] + intermediate
+        self.add_match_losses(parts, batch, student, match_features)
         return parts
 
     def teacher_logits(self, batch: dict[str, torch.Tensor], index: int) -> Any:
@@ -74,18 +81,46 @@ class MultiTeacherDistiller(GeneralDistiller):
             for index in range(len(self.teachers))
         ]
 
-    # -- evaluation and summary (pipeline.execute) ----------------------------------------------
+    # -- evaluation and summary -----------------------------------------------------------------
 
     def evaluate_teachers(self, device: Any) -> dict[str, Any] | None:
-        if self.run.data.eval is None or getattr(self.task, "measured_by_distillation_loss", False):
+        """Metrics of the ensemble (the weighted mean of the logits, the student's target) and of
+        each teacher, each reading its own tokenization."""
+        if self.data.eval is None or self.task.measured_by_distillation_loss:
             # Without labels there is no metric of a teacher (nor of their ensemble).
             return None
-        ensemble, each = evaluate_teachers(self.run, self.teachers, self.run.multi, device)
-        self.each_teacher_metrics = each
-        return ensemble
+        for teacher in self.teachers:
+            teacher.model.to(device)
+            teacher.model.eval()
+
+        def outputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+            logits = [teacher.family.features(teacher.model, view_batch(batch, prefix), logits_of=self.task.logits).logits
+                      for teacher, prefix in zip(self.teachers, self.prefixes)]
+            return {"ensemble": mean_logits(logits, self.weights), **dict(enumerate(logits))}
+
+        metrics = evaluate_outputs(self.eval_setup(), outputs, device)
+        self.each_teacher_metrics = [metrics[index] for index in range(len(self.teachers))]
+        return metrics["ensemble"]
 
     def update_summary(self, summary: dict[str, Any], teacher_metrics: dict[str, Any] | None) -> None:
-        update_summary(summary, self.run, teacher_metrics, self.each_teacher_metrics)
+        """summary.json: `teacher` is the ensemble the student learned from (its parameters: all the
+        teachers'), `teachers` lists each one."""
+        metric = summary["metric"]
+        counts = [parameter_count(teacher.model) for teacher in self.teachers]
+        summary["teachers"] = [
+            {"checkpoint": teacher.source, "weight": weight, "parameters": count,
+             "metric": (metrics or {}).get(metric), "metrics": metrics}
+            for teacher, weight, count, metrics in zip(self.teachers, self.weights, counts,
+                                                       self.each_teacher_metrics or [None] * len(self.teachers))
+        ]
+        ensemble_value = (teacher_metrics or {}).get(metric)
+        summary["teacher"] = {
+            "metric": ensemble_value, "metrics": teacher_metrics, "parameters": sum(counts),
+            "checkpoint": f"weighted mean of the logits of {len(self.teachers)} teachers",
+        }
+        student_value = summary["student"]["metric"]
+        summary["student_to_teacher"] = student_value / ensemble_value if ensemble_value and student_value is not None else None
+        summary["parameters_ratio"] = summary["student"]["parameters"] / sum(counts)
 
     # -- the plan -------------------------------------------------------------------------------
 

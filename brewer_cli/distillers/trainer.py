@@ -16,4 +16,4 @@ class TrainerDistiller(Distiller):
         return {"loss": features.task_loss}
 
     def describe_losses(self) -> list[str]:
-        return [f"task loss ({'MSE' if self.run.task.spec.num_labels == 1 else 'cross-entropy'}) on the labels"]
+        return [f"task loss ({'MSE' if self.task.spec.num_labels == 1 else 'cross-entropy'}) on the labels"]

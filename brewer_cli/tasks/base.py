@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from brewer_cli.recipe import Recipe, TaskSpec
+from brewer_cli.tasks.data import column, read_source
 
 
 class TokenizedDataset(Dataset):
@@ -86,6 +87,9 @@ class Task(ABC):
     auto_class_name: str = "AutoModelForSequenceClassification"
     primary_metric: str = "accuracy"
     greater_is_better: bool = True
+    # One row of logits per example: teacher and student logits can then be compared however
+    # each model splits the text, so a teacher may read it with its own tokenizer (tasks/views.py).
+    sequence_level: bool = False
     # A task without labels (general distillation) has no metric of the student alone: the loop
     # measures the distiller's own loss on the eval split instead (`Distiller.evaluate`).
     measured_by_distillation_loss: bool = False
@@ -107,8 +111,6 @@ class Task(ABC):
 
     def tokenizer_texts(self, recipe: Recipe) -> list[str]:
         """The training split's text, for a WordPiece vocabulary trained on it (`train_wordpiece`)."""
-        from brewer_cli.tasks.data import column, read_source
-
         rows = read_source(recipe.data.train, recipe, "data.train")
         where = f"{recipe.path}: data.train"
         texts = [str(value) for value in column(rows, recipe.data.train.text or recipe.data.text, where, "text")]

@@ -12,6 +12,7 @@ from typing import Any
 from brewer_cli.errors import DataError
 from brewer_cli.paths import resolve_path
 from brewer_cli.recipe import DataSource, Recipe
+from brewer_cli.synthetic import GENERATORS
 from brewer_cli.tasks.formats import TAGS, TOKENS, is_squad_document, read_conll, read_squad, select_articles, squad_rows
 
 
@@ -19,8 +20,6 @@ def read_source(source: DataSource, recipe: Recipe, field: str) -> list[dict[str
     """Rows of one split; `field` is its dotted path in the recipe, for messages."""
     where = f"{recipe.path}: {field}"
     if source.synthetic is not None:
-        from brewer_cli.synthetic import GENERATORS
-
         generator = GENERATORS.get(source.synthetic)
         rows = generator(source.examples or 1000, source.seed)
     elif source.hub is not None:

@@ -48,7 +48,7 @@ class GeneralCorpus(Task):
             return []
         distillation = recipe.distillation
         where = f"{recipe.path}: distillation"
-        if distillation.kind != "general":
+        if not distillation.learns_without_logits:
             return [f"{where}.kind: task {recipe.task.kind} (general distillation over unlabeled text) has no labels "
                     f"and no logits — use `kind: general` with intermediate matches (tinybert_attention, "
                     f"tinybert_hidden), kd_weight: 0"]

@@ -17,6 +17,7 @@ from brewer_cli.tasks.data import column, read_source
 class SequenceClassification(Task):
     name = "sequence_classification"
     auto_class_name = "AutoModelForSequenceClassification"
+    sequence_level = True
 
     @property
     def is_regression(self) -> bool:

@@ -1,0 +1,133 @@
+"""Loading a run's models: teachers from checkpoints, students from a checkpoint, a config or by
+ETD extraction from the teacher, and the checks between them (labels, vocabularies)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from brewer_cli.errors import BrewerError, ModelError, RecipeError
+from brewer_cli.extract import FIELD, ExtractPlan, extract_student
+from brewer_cli.families import family_for
+from brewer_cli.families.loading import LoadedModel, load_checkpoint, model_from_config
+from brewer_cli.models import checkpoint_location
+from brewer_cli.recipe import ModelSpec, Recipe, TeacherSpec
+from brewer_cli.tasks import PreparedData, Task
+from brewer_cli.tokenizers import build_tokenizer, load_tokenizer_dir
+
+
+def load_teacher(recipe: Recipe, task: Task, label_names: list[str] | None, spec: TeacherSpec | None = None,
+                 field: str = "teacher") -> LoadedModel:
+    """`spec` and `field`: one teacher of several (`teachers.1`, `tasks.<name>.teacher`)."""
+    spec = spec or recipe.teacher
+    if spec.checkpoint is None:
+        raise ModelError(
+            f"{recipe.path}: {field}.checkpoint: a teacher must be a trained checkpoint (a run's final/ directory or a hub id)"
+        )
+    teacher = load_checkpoint(spec.checkpoint, task, label_names, recipe, f"{field}.checkpoint", "teacher", shape_head=False)
+    if teacher.tokenizer is None:
+        if spec.tokenizer is None:
+            raise ModelError(f"{recipe.path}: {field}.tokenizer: {spec.checkpoint!r} has no tokenizer files — give `{field}.tokenizer: {{path: …}}`")
+        teacher.tokenizer = build_tokenizer(spec.tokenizer, [], recipe, f"{field}.tokenizer")
+    return teacher
+
+
+def load_student(spec: ModelSpec, task: Task, label_names: list[str] | None, tokenizer: Any, recipe: Recipe, field: str,
+                 role: str) -> LoadedModel:
+    if spec.checkpoint is not None:
+        loaded = load_checkpoint(spec.checkpoint, task, label_names, recipe, f"{field}.checkpoint", role, shape_head=True)
+        if loaded.tokenizer is None:
+            loaded.tokenizer = tokenizer
+        return loaded
+    return model_from_config(spec, task, label_names, tokenizer, recipe, field, role)
+
+
+def trainer_tokenizer(recipe: Recipe, spec: ModelSpec, task: Task) -> Any:
+    """The tokenizer of a model trained on labels (kind `trainer`)."""
+    if spec.tokenizer is not None:
+        # The task knows which columns hold text (sentences, words, questions and contexts).
+        texts = task.tokenizer_texts(recipe) if spec.tokenizer.train_wordpiece is not None else []
+        return build_tokenizer(spec.tokenizer, texts, recipe, "model.tokenizer")
+    if spec.checkpoint is not None:
+        location = checkpoint_location(spec.checkpoint, recipe, "model.checkpoint")
+        return load_tokenizer_dir(location, recipe, "model.checkpoint")
+    raise ModelError(
+        f"{recipe.path}: model.tokenizer: a model built from a config needs a tokenizer — give "
+        f"`tokenizer: {{path: …}}` or `tokenizer: {{train_wordpiece: {{vocab_size: …}}}}`"
+    )
+
+
+def extraction_plan(recipe: Recipe) -> ExtractPlan:
+    """The recipe's `student.init.extract` as an ExtractPlan; its field checks need no weights, so
+    they run before a missing teacher is trained."""
+    spec = recipe.student.init.extract
+    layers = tuple(spec.layers) if isinstance(spec.layers, (list, tuple)) else spec.layers
+    try:
+        return ExtractPlan(
+            layers=layers, selection=spec.selection, hidden=spec.hidden, heads=spec.heads, head_dim=spec.head_dim,
+            intermediate=spec.intermediate, strategy=spec.strategy, seed=spec.seed,
+            hidden_scoring=spec.hidden_scoring, rounds=spec.rounds,
+        )
+    except BrewerError as error:
+        raise _extraction_error(recipe, error) from None
+
+
+def _extraction_error(recipe: Recipe, error: Exception) -> Exception:
+    """extract/ names the field (student.init.extract.…) but cannot know the file: add the recipe's
+    path so the message says what to edit. Field problems become recipe problems, one per line."""
+    lines = str(error).splitlines()
+    if type(error) is not ModelError and lines and all(line.startswith(FIELD) for line in lines):
+        return RecipeError([f"{recipe.path}: {line}" for line in lines])
+    return type(error)(f"{recipe.path}: {FIELD}: {error}")
+
+
+def extract_from_teacher(recipe: Recipe, task: Task, teacher: LoadedModel, data: PreparedData) -> LoadedModel:
+    """ETD: the student is cut out of the teacher's own parameters (width, then depth); for
+    importance, the teacher is scored on the first `examples` training examples."""
+    spec = recipe.student.init.extract
+    plan = extraction_plan(recipe)
+    batches = None
+    if plan.strategy == "importance":
+        count = min(spec.examples, len(data.train))
+        loader = DataLoader(Subset(data.train, range(count)), batch_size=16, collate_fn=task.collate(teacher.tokenizer))
+        batches = [{name: tensor for name, tensor in batch.items() if name != "index"} for batch in loader]
+    with torch.random.fork_rng():
+        try:
+            result = extract_student(teacher.model, plan, batches, max_examples=spec.examples)
+        except BrewerError as error:
+            # Sizes are checked against the teacher's config only now, once it is loaded.
+            raise _extraction_error(recipe, error) from None
+    model = result.model
+    model.train()
+    return LoadedModel(model, teacher.tokenizer, family_for(model.config), "student",
+                       f"the teacher's weights (ETD extraction, {plan.strategy})", extraction=result)
+
+
+def student_of(recipe: Recipe, task: Task, teacher: LoadedModel, data: PreparedData, tokenizer: Any) -> LoadedModel:
+    """The recipe's student: extracted from `teacher` (ETD), or from a checkpoint or config."""
+    if recipe.student.init is not None:
+        return extract_from_teacher(recipe, task, teacher, data)
+    return load_student(recipe.student, task, data.label_names, tokenizer, recipe, "student", "student")
+
+
+def named_labels(model: Any) -> list[str] | None:
+    """The model's label names, unless they are transformers' placeholders (LABEL_0, …)."""
+    id2label = getattr(model.config, "id2label", None) or {}
+    names = [str(id2label[i]) for i in sorted(id2label, key=int)]
+    if not names or all(name == f"LABEL_{i}" for i, name in enumerate(names)):
+        return None
+    return names
+
+
+def check_vocabularies(recipe: Recipe, teacher: LoadedModel, student: LoadedModel) -> None:
+    teacher_vocab = teacher.model.config.vocab_size
+    student_vocab = student.model.config.vocab_size
+    if teacher_vocab != student_vocab:
+        raise ModelError(
+            f"{recipe.path}: student.checkpoint: the student's vocabulary has {student_vocab} tokens but the "
+            f"teacher's has {teacher_vocab} — both read the same token ids in one batch, so they must share a "
+            f"tokenizer; use a student with the teacher's vocabulary, or build it from a config (`student.config`), "
+            f"which takes the teacher's tokenizer"
+        )

@@ -1,0 +1,47 @@
+"""What a run will do, for `--dry-run`: models and their sizes, data, steps, loss terms, the
+teacher-output cache and compilation."""
+
+from __future__ import annotations
+
+import os
+
+from brewer_cli.extract import describe
+from brewer_cli.families import parameter_count
+from brewer_cli.loop import resolve_precision
+from brewer_cli.run import Run
+from brewer_cli.teacher_cache import plan_cache
+
+
+def plan_lines(run: Run) -> list[str]:
+    training = run.recipe.training
+    batches = -(-len(run.data.train) // training.batch_size)
+    steps_per_epoch = max(1, -(-batches // training.gradient_accumulation))
+    total = training.max_steps or max(1, int(-(-training.epochs * steps_per_epoch // 1)))
+    lines = [f"run directory: {run.run_dir}"]
+    for teacher in run.teachers:
+        lines.append(f"teacher: {teacher.family.name} from {teacher.source} — {parameter_count(teacher.model):,} parameters, "
+                     f"{teacher.model.config.num_hidden_layers} layers × {teacher.model.config.hidden_size}")
+    student = run.student
+    lines.append(f"{run.role}: {student.family.name} from {student.source} — {parameter_count(student.model):,} parameters, "
+                 f"{student.model.config.num_hidden_layers} layers × {student.model.config.hidden_size}")
+    if run.teachers:
+        ratio = parameter_count(student.model) / parameter_count(run.teachers[0].model)
+        lines.append(f"student / teacher parameters: {ratio:.3f}")
+    labels = f", labels: {', '.join(run.data.label_names)}" if run.data.label_names else ""
+    lines.append(f"data: {len(run.data.train):,} training examples, "
+                 f"{len(run.data.eval) if run.data.eval is not None else 0:,} eval examples{labels}")
+    lines.append(f"steps: {total:,} ({steps_per_epoch:,} per epoch, batch {training.batch_size} × accumulation "
+                 f"{training.gradient_accumulation}), precision {resolve_precision(training.precision)}")
+    if student.extraction is not None:
+        lines.extend(f"  {line}" for line in describe(student.extraction).splitlines())
+    distiller = run.distiller
+    lines.append(f"distiller: {run.recipe.distillation.kind}")
+    lines.extend(f"  loss: {line}" for line in distiller.describe_losses())
+    # A launcher (torchrun, accelerate launch) says how many processes will each keep a cache.
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if run.teachers:
+        lines.append(f"teacher cache: {plan_cache(distiller, total, steps_per_epoch, processes, run.run_dir).describe()}")
+    if training.compile_backend is not None:
+        lines.append(f"compile: the student's forward is compiled in place (torch.compile, backend "
+                     f"{training.compile_backend}) before step 1")
+    return lines

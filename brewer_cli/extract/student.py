@@ -1,0 +1,159 @@
+"""`extract_student`: the rounds of choosing index sets (by score or at random) and slicing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from brewer_cli.errors import BrewerError
+from brewer_cli.extract.plan import (
+    FIELD,
+    ExtractPlan,
+    ExtractResult,
+    Sizes,
+    check_electra_projection,
+    read_sizes,
+    resolve_sizes,
+    round_sizes,
+    select_layers,
+)
+from brewer_cli.extract.report import importance_summary
+from brewer_cli.extract.scoring import Scores, collect_batches, score_model
+from brewer_cli.extract.slicing import IndexSets, build_student, extraction_family
+from brewer_cli.families import parameter_count
+
+
+def _choose(count: int, total: int, scores: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+    """`count` sorted indices of `total`: the top-scored, or uniformly random without scores."""
+    if count >= total:
+        return torch.arange(total)
+    if scores is None:
+        chosen = torch.randperm(total, generator=generator)[:count]
+    else:
+        # Stable sort: equal scores keep the lower index, so results do not depend on the kernel.
+        chosen = torch.argsort(scores, descending=True, stable=True)[:count]
+    return chosen.sort().values
+
+
+def _choose_index_sets(source: Sizes, target: Sizes, scores: Scores | None, generator: torch.Generator) -> IndexSets:
+    hidden = _choose(target.hidden, source.hidden, scores.hidden if scores else None, generator)
+    heads, query_key, value, ffn = [], [], [], []
+    for layer in range(source.layers):
+        kept_heads = _choose(target.heads, source.heads, scores.heads[layer] if scores else None, generator)
+        layer_query_key, layer_value = [], []
+        for head in kept_heads.tolist():
+            start = head * source.head_dim
+            head_slice = slice(start, start + source.head_dim)
+            layer_query_key.append(
+                start
+                + _choose(
+                    target.head_dim,
+                    source.head_dim,
+                    scores.query_key[layer][head_slice] if scores else None,
+                    generator,
+                )
+            )
+            layer_value.append(
+                start
+                + _choose(
+                    target.head_dim,
+                    source.head_dim,
+                    scores.value[layer][head_slice] if scores else None,
+                    generator,
+                )
+            )
+        heads.append(kept_heads)
+        query_key.append(torch.cat(layer_query_key))
+        value.append(torch.cat(layer_value))
+        ffn.append(
+            _choose(
+                target.intermediate,
+                source.intermediate,
+                scores.ffn[layer] if scores else None,
+                generator,
+            )
+        )
+    return IndexSets(hidden, heads, query_key, value, ffn)
+
+
+def extract_student(
+    teacher_model: nn.Module,
+    plan: ExtractPlan,
+    batches: Iterable[dict[str, Any]] | None = None,
+    max_examples: int = 256,
+) -> ExtractResult:
+    """Build a student from the teacher's parameters following `plan` (ETD).
+
+    batches: dicts of tensors the teacher's forward takes (`input_ids`, `attention_mask`, optional
+        `token_type_ids`, optional `labels`/`start_positions`/`end_positions`); keys the forward
+        does not name are ignored. Required for `strategy="importance"`; at most `max_examples`
+        examples are scored (read once, reused by every round).
+    The teacher is not modified: scores are computed through detached copies of its weights, its
+    modes are restored, and every student tensor is a new tensor. The student starts in the
+    teacher's train/eval mode.
+    """
+    if not isinstance(plan, ExtractPlan):
+        raise TypeError(f"plan must be an ExtractPlan, got {type(plan).__name__}")
+    family = extraction_family(teacher_model)
+    teacher_sizes = read_sizes(family, teacher_model.config)
+    target = resolve_sizes(plan, teacher_sizes)
+    kept_layers = select_layers(plan, teacher_sizes.layers)
+    per_round = round_sizes(teacher_sizes, target, plan.rounds)
+    check_electra_projection(teacher_sizes, per_round)
+
+    collected: list[dict[str, Any]] = []
+    if plan.strategy == "importance":
+        if batches is None:
+            raise BrewerError(
+                f"{FIELD}.strategy: 'importance' scores the teacher's heads, neurons and channels on "
+                f"data, but no batches were given — pass training batches, or use strategy: random"
+            )
+        if max_examples < 1:
+            raise BrewerError(f"importance extraction needs max_examples ≥ 1, got {max_examples}")
+        collected = collect_batches(batches, max_examples)
+        if not collected:
+            raise BrewerError("importance extraction got no batches to score (the data is empty)")
+
+    generator = torch.Generator().manual_seed(plan.seed)
+    source, source_sizes = teacher_model, teacher_sizes
+    in_teacher = IndexSets.full(teacher_sizes)  # the current source's indices, in teacher space
+    first_scores: Scores | None = None
+    for round_number, sizes in enumerate(per_round, start=1):
+        scores = None
+        if plan.strategy == "importance":
+            scores = score_model(source, family, source_sizes, collected, plan.hidden_scoring)
+            if first_scores is None:
+                first_scores = scores
+        index_sets = _choose_index_sets(source_sizes, sizes, scores, generator)
+        last = round_number == len(per_round)
+        layer_map = [layer - 1 for layer in kept_layers] if last else list(range(source_sizes.layers))
+        student = build_student(source, family, source_sizes, sizes, index_sets, layer_map)
+        in_teacher = in_teacher.compose(index_sets)
+        source, source_sizes = student, replace(sizes, layers=len(layer_map))
+
+    student_sizes = source_sizes
+    kept = {
+        "model_class": type(teacher_model).__name__,
+        "strategy": plan.strategy,
+        "seed": plan.seed,
+        "selection": "explicit" if isinstance(plan.layers, tuple) else plan.selection,
+        "rounds": plan.rounds,
+        "layers": kept_layers,
+        "hidden": student_sizes.hidden,
+        "hidden_indices": in_teacher.hidden.tolist(),
+        "heads": [in_teacher.heads[layer - 1].tolist() for layer in kept_layers],
+        "head_dim": student_sizes.head_dim,
+        "ffn_neurons": [int(in_teacher.ffn[layer - 1].numel()) for layer in kept_layers],
+        "sizes": {
+            "teacher": {**teacher_sizes.as_dict(), "parameters": parameter_count(teacher_model)},
+            "student": {**student_sizes.as_dict(), "parameters": parameter_count(source)},
+        },
+    }
+    summary = None
+    if first_scores is not None:
+        summary = importance_summary(first_scores, in_teacher, kept_layers, teacher_sizes, target, plan)
+    return ExtractResult(model=source, kept=kept, importance_summary=summary)

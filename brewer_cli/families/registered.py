@@ -1,0 +1,220 @@
+"""The registered families, with their layouts, and how a config or model finds its family.
+
+Every family loads through the `transformers` Auto classes, so a local directory and a hub id take
+the same path; what differs between families is only the layout declared here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from torch import nn
+
+from brewer_cli.errors import ModelError
+from brewer_cli.families.family import Family
+from brewer_cli.families.generic import GENERIC_LAYOUT, GenericLayout
+from brewer_cli.families.layout import EMBEDDING, HIDDEN, OUTPUT, LayerLayout, Linear, Norm
+from brewer_cli.registry import Registry
+
+FAMILIES: Registry[Family] = Registry("model family")
+
+BERT_LAYER = LayerLayout(
+    attention="attention.self",
+    attention_output="attention.output.dense",
+    attention_norm="attention.output.LayerNorm",
+    ffn_input="intermediate.dense",
+    ffn_output="output.dense",
+    output_norm="output.LayerNorm",
+)
+DISTILBERT_LAYER = LayerLayout(
+    attention="attention",
+    query="q_lin",
+    key="k_lin",
+    value="v_lin",
+    attention_output="attention.out_lin",
+    attention_norm="sa_layer_norm",
+    ffn_input="ffn.lin1",
+    ffn_output="ffn.lin2",
+    output_norm="output_layer_norm",
+)
+ALBERT_LAYER = LayerLayout(
+    attention="attention",
+    attention_output="attention.dense",
+    attention_norm="attention.LayerNorm",
+    ffn_input="ffn",
+    ffn_output="ffn_output",
+    output_norm="full_layer_layer_norm",
+)
+
+# The task heads transformers attaches to each family's base model (sequence and token
+# classification, multiple choice, QA, masked/causal LM, pre-training). A bias of OUTPUT width
+# alone (cls.predictions.bias, lm_head.bias) is never resized and needs no entry.
+_CLASSIFIER = Linear("classifier", HIDDEN, OUTPUT)
+_QA_OUTPUTS = Linear("qa_outputs", HIDDEN, OUTPUT)
+# RoBERTa-style sequence classification: dense + out_proj on the first token.
+_CLASSIFICATION_HEAD = (Linear("classifier.dense", HIDDEN, HIDDEN), Linear("classifier.out_proj", HIDDEN, OUTPUT))
+BERT_HEADS = (
+    _CLASSIFIER,
+    _QA_OUTPUTS,
+    # Masked LM / pre-training; the decoder is tied to the word embeddings and resized alike.
+    Linear("cls.predictions.transform.dense", HIDDEN, HIDDEN),
+    Norm("cls.predictions.transform.LayerNorm", HIDDEN),
+    Linear("cls.predictions.decoder", HIDDEN, OUTPUT),
+    Linear("cls.seq_relationship", HIDDEN, OUTPUT),
+)
+ROBERTA_HEADS = (
+    _CLASSIFIER,
+    *_CLASSIFICATION_HEAD,
+    _QA_OUTPUTS,
+    Linear("lm_head.dense", HIDDEN, HIDDEN),
+    Norm("lm_head.layer_norm", HIDDEN),
+    Linear("lm_head.decoder", HIDDEN, OUTPUT),
+)
+ELECTRA_HEADS = (
+    _CLASSIFIER,
+    *_CLASSIFICATION_HEAD,
+    _QA_OUTPUTS,
+    # Generator (masked LM): hidden → embedding size, then the tied embedding matrix.
+    Linear("generator_predictions.dense", HIDDEN, EMBEDDING),
+    Norm("generator_predictions.LayerNorm", EMBEDDING),
+    Linear("generator_lm_head", EMBEDDING, OUTPUT),
+    # Discriminator (pre-training) and multiple choice.
+    Linear("discriminator_predictions.dense", HIDDEN, HIDDEN),
+    Linear("discriminator_predictions.dense_prediction", HIDDEN, OUTPUT),
+    Linear("sequence_summary.summary", HIDDEN, HIDDEN),
+)
+DISTILBERT_HEADS = (
+    Linear("pre_classifier", HIDDEN, HIDDEN),
+    _CLASSIFIER,
+    _QA_OUTPUTS,
+    Linear("vocab_transform", HIDDEN, HIDDEN),
+    Norm("vocab_layer_norm", HIDDEN),
+    Linear("vocab_projector", HIDDEN, OUTPUT),
+)
+
+
+def _register(family: Family, description: str) -> None:
+    FAMILIES.add(family.name, family, description)
+
+
+_register(
+    Family(
+        "bert", ("bert",), title="BERT", layers="encoder.layer", layer=BERT_LAYER, pooler="pooler.dense", task_heads=BERT_HEADS
+    ),
+    "BERT (and any bert model_type checkpoint): token types, post-LN encoder",
+)
+_register(
+    Family(
+        "roberta",
+        ("roberta", "camembert"),
+        title="RoBERTa",
+        layers="encoder.layer",
+        layer=BERT_LAYER,
+        pooler="pooler.dense",
+        task_heads=ROBERTA_HEADS,
+        uses_token_type_ids=False,
+    ),
+    "RoBERTa / CamemBERT: BPE vocabulary, no token types",
+)
+_register(
+    Family(
+        "xlm-roberta",
+        ("xlm-roberta",),
+        title="XLM-RoBERTa",
+        layers="encoder.layer",
+        layer=BERT_LAYER,
+        pooler="pooler.dense",
+        task_heads=ROBERTA_HEADS,
+        uses_token_type_ids=False,
+    ),
+    "XLM-RoBERTa: multilingual RoBERTa with a SentencePiece vocabulary",
+)
+_register(
+    Family(
+        "electra",
+        ("electra",),
+        title="ELECTRA",
+        layers="encoder.layer",
+        layer=BERT_LAYER,
+        embedding_projection="embeddings_project",
+        embedding_field="embedding_size",
+        task_heads=ELECTRA_HEADS,
+    ),
+    "ELECTRA discriminators (embeddings projected to the hidden width when smaller)",
+)
+_register(
+    Family(
+        "distilbert",
+        ("distilbert",),
+        title="DistilBERT",
+        layers="transformer.layer",
+        layer=DISTILBERT_LAYER,
+        task_heads=DISTILBERT_HEADS,
+        intermediate_field="hidden_dim",
+        uses_token_type_ids=False,
+    ),
+    "DistilBERT: 6-layer BERT without token types or pooler",
+)
+_register(
+    Family(
+        "albert",
+        ("albert",),
+        title="ALBERT",
+        layers="encoder.albert_layer_groups.0.albert_layers.0",
+        layer=ALBERT_LAYER,
+        embedding_projection="encoder.embedding_hidden_mapping_in",
+        embedding_field="embedding_size",
+        pooler="pooler",
+        shared_layers=True,
+        extractable=False,
+        extraction_refusal="all its layers share one block of weights and its embeddings are factorized, "
+        "so per-layer head and FFN-neuron subsets cannot be applied to the shared weights, and dropping "
+        "layers does not remove parameters",
+    ),
+    "ALBERT: one shared layer block, factorized embeddings (counted once in sizes)",
+)
+_register(
+    # Its relative-position embeddings (encoder.rel_embeddings) have no extraction layout.
+    Family(
+        "deberta-v2",
+        ("deberta-v2",),
+        title="DeBERTa-v2",
+        layers="encoder.layer",
+        layer=replace(BERT_LAYER, query="query_proj", key="key_proj", value="value_proj"),
+        supports_attention_capture=False,
+        extractable=False,
+    ),
+    "DeBERTa-v2/v3: disentangled attention; hidden-state and logit losses only",
+)
+
+
+def registered_family(config: Any) -> Family | None:
+    """The family registered for a config's `model_type`, or None (no config, unknown type)."""
+    model_type = getattr(config, "model_type", None)
+    for entry in FAMILIES:
+        if model_type in entry.value.model_types:
+            return entry.value
+    return None
+
+
+def family_for(config: Any) -> Family:
+    """The family of a transformers config, by its `model_type`."""
+    family = registered_family(config)
+    if family is None:
+        known = sorted(t for entry in FAMILIES for t in entry.value.model_types)
+        raise ModelError(
+            f"model_type {getattr(config, 'model_type', None)!r} has no registered family — registered: "
+            f"{', '.join(known)}. Use a checkpoint of one of these architectures."
+        )
+    if family.shared_layers and getattr(config, "num_hidden_groups", 1) != 1:
+        raise ModelError(
+            f"ALBERT with num_hidden_groups={config.num_hidden_groups} is not supported: brewer "
+            f"maps layers to one shared group; use a checkpoint with num_hidden_groups=1"
+        )
+    return family
+
+
+def layout_for(model: nn.Module) -> Family | GenericLayout:
+    """The registered family of `model`, or the generic layout for any other model."""
+    return registered_family(getattr(model, "config", None)) or GENERIC_LAYOUT

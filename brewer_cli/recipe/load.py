@@ -1,0 +1,283 @@
+"""Reading a recipe: YAML or JSON, `--set` overrides, validation, and the messages that list
+every problem at once as `file: dotted.path: what is wrong (did you mean …?) — valid: …`.
+
+A recipe is read with `yaml.safe_load` only (no tags, no code). The schema is strict and frozen:
+after `load_recipe` returns, nothing in the run mutates it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from brewer_cli.errors import RecipeError
+from brewer_cli.recipe.base import CrossFieldProblems, did_you_mean
+from brewer_cli.recipe.distillation import (
+    DISTILLATION_KINDS,
+    MATCH_ENTRY_TAGS,
+    UniformMatches,
+)
+from brewer_cli.recipe.schema import REQUIRED, Recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe; raise `RecipeError` listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(
+            f"{path}: recipe file not found — give the path of a .yaml or .json recipe "
+            f"(the shipped ones are under recipes/)"
+        )
+    raw = read_mapping(path)
+    for override in overrides:
+        apply_override(raw, override, path)
+    return validate_recipe(raw, path)
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except json.JSONDecodeError as error:
+        raise RecipeError(f"{path}:{error.lineno}:{error.colno}: malformed JSON: {error.msg}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        raise RecipeError(f"{where}: malformed YAML: {problem} — fix the syntax at that line and column") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of fields (name, task, data, …), got {type(data).__name__}")
+    return data
+
+
+def apply_override(raw: dict[str, Any], override: str, path: Path) -> None:
+    """Apply `a.b.c=value`; the value is parsed as YAML so numbers, booleans and lists keep their type."""
+    if "=" not in override:
+        raise RecipeError(f"{path}: --set {override!r}: expected DOTTED.PATH=VALUE, e.g. --set training.epochs=3")
+    dotted, _, text = override.partition("=")
+    keys = [key for key in dotted.strip().split(".") if key]
+    if not keys:
+        raise RecipeError(f"{path}: --set {override!r}: the path before '=' is empty")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node: Any = raw
+    for depth, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            index = _list_index(node, key, keys[: depth + 1], path)
+            node = node[index]
+            continue
+        if key not in node or node[key] is None:
+            node[key] = {}
+        if not isinstance(node[key], (dict, list)):
+            raise RecipeError(
+                f"{path}: --set {dotted}: `{'.'.join(keys[: depth + 1])}` is a value, not a section"
+            )
+        node = node[key]
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, keys, path)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, key: str, keys: list[str], path: Path) -> int:
+    if not re.fullmatch(r"\d+", key) or int(key) >= len(node):
+        raise RecipeError(
+            f"{path}: --set {'.'.join(keys)}: `{key}` is not an index of a list of {len(node)} entries"
+        )
+    return int(key)
+
+
+def validate_recipe(raw: dict[str, Any], path: Path) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as error:
+        raise RecipeError(describe_validation_error(error, raw, path)) from None
+    recipe._path = path
+    return recipe
+
+
+# Pydantic puts union member names and discriminator tags into error locations; a user's dotted
+# path must not contain them.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|dict\[.*\]|tuple\[.*\]|list\[.*\]|[A-Z][A-Za-z]+|function-.*)$")
+
+
+def describe_validation_error(error: ValidationError, raw: dict[str, Any], path: Path) -> list[str]:
+    lines: list[str] = []
+    seen: set[str] = set()
+    for item in error.errors(include_url=False):
+        for dotted, message in _explain(item, raw):
+            line = f"{path}: {dotted}: {message}" if dotted else f"{path}: {message}"
+            if line not in seen:
+                seen.add(line)
+                lines.append(line)
+    return lines
+
+
+def _explain(item: dict[str, Any], raw: dict[str, Any]) -> list[tuple[str, str]]:
+    kind = item["type"]
+    location = _clean_location(item["loc"], raw)
+    dotted = ".".join(str(part) for part in location)
+    context = item.get("ctx") or {}
+    if kind == "value_error" and isinstance(context.get("error"), CrossFieldProblems):
+        return [(field, message) for field, message in context["error"].problems]
+    if kind == "extra_forbidden":
+        parent = _schema_at(location[:-1], raw)
+        valid = sorted(_field_names(parent)) if parent else []
+        return [(dotted, f"unknown key{did_you_mean(str(location[-1]), valid)}" + (f" — valid: {', '.join(valid)}" if valid else ""))]
+    if kind == "missing" or item.get("input") is REQUIRED:
+        return [(dotted, "required field is missing")]
+    if kind == "union_tag_invalid":
+        tag = context.get("tag")
+        valid = list(DISTILLATION_KINDS) if location[-1:] == ["distillation"] or dotted == "distillation" else []
+        suffix = did_you_mean(str(tag), valid) + (f" — valid: {', '.join(valid)}" if valid else f" — valid: {context.get('expected_tags')}")
+        return [(f"{dotted}.kind" if dotted else "kind", f"unknown distiller kind {tag!r}{suffix}")]
+    if kind == "union_tag_not_found":
+        return [(f"{dotted}.kind", f"required field is missing — valid: {', '.join(DISTILLATION_KINDS)}")]
+    if kind == "literal_error":
+        expected = str(context.get("expected", ""))
+        choices = re.findall(r"'([^']*)'", expected)
+        given = item.get("input")
+        return [(dotted, f"{given!r} is not allowed{did_you_mean(str(given), choices)} — valid: {', '.join(choices) or expected}")]
+    message = item["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    return [(dotted, message)]
+
+
+def _clean_location(location: tuple, raw: dict[str, Any]) -> list[Any]:
+    cleaned: list[Any] = []
+    node: Any = raw
+    for part in location:
+        # Keep a part when it exists in the user's data; drop pydantic's union/tag annotations.
+        if isinstance(node, dict) and part in node:
+            cleaned.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            cleaned.append(part)
+            node = node[part]
+        elif isinstance(part, str) and (_UNION_MEMBER.match(part) or part in DISTILLATION_KINDS or part in MATCH_ENTRY_TAGS
+                                        or part == "[key]"):
+            # "[key]": pydantic's mark for a problem with a mapping's key rather than its value.
+            continue
+        else:
+            cleaned.append(part)
+            node = None
+    return cleaned
+
+
+def _schema_at(location: list[Any], raw: dict[str, Any]) -> type[BaseModel] | None:
+    """The pydantic model that describes the mapping at `location` in the user's data."""
+    annotation: Any = Recipe
+    node: Any = raw
+    for part in location:
+        if isinstance(part, int):
+            annotation = _element_type(annotation)
+        elif _mapping_value_type(annotation) is not None:
+            # A key of a user-named mapping (`tasks.<name>`).
+            annotation = _mapping_value_type(annotation)
+        else:
+            model = _model_in(annotation, node)
+            if model is None or part not in model.model_fields:
+                return None
+            annotation = model.model_fields[part].annotation
+        node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
+    return _model_in(annotation, node)
+
+
+def _has(node: Any, part: Any) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(part, int) and part < len(node)
+
+
+def _mapping_value_type(annotation: Any) -> Any:
+    for argument in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(argument) is dict:
+            return typing.get_args(argument)[1]
+    return None
+
+
+def _element_type(annotation: Any) -> Any:
+    for argument in typing.get_args(annotation):
+        if typing.get_origin(argument) in (tuple, list):
+            return typing.get_args(argument)[0]
+    if typing.get_origin(annotation) in (tuple, list):
+        return typing.get_args(annotation)[0]
+    return None
+
+
+def _model_in(annotation: Any, node: Any) -> type[BaseModel] | None:
+    """The model among `annotation`'s union members that the user's mapping `node` is meant as."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    candidates: list[type[BaseModel]] = []
+    stack = list(typing.get_args(annotation))
+    while stack:
+        argument = stack.pop(0)
+        if isinstance(argument, type) and issubclass(argument, BaseModel):
+            candidates.append(argument)
+        elif typing.get_origin(argument) not in (tuple, list, dict):
+            stack.extend(typing.get_args(argument))
+    if not isinstance(node, dict) or not candidates:
+        return candidates[0] if len(candidates) == 1 else None
+    if "kind" in node:
+        for candidate in candidates:
+            kind_field = candidate.model_fields.get("kind")
+            if kind_field is not None and node["kind"] in typing.get_args(kind_field.annotation):
+                return candidate
+    if "uniform" in node and UniformMatches in candidates:
+        return UniformMatches
+    return candidates[0]
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def resolved_mapping(recipe: Recipe) -> dict[str, Any]:
+    """The recipe with every default filled in, as written to the run directory."""
+    # A staged recipe's `distillation` is its last stage's, never written by the user.
+    exclude = {"distillation"} if recipe.stages is not None else None
+    return section_mapping(recipe, exclude)
+
+
+def section_mapping(spec: BaseModel, exclude: set[str] | None = None) -> dict[str, Any]:
+    """A recipe or one of its sections as a recipe file writes it: by alias, without the fields
+    left at None, but with a None chosen over another default (`max_grad_norm: null`), which
+    reading the mapping back would otherwise turn into that default."""
+    return _with_chosen_nones(spec, spec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=exclude))
+
+
+def _with_chosen_nones(spec: BaseModel, dumped: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, field in type(spec).model_fields.items():
+        key = field.alias or name
+        value = getattr(spec, name)
+        if key in dumped:
+            result[key] = _nested_with_chosen_nones(value, dumped[key])
+        elif value is None and not field.is_required() and field.get_default(call_default_factory=True) is not None:
+            result[key] = None
+    return result
+
+
+def _nested_with_chosen_nones(value: Any, dumped: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return _with_chosen_nones(value, dumped)
+    if isinstance(value, (tuple, list)):
+        return [_nested_with_chosen_nones(item, item_dumped) for item, item_dumped in zip(value, dumped)]
+    if isinstance(value, dict):
+        return {key: _nested_with_chosen_nones(item, item_dumped)
+                for item, (key, item_dumped) in zip(value.values(), dumped.items())}
+    return dumped

@@ -1,0 +1,266 @@
+"""The recipe's sections other than distillation: the task, its data (and augmentation), the
+models (teacher, student, the one a `trainer` trains), training, and the entries of `tasks:`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
+
+from brewer_cli.recipe.base import Strict, did_you_mean
+
+# ----------------------------------------------------------------------------- task and data
+
+
+class TaskSpec(Strict):
+    kind: str = Field(description="registered task, see `brewer catalog`")
+    num_labels: int | None = Field(default=None, ge=1, description="classes; 1 means regression")
+    labels: tuple[str, ...] | None = Field(default=None, description="label names in id order")
+    # Token classification / QA settings live here too, read by their task only.
+    doc_stride: int | None = Field(default=None, ge=1)
+    max_answer_length: int | None = Field(default=None, ge=1)
+    n_best: int | None = Field(default=None, ge=1)
+    version_2_with_negative: bool | None = None
+    label_all_tokens: bool | None = None
+
+
+class DataSource(Strict):
+    """One split: from the hub, from a local file, from a `save_to_disk` directory, or generated."""
+
+    hub: str | None = None
+    config: str | None = None
+    split: str | None = None
+    path: str | None = None
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "disk", "conll", "squad"] = "auto"
+    quoting: bool = Field(default=False, description="TSV: honour CSV quoting (off: plain tab split)")
+    synthetic: str | None = Field(default=None, description="a generator registered in brewer_cli.synthetic")
+    examples: int | None = Field(default=None, ge=1, description="synthetic: how many examples")
+    seed: int = 0
+    limit: int | None = Field(default=None, ge=1, description="keep only the first N examples")
+    articles: str | None = Field(
+        default=None,
+        description='SQuAD: keep the questions of articles START:END (0-based, END excluded, like a Python '
+        'slice, e.g. "0:38" and "38:48"), so a train/eval split never shares a paragraph; applied before `limit`',
+    )
+    # Column names; when absent the values under `data` apply.
+    text: str | None = None
+    text_pair: str | None = None
+    label: str | None = None
+
+    @field_validator("articles")
+    @classmethod
+    def _article_range(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\s*\d*\s*:\s*\d*\s*", value):
+            raise ValueError(f"{value!r} is not an article range — write START:END, e.g. \"0:38\" (either side may be empty)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "DataSource":
+        origins = [name for name in ("hub", "path", "synthetic") if getattr(self, name) is not None]
+        if len(origins) != 1:
+            raise ValueError(
+                "give exactly one of `hub`, `path` or `synthetic`"
+                + (f" (found {', '.join(origins)})" if origins else "")
+            )
+        if self.hub is not None and self.split is None:
+            raise ValueError("a hub source needs `split` (e.g. train, validation)")
+        return self
+
+
+class AugmentSpec(Strict):
+    """TinyBERT data augmentation of the training split (brewer_cli.augment), run before training
+    and cached: each word outside a built-in stop-word list is a candidate; a single-piece word takes
+    the masked LM's top `candidates` predictions, a multi-piece word (or every word, without `model`)
+    its nearest neighbours in `word_vectors`; `variants` tries per example, each replacing every
+    candidate word with probability `probability`. The original is kept, duplicates are dropped."""
+
+    model: str | None = Field(default=None, description="masked-LM checkpoint with its MLM head: hub id, directory or python-package:NAME")
+    word_vectors: str | None = Field(default=None, description="word vectors in GloVe text format (`word v1 v2 …` per line), "
+                                     "or embeddings:CHECKPOINT for a model's input embeddings of whole words")
+    tokenizer: str | None = Field(default=None, description="splits words when there is no `model` (default: the teacher's)")
+    variants: int = Field(default=20, ge=1, description="N_a: augmented variants tried per example")
+    probability: float = Field(default=0.4, gt=0, le=1, description="p: chance that a candidate word is replaced")
+    candidates: int = Field(default=15, ge=1, description="K: MLM predictions (or neighbours) per word")
+    seed: int = 0
+    batch_size: int = Field(default=64, ge=1, description="masked-LM inference batch")
+    output: str | None = Field(default=None, description="the augmented file (.jsonl or .tsv); default: the cache, ~/.cache/brewer/augment/")
+
+    @model_validator(mode="after")
+    def _a_source_of_candidates(self) -> "AugmentSpec":
+        if self.model is None and self.word_vectors is None:
+            raise ValueError("give `model` (a masked LM), `word_vectors` (a GloVe-format file), or both")
+        return self
+
+
+class DataSpec(Strict):
+    train: DataSource
+    eval: DataSource | None = None
+    augment: AugmentSpec | None = Field(default=None, description="augment the training split first (TinyBERT)")
+    max_length: int = Field(default=128, ge=8, le=8192)
+    text: str = "text"
+    text_pair: str | None = None
+    label: str = "label"
+    # Extra fields per task (token classification / QA column names).
+    tokens: str | None = None
+    tags: str | None = None
+    question: str | None = None
+    context: str | None = None
+    answers: str | None = None
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class WordPieceTraining(Strict):
+    vocab_size: int = Field(default=1000, ge=16)
+    lowercase: bool = True
+    min_frequency: int = Field(default=1, ge=1)
+
+
+class TokenizerSpec(Strict):
+    """A tokenizer from a directory or hub id, or a WordPiece vocabulary trained on the training text."""
+
+    path: str | None = None
+    train_wordpiece: WordPieceTraining | None = None
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "TokenizerSpec":
+        if (self.path is None) == (self.train_wordpiece is None):
+            raise ValueError("give exactly one of `path` or `train_wordpiece`")
+        return self
+
+
+class ExtractSpec(Strict):
+    """ETD: build the student from the teacher's own parameters."""
+
+    from_: Literal["teacher"] = Field(default="teacher", alias="from")
+    layers: int | tuple[int, ...] | None = None
+    selection: Literal["uniform", "first", "last"] = "uniform"
+    hidden: int | None = Field(default=None, ge=1)
+    heads: int | None = Field(default=None, ge=1)
+    head_dim: int | None = Field(default=None, ge=1)
+    intermediate: int | None = Field(default=None, ge=1)
+    strategy: Literal["random", "importance"] = "importance"
+    hidden_scoring: Literal["taylor", "activation"] = "taylor"
+    rounds: int = Field(default=1, ge=1)
+    seed: int = 0
+    examples: int = Field(default=256, ge=1, description="importance: examples scored")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class InitSpec(Strict):
+    extract: ExtractSpec
+
+
+class ModelSpec(Strict):
+    """A model: a checkpoint (local directory or hub id), a config (random init), or extracted."""
+
+    checkpoint: str | None = None
+    config: str | dict[str, Any] | None = None
+    init: InitSpec | None = None
+    tokenizer: TokenizerSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "ModelSpec":
+        origins = [name for name in ("checkpoint", "config", "init") if getattr(self, name) is not None]
+        if len(origins) != 1:
+            raise ValueError(
+                "give exactly one of `checkpoint`, `config` or `init`"
+                + (f" (found {', '.join(origins)})" if origins else "")
+            )
+        return self
+
+
+# torch.compile backends `training.compile` may name (`true` means inductor).
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
+
+
+class TrainingSpec(Strict):
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1, description="overrides epochs when set")
+    batch_size: int = Field(default=32, ge=1)
+    eval_batch_size: int | None = Field(default=None, ge=1)
+    learning_rate: float = Field(default=5.0e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup: float = Field(default=0.1, ge=0, le=1, description="fraction of steps with linear warmup")
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    gradient_accumulation: int = Field(default=1, ge=1)
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    seed: int = 42
+    eval_every: int | None = Field(default=None, ge=1, description="steps; default once per epoch")
+    save_every: int | None = Field(default=None, ge=1, description="steps; default = eval_every")
+    keep_checkpoints: int = Field(default=2, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    group_by_length: bool = False
+    progress: bool = True
+    compile: bool | str = Field(
+        default=False, description="torch.compile the student in place (true = inductor, or a backend by name: "
+        f"{', '.join(COMPILE_BACKENDS)}): slow first steps (and one recompile per new batch shape until shapes go "
+        "dynamic), faster steps after, mostly on GPUs")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_backend_known(cls, value: Any) -> Any:
+        # Before the union: one message naming every valid value, not one per union member.
+        if isinstance(value, bool) or value in COMPILE_BACKENDS:
+            return value
+        raise ValueError(f"{value!r} is not allowed{did_you_mean(str(value), list(COMPILE_BACKENDS))} — valid: true, "
+                         f"false, {', '.join(COMPILE_BACKENDS)}")
+
+    @property
+    def compile_backend(self) -> str | None:
+        """The torch.compile backend `compile` asks for, None when off."""
+        if self.compile is False:
+            return None
+        return "inductor" if self.compile is True else self.compile
+
+
+class TeacherTraining(Strict):
+    """How to train the teacher when `teacher.checkpoint` does not exist yet."""
+
+    model: ModelSpec
+    training: TrainingSpec = TrainingSpec()
+
+
+class TeacherSpec(ModelSpec):
+    train: TeacherTraining | None = None
+
+    @model_validator(mode="after")
+    def _train_target(self) -> "TeacherSpec":
+        if self.train is not None:
+            if self.checkpoint is None:
+                raise ValueError("`train` needs `checkpoint`: the directory the trained teacher is written to")
+            if Path(self.checkpoint).name != "final":
+                raise ValueError(
+                    "with `train`, `checkpoint` must be a run's final directory (…/<run name>/final), "
+                    f"got {self.checkpoint!r}"
+                )
+        return self
+
+
+class WeightedTeacherSpec(TeacherSpec):
+    """One entry of `teachers:` (kind multi_teacher)."""
+
+    weight: float = Field(default=1.0, gt=0, description="its share in the weighted mean of the teachers' logits")
+
+
+def _task_name(name: str) -> str:
+    # A task's name becomes a directory of the exported student (final/<task>/).
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError("a task name becomes the directory final/<name>/ of its student: use letters, digits, "
+                         "'.', '_' or '-', starting with a letter or digit")
+    return name
+
+
+TaskName = Annotated[str, AfterValidator(_task_name)]
+
+
+class TaskEntry(Strict):
+    """One entry of `tasks:` (kind multi_task): the task, its data and the teacher for it."""
+
+    task: TaskSpec
+    data: DataSpec
+    teacher: TeacherSpec

@@ -1,0 +1,74 @@
+"""`brewer size-report`: how big, how costly and how fast a model is, alone or against its teacher.
+
+Users pick a student by the figures TextBrewer's paper prints (Table 3: T6 65M, T3 44M, T3-small
+17M, T4-tiny 14M parameters), so this module reproduces them exactly as the paper defines them and
+adds what the paper leaves out: FLOPs, bytes on disk and measured latency.
+
+Figures and their definitions:
+
+- Parameters are counted once per tensor: tied weights (an MLM decoder sharing the word
+  embeddings) and shared layers (ALBERT) appear once, buffers (position ids, masks) never.
+  Every parameter belongs to one part, decided by its module path: *embeddings* (lookup tables,
+  their LayerNorm and any factorized-embedding projection such as ALBERT's
+  `embedding_hidden_mapping_in` or ELECTRA's `embeddings_project`), *encoder* (the transformer
+  layers and a final norm), *head* (the pooler and everything outside the base model).
+- "Excluding output layers" = embeddings + encoder: the pooler and the task head are left out.
+  This is the figure TextBrewer's Table 3 reports. (The paper's numbers are reproduced to within
+  0.35M with the cased BERT vocabulary of 28996 tokens its English experiments used; with the
+  uncased 30522-token vocabulary T6 and T3 come out 1.4M and 1.1M larger.)
+- FLOPs per example at `seq_len` tokens are analytic: 2 × the multiply-adds of every matrix
+  product: per layer the Q/K/V/O projections, QKᵀ and attention·V, the feed-forward block
+  (three matrices when gated, as in Llama), plus factorized-embedding projections and the head
+  (which reads one pooled token for sequence classification). Not counted: embedding lookups,
+  softmax, LayerNorm, activations, biases, residual additions, masking, rotary or relative
+  position terms (DeBERTa's disentangled attention). This is what
+  `torch.utils.flop_counter.FlopCounterMode` reports for the eager attention implementation; on
+  CPU it does not see the fused SDPA kernel, so under SDPA it reports less than this count.
+- Latency is the median and 90th percentile wall time of one forward pass per batch, after
+  warm-up, on random token ids of length `seq_len` without padding, under `torch.inference_mode`
+  with the model in eval mode; throughput is examples per second at the median.
+
+Modules: targets.py (resolving what the user points at), figures.py (architecture, parameters by
+part, FLOPs), latency.py, report.py (the report and `run`), rendering.py (table, JSON, Markdown,
+plot). Parameters are counted, and parts told apart, by brewer_cli/families.
+"""
+
+from brewer_cli.families import parameter_counts_by_part as count_parameters
+from brewer_cli.size_report.figures import analytic_flops, architecture_summary, model_figures, summary_figures
+from brewer_cli.size_report.latency import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_SEQ_LEN,
+    WARMUP_RUNS,
+    check_device,
+    measure_latency,
+    percentile,
+)
+from brewer_cli.size_report.rendering import plot, render_table, to_json, to_markdown
+from brewer_cli.size_report.report import build_report, compare, run
+from brewer_cli.size_report.targets import SizeTarget, resolve_target
+
+# The percentile definition is pinned by a test that reads it under this name.
+_percentile = percentile
+
+__all__ = [
+    "DEFAULT_BATCH_SIZES",
+    "DEFAULT_SEQ_LEN",
+    "WARMUP_RUNS",
+    "SizeTarget",
+    "analytic_flops",
+    "architecture_summary",
+    "build_report",
+    "check_device",
+    "compare",
+    "count_parameters",
+    "measure_latency",
+    "model_figures",
+    "percentile",
+    "plot",
+    "render_table",
+    "resolve_target",
+    "run",
+    "summary_figures",
+    "to_json",
+    "to_markdown",
+]

@@ -1,0 +1,187 @@
+"""The report: figures of the target (and of its teacher, `against`), their ratios, the notes
+that define them, and `run`, which prints it in the chosen format."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from brewer_cli.errors import BrewerError
+from brewer_cli.size_report.figures import model_figures
+from brewer_cli.size_report.latency import DEFAULT_BATCH_SIZES, DEFAULT_SEQ_LEN, WARMUP_RUNS, check_device
+from brewer_cli.size_report.rendering import plot, render_table, to_json, to_markdown
+from brewer_cli.size_report.targets import SizeTarget, resolve_target
+
+
+def _target_figures(
+    size_target: SizeTarget,
+    role: str,
+    seq_len: int,
+    runs: int,
+    batch_sizes: Sequence[int],
+    device: str,
+) -> dict[str, Any]:
+    # Counts and FLOPs need only the module tree; weights are read only to time the model.
+    model = size_target.build("cpu" if runs > 0 else "meta")
+    figures = model_figures(
+        model,
+        seq_len=seq_len,
+        runs=runs,
+        batch_sizes=batch_sizes,
+        device=device,
+        weight_files=size_target.weight_files(),
+    )
+    return {
+        "name": size_target.target,
+        "role": role,
+        "source": size_target.kind,
+        "location": size_target.location,
+        "config_only": not size_target.has_weights,
+        "random_weights": not size_target.has_weights and runs > 0,
+        **figures,
+    }
+
+
+def compare(student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
+    """Teacher ÷ student for sizes and costs (bigger = better student); student ÷ teacher for speed."""
+    latency = None
+    if student["latency"] and teacher["latency"]:
+        teacher_by_batch = {entry["batch_size"]: entry for entry in teacher["latency"]}
+        latency = []
+        for entry in student["latency"]:
+            other = teacher_by_batch.get(entry["batch_size"])
+            if other is None:
+                continue
+            latency.append(
+                {
+                    "batch_size": entry["batch_size"],
+                    "faster_by": _ratio(other["median_ms"], entry["median_ms"]),
+                    "faster_by_p90": _ratio(other["p90_ms"], entry["p90_ms"]),
+                    "throughput_ratio": _ratio(entry["examples_per_second"], other["examples_per_second"]),
+                }
+            )
+    return {
+        "parameters_smaller_by": _ratio(teacher["parameters"]["total"], student["parameters"]["total"]),
+        "excluding_output_layers_smaller_by": _ratio(
+            teacher["parameters"]["excluding_output_layers"], student["parameters"]["excluding_output_layers"]
+        ),
+        "disk_smaller_by": _ratio(teacher["disk_bytes"], student["disk_bytes"]),
+        "flops_fewer_by": _ratio((teacher["flops"] or {}).get("total"), (student["flops"] or {}).get("total")),
+        "latency": latency,
+    }
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def _notes(report: dict[str, Any]) -> list[str]:
+    notes = [
+        "Excluding output layers = embeddings + encoder (no pooler, no task head), the figure TextBrewer's Table 3 reports.",
+        f"FLOPs per example at {report['seq_len']} tokens = 2 × multiply-adds of every matrix "
+        "product (Q/K/V/O, QKᵀ, attention·V, feed-forward, factorized-embedding projection, head); "
+        "embedding lookups, softmax, LayerNorm, activations, biases and residual additions are "
+        "not counted.",
+    ]
+    if report["runs"] > 0:
+        threads = f", {torch.get_num_threads()} CPU threads" if report["device"] == "cpu" else ""
+        notes.append(
+            f"Latency: median and p90 ms per batch over {report['runs']} runs after "
+            f"{WARMUP_RUNS} warm-up runs, random token ids of length {report['seq_len']} without "
+            f"padding, torch.inference_mode, eval mode, on {report['device']}{threads}."
+        )
+    for model in report["models"]:
+        if model["random_weights"]:
+            notes.append(
+                f"{model['name']} is a config without weights: it was timed with random weights "
+                "(the timing does not depend on the values)."
+            )
+        elif model["config_only"]:
+            notes.append(f"{model['name']} is a config without weights: no size on disk.")
+        if model["parameters"]["shared_counted_once"]:
+            notes.append(
+                f"{model['name']}: {model['parameters']['shared_counted_once']:,} tied or shared "
+                "parameter values are counted once."
+            )
+    return notes
+
+
+def build_report(
+    target: str,
+    against: str | None = None,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    runs: int = 10,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """The report as a JSON-ready dict, without printing anything."""
+    if seq_len < 1:
+        raise BrewerError(f"--seq-len must be at least 1, got {seq_len}.")
+    if runs < 0:
+        raise BrewerError(f"--runs must be 0 (skip latency) or more, got {runs}.")
+    batch_sizes = tuple(int(size) for size in batch_sizes)
+    if runs > 0 and not batch_sizes:
+        raise BrewerError("latency needs at least one batch size; pass --runs 0 to skip latency.")
+    if any(size < 1 for size in batch_sizes):
+        raise BrewerError(f"batch sizes must be positive, got {list(batch_sizes)}.")
+    check_device(device)
+    # Resolve both before building either, so a misspelled teacher fails before any loading.
+    targets = [(resolve_target(target), "target")]
+    if against is not None:
+        targets.append((resolve_target(against), "against"))
+    models = [_target_figures(size_target, role, seq_len, runs, batch_sizes, device) for size_target, role in targets]
+    report: dict[str, Any] = {
+        "seq_len": seq_len,
+        "runs": runs,
+        "batch_sizes": list(batch_sizes) if runs > 0 else [],
+        "device": device,
+        "models": models,
+        "comparison": compare(models[0], models[1]) if len(models) == 2 else None,
+    }
+    report["notes"] = _notes(report)
+    return report
+
+
+def run(
+    target: str,
+    against: str | None = None,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    runs: int = 10,
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+    device: str = "cpu",
+    as_json: bool = False,
+    markdown: bool = False,
+    plot_path: str | None = None,
+    console=None,
+) -> dict:
+    """Build the report for `target` (and `against`, its teacher), print it and return it."""
+    if as_json and markdown:
+        raise BrewerError("choose one output format: --json or --markdown, not both.")
+    if plot_path is not None and runs == 0:
+        raise BrewerError("the plot shows latency at batch size 1, which --runs 0 skips; use --runs 1 or more.")
+    if plot_path is not None and 1 not in batch_sizes:
+        raise BrewerError("the plot shows latency at batch size 1; include 1 among the batch sizes.")
+    if console is None:
+        console = Console()
+    report = build_report(target, against, seq_len=seq_len, runs=runs, batch_sizes=batch_sizes, device=device)
+    if as_json:
+        _print_plain(console, to_json(report))
+    elif markdown:
+        _print_plain(console, to_markdown(report))
+    else:
+        render_table(report, console)
+    if plot_path is not None:
+        written = plot(report, plot_path)
+        if not as_json:
+            console.print(f"plot written to {written}", markup=False, highlight=False)
+    return report
+
+
+def _print_plain(console, text: str) -> None:
+    # Machine-readable output: no markup, highlighting, emoji codes or hard wrapping.
+    console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)

@@ -1,0 +1,151 @@
+"""The order of training batches: an epoch sampler that any epoch can be rebuilt from (resume), and
+the multi-task plumbing that draws one task per batch.
+
+Multi-task batches hold one task each. The task of a batch is drawn with probability
+
+    p_k = |D_k|^τ / Σ_j |D_j|^τ        (τ = distillation.sampling_temperature)
+
+— τ = 1 samples in proportion to the data sizes, τ = 0 uniformly, in between flattens towards the
+small tasks — from a generator seeded by (training.seed, epoch). An epoch is ⌈Σ|D_k| / B⌉ batches:
+as many examples as one pass over every task. Within a task, examples come in a fresh random order
+each time its data runs out.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from brewer_cli.tasks.base import TokenizedDataset
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles with a generator seeded by (seed, epoch), so the order of any epoch can be rebuilt
+    on resume without replaying earlier epochs. With `lengths`, examples are grouped into
+    mega-batches of similar length (less padding) while the order of batches stays random."""
+
+    def __init__(self, size: int, seed: int, batch_size: int, lengths: list[int] | None = None):
+        self.size = size
+        self.seed = seed
+        self.batch_size = batch_size
+        self.lengths = lengths
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.lengths is None:
+            return iter(order)
+        # Sort within windows of 50 batches by length, then shuffle the batches themselves.
+        window = self.batch_size * 50
+        grouped: list[list[int]] = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i], reverse=True)
+            grouped.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        # Only the last window can end in a short group; it goes last, since anywhere else it would
+        # shift every later batch across two groups of different lengths.
+        short = grouped.pop() if grouped and len(grouped[-1]) < self.batch_size else None
+        batch_order = torch.randperm(len(grouped), generator=generator).tolist()
+        ordered = [index for b in batch_order for index in grouped[b]]
+        return iter(ordered + (short or []))
+
+
+def task_probabilities(sizes: Sequence[int], temperature: float) -> list[float]:
+    """p_k ∝ |D_k|^τ."""
+    weights = [float(size) ** temperature for size in sizes]
+    total = sum(weights)
+    return [weight / total for weight in weights]
+
+
+class MultiTaskDataset(Dataset):
+    """The tasks' datasets end to end; each item carries its task's position as `task`."""
+
+    def __init__(self, datasets: Sequence[TokenizedDataset | None]):
+        self.datasets = list(datasets)
+        self.sizes = [len(dataset) if dataset is not None else 0 for dataset in self.datasets]
+        self.offsets = [sum(self.sizes[:index]) for index in range(len(self.sizes))]
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        # The last dataset starting at or before `index` (an empty one shares the next one's offset).
+        task = bisect.bisect_right(self.offsets, index) - 1
+        item = self.datasets[task][index - self.offsets[task]]
+        item["task"] = task
+        return item
+
+    def lengths(self) -> list[int]:
+        return [length for dataset in self.datasets if dataset is not None for length in dataset.lengths()]
+
+
+class MultiTaskCollate:
+    """Each batch is one task's: collated by that task (its padding, its labels), plus `task`."""
+
+    def __init__(self, collates: Sequence[Callable]):
+        self.collates = list(collates)
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        task = items[0]["task"]
+        if any(item["task"] != task for item in items):
+            raise ValueError("a multi-task batch mixes examples of several tasks; batches come from MultiTaskBatchSampler")
+        batch = self.collates[task](items)
+        batch["task"] = torch.full((len(items),), task, dtype=torch.long)
+        return batch
+
+
+class MultiTaskBatchSampler(Sampler[list[int]]):
+    """Batches of one task each, the task drawn with probability ∝ |D_k|^τ (module docstring).
+    Seeded by (seed, epoch) like EpochSampler, so any epoch can be rebuilt on resume."""
+
+    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int, temperature: float):
+        self.sizes = list(sizes)
+        self.offsets = [sum(self.sizes[:index]) for index in range(len(self.sizes))]
+        self.batch_size = batch_size
+        # Accelerate reads these when it shards the batches over several processes.
+        self.drop_last = False
+        self.seed = seed
+        self.probabilities = task_probabilities(self.sizes, temperature)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return max(1, math.ceil(sum(self.sizes) / self.batch_size))
+
+    def tasks(self) -> list[int]:
+        """This epoch's task of each batch."""
+        return self._draw_tasks(self._generator())
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+
+    def _draw_tasks(self, generator: torch.Generator) -> list[int]:
+        probabilities = torch.tensor(self.probabilities, dtype=torch.float64)
+        return torch.multinomial(probabilities, len(self), replacement=True, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = self._generator()
+        orders: list[list[int]] = [[] for _ in self.sizes]
+        positions = [0 for _ in self.sizes]
+        for task in self._draw_tasks(generator):
+            batch: list[int] = []
+            while len(batch) < self.batch_size:
+                if positions[task] == len(orders[task]):
+                    orders[task] = torch.randperm(self.sizes[task], generator=generator).tolist()
+                    positions[task] = 0
+                take = min(self.batch_size - len(batch), len(orders[task]) - positions[task])
+                batch.extend(orders[task][positions[task] : positions[task] + take])
+                positions[task] += take
+            yield [self.offsets[task] + index for index in batch]

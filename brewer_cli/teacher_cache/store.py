@@ -1,0 +1,190 @@
+"""One teacher's cached outputs (`SlotStore`): logits in fp32 in memory, features in fp16 in
+memory or in a memory-mapped file, each example's values laid end to end at its offset."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from brewer_cli.errors import ModelError
+from brewer_cli.features import AttentionInputs, Features
+from brewer_cli.teacher_cache.layout import Layout, Part, elements_per_example, logits_components, offsets
+
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+class SlotStore:
+    """One teacher's cached outputs: logits (fp32, memory) and features (fp16, memory or a
+    memory-mapped file), with the step at which each example was filled (−1: not yet).
+
+    `resume_step`: take back what an earlier run with this fingerprint persisted in `directory`,
+    keeping only the examples filled before that step; None starts empty."""
+
+    def __init__(self, layout: Layout, lengths: np.ndarray, mode: str, directory: Path, resume_step: int | None = None):
+        self.layout = layout
+        self.lengths = lengths
+        self.mode = mode
+        self.directory = directory
+        self.logit_counts, self.logit_starts, logit_total = offsets(layout.logits, lengths)
+        self.feature_counts, self.feature_starts, feature_total = offsets(layout.features, lengths)
+        self.logit_totals = elements_per_example(self.logit_counts, len(lengths))
+        self.feature_totals = elements_per_example(self.feature_counts, len(lengths))
+        reuse = resume_step is not None and self._files_complete(len(lengths), logit_total, feature_total)
+        if not reuse and directory.exists():
+            # Nothing usable (a fresh start, or files of an interrupted first write): start afresh.
+            shutil.rmtree(directory)
+        # np.zeros maps untouched pages lazily: memory grows as examples are filled.
+        self.logits = np.zeros(logit_total, dtype=np.float32)
+        if mode == "disk" and feature_total:
+            self.features = self._open_map("features.f16", np.float16, feature_total)
+        else:
+            self.features = np.zeros(feature_total, dtype=np.float16)
+        self.filled_step = np.full(len(lengths), -1, dtype=np.int32)
+        self.persisted = np.zeros(len(lengths), dtype=bool)
+        if reuse:
+            filled = np.load(directory / "filled_step.npy")
+            self.filled_step = np.where(filled < resume_step, filled, -1).astype(np.int32)
+            self.persisted = self.filled_step >= 0
+            if logit_total:
+                self.logits[:] = np.fromfile(directory / "logits.f32", dtype=np.float32)
+            if feature_total and mode == "memory":
+                self.features[:] = np.fromfile(directory / "features.f16", dtype=np.float16)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def _files_complete(self, examples: int, logit_total: int, feature_total: int) -> bool:
+        flags = self.directory / "filled_step.npy"
+        if not flags.exists() or len(np.load(flags, mmap_mode="r")) != examples:
+            return False
+        for name, count, itemsize in (("logits.f32", logit_total, 4), ("features.f16", feature_total, 2)):
+            path = self.directory / name
+            if count and (not path.exists() or path.stat().st_size != count * itemsize):
+                return False
+        return True
+
+    def _open_map(self, name: str, dtype: Any, count: int) -> np.ndarray:
+        path = self.directory / name
+        expected = count * np.dtype(dtype).itemsize
+        mode = "r+" if path.exists() and path.stat().st_size == expected else "w+"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return np.memmap(path, dtype=dtype, mode=mode, shape=(count,))
+
+    def persist(self) -> None:
+        """Write the examples filled since the last call, then the fill steps (renamed into place,
+        so the steps never name data that is not written)."""
+        new = np.nonzero((self.filled_step >= 0) & ~self.persisted)[0]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        targets = [(self.logits, self.logit_starts, self.logit_totals, "logits.f32", np.float32)]
+        if self.mode == "memory":
+            targets.append((self.features, self.feature_starts, self.feature_totals, "features.f16", np.float16))
+        for source, starts, totals, name, dtype in targets:
+            if not source.size:
+                continue
+            written = self._open_map(name, dtype, source.size)
+            for index in new:
+                begin = starts[index]
+                written[begin:begin + totals[index]] = source[begin:begin + totals[index]]
+            written.flush()
+            del written
+        if isinstance(self.features, np.memmap):
+            self.features.flush()
+        temporary = self.directory / "filled_step.tmp.npy"
+        np.save(temporary, self.filled_step)
+        os.replace(temporary, self.directory / "filled_step.npy")
+        self.persisted[new] = True
+
+    # -- filling and reading --------------------------------------------------------------------
+
+    def put(self, indices: Sequence[int], features: Features, step: int) -> None:
+        """Keep each example's own slice of a teacher forward over exactly these examples."""
+        layout = self.layout
+        _, logit_tensors = logits_components(features.logits)
+        logit_tensors = [tensor.detach().float().cpu() for tensor in logit_tensors]
+        feature_tensors = []
+        for part in layout.features:
+            tensor = _feature_tensor(features, part).detach()
+            if torch.is_floating_point(tensor) and tensor.abs().amax() > FP16_MAX:
+                raise ModelError(
+                    f"distillation.teacher_cache: the teacher's {part.name.replace('.', ' ', 1)} has values beyond the "
+                    f"fp16 range (±{FP16_MAX:.0f}) that the cache stores features in — set "
+                    f"`distillation.teacher_cache: off` for this teacher"
+                )
+            feature_tensors.append(tensor.to(torch.float16).cpu())
+        for position, index in enumerate(indices):
+            length = int(self.lengths[index])
+            start = self.logit_starts[index]
+            for number, (part, tensor) in enumerate(zip(layout.logits, logit_tensors)):
+                count = self.logit_counts[number][index]
+                self.logits[start:start + count] = part.piece(tensor, position, length).reshape(-1).numpy()
+                start += count
+            start = self.feature_starts[index]
+            for number, (part, tensor) in enumerate(zip(layout.features, feature_tensors)):
+                count = self.feature_counts[number][index]
+                self.features[start:start + count] = part.piece(tensor, position, length).reshape(-1).numpy()
+                start += count
+            self.filled_step[index] = step
+
+    def get(self, indices: Sequence[int], view: dict[str, torch.Tensor], device: torch.device) -> Features:
+        """The cached outputs of these examples as one batch, padded to the batch's length with zeros."""
+        layout = self.layout
+        size = len(indices)
+        padded = int(view["input_ids"].shape[1])
+        logit_batches = [torch.zeros(part.batch_shape(size, padded), dtype=torch.float32) for part in layout.logits]
+        feature_batches = [torch.zeros(part.batch_shape(size, padded), dtype=torch.float16) for part in layout.features]
+        for position, index in enumerate(indices):
+            length = int(self.lengths[index])
+            for source, starts, counts, parts, batches in (
+                (self.logits, self.logit_starts, self.logit_counts, layout.logits, logit_batches),
+                (self.features, self.feature_starts, self.feature_counts, layout.features, feature_batches),
+            ):
+                start = starts[index]
+                for number, part in enumerate(parts):
+                    count = counts[number][index]
+                    values = torch.from_numpy(np.asarray(source[start:start + count])).view(part.example_shape(length))
+                    part.place(batches[number], position, length, values)
+                    start += count
+        logits = [tensor.to(device, non_blocking=True) for tensor in logit_batches]
+        # Moved in fp16 (half the bytes), widened on the device.
+        features = {part.name: tensor.to(device, non_blocking=True).float()
+                    for part, tensor in zip(layout.features, feature_batches)}
+        return self._features(logits, features, view["attention_mask"])
+
+    def _features(self, logits: list[torch.Tensor], parts: dict[str, torch.Tensor], mask: torch.Tensor) -> Features:
+        layout = self.layout
+        if layout.logits_form == "none":
+            logits_value: Any = None
+        elif layout.logits_form == "tuple":
+            logits_value = tuple(logits)
+        else:
+            logits_value = logits[0]
+        hidden = attention = inputs = None
+        needs = layout.read.needs
+        # Layers the losses do not read stay None; `_select` in the distillers never touches them.
+        if needs.hidden_states:
+            hidden = tuple(parts.get(f"hidden.{layer}") for layer in range(layout.depth + 1))
+        if needs.attention_scores:
+            attention = tuple(parts.get(f"attention.{layer}") for layer in range(1, layout.depth + 1))
+        if needs.attention_inputs:
+            inputs = tuple(
+                AttentionInputs(query=parts[f"attention_inputs.{layer}.query"], key=parts[f"attention_inputs.{layer}.key"],
+                                value=parts.get(f"attention_inputs.{layer}.value"), num_heads=layout.num_heads)
+                if f"attention_inputs.{layer}.query" in parts else None
+                for layer in range(1, layout.depth + 1)
+            )
+        return Features(logits=logits_value, attention_mask=mask, hidden_states=hidden, attention_scores=attention,
+                        attention_inputs=inputs)
+
+
+def _feature_tensor(features: Features, part: Part) -> torch.Tensor:
+    kind, layer, *rest = part.name.split(".")
+    layer = int(layer)
+    if kind == "hidden":
+        return features.hidden_states[layer]
+    if kind == "attention":
+        return features.attention_scores[layer - 1]
+    return getattr(features.attention_inputs[layer - 1], rest[0])
