@@ -123,35 +123,40 @@ def report(results: dict) -> str:
             cells.append("—" if value is None else f"{value:.4f}")
         rows.append(f"| {step} | " + " | ".join(cells) + " |")
 
-    finals = ["| run | student parameters | final dev accuracy | best (step) | steps | training wall time | command wall time | steps to reach (a)'s final accuracy |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    finals = [
+        "| run | student parameters | final dev accuracy | best (step) | steps | training wall time | command wall time | steps to reach (a)'s final accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for key, label, recipe, _ in RUNS:
         entry = runs[key]
-        reached = steps_to_reach(([(0, entry["step_zero"])] if entry.get("step_zero") is not None else []) + entry["curve"],
-                                 baseline_final)
+        reached = steps_to_reach(
+            ([(0, entry["step_zero"])] if entry.get("step_zero") is not None else []) + entry["curve"], baseline_final
+        )
         if key == "random":
             reach_text = f"{baseline_steps} (reference)"
         elif reached is None:
             reach_text = "not reached"
         else:
             reach_text = f"{reached} = {reached / baseline_steps:.1%} of (a)'s {baseline_steps}"
-        finals.append(f"| {label} (`{Path(recipe).name}`) | {entry['parameters']:,} | {entry['curve'][-1][1]:.4f} | "
-                      f"{entry['best_metric']:.4f} ({entry['best_step']}) | {entry['steps']} | {entry['wall_time_s']:.0f} s | "
-                      f"{entry['command_wall_s']:.0f} s | {reach_text} |")
+        finals.append(
+            f"| {label} (`{Path(recipe).name}`) | {entry['parameters']:,} | {entry['curve'][-1][1]:.4f} | "
+            f"{entry['best_metric']:.4f} ({entry['best_step']}) | {entry['steps']} | {entry['wall_time_s']:.0f} s | "
+            f"{entry['command_wall_s']:.0f} s | {reach_text} |"
+        )
 
     overrides = " ".join(f"`--set {item}`" for item in settings["overrides"])
     teacher = results["teacher"]
     extraction = results.get("extraction_notes", "")
     return f"""
-Command: `{settings['command']}`.
-Each run is `brewer distill RECIPE --output-dir {settings['work']}` with {overrides}; the recipes differ only in
-`student` (same seed {settings['seed']}, data, batch {settings['batch_size']}, max_length {settings['max_length']},
-lr {settings['learning_rate']:g} with 10% warmup, basic KD: CE to the teacher at T=4 + 0.5 × hard-label CE).
-Teacher: `{teacher['checkpoint']}` (MiniLM-L6-H384 fine-tuned on the same first {settings['train_examples']:,} SST-2
-training sentences, as benchmarks/sst2_minilm.py does; dev accuracy {teacher['accuracy']:.4f} by its run's summary.json,
-{teacher['parameters']:,} parameters).
-Student: 3 layers (teacher layers 2, 4, 6 for ETD), hidden 192, 12 heads × 16, FFN 768. Dev set: {settings['dev']},
-evaluated every {settings['eval_every']} steps; step 0 for (b) and (c) is the extracted student before training
+Command: `{settings["command"]}`.
+Each run is `brewer distill RECIPE --output-dir {settings["work"]}` with {overrides}; the recipes differ only in
+`student` (same seed {settings["seed"]}, data, batch {settings["batch_size"]}, max_length {settings["max_length"]},
+lr {settings["learning_rate"]:g} with 10% warmup, basic KD: CE to the teacher at T=4 + 0.5 × hard-label CE).
+Teacher: `{teacher["checkpoint"]}` (MiniLM-L6-H384 fine-tuned on the same first {settings["train_examples"]:,} SST-2
+training sentences, as benchmarks/sst2_minilm.py does; dev accuracy {teacher["accuracy"]:.4f} by its run's summary.json,
+{teacher["parameters"]:,} parameters).
+Student: 3 layers (teacher layers 2, 4, 6 for ETD), hidden 192, 12 heads × 16, FFN 768. Dev set: {settings["dev"]},
+evaluated every {settings["eval_every"]} steps; step 0 for (b) and (c) is the extracted student before training
 (`brewer extract` + `brewer eval`). {extraction}
 Plot: `benchmarks/etd_sst2.png`. Wall times on a 2-core machine shared with other jobs (run with `nice -n 10`),
 so they are indicative only; "command wall time" includes loading, the teacher's dev evaluation and extraction.
@@ -163,7 +168,7 @@ Dev accuracy against training steps:
 {chr(10).join(finals)}
 
 "Steps to reach": the first evaluated step whose dev accuracy is at least (a)'s final accuracy ({baseline_final:.4f}),
-at the granularity of the evaluations (every {settings['eval_every']} steps), as a fraction of (a)'s {baseline_steps} steps.
+at the granularity of the evaluations (every {settings["eval_every"]} steps), as a fraction of (a)'s {baseline_steps} steps.
 One seed and one data subset: differences of a point or less are within run-to-run noise at this size.
 """
 
@@ -174,12 +179,19 @@ def main() -> None:
     parser.add_argument("--train-examples", type=int, default=3000, help="the teacher's training subset (data.train.limit)")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--evaluations", type=int, default=8, help="dev evaluations over the run")
-    parser.add_argument("--eval-examples", type=int, default=None,
-                        help="limit the dev set (default: all 872 sentences; a smaller one only for a quick check)")
+    parser.add_argument(
+        "--eval-examples",
+        type=int,
+        default=None,
+        help="limit the dev set (default: all 872 sentences; a smaller one only for a quick check)",
+    )
     parser.add_argument("--poll", type=int, default=60, help="seconds between checks for the teacher")
     parser.add_argument("--work", type=Path, default=OUTPUT, help="directory for the runs (replaced)")
-    parser.add_argument("--no-record", action="store_true",
-                        help="a trial: draw the plot inside --work and print the report, leaving RESULTS.md alone")
+    parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="a trial: draw the plot inside --work and print the report, leaving RESULTS.md alone",
+    )
     parser.add_argument("--report-only", action="store_true", help="rebuild the plot and the report from results.json")
     arguments = parser.parse_args()
     output = arguments.work.resolve()
@@ -194,39 +206,67 @@ def main() -> None:
         steps_per_epoch = math.ceil(arguments.train_examples / BATCH_SIZE)
         total_steps = math.ceil(arguments.epochs * steps_per_epoch)
         eval_every = max(1, round(total_steps / arguments.evaluations))
-        overrides = [f"teacher.checkpoint={teacher}", f"data.train.limit={arguments.train_examples}",
-                     f"training.epochs={arguments.epochs:g}", f"training.eval_every={eval_every}", "training.progress=false"]
+        overrides = [
+            f"teacher.checkpoint={teacher}",
+            f"data.train.limit={arguments.train_examples}",
+            f"training.epochs={arguments.epochs:g}",
+            f"training.eval_every={eval_every}",
+            "training.progress=false",
+        ]
         if arguments.eval_examples is not None:
             overrides.append(f"data.eval.limit={arguments.eval_examples}")
         common = [item for override in overrides for item in ("--set", override)]
         teacher_summary = summary(teacher.parent)
-        results = {"teacher": {"checkpoint": str(teacher.relative_to(ROOT)) if teacher.is_relative_to(ROOT) else str(teacher),
-                               "accuracy": teacher_summary["model"]["metric"],
-                               "parameters": teacher_summary["model"]["parameters"]},
-                   "settings": {"train_examples": arguments.train_examples, "epochs": arguments.epochs,
-                                "evaluations": arguments.evaluations, "eval_every": eval_every, "overrides": overrides,
-                                "command": " ".join(["python benchmarks/etd_sst2.py", *sys.argv[1:]]),
-                                "work": str(output.relative_to(ROOT)) if output.is_relative_to(ROOT) else str(output),
-                                "dev": "all 872 sentences" if arguments.eval_examples is None
-                                else f"the first {arguments.eval_examples} sentences"},
-                   "runs": {}}
-        for key, label, recipe, name in RUNS:
+        results = {
+            "teacher": {
+                "checkpoint": str(teacher.relative_to(ROOT)) if teacher.is_relative_to(ROOT) else str(teacher),
+                "accuracy": teacher_summary["model"]["metric"],
+                "parameters": teacher_summary["model"]["parameters"],
+            },
+            "settings": {
+                "train_examples": arguments.train_examples,
+                "epochs": arguments.epochs,
+                "evaluations": arguments.evaluations,
+                "eval_every": eval_every,
+                "overrides": overrides,
+                "command": " ".join(["python benchmarks/etd_sst2.py", *sys.argv[1:]]),
+                "work": str(output.relative_to(ROOT)) if output.is_relative_to(ROOT) else str(output),
+                "dev": "all 872 sentences"
+                if arguments.eval_examples is None
+                else f"the first {arguments.eval_examples} sentences",
+            },
+            "runs": {},
+        }
+        for key, _label, recipe, name in RUNS:
             entry: dict = {}
             if key != "random":
                 entry["step_zero"] = evaluate_at_step_zero(key, recipe, common, output)
             entry["command_wall_s"] = timed("distill", recipe, "--output-dir", str(output), *common)
             run_dir = output / name
             written = summary(run_dir)
-            entry.update({"curve": dev_curve(run_dir), "steps": written["steps"], "wall_time_s": written["wall_time_s"],
-                          "parameters": written["student"]["parameters"], "best_step": written["best"]["step"],
-                          "best_metric": written["best"]["metric"], "final_metric": written["student"]["metric"],
-                          "teacher_metric": written["teacher"]["metric"],
-                          "extraction": written["student"].get("extraction")})
+            entry.update(
+                {
+                    "curve": dev_curve(run_dir),
+                    "steps": written["steps"],
+                    "wall_time_s": written["wall_time_s"],
+                    "parameters": written["student"]["parameters"],
+                    "best_step": written["best"]["step"],
+                    "best_metric": written["best"]["metric"],
+                    "final_metric": written["student"]["metric"],
+                    "teacher_metric": written["teacher"]["metric"],
+                    "extraction": written["student"].get("extraction"),
+                }
+            )
             recipe_written = yaml.safe_load((run_dir / "recipe.yaml").read_text())  # the resolved recipe
             training = recipe_written["training"]
-            results["settings"].update({"seed": training["seed"], "batch_size": training["batch_size"],
-                                        "learning_rate": training["learning_rate"],
-                                        "max_length": recipe_written["data"]["max_length"]})
+            results["settings"].update(
+                {
+                    "seed": training["seed"],
+                    "batch_size": training["batch_size"],
+                    "learning_rate": training["learning_rate"],
+                    "max_length": recipe_written["data"]["max_length"],
+                }
+            )
             results["runs"][key] = entry
             results_file.write_text(json.dumps(results, indent=2))
     results = json.loads(results_file.read_text())
@@ -236,8 +276,10 @@ def main() -> None:
         importance = extraction.get("importance")
         if importance:
             retained = ", ".join(f"{name} {value:.0%}" for name, value in importance["retained"].items())
-            notes.append(f"ETD-Impt scored {importance['examples']} training examples ({importance['loss']}) and kept "
-                         f"this share of the teacher's importance in the kept layers: {retained}.")
+            notes.append(
+                f"ETD-Impt scored {importance['examples']} training examples ({importance['loss']}) and kept "
+                f"this share of the teacher's importance in the kept layers: {retained}."
+            )
     results["extraction_notes"] = " ".join(notes)
     plot(results, output / PLOT.name if arguments.no_record else PLOT, results["teacher"]["accuracy"])
     body = report(results)

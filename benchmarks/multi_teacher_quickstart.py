@@ -16,7 +16,6 @@ import shutil
 import time
 
 import yaml
-
 from common import ROOT, WORK, append, brewer, summary
 
 SEEDS = (1, 2, 3)
@@ -26,8 +25,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--teacher-epochs", type=float, default=12, help="the quickstart teacher trains 12 epochs")
     parser.add_argument("--student-epochs", type=float, default=16, help="the quickstart student trains 16 epochs")
-    parser.add_argument("--student-seeds", type=lambda text: [int(part) for part in text.split(",")], default=[42, 43, 44],
-                        help="training.seed of the repeated student runs, comma-separated")
+    parser.add_argument(
+        "--student-seeds",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[42, 43, 44],
+        help="training.seed of the repeated student runs, comma-separated",
+    )
     arguments = parser.parse_args()
     output = WORK / "quickstart-multi-teacher"
     started = time.time()
@@ -39,18 +42,31 @@ def main() -> None:
             print(f"reusing {run_dir}", flush=True)
             continue
         shutil.rmtree(run_dir, ignore_errors=True)
-        brewer("train-teacher", "recipes/quickstart-teacher.yaml", "--set", f"training.seed={seed}",
-               "--set", f"name=quickstart-teacher-seed{seed}", "--set", f"training.epochs={arguments.teacher_epochs:g}", *quiet)
+        brewer(
+            "train-teacher",
+            "recipes/quickstart-teacher.yaml",
+            "--set",
+            f"training.seed={seed}",
+            "--set",
+            f"name=quickstart-teacher-seed{seed}",
+            "--set",
+            f"training.epochs={arguments.teacher_epochs:g}",
+            *quiet,
+        )
 
     def checkpoint(seed: int) -> str:
         return str(output / f"quickstart-teacher-seed{seed}" / "final")
 
     # Each student configuration: its recipe and the overrides naming its teacher(s).
     configurations = {
-        "multi-teacher from seeds 1, 2, 3": ("recipes/quickstart-multi-teacher.yaml",
-                                             [f"teachers.{index}.checkpoint={checkpoint(seed)}" for index, seed in enumerate(SEEDS)]),
-        "multi-teacher from seeds 1, 3": ("recipes/quickstart-multi-teacher.yaml",
-                                          [f"teachers=[{{checkpoint: {checkpoint(1)}}}, {{checkpoint: {checkpoint(3)}}}]"]),
+        "multi-teacher from seeds 1, 2, 3": (
+            "recipes/quickstart-multi-teacher.yaml",
+            [f"teachers.{index}.checkpoint={checkpoint(seed)}" for index, seed in enumerate(SEEDS)],
+        ),
+        "multi-teacher from seeds 1, 3": (
+            "recipes/quickstart-multi-teacher.yaml",
+            [f"teachers=[{{checkpoint: {checkpoint(1)}}}, {{checkpoint: {checkpoint(3)}}}]"],
+        ),
         "single teacher, seed 1": ("recipes/quickstart.yaml", [f"teacher.checkpoint={checkpoint(1)}"]),
         "single teacher, seed 3": ("recipes/quickstart.yaml", [f"teacher.checkpoint={checkpoint(3)}"]),
     }
@@ -59,8 +75,18 @@ def main() -> None:
         for student_seed in arguments.student_seeds:
             name = f"quickstart-student-{number}-seed{student_seed}"
             shutil.rmtree(output / name, ignore_errors=True)
-            brewer("distill", recipe, *[part for item in overrides for part in ("--set", item)], "--set", f"name={name}",
-                   "--set", f"training.seed={student_seed}", "--set", f"training.epochs={arguments.student_epochs:g}", *quiet)
+            brewer(
+                "distill",
+                recipe,
+                *[part for item in overrides for part in ("--set", item)],
+                "--set",
+                f"name={name}",
+                "--set",
+                f"training.seed={student_seed}",
+                "--set",
+                f"training.epochs={arguments.student_epochs:g}",
+                *quiet,
+            )
             results.setdefault(label, []).append(summary(output / name))
     minutes = (time.time() - started) / 60
 
@@ -78,14 +104,18 @@ def main() -> None:
     ensemble_rows = "\n".join(
         f"| ensemble: mean of the logits of seeds {label.split('seeds ')[1]} | {runs[0]['teacher']['parameters']:,} | "
         f"{runs[0]['teacher']['metric']:.4f} | | |"
-        for label, runs in results.items() if label.startswith("multi")
+        for label, runs in results.items()
+        if label.startswith("multi")
     )
+
     def student_row(label: str, runs: list[dict]) -> str:
         figures = [run["student"]["metric"] for run in runs]
         each = ", ".join(f"{figure:.3f}" for figure in figures)
         wall = sum(run["wall_time_s"] for run in runs) / len(runs)
-        return (f"| student (2 × 96), {label} | {runs[0]['student']['parameters']:,} | "
-                f"{sum(figures) / len(figures):.4f} ({each}) | {runs[0]['steps']} | {wall:.0f} s |")
+        return (
+            f"| student (2 × 96), {label} | {runs[0]['student']['parameters']:,} | "
+            f"{sum(figures) / len(figures):.4f} ({each}) | {runs[0]['steps']} | {wall:.0f} s |"
+        )
 
     student_rows = "\n".join(student_row(label, runs) for label, runs in results.items())
     seeds = ",".join(str(seed) for seed in arguments.student_seeds)
@@ -96,7 +126,7 @@ Command: `nice -n 10 python benchmarks/multi_teacher_quickstart.py --teacher-epo
 students: `recipes/quickstart-multi-teacher.yaml` and, for comparison, `recipes/quickstart.yaml` from one teacher).
 Data: the generated quickstart sentiment task (4,000 training / 1,000 eval sentences, 3% label noise).
 Teachers: {arguments.teacher_epochs:g} epochs each (as the quickstart's). Students: {arguments.student_epochs:g} epochs (as the
-quickstart's), `kd_loss: {kd['kd_loss']}`, T = {kd['temperature']:g}, hard-label weight {kd['hard_label_weight']:g}, each run with training.seed {seeds} (which seeds the student's
+quickstart's), `kd_loss: {kd["kd_loss"]}`, T = {kd["temperature"]:g}, hard-label weight {kd["hard_label_weight"]:g}, each run with training.seed {seeds} (which seeds the student's
 initial weights, the data order and dropout); the accuracy column gives the mean and each run's figure.
 Multi-teacher target: the mean of the teachers' logits with equal weights (TextBrewer's definition).
 Script time for this invocation: {minutes:.1f} min on 2 CPU cores shared with other jobs; teachers reused from an

@@ -64,8 +64,9 @@ def prepare_inputs(directory: Path, examples: int) -> dict[str, Path]:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     if not (TEACHER / "config.json").is_file():
-        raise SystemExit(f"{TEACHER}: the fine-tuned MiniLM teacher is missing — run `python benchmarks/sst2_minilm.py` "
-                         f"first (it trains it)")
+        raise SystemExit(
+            f"{TEACHER}: the fine-tuned MiniLM teacher is missing — run `python benchmarks/sst2_minilm.py` first (it trains it)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(TEACHER)
     rows = read_tsv(SST2 / "train.tsv")[:examples]
     write_tsv(directory / "sst2.tsv", rows)
@@ -96,9 +97,10 @@ def dev_accuracy(model: Any, tokenizer: Any) -> float:
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(rows), 64):
-            chunk = rows[start:start + 64]
-            encoded = tokenizer([text for text, _ in chunk], padding=True, truncation=True, max_length=MAX_LENGTH,
-                                return_tensors="pt")
+            chunk = rows[start : start + 64]
+            encoded = tokenizer(
+                [text for text, _ in chunk], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+            )
             predicted = model(**encoded).logits.argmax(-1)
             correct += int((predicted == torch.tensor([label for _, label in chunk])).sum())
     return correct / len(rows)
@@ -142,7 +144,7 @@ def brewer_child(arguments: dict[str, Any]) -> dict[str, Any]:
     the timed loop is training only); step end times from metrics.jsonl (log_every 1)."""
     import math
 
-    from brewer_cli.pipeline import distill
+    from brewer_cli.commands import distill
     from brewer_cli.recipe import validate_recipe
 
     kind = arguments["kind"]
@@ -154,23 +156,36 @@ def brewer_child(arguments: dict[str, Any]) -> dict[str, Any]:
         "name": arguments["name"],
         "task": {"kind": "sequence_classification", "num_labels": 2},
         "data": {"train": {"path": str(data)}, "max_length": MAX_LENGTH, "text": "sentence", "label": "label"},
-        "training": {"epochs": arguments["epochs"], "batch_size": arguments["batch_size"],
-                     "learning_rate": arguments["learning_rate"], "warmup": 0.1, "weight_decay": 0.01,
-                     "max_grad_norm": 1.0, "seed": arguments["seed"], "log_every": 1, "progress": False,
-                     "save_every": total, "precision": "no"},
+        "training": {
+            "epochs": arguments["epochs"],
+            "batch_size": arguments["batch_size"],
+            "learning_rate": arguments["learning_rate"],
+            "warmup": 0.1,
+            "weight_decay": 0.01,
+            "max_grad_norm": 1.0,
+            "seed": arguments["seed"],
+            "log_every": 1,
+            "progress": False,
+            "save_every": total,
+            "precision": "no",
+        },
     }
     student = {"checkpoint": arguments["student"]}
     if kind == "trainer":
         raw.update(model=student, distillation={"kind": "trainer"})
     else:
         raw.update(teacher={"checkpoint": str(TEACHER)}, student=student)
-        distillation: dict[str, Any] = {"kind": kind, "temperature": TEMPERATURE, "kd_loss": "ce", "hard_label_weight": 0.0,
-                                        "teacher_cache": arguments["cache"]}
+        distillation: dict[str, Any] = {
+            "kind": kind,
+            "temperature": TEMPERATURE,
+            "kd_loss": "ce",
+            "hard_label_weight": 0.0,
+            "teacher_cache": arguments["cache"],
+        }
         if kind == "general":
-            distillation["matches"] = (
-                [{"teacher_layer": t, "student_layer": s, "loss": "hidden_mse", "projection": "linear"} for t, s in HIDDEN_PAIRS]
-                + [{"teacher_layer": [t, t], "student_layer": [s, s], "loss": "nst"} for t, s in NST_PAIRS]
-            )
+            distillation["matches"] = [
+                {"teacher_layer": t, "student_layer": s, "loss": "hidden_mse", "projection": "linear"} for t, s in HIDDEN_PAIRS
+            ] + [{"teacher_layer": [t, t], "student_layer": [s, s], "loss": "nst"} for t, s in NST_PAIRS]
         raw["distillation"] = distillation
     output = Path(arguments["output"])
     recipe = validate_recipe(raw, output / f"{arguments['name']}.yaml")
@@ -180,14 +195,19 @@ def brewer_child(arguments: dict[str, Any]) -> dict[str, Any]:
     run_dir = output / arguments["name"]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     ends = [record["time"] for record in records if "loss" in record]
-    result = {"steps": summary["steps"], **step_times_from_ends(ends, steps_per_epoch),
-              "summary_peak_rss": summary["peak_memory_bytes"]["host_rss"], "teacher_cache": summary.get("teacher_cache")}
+    result = {
+        "steps": summary["steps"],
+        **step_times_from_ends(ends, steps_per_epoch),
+        "summary_peak_rss": summary["peak_memory_bytes"]["host_rss"],
+        "teacher_cache": summary.get("teacher_cache"),
+    }
     if arguments.get("evaluate"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         final = run_dir / "final"
-        result["dev_accuracy"] = dev_accuracy(AutoModelForSequenceClassification.from_pretrained(final),
-                                              AutoTokenizer.from_pretrained(final))
+        result["dev_accuracy"] = dev_accuracy(
+            AutoModelForSequenceClassification.from_pretrained(final), AutoTokenizer.from_pretrained(final)
+        )
     return result
 
 
@@ -206,10 +226,12 @@ def textbrewer_child(arguments: dict[str, Any]) -> dict[str, Any]:
     student = AutoModelForSequenceClassification.from_pretrained(arguments["student"])
     tokenizer = AutoTokenizer.from_pretrained(TEACHER)
     rows = read_tsv(Path(arguments["data"]))
-    encoded = tokenizer([text for text, _ in rows], padding="max_length", truncation=True, max_length=MAX_LENGTH,
-                        return_tensors="pt")
-    dataset = TensorDataset(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"],
-                            torch.tensor([label for _, label in rows]))
+    encoded = tokenizer(
+        [text for text, _ in rows], padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+    )
+    dataset = TensorDataset(
+        encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"], torch.tensor([label for _, label in rows])
+    )
 
     def as_dict(items):
         input_ids, attention_mask, token_type_ids, labels = (torch.stack(column) for column in zip(*items))
@@ -221,19 +243,32 @@ def textbrewer_child(arguments: dict[str, Any]) -> dict[str, Any]:
     output = Path(arguments["output"]) / arguments["name"]
     # Checkpoints (torch.save of the student) only after the last epoch, like brewer's save_every.
     train_config = TrainingConfig(device="cpu", output_dir=str(output), ckpt_epoch_frequency=arguments["epochs"] + 1)
-    matches = (
-        [{"layer_T": t, "layer_S": s, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-          "proj": ["linear", STUDENT["hidden_size"], teacher.config.hidden_size]} for t, s in HIDDEN_PAIRS]
-        + [{"layer_T": [t, t], "layer_S": [s, s], "feature": "hidden", "loss": "nst", "weight": 1} for t, s in NST_PAIRS]
+    matches = [
+        {
+            "layer_T": t,
+            "layer_S": s,
+            "feature": "hidden",
+            "loss": "hidden_mse",
+            "weight": 1,
+            "proj": ["linear", STUDENT["hidden_size"], teacher.config.hidden_size],
+        }
+        for t, s in HIDDEN_PAIRS
+    ] + [{"layer_T": [t, t], "layer_S": [s, s], "feature": "hidden", "loss": "nst", "weight": 1} for t, s in NST_PAIRS]
+    distill_config = DistillationConfig(
+        temperature=TEMPERATURE, hard_label_weight=0, kd_loss_type="ce", intermediate_matches=matches
     )
-    distill_config = DistillationConfig(temperature=TEMPERATURE, hard_label_weight=0, kd_loss_type="ce",
-                                        intermediate_matches=matches)
 
     def adaptor(batch, outputs):
         return {"logits": outputs.logits, "hidden": outputs.hidden_states, "inputs_mask": batch["attention_mask"]}
 
-    distiller = GeneralDistiller(train_config=train_config, distill_config=distill_config, model_T=teacher,
-                                 model_S=student, adaptor_T=adaptor, adaptor_S=adaptor)
+    distiller = GeneralDistiller(
+        train_config=train_config,
+        distill_config=distill_config,
+        model_T=teacher,
+        model_S=student,
+        adaptor_T=adaptor,
+        adaptor_S=adaptor,
+    )
     optimizer = torch.optim.AdamW(student.parameters(), lr=arguments["learning_rate"], weight_decay=0.01)
     starts: list[float] = []
 
@@ -242,9 +277,16 @@ def textbrewer_child(arguments: dict[str, Any]) -> dict[str, Any]:
         return batch
 
     with distiller:
-        distiller.train(optimizer, loader, num_epochs=arguments["epochs"], scheduler_class=get_linear_schedule_with_warmup,
-                        scheduler_args={"num_warmup_steps": int(0.1 * total), "num_training_steps": total},
-                        max_grad_norm=1.0, batch_postprocessor=mark, output_hidden_states=True)
+        distiller.train(
+            optimizer,
+            loader,
+            num_epochs=arguments["epochs"],
+            scheduler_class=get_linear_schedule_with_warmup,
+            scheduler_args={"num_warmup_steps": int(0.1 * total), "num_training_steps": total},
+            max_grad_norm=1.0,
+            batch_postprocessor=mark,
+            output_hidden_states=True,
+        )
     # A step ends when the next begins; the last one (followed by the checkpoint) is left out.
     result = {"steps": total, **step_times_from_ends(starts[1:], steps_per_epoch)}
     if arguments.get("evaluate"):
@@ -267,8 +309,13 @@ def run_child(side: str, arguments: dict[str, Any], label: str) -> dict[str, Any
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     print(f"  {label} …", end="", flush=True)
     start = time.time()
-    child = subprocess.Popen([python, __file__, side, str(argument_file), str(result_file)], env=env, cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=open(directory / f"{arguments['name']}.log", "w"))
+    child = subprocess.Popen(
+        [python, __file__, side, str(argument_file), str(result_file)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=open(directory / f"{arguments['name']}.log", "w"),
+    )
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.time() - start
     if status != 0 or not result_file.exists():

@@ -32,14 +32,22 @@ def main() -> None:
         shutil.rmtree(output)
     teacher_dir = output / "squad-minilm-teacher"
     common = [
-        "--output-dir", str(output),
-        "--set", f"teacher.checkpoint={teacher_dir / 'final'}",
-        "--set", f"data.train.limit={arguments.train_questions}",
-        "--set", f"data.eval.limit={arguments.eval_questions}",
-        "--set", f"teacher.train.training.epochs={arguments.epochs}",
-        "--set", f"training.epochs={arguments.epochs}",
-        "--set", f"data.max_length={arguments.max_length}",
-        "--set", f"task.doc_stride={arguments.doc_stride}",
+        "--output-dir",
+        str(output),
+        "--set",
+        f"teacher.checkpoint={teacher_dir / 'final'}",
+        "--set",
+        f"data.train.limit={arguments.train_questions}",
+        "--set",
+        f"data.eval.limit={arguments.eval_questions}",
+        "--set",
+        f"teacher.train.training.epochs={arguments.epochs}",
+        "--set",
+        f"training.epochs={arguments.epochs}",
+        "--set",
+        f"data.max_length={arguments.max_length}",
+        "--set",
+        f"task.doc_stride={arguments.doc_stride}",
     ]
     started = time.time()
     brewer("train-teacher", RECIPE, *common)
@@ -50,8 +58,10 @@ def main() -> None:
 
     def row(label: str, entry: dict, run: dict) -> str:
         metrics = entry["metrics"]
-        return (f"| {label} | {entry['parameters']:,} | {metrics['exact_match']:.2f} | {metrics['f1']:.2f} | "
-                f"{run['steps']} | {run['wall_time_s']:.0f} s |")
+        return (
+            f"| {label} | {entry['parameters']:,} | {metrics['exact_match']:.2f} | {metrics['f1']:.2f} | "
+            f"{run['steps']} | {run['wall_time_s']:.0f} s |"
+        )
 
     body = f"""
 Command: `python benchmarks/squad_minilm.py --train-questions {arguments.train_questions} --eval-questions {arguments.eval_questions} --epochs {arguments.epochs:g} --max-length {arguments.max_length} --doc-stride {arguments.doc_stride}`
@@ -68,7 +78,7 @@ Exact match / F1 on the 0-100 scale of the official script; wall time is the tra
 {row("teacher: MiniLM-L6-H384 fine-tuned (`trainer`)", teacher["model"], teacher)}
 {row("student: 3 × 384 from a config, random init (`basic` KD, T=4, hard label 0.5)", student["student"], student)}
 
-Student / teacher F1: {student['student_to_teacher']:.1%}; parameters {student['parameters_ratio']:.1%} of the teacher's
+Student / teacher F1: {student["student_to_teacher"]:.1%}; parameters {student["parameters_ratio"]:.1%} of the teacher's
 (both include the 30,522 × 384 word embeddings). Whole script: {total / 60:.1f} min.
 """
     append("SQuAD v1.1, MiniLM teacher → 3×384 student (basic KD)", body)

@@ -24,8 +24,14 @@ def main() -> None:
     if output.exists():
         shutil.rmtree(output)
     teacher_dir = output / "sst2-minilm-teacher"
-    common = ["--output-dir", str(output), "--set", f"teacher.checkpoint={teacher_dir / 'final'}",
-              "--set", f"data.train.limit={arguments.train_examples}"]
+    common = [
+        "--output-dir",
+        str(output),
+        "--set",
+        f"teacher.checkpoint={teacher_dir / 'final'}",
+        "--set",
+        f"data.train.limit={arguments.train_examples}",
+    ]
     brewer("train-teacher", RECIPE, *common)
     brewer("distill", RECIPE, *common)
     teacher = summary(teacher_dir)
@@ -37,11 +43,11 @@ full set too slow); evaluation on the full dev set (872 sentences).
 
 | model | parameters | dev accuracy | steps | wall time |
 |---|---:|---:|---:|---:|
-| teacher: MiniLM-L6-H384 fine-tuned (`trainer`) | {teacher['model']['parameters']:,} | {teacher['model']['metric']:.4f} | {teacher['steps']} | {teacher['wall_time_s']:.0f} s |
-| student: 4 × 256 from a config (`basic` KD, T=4, hard label 0.5) | {student['student']['parameters']:,} | {student['student']['metric']:.4f} | {student['steps']} | {student['wall_time_s']:.0f} s |
+| teacher: MiniLM-L6-H384 fine-tuned (`trainer`) | {teacher["model"]["parameters"]:,} | {teacher["model"]["metric"]:.4f} | {teacher["steps"]} | {teacher["wall_time_s"]:.0f} s |
+| student: 4 × 256 from a config (`basic` KD, T=4, hard label 0.5) | {student["student"]["parameters"]:,} | {student["student"]["metric"]:.4f} | {student["steps"]} | {student["wall_time_s"]:.0f} s |
 
-Student / teacher accuracy: {student['student_to_teacher']:.1%}; parameters {student['parameters_ratio']:.1%} of the teacher's;
-FLOPs per example at length 64 fewer by {student['size'].get('flops_fewer_by', float('nan')):.1f}×.
+Student / teacher accuracy: {student["student_to_teacher"]:.1%}; parameters {student["parameters_ratio"]:.1%} of the teacher's;
+FLOPs per example at length 64 fewer by {student["size"].get("flops_fewer_by", float("nan")):.1f}×.
 """
     append("SST-2, MiniLM teacher → 4×256 student (basic KD)", body)
     print(body)

@@ -65,16 +65,29 @@ def main() -> None:
     parser.add_argument("--train-examples", type=int, default=800, help="SST-2 training sentences for task distillation")
     parser.add_argument("--general-examples", type=int, default=4000, help="sentences of the general-distillation corpus")
     parser.add_argument("--general-epochs", type=float, default=1.0)
-    parser.add_argument("--general-learning-rate", type=float, default=3.0e-4,
-                        help="the recipe's 1e-4 is TinyBERT's for batch 256 over Wikipedia; a short run at batch 32 needs more")
+    parser.add_argument(
+        "--general-learning-rate",
+        type=float,
+        default=3.0e-4,
+        help="the recipe's 1e-4 is TinyBERT's for batch 256 over Wikipedia; a short run at batch 32 needs more",
+    )
     parser.add_argument("--stage-steps", type=int, nargs=2, default=(150, 300), metavar=("INTERMEDIATE", "PREDICTION"))
-    parser.add_argument("--stage-learning-rates", type=float, nargs=2, default=(3.0e-4, 3.0e-4), metavar=("INTERMEDIATE", "PREDICTION"),
-                        help="the recipe's 5e-5 / 3e-5 are TinyBERT's for 10 + 3 epochs over the fully augmented set")
+    parser.add_argument(
+        "--stage-learning-rates",
+        type=float,
+        nargs=2,
+        default=(3.0e-4, 3.0e-4),
+        metavar=("INTERMEDIATE", "PREDICTION"),
+        help="the recipe's 5e-5 / 3e-5 are TinyBERT's for 10 + 3 epochs over the fully augmented set",
+    )
     parser.add_argument("--eval-examples", type=int, default=None, help="limit the dev set (default all 872)")
     parser.add_argument("--work", type=Path, default=OUTPUT, help="directory for the runs (replaced)")
     parser.add_argument("--no-record", action="store_true", help="print the report, leave RESULTS.md alone")
-    parser.add_argument("--reuse-general", action="store_true",
-                        help="keep the general student (and its timing) from an earlier run of this script in --work")
+    parser.add_argument(
+        "--reuse-general",
+        action="store_true",
+        help="keep the general student (and its timing) from an earlier run of this script in --work",
+    )
     arguments = parser.parse_args()
     output = arguments.work.resolve()
     teacher = arguments.teacher.resolve()
@@ -91,9 +104,13 @@ def main() -> None:
     started = time.monotonic()
 
     # 1. General distillation.
-    general_overrides = [f"data.train.limit={arguments.general_examples}", f"training.epochs={arguments.general_epochs:g}",
-                         f"training.learning_rate={arguments.general_learning_rate:g}",
-                         "data.eval.limit=200", "training.progress=false"]
+    general_overrides = [
+        f"data.train.limit={arguments.general_examples}",
+        f"training.epochs={arguments.general_epochs:g}",
+        f"training.learning_rate={arguments.general_learning_rate:g}",
+        "data.eval.limit=200",
+        "training.progress=false",
+    ]
     general_steps = -(-int(arguments.general_examples * arguments.general_epochs) // 32)
     general_overrides.append(f"training.eval_every={max(1, general_steps // 2)}")
     if reuse:
@@ -105,34 +122,49 @@ def main() -> None:
 
     # 2. Augmentation (timed fresh, then once more from the cache).
     augmented = output / f"sst2-{arguments.train_examples}-augmented.jsonl"
-    task_overrides = [f"teacher.checkpoint={teacher}", f"student.checkpoint={general_dir / 'final'}",
-                      f"data.train.limit={arguments.train_examples}", f"data.augment.output={augmented}",
-                      "training.progress=false", *evaluation,
-                      f"stages.0.training.max_steps={arguments.stage_steps[0]}",
-                      f"stages.1.training.max_steps={arguments.stage_steps[1]}",
-                      f"stages.0.training.learning_rate={arguments.stage_learning_rates[0]:g}",
-                      f"stages.1.training.learning_rate={arguments.stage_learning_rates[1]:g}",
-                      f"training.eval_every={max(arguments.stage_steps)}"]
+    task_overrides = [
+        f"teacher.checkpoint={teacher}",
+        f"student.checkpoint={general_dir / 'final'}",
+        f"data.train.limit={arguments.train_examples}",
+        f"data.augment.output={augmented}",
+        "training.progress=false",
+        *evaluation,
+        f"stages.0.training.max_steps={arguments.stage_steps[0]}",
+        f"stages.1.training.max_steps={arguments.stage_steps[1]}",
+        f"stages.0.training.learning_rate={arguments.stage_learning_rates[0]:g}",
+        f"stages.1.training.learning_rate={arguments.stage_learning_rates[1]:g}",
+        f"training.eval_every={max(arguments.stage_steps)}",
+    ]
     augment_wall = timed("augment", TASK_RECIPE, *sets(task_overrides))
     cached_wall = timed("augment", TASK_RECIPE, *sets(task_overrides))
     record = json.loads(augmented.with_name(augmented.name + ".fingerprint.json").read_text())
 
     # 3. Two-stage task distillation, with and without augmentation, the same steps.
     runs = {}
-    for key, extra in (("augmented", ["name=tinybert4-sst2-augmented"]),
-                       ("original", ["name=tinybert4-sst2-original", "data.augment=null"])):
+    for key, extra in (
+        ("augmented", ["name=tinybert4-sst2-augmented"]),
+        ("original", ["name=tinybert4-sst2-original", "data.augment=null"]),
+    ):
         wall = timed("distill", TASK_RECIPE, "--output-dir", str(output), *sets(task_overrides + extra))
         run_dir = output / extra[0].split("=", 1)[1]
         written = summary(run_dir)
         stages = [{**stage, "curve": dev_curve(Path(stage["run_dir"]), "accuracy")} for stage in written["stages"]]
         rows = len(Path(written["train_data"]).read_text().splitlines()) if key == "augmented" else arguments.train_examples
-        runs[key] = {"summary": written, "stages": stages, "command_wall_s": wall, "train_rows": rows,
-                     "teacher_accuracy": written["teacher"]["metric"]}
+        runs[key] = {
+            "summary": written,
+            "stages": stages,
+            "command_wall_s": wall,
+            "train_rows": rows,
+            "teacher_accuracy": written["teacher"]["metric"],
+        }
 
-    body = report(arguments, general, general_dir, general_wall, record, augment_wall, cached_wall, runs,
-                  time.monotonic() - started)
+    body = report(
+        arguments, general, general_dir, general_wall, record, augment_wall, cached_wall, runs, time.monotonic() - started
+    )
     print(body)
-    (output / "results.json").write_text(json.dumps({"general": general, "augmentation": record, "runs": runs}, indent=2, default=str))
+    (output / "results.json").write_text(
+        json.dumps({"general": general, "augmentation": record, "runs": runs}, indent=2, default=str)
+    )
     if not arguments.no_record:
         append("TinyBERT on SST-2: two-stage task distillation with and without augmentation", body)
 
@@ -140,33 +172,39 @@ def main() -> None:
 def report(arguments, general, general_dir, general_wall, record, augment_wall, cached_wall, runs, total) -> str:
     general_curve = dev_curve(general_dir, "loss")
     steps = arguments.stage_steps
-    rows = ["| training data | rows | stage 1 steps | stage 2 steps | epochs over its data (stage 1 / 2) | dev accuracy after stage 1 | dev accuracy after stage 2 | student / teacher | task wall time |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for key, label in (("original", f"original {arguments.train_examples} sentences"),
-                       ("augmented", f"augmented ({arguments.train_examples} + variants)")):
+    rows = [
+        "| training data | rows | stage 1 steps | stage 2 steps | epochs over its data (stage 1 / 2) | dev accuracy after stage 1 | dev accuracy after stage 2 | student / teacher | task wall time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in (
+        ("original", f"original {arguments.train_examples} sentences"),
+        ("augmented", f"augmented ({arguments.train_examples} + variants)"),
+    ):
         entry = runs[key]
         written = entry["summary"]
         epochs = " / ".join(f"{stage['steps'] * 32 / entry['train_rows']:.2f}" for stage in entry["stages"])
         after_first = entry["stages"][0]["student_metric"]
-        rows.append(f"| {label} | {entry['train_rows']:,} | {entry['stages'][0]['steps']} | {entry['stages'][1]['steps']} | "
-                    f"{epochs} | {after_first:.4f} | {written['student']['metric']:.4f} | {written['student_to_teacher']:.1%} | "
-                    f"{written['wall_time_s']:.0f} s |")
+        rows.append(
+            f"| {label} | {entry['train_rows']:,} | {entry['stages'][0]['steps']} | {entry['stages'][1]['steps']} | "
+            f"{epochs} | {after_first:.4f} | {written['student']['metric']:.4f} | {written['student_to_teacher']:.1%} | "
+            f"{written['wall_time_s']:.0f} s |"
+        )
     teacher_accuracy = runs["augmented"]["teacher_accuracy"]
     dev = "all 872 dev sentences" if arguments.eval_examples is None else f"the first {arguments.eval_examples} dev sentences"
     return f"""
-Command: `OMP_NUM_THREADS=1 nice -n 10 python benchmarks/tinybert_sst2.py {' '.join(sys.argv[1:])}` (recipes `{GENERAL_RECIPE}`, `{TASK_RECIPE}`).
+Command: `OMP_NUM_THREADS=1 nice -n 10 python benchmarks/tinybert_sst2.py {" ".join(sys.argv[1:])}` (recipes `{GENERAL_RECIPE}`, `{TASK_RECIPE}`).
 
 **General distillation** — MiniLM-L6-H384 (pre-trained, the PyPI package; 6 layers × 384, 12 heads) → TinyBERT4
-(4 × 312, FFN 1200, 12 heads, {general['student']['parameters']:,} parameters; config `configs/students/t4-tiny.json`), on the
-first {arguments.general_examples:,} SST-2 training sentences as unlabeled text, {general['steps']} steps of batch 32 at lr
+(4 × 312, FFN 1200, 12 heads, {general["student"]["parameters"]:,} parameters; config `configs/students/t4-tiny.json`), on the
+first {arguments.general_examples:,} SST-2 training sentences as unlabeled text, {general["steps"]} steps of batch 32 at lr
 {arguments.general_learning_rate:g},
 attention-score MSE (student layer j ↔ teacher layer 2, 3, 5, 6) + hidden/embedding MSE through one shared 312→384
 projection, no logits. Distillation loss on 200 dev sentences (the run's measure, lower is better):
-{', '.join(f'step {step}: {loss:.3f}' for step, loss in general_curve)}. Training {general['wall_time_s']:.0f} s
+{", ".join(f"step {step}: {loss:.3f}" for step, loss in general_curve)}. Training {general["wall_time_s"]:.0f} s
 (command {general_wall:.0f} s).
 
 **Augmentation** (`brewer augment`, N_a = 20, p = 0.4, K = 15, seed 42) of the first {arguments.train_examples:,} training
-sentences: {record['examples']:,} → {record['rows']:,} rows (originals + distinct variants). No masked LM with its MLM head is
+sentences: {record["examples"]:,} → {record["rows"]:,} rows (originals + distinct variants). No masked LM with its MLM head is
 available offline: the MiniLM package ships the encoder only (its checkpoint lacks `cls.predictions.*`, which brewer detects
 and refuses rather than predict with a randomly initialized head). So this benchmark does NOT use TinyBERT's masked-LM
 candidates: every non-stop-word takes its 15 nearest neighbours by cosine similarity among the 22,618 whole-word tokens
@@ -176,7 +214,7 @@ A word of several pieces has no embedding of its own in that space and stays, so
 TinyBERT gives to the masked LM) are replaced, by embedding neighbours instead of context-aware predictions.
 Such neighbours include antonyms (good → bad, boring → exciting), which can flip a sentence's sentiment while its label is
 copied; the masked LM (with the original sentence as context) and GloVe have the same weakness to a lesser or similar degree.
-Augmentation wall time: {record['seconds']:.1f} s inside brewer (loading the embeddings, neighbours, variants, writing),
+Augmentation wall time: {record["seconds"]:.1f} s inside brewer (loading the embeddings, neighbours, variants, writing),
 {augment_wall:.0f} s for the whole command; the second run with the same fingerprint: {cached_wall:.1f} s (cache hit,
 Python start-up included).
 

@@ -18,9 +18,11 @@ from typing import Any
 from common import append
 from speed_common import WORK, median, mib, prepare_inputs, run_child, speed_arguments
 
-SIDES = [("fine-tuning (`trainer`)", {"kind": "trainer"}),
-         ("`basic` distillation, teacher cache on", {"kind": "basic", "cache": "memory"}),
-         ("`general` distillation, teacher cache on", {"kind": "general", "cache": "memory"})]
+SIDES = [
+    ("fine-tuning (`trainer`)", {"kind": "trainer"}),
+    ("`basic` distillation, teacher cache on", {"kind": "basic", "cache": "memory"}),
+    ("`general` distillation, teacher cache on", {"kind": "general", "cache": "memory"}),
+]
 
 
 def main() -> None:
@@ -35,9 +37,15 @@ def main() -> None:
         shift = round_number % len(SIDES)
         for label, extra in SIDES[shift:] + SIDES[:shift]:
             child_arguments = {
-                "name": f"{extra['kind']}-{round_number}", "data": str(inputs["sst2"]), "student": str(inputs["student"]),
-                "output": str(directory / "runs"), "epochs": arguments.epochs, "batch_size": arguments.batch_size,
-                "learning_rate": arguments.learning_rate, "seed": 42, **extra,
+                "name": f"{extra['kind']}-{round_number}",
+                "data": str(inputs["sst2"]),
+                "student": str(inputs["student"]),
+                "output": str(directory / "runs"),
+                "epochs": arguments.epochs,
+                "batch_size": arguments.batch_size,
+                "learning_rate": arguments.learning_rate,
+                "seed": 42,
+                **extra,
             }
             results[label].append(run_child("brewer", child_arguments, label))
     trainer = results[SIDES[0][0]]
@@ -48,9 +56,11 @@ def main() -> None:
         def ratio(key: str) -> float:
             return median([run[key] / base[key] for run, base in zip(runs, trainer)])
 
-        rows.append(f"| {label} | {1000 * median([run['per_step_s'] for run in runs]):.0f} | {ratio('per_step_s'):.2f}× | "
-                    f"{1000 * median([run['later_epochs_per_step_s'] for run in runs]):.0f} | "
-                    f"{ratio('later_epochs_per_step_s'):.2f}× | {mib(median([run['peak_rss_bytes'] for run in runs]))} |")
+        rows.append(
+            f"| {label} | {1000 * median([run['per_step_s'] for run in runs]):.0f} | {ratio('per_step_s'):.2f}× | "
+            f"{1000 * median([run['later_epochs_per_step_s'] for run in runs]):.0f} | "
+            f"{ratio('later_epochs_per_step_s'):.2f}× | {mib(median([run['peak_rss_bytes'] for run in runs]))} |"
+        )
     body = f"""
 Command: `nice -n 10 python benchmarks/vs_finetuning.py --examples {arguments.examples} --epochs {arguments.epochs} \
 --batch-size {arguments.batch_size} --rounds {arguments.rounds}`. CPU only (no GPU on this machine; the script runs

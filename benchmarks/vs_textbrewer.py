@@ -29,9 +29,11 @@ from typing import Any
 from common import append
 from speed_common import TEXTBREWER_PYTHON, WORK, majority_rate, median, mib, prepare_inputs, run_child, speed_arguments
 
-SIDES = [("textbrewer", "TextBrewer GeneralDistiller", {}),
-         ("brewer", "brewer general, teacher cache off", {"kind": "general", "cache": "off"}),
-         ("brewer", "brewer general, teacher cache on", {"kind": "general", "cache": "memory"})]
+SIDES = [
+    ("textbrewer", "TextBrewer GeneralDistiller", {}),
+    ("brewer", "brewer general, teacher cache off", {"kind": "general", "cache": "off"}),
+    ("brewer", "brewer general, teacher cache on", {"kind": "general", "cache": "memory"}),
+]
 
 
 def main() -> None:
@@ -52,13 +54,19 @@ def main() -> None:
             print(f"{variant}, round {round_number + 1}", flush=True)
             # The order rotates each round, so that no side always runs first (or last) on a busy machine.
             shift = round_number % len(SIDES)
-            for number, (side, label, extra) in enumerate(SIDES[shift:] + SIDES[:shift]):
+            for side, label, extra in SIDES[shift:] + SIDES[:shift]:
                 child_arguments = {
-                    "name": f"{variant}-{round_number}-{SIDES.index((side, label, extra))}", "data": str(inputs[variant]),
-                    "student": str(inputs["student"]), "output": str(directory / "runs"), "epochs": arguments.epochs,
-                    "batch_size": arguments.batch_size, "learning_rate": arguments.learning_rate, "seed": 42,
+                    "name": f"{variant}-{round_number}-{SIDES.index((side, label, extra))}",
+                    "data": str(inputs[variant]),
+                    "student": str(inputs["student"]),
+                    "output": str(directory / "runs"),
+                    "epochs": arguments.epochs,
+                    "batch_size": arguments.batch_size,
+                    "learning_rate": arguments.learning_rate,
+                    "seed": 42,
                     # Dev accuracy once per side, on real text only.
-                    "evaluate": variant == "sst2" and round_number == 0, **extra,
+                    "evaluate": variant == "sst2" and round_number == 0,
+                    **extra,
                 }
                 results[label].append(run_child(side, child_arguments, label))
         sections.append(describe(variant, results, arguments))
@@ -91,17 +99,22 @@ def describe(variant: str, results: dict[str, list[dict[str, Any]]], arguments: 
         runs = results[label]
         accuracy = next((run["dev_accuracy"] for run in runs if "dev_accuracy" in run), None)
         later = [run["later_epochs_per_step_s"] for run in runs if "later_epochs_per_step_s" in run]
-        rows.append(f"| {label} | {1000 * median([run['per_step_s'] for run in runs]):.0f} | "
-                    f"{1000 * median(later):.0f} | {mib(median([run['peak_rss_bytes'] for run in runs]))} | "
-                    f"{'' if accuracy is None else f'{accuracy:.3f}'}"
-                    f"{' (majority label)' if accuracy is not None and abs(accuracy - majority) < 1e-9 else ''} |")
+        rows.append(
+            f"| {label} | {1000 * median([run['per_step_s'] for run in runs]):.0f} | "
+            f"{1000 * median(later):.0f} | {mib(median([run['peak_rss_bytes'] for run in runs]))} | "
+            f"{'' if accuracy is None else f'{accuracy:.3f}'}"
+            f"{' (majority label)' if accuracy is not None and abs(accuracy - majority) < 1e-9 else ''} |"
+        )
 
     def ratio(first: list[dict[str, Any]], second: list[dict[str, Any]], key: str) -> float:
         return median([a[key] / b[key] for a, b in zip(first, second)])
 
     cache = on[0].get("teacher_cache") or {}
-    title = ("SST-2 subset, real lengths (TextBrewer pads to 128, brewer to each batch's longest)" if variant == "sst2"
-             else "fixed length: every example 128 tokens (no padding on either side)")
+    title = (
+        "SST-2 subset, real lengths (TextBrewer pads to 128, brewer to each batch's longest)"
+        if variant == "sst2"
+        else "fixed length: every example 128 tokens (no padding on either side)"
+    )
     return f"""
 ### {title}
 
@@ -109,11 +122,11 @@ def describe(variant: str, results: dict[str, list[dict[str, Any]]], arguments: 
 |---|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
-TextBrewer / brewer (cache off), time per step: **{ratio(textbrewer, off, 'per_step_s'):.2f}×**; TextBrewer / brewer (cache on):
-**{ratio(textbrewer, on, 'per_step_s'):.2f}×** over all steps, **{ratio(textbrewer, on, 'later_epochs_per_step_s'):.2f}×** in epochs 2+.
-brewer cache off / on, epochs 2+: **{ratio(off, on, 'later_epochs_per_step_s'):.2f}×**. Peak RSS TextBrewer / brewer (cache off):
-{ratio(textbrewer, off, 'peak_rss_bytes'):.2f}×, (cache on): {ratio(textbrewer, on, 'peak_rss_bytes'):.2f}×.
-Teacher cache (brewer, round 1): {cache.get('mode')}, {cache.get('teacher_forwards')} teacher forwards, {cache.get('teacher_forwards_skipped')} skipped.
+TextBrewer / brewer (cache off), time per step: **{ratio(textbrewer, off, "per_step_s"):.2f}×**; TextBrewer / brewer (cache on):
+**{ratio(textbrewer, on, "per_step_s"):.2f}×** over all steps, **{ratio(textbrewer, on, "later_epochs_per_step_s"):.2f}×** in epochs 2+.
+brewer cache off / on, epochs 2+: **{ratio(off, on, "later_epochs_per_step_s"):.2f}×**. Peak RSS TextBrewer / brewer (cache off):
+{ratio(textbrewer, off, "peak_rss_bytes"):.2f}×, (cache on): {ratio(textbrewer, on, "peak_rss_bytes"):.2f}×.
+Teacher cache (brewer, round 1): {cache.get("mode")}, {cache.get("teacher_forwards")} teacher forwards, {cache.get("teacher_forwards_skipped")} skipped.
 """
 
 

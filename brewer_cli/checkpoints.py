@@ -64,8 +64,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
-def save_checkpoint(root: Path, distiller: nn.Module, optimizer: Any, scheduler: Any, state: LoopState,
-                    keep: int) -> None:
+def save_checkpoint(root: Path, distiller: nn.Module, optimizer: Any, scheduler: Any, state: LoopState, keep: int) -> None:
     """checkpoints/step-N/: student (safetensors), extra modules (projections), optimizer,
     scheduler, RNG and loop state, written to a temporary directory and renamed, so a crash never
     leaves a checkpoint that looks complete. Keeps the newest `keep`."""
@@ -76,17 +75,29 @@ def save_checkpoint(root: Path, distiller: nn.Module, optimizer: Any, scheduler:
         shutil.rmtree(temporary)
     temporary.mkdir()
     distiller.student.save_pretrained(temporary / "student", safe_serialization=True)
-    extra = {name: tensor.detach().cpu().contiguous() for name, tensor in distiller.state_dict().items()
-             if not name.startswith("student.")}
+    extra = {
+        name: tensor.detach().cpu().contiguous()
+        for name, tensor in distiller.state_dict().items()
+        if not name.startswith("student.")
+    }
     if extra:
         save_file(extra, str(temporary / "extra_modules.safetensors"))
     torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
     torch.save(scheduler.state_dict(), temporary / "scheduler.pt")
     torch.save(_rng_state(), temporary / "rng.pt")
-    (temporary / "state.json").write_text(json.dumps({
-        "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
-        "best_metric": state.best_metric, "best_step": state.best_step, "history": state.history,
-    }, indent=2))
+    (temporary / "state.json").write_text(
+        json.dumps(
+            {
+                "step": state.step,
+                "epoch": state.epoch,
+                "batch_in_epoch": state.batch_in_epoch,
+                "best_metric": state.best_metric,
+                "best_step": state.best_step,
+                "history": state.history,
+            },
+            indent=2,
+        )
+    )
     if final.exists():
         shutil.rmtree(final)
     temporary.rename(final)
@@ -95,7 +106,9 @@ def save_checkpoint(root: Path, distiller: nn.Module, optimizer: Any, scheduler:
         shutil.rmtree(old)
 
 
-def load_latest_checkpoint(root: Path, distiller: nn.Module, optimizer: Any, scheduler: Any, device: Any) -> tuple[LoopState, Path]:
+def load_latest_checkpoint(
+    root: Path, distiller: nn.Module, optimizer: Any, scheduler: Any, device: Any
+) -> tuple[LoopState, Path]:
     """Restore the newest complete checkpoint into the distiller, optimizer, scheduler and the RNGs."""
     checkpoints = _sorted_checkpoints(root) if root.exists() else []
     if not checkpoints:
@@ -104,7 +117,9 @@ def load_latest_checkpoint(root: Path, distiller: nn.Module, optimizer: Any, sch
     student_weights = _student_weights(latest / "student")
     missing, unexpected = distiller.student.load_state_dict(student_weights, strict=False)
     if unexpected or [name for name in missing if not _is_tied(distiller.student, name)]:
-        raise CheckpointError(f"--resume: {latest} does not match this recipe's student (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"--resume: {latest} does not match this recipe's student (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     extra_path = latest / "extra_modules.safetensors"
     if extra_path.exists():
         distiller.load_state_dict(load_file(str(extra_path)), strict=False)
@@ -113,8 +128,12 @@ def load_latest_checkpoint(root: Path, distiller: nn.Module, optimizer: Any, sch
     _set_rng_state(torch.load(latest / "rng.pt", weights_only=True))
     state = json.loads((latest / "state.json").read_text())
     return LoopState(
-        step=state["step"], epoch=state["epoch"], batch_in_epoch=state["batch_in_epoch"],
-        best_metric=state["best_metric"], best_step=state["best_step"], history=state["history"],
+        step=state["step"],
+        epoch=state["epoch"],
+        batch_in_epoch=state["batch_in_epoch"],
+        best_metric=state["best_metric"],
+        best_step=state["best_step"],
+        history=state["history"],
     ), latest
 
 
@@ -159,7 +178,14 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()), None))
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(state["numpy_position"]),
-                         int(state["numpy_gauss"][0]), float(state["numpy_gauss"][1])))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            int(state["numpy_position"]),
+            int(state["numpy_gauss"][0]),
+            float(state["numpy_gauss"][1]),
+        )
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

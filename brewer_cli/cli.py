@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Optional
 
 import typer
 
@@ -51,7 +52,9 @@ def _run(action: Callable[[], object]) -> None:
         _leave_process_group(wait=False)
         from rich.console import Console
 
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error[/bold red] ({error.kind}): {error.message}", markup=True)
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[bold red]error[/bold red] ({error.kind}): {error.message}", markup=True
+        )
         raise typer.Exit(code=2) from None
 
 
@@ -69,7 +72,7 @@ def _leave_process_group(wait: bool) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _load(recipe: Path, overrides: Optional[List[str]]):
+def _load(recipe: Path, overrides: Optional[list[str]]):
     from brewer_cli.recipe import load_recipe
 
     return load_recipe(recipe, overrides or [])
@@ -78,7 +81,7 @@ def _load(recipe: Path, overrides: Optional[List[str]]):
 @app.command()
 def distill(
     recipe: Path = RecipeArgument,
-    set_: Optional[List[str]] = SetOption,
+    set_: Optional[list[str]] = SetOption,
     output_dir: Path = OutputOption,
     resume: bool = ResumeOption,
     dry_run: bool = DryRunOption,
@@ -96,7 +99,7 @@ def distill(
 @app.command("train-teacher")
 def train_teacher(
     recipe: Path = RecipeArgument,
-    set_: Optional[List[str]] = SetOption,
+    set_: Optional[list[str]] = SetOption,
     output_dir: Path = OutputOption,
     resume: bool = ResumeOption,
     dry_run: bool = DryRunOption,
@@ -117,7 +120,7 @@ def evaluate(
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="recipe giving the task and data (default: the run's own)"),
     data: Optional[str] = typer.Option(None, "--data", help="evaluate on this file instead of the recipe's eval split"),
     against: Optional[str] = typer.Option(None, "--against", help="also evaluate this teacher (run or checkpoint) and compare"),
-    set_: Optional[List[str]] = SetOption,
+    set_: Optional[list[str]] = SetOption,
 ) -> None:
     """Evaluate a run or checkpoint on its eval split (or --data), print a table, write eval.json."""
 
@@ -139,7 +142,9 @@ def size_report(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     markdown: bool = typer.Option(False, "--markdown", help="print a Markdown table"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="draw parameters against latency into this PNG (needs brewer[plot])"),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="draw parameters against latency into this PNG (needs brewer[plot])"
+    ),
 ) -> None:
     """Parameters, disk size, FLOPs, latency and throughput of a model, and ratios against a teacher."""
 
@@ -151,8 +156,18 @@ def size_report(
             sizes = tuple(int(part) for part in batch_sizes.split(",") if part.strip())
         except ValueError:
             raise BrewerError(f"--batch-sizes {batch_sizes!r}: expected comma-separated whole numbers, e.g. 1,32") from None
-        run_report(target, against=against, seq_len=seq_len, runs=runs, batch_sizes=sizes, device=device,
-                   as_json=as_json, markdown=markdown, plot_path=str(plot) if plot else None, console=_console())
+        run_report(
+            target,
+            against=against,
+            seq_len=seq_len,
+            runs=runs,
+            batch_sizes=sizes,
+            device=device,
+            as_json=as_json,
+            markdown=markdown,
+            plot_path=str(plot) if plot else None,
+            console=_console(),
+        )
 
     _run(action)
 
@@ -160,8 +175,10 @@ def size_report(
 @app.command()
 def extract(
     recipe: Path = RecipeArgument,
-    set_: Optional[List[str]] = SetOption,
-    output: Optional[Path] = typer.Option(None, "--output", help="directory for the extracted student (default runs/<name>-extracted)"),
+    set_: Optional[list[str]] = SetOption,
+    output: Optional[Path] = typer.Option(
+        None, "--output", help="directory for the extracted student (default runs/<name>-extracted)"
+    ),
 ) -> None:
     """ETD: cut the recipe's student out of its teacher, write it and print what was kept."""
 
@@ -175,11 +192,19 @@ def extract(
 
 @app.command()
 def augment(
-    target: str = typer.Argument(..., help="recipe (its data.augment and training split) or data file (.tsv, .csv, .jsonl, .json)", show_default=False),
-    model: Optional[str] = typer.Option(None, "--model", help="masked LM with its MLM head (hub id, directory, python-package:NAME)"),
-    word_vectors: Optional[str] = typer.Option(None, "--word-vectors", help="word vectors in GloVe text format, for multi-piece words"),
+    target: str = typer.Argument(
+        ..., help="recipe (its data.augment and training split) or data file (.tsv, .csv, .jsonl, .json)", show_default=False
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="masked LM with its MLM head (hub id, directory, python-package:NAME)"
+    ),
+    word_vectors: Optional[str] = typer.Option(
+        None, "--word-vectors", help="word vectors in GloVe text format, for multi-piece words"
+    ),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="splits words when there is no --model"),
-    output: Optional[str] = typer.Option(None, "--output", help="the augmented file, .jsonl or .tsv (default: ~/.cache/brewer/augment/)"),
+    output: Optional[str] = typer.Option(
+        None, "--output", help="the augmented file, .jsonl or .tsv (default: ~/.cache/brewer/augment/)"
+    ),
     text: Optional[str] = typer.Option(None, "--text", help="data file: the text column (default: text)"),
     text_pair: Optional[str] = typer.Option(None, "--text-pair", help="data file: the second text column of a pair task"),
     limit: Optional[int] = typer.Option(None, "--limit", help="data file: augment only the first N examples"),
@@ -188,16 +213,24 @@ def augment(
     candidates: Optional[int] = typer.Option(None, "--candidates", help="K: MLM predictions / neighbours per word (default 15)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default 0)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="masked-LM inference batch (default 64)"),
-    set_: Optional[List[str]] = SetOption,
+    set_: Optional[list[str]] = SetOption,
 ) -> None:
     """TinyBERT data augmentation: write a dataset with MLM / word-vector word replacements (cached)."""
 
     def action():
         from brewer_cli.augment import augment_command
 
-        options = {"model": model, "word_vectors": word_vectors, "tokenizer": tokenizer, "output": output,
-                   "variants": variants, "probability": probability, "candidates": candidates, "seed": seed,
-                   "batch_size": batch_size}
+        options = {
+            "model": model,
+            "word_vectors": word_vectors,
+            "tokenizer": tokenizer,
+            "output": output,
+            "variants": variants,
+            "probability": probability,
+            "candidates": candidates,
+            "seed": seed,
+            "batch_size": batch_size,
+        }
         augment_command(target, options, text, text_pair, limit, set_ or [], _console())
 
     _run(action)

@@ -42,8 +42,8 @@ from brewer_cli.recipe import (
     resolved_mapping,
     stage_directory,
     stage_recipes,
-    teacher_run_parent,
     task_recipe,
+    teacher_run_parent,
     teacher_training_recipe,
     with_eval_source,
     with_student_of,
@@ -55,8 +55,9 @@ from brewer_cli.tasks import TASKS
 Summary = dict[str, Any]
 
 
-def distill(recipe: Recipe, output_dir: str | Path = "runs", resume: bool = False, dry_run: bool = False,
-            console: Any = None) -> Summary | None:
+def distill(
+    recipe: Recipe, output_dir: str | Path = "runs", resume: bool = False, dry_run: bool = False, console: Any = None
+) -> Summary | None:
     """`brewer distill`: augmentation (`data.augment`), then the stages (or the single run), each
     after training the teachers it is missing."""
     console = console or Console()
@@ -67,8 +68,9 @@ def distill(recipe: Recipe, output_dir: str | Path = "runs", resume: bool = Fals
     return _run_stages(recipe, Path(output_dir), resume, dry_run, console)
 
 
-def train_teacher(recipe: Recipe, output_dir: str | Path = "runs", resume: bool = False, dry_run: bool = False,
-                  console: Any = None) -> Summary | None:
+def train_teacher(
+    recipe: Recipe, output_dir: str | Path = "runs", resume: bool = False, dry_run: bool = False, console: Any = None
+) -> Summary | None:
     """`brewer train-teacher`: a `trainer` recipe, or a distillation recipe's teachers' `train`."""
     console = console or Console()
     if not DISTILLERS.get(recipe.distillation.kind).needs_teacher:
@@ -101,11 +103,15 @@ def extract(recipe: Recipe, output: str | Path | None = None, console: Any = Non
     """`brewer extract`: cut the student out of the teacher and write it, to inspect before distilling."""
     console = console or Console()
     if recipe.student is None or recipe.student.init is None:
-        raise BrewerError(f"{recipe.path}: student.init.extract: this recipe does not extract its student — add "
-                          f"`student: {{init: {{extract: {{layers: …, hidden: …}}}}}}`")
+        raise BrewerError(
+            f"{recipe.path}: student.init.extract: this recipe does not extract its student — add "
+            f"`student: {{init: {{extract: {{layers: …, hidden: …}}}}}}`"
+        )
     if teacher_missing(recipe):
-        raise ModelError(f"{recipe.path}: teacher.checkpoint: {recipe.teacher.checkpoint!r} does not exist — train it "
-                         f"first with `brewer train-teacher {recipe.path}`")
+        raise ModelError(
+            f"{recipe.path}: teacher.checkpoint: {recipe.teacher.checkpoint!r} does not exist — train it "
+            f"first with `brewer train-teacher {recipe.path}`"
+        )
     target = Path(output) if output is not None else Path("runs") / f"{recipe.name}-extracted"
     # Checked before the (possibly long) importance scoring; a file in the way would otherwise
     # fail inside save_pretrained with a traceback.
@@ -115,8 +121,9 @@ def extract(recipe: Recipe, output: str | Path | None = None, console: Any = Non
     target.parent.mkdir(parents=True, exist_ok=True)
     save_model_dir(run.student.model, run.student.tokenizer, target)
     extraction = run.student.extraction
-    (target / "extraction.json").write_text(json.dumps(
-        {"kept": extraction.kept, "importance": extraction.importance_summary}, indent=2, default=str))
+    (target / "extraction.json").write_text(
+        json.dumps({"kept": extraction.kept, "importance": extraction.importance_summary}, indent=2, default=str)
+    )
     console.print(describe(extraction))
     console.print(f"written: {target} (a transformers model directory) and {target / 'extraction.json'}")
     return target
@@ -130,16 +137,19 @@ def _augment(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, cons
     original data (augmentation serves distillation only), so a missing one is trained first."""
     if not dry_run:
         original = without_augment(recipe)
-        missing = [slot for slot in teacher_slots(original) if teacher_missing(slot.recipe, slot.spec)
-                   and slot.spec.train is not None]
+        missing = [
+            slot for slot in teacher_slots(original) if teacher_missing(slot.recipe, slot.spec) and slot.spec.train is not None
+        ]
         _train_teachers(missing, resume, False, console)
         return with_augmented_data(recipe, console)
     path = augmented_output(recipe)
     cached = path.is_file() and path.with_name(path.name + ".fingerprint.json").is_file()
     spec = recipe.data.augment
-    console.print(f"[bold]data.train will be augmented[/bold] (N_a {spec.variants}, p {spec.probability}, "
-                  f"K {spec.candidates}, masked LM {spec.model or 'none'}, word vectors {spec.word_vectors or 'none'}) "
-                  f"→ {path}{' (in the cache already: the plan reads it)' if cached else ' (not made yet: the plan reads the original data)'}")
+    console.print(
+        f"[bold]data.train will be augmented[/bold] (N_a {spec.variants}, p {spec.probability}, "
+        f"K {spec.candidates}, masked LM {spec.model or 'none'}, word vectors {spec.word_vectors or 'none'}) "
+        f"→ {path}{' (in the cache already: the plan reads it)' if cached else ' (not made yet: the plan reads the original data)'}"
+    )
     return on_augmented_data(recipe, path) if cached else without_augment(recipe)
 
 
@@ -157,8 +167,9 @@ def _distill_one(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, 
     return _run(recipe, output_dir, resume, dry_run, console, stand_ins)
 
 
-def _train_teachers(slots: list[TeacherSlot], resume: bool, dry_run: bool,
-                    console: Any) -> tuple[dict[str, LoadedModel], list[Summary | None]]:
+def _train_teachers(
+    slots: list[TeacherSlot], resume: bool, dry_run: bool, console: Any
+) -> tuple[dict[str, LoadedModel], list[Summary | None]]:
     """Train the slots' teachers in order; returns the dry run's untrained stand-ins by field and
     the trained runs' summaries."""
     stand_ins: dict[str, LoadedModel] = {}
@@ -192,14 +203,18 @@ def _run_stages(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, c
         for index, (label, stage_recipe) in enumerate(stages, 1):
             console.print(f"[bold]stage {index}/{len(stages)}: {label}[/bold]")
             if index > 1:
-                console.print(f"  student: stage {index - 1}'s final/ ({stage_recipe.student.checkpoint}); this plan "
-                              f"builds it as stage 1 does")
+                console.print(
+                    f"  student: stage {index - 1}'s final/ ({stage_recipe.student.checkpoint}); this plan "
+                    f"builds it as stage 1 does"
+                )
                 stage_recipe = with_student_of(stage_recipe, recipe)
             _distill_one(stage_recipe, parent, False, True, console)
         return None
     if (parent / "summary.json").exists() and not resume:
-        raise BrewerError(f"{parent}: the run directory already holds a finished staged run — choose another name "
-                          f"with --set name=…, or another --output-dir; brewer never overwrites checkpoints")
+        raise BrewerError(
+            f"{parent}: the run directory already holds a finished staged run — choose another name "
+            f"with --set name=…, or another --output-dir; brewer never overwrites checkpoints"
+        )
     parent.mkdir(parents=True, exist_ok=True)
     (parent / "summary.json").unlink(missing_ok=True)
     (parent / "recipe.yaml").write_text(yaml.safe_dump(resolved_mapping(recipe), sort_keys=False))
@@ -228,8 +243,9 @@ def _link_final(parent: Path, last: Path) -> None:
     os.symlink(os.path.relpath(last / "final", parent), link)
 
 
-def _run(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, console: Any,
-         stand_ins: dict[str, LoadedModel] | None = None) -> Summary | None:
+def _run(
+    recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, console: Any, stand_ins: dict[str, LoadedModel] | None = None
+) -> Summary | None:
     """Build one run and train it (or print its plan)."""
     run = build_run(recipe, output_dir, stand_ins)
     if dry_run:
@@ -265,8 +281,9 @@ def _print_plan(run: Run, console: Any) -> None:
 # ============================================================================= brewer eval
 
 
-def evaluate(target: str, recipe_path: str | None, data_path: str | None, against: str | None, overrides: list[str],
-             console: Any) -> Summary:
+def evaluate(
+    target: str, recipe_path: str | None, data_path: str | None, against: str | None, overrides: list[str], console: Any
+) -> Summary:
     """`brewer eval`: a run's (or checkpoint's) metrics on its recipe's eval split or `--data`,
     optionally beside a teacher's; prints a table and writes eval.json."""
     target_path = Path(target)
@@ -275,7 +292,9 @@ def evaluate(target: str, recipe_path: str | None, data_path: str | None, agains
     checkpoint = checkpoint_of(target_path)
     recipe_file = Path(recipe_path) if recipe_path else find_run_recipe(checkpoint)
     if recipe_file is None:
-        raise BrewerError(f"{target}: no recipe.yaml found beside this checkpoint — pass --recipe RECIPE so brewer knows the task and data")
+        raise BrewerError(
+            f"{target}: no recipe.yaml found beside this checkpoint — pass --recipe RECIPE so brewer knows the task and data"
+        )
     recipe = load_recipe(recipe_file, overrides)
     if recipe.tasks is not None:
         recipe = _one_task(recipe, checkpoint)
@@ -292,13 +311,17 @@ def evaluate(target: str, recipe_path: str | None, data_path: str | None, agains
         location_path = Path(location)
         if role == "teacher" and location_path.exists():
             location = str(checkpoint_of(location_path))
-        loaded = load_checkpoint(location, task, None, None, f"--against {location}" if role == "teacher" else str(location), role, shape_head=False)
+        loaded = load_checkpoint(
+            location, task, None, None, f"--against {location}" if role == "teacher" else str(location), role, shape_head=False
+        )
         if loaded.tokenizer is None:
             raise BrewerError(f"{location}: no tokenizer files in this checkpoint — save the tokenizer with the model")
         data = task.prepare(eval_only(recipe), loaded.tokenizer, _label_names(loaded.model))
         setup = EvalSetup(task, data, task.collate(loaded.tokenizer), eval_batch_size(recipe.training))
         loaded.model.to(device)
-        metrics = evaluate_model(setup, loaded.model, loaded.family, output_dir=Path(location) if Path(location).is_dir() else None)
+        metrics = evaluate_model(
+            setup, loaded.model, loaded.family, output_dir=Path(location) if Path(location).is_dir() else None
+        )
         results[role] = {"checkpoint": str(location), "parameters": parameter_count(loaded.model), "metrics": metrics}
     primary = task.primary_metric
     # Examples as the user counts them: questions for QA, not the windows they were split into.

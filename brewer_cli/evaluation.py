@@ -9,9 +9,10 @@ loss terms into their averages over examples.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -49,8 +50,13 @@ def _distributed(accelerator: Any) -> bool:
     return accelerator is not None and accelerator.num_processes > 1
 
 
-def evaluate_outputs(setup: EvalSetup, outputs: Callable[[Batch], dict[str, Any]], device: Any,
-                     accelerator: Any = None, output_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+def evaluate_outputs(
+    setup: EvalSetup,
+    outputs: Callable[[Batch], dict[str, Any]],
+    device: Any,
+    accelerator: Any = None,
+    output_dir: Path | None = None,
+) -> dict[str, dict[str, Any]]:
     """The task's metrics of each output that `outputs(batch)` names (e.g. `{"model": logits}`, or
     each teacher's and their ensemble's), under inference mode. With an Accelerator over several
     processes each evaluates a shard and the predictions are gathered."""
@@ -67,27 +73,34 @@ def evaluate_outputs(setup: EvalSetup, outputs: Callable[[Batch], dict[str, Any]
             if _distributed(accelerator):
                 index = accelerator.gather_for_metrics(index)
             indices.extend(int(i) for i in index.tolist())
-    return {name: task.compute_metrics(collected, indices, setup.data, output_dir=output_dir)
-            for name, collected in predictions.items()}
+    return {
+        name: task.compute_metrics(collected, indices, setup.data, output_dir=output_dir)
+        for name, collected in predictions.items()
+    }
 
 
-def evaluate_model(setup: EvalSetup, model: Any, family: Any, accelerator: Any = None,
-                   output_dir: Path | None = None) -> dict[str, Any]:
+def evaluate_model(
+    setup: EvalSetup, model: Any, family: Any, accelerator: Any = None, output_dir: Path | None = None
+) -> dict[str, Any]:
     """Metrics of one model on the setup's eval split."""
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     metrics = evaluate_outputs(
-        setup, lambda batch: {"model": family.features(model, batch, logits_of=setup.task.logits).logits},
-        device, accelerator, output_dir,
+        setup,
+        lambda batch: {"model": family.features(model, batch, logits_of=setup.task.logits).logits},
+        device,
+        accelerator,
+        output_dir,
     )["model"]
     if was_training:
         model.train()
     return metrics
 
 
-def average_losses(setup: EvalSetup, losses: Callable[[Batch], dict[str, torch.Tensor]], device: Any,
-                   accelerator: Any = None) -> dict[str, float]:
+def average_losses(
+    setup: EvalSetup, losses: Callable[[Batch], dict[str, torch.Tensor]], device: Any, accelerator: Any = None
+) -> dict[str, float]:
     """Each loss term that `losses(batch)` returns, averaged over the eval examples (summed over the
     processes): the measure of tasks without labels (general distillation)."""
     totals: dict[str, float] = {}
@@ -100,8 +113,9 @@ def average_losses(setup: EvalSetup, losses: Callable[[Batch], dict[str, torch.T
             examples += size
     names = sorted(totals)
     if _distributed(accelerator):
-        summed = accelerator.reduce(torch.tensor([totals[name] for name in names] + [examples], device=device,
-                                                 dtype=torch.float64), reduction="sum")
+        summed = accelerator.reduce(
+            torch.tensor([totals[name] for name in names] + [examples], device=device, dtype=torch.float64), reduction="sum"
+        )
         totals, examples = dict(zip(names, summed[:-1].tolist())), float(summed[-1])
     return {name: totals[name] / max(examples, 1) for name in names}
 

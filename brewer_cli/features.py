@@ -9,7 +9,6 @@ from typing import Any
 import torch
 
 
-
 @dataclass(frozen=True)
 class AttentionInputs:
     """The query, key and value projections of one layer, before they are split into heads.
@@ -53,7 +52,7 @@ class FeatureNeeds:
     attention_scores: bool = False
     attention_inputs: bool = False
 
-    def __or__(self, other: "FeatureNeeds") -> "FeatureNeeds":
+    def __or__(self, other: FeatureNeeds) -> FeatureNeeds:
         return FeatureNeeds(
             self.hidden_states or other.hidden_states,
             self.attention_scores or other.attention_scores,

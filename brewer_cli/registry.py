@@ -4,8 +4,9 @@ instance, so that unknown names are reported the same way everywhere."""
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from brewer_cli.errors import BrewerError
 

@@ -109,8 +109,11 @@ def temperature_schedule(name: str, base: float, **params: Any) -> Callable[...,
     if not base > 0:
         raise ValueError(f"base temperature must be positive, got {base}")
 
-    def temperature(student_logits: torch.Tensor | Sequence[torch.Tensor], teacher_logits: torch.Tensor | Sequence[torch.Tensor],
-                    mask: torch.Tensor | None = None) -> float | torch.Tensor | tuple[float | torch.Tensor, ...]:
+    def temperature(
+        student_logits: torch.Tensor | Sequence[torch.Tensor],
+        teacher_logits: torch.Tensor | Sequence[torch.Tensor],
+        mask: torch.Tensor | None = None,
+    ) -> float | torch.Tensor | tuple[float | torch.Tensor, ...]:
         if isinstance(student_logits, torch.Tensor):
             return schedule(base, student_logits, teacher_logits, mask, **params)
         return tuple(

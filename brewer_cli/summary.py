@@ -24,8 +24,12 @@ def run_summary(run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any
     distiller = run.distiller
     metric = run.task.primary_metric
     student_metrics = result["student_metrics"] or {}
-    student = {"metric": student_metrics.get(metric), "metrics": student_metrics,
-               "parameters": parameter_count(run.student.model), "checkpoint": str(run.run_dir / "final")}
+    student = {
+        "metric": student_metrics.get(metric),
+        "metrics": student_metrics,
+        "parameters": parameter_count(run.student.model),
+        "checkpoint": str(run.run_dir / "final"),
+    }
     extraction = run.student.extraction
     if extraction is not None:
         # An extracted student's starting point is part of the result: which teacher layers,
@@ -36,19 +40,28 @@ def run_summary(run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any
         summary["model"] = student
     else:
         teacher_value = (teacher_metrics or {}).get(metric)
-        summary["teacher"] = {"metric": teacher_value, "metrics": teacher_metrics, "parameters": parameter_count(run.teacher.model),
-                              "checkpoint": run.teacher.source}
+        summary["teacher"] = {
+            "metric": teacher_value,
+            "metrics": teacher_metrics,
+            "parameters": parameter_count(run.teacher.model),
+            "checkpoint": run.teacher.source,
+        }
         summary["student"] = student
         summary["student_to_teacher"] = (
             student["metric"] / teacher_value if teacher_value and student["metric"] is not None else None
         )
         summary["parameters_ratio"] = student["parameters"] / summary["teacher"]["parameters"]
     summary["size"] = _size_figures(run)
-    summary.update({
-        "best": result["best"], "steps": result["steps"], "wall_time_s": round(result["wall_time_s"], 2),
-        "precision": result["precision"], "processes": result["processes"],
-        "peak_memory_bytes": _peak_memory(device),
-    })
+    summary.update(
+        {
+            "best": result["best"],
+            "steps": result["steps"],
+            "wall_time_s": round(result["wall_time_s"], 2),
+            "precision": result["precision"],
+            "processes": result["processes"],
+            "peak_memory_bytes": _peak_memory(device),
+        }
+    )
     if distiller.compiled is not None:
         summary["compile"] = distiller.compiled
     if distiller.teacher_cache is not None:
@@ -109,10 +122,12 @@ def print_summary(summary: dict[str, Any], console: Any, run: Run) -> None:
     table.add_column("parameters", justify="right")
     table.add_column(metric, justify="right")
     table.add_column("of teacher", justify="right")
+
     def row(label: str, entry: dict[str, Any], share: float | None = None) -> None:
         value = entry["metric"]
-        table.add_row(label, f"{entry['parameters']:,}", "" if value is None else f"{value:.4f}",
-                      "" if share is None else f"{share:.1%}")
+        table.add_row(
+            label, f"{entry['parameters']:,}", "" if value is None else f"{value:.4f}", "" if share is None else f"{share:.1%}"
+        )
 
     # Several teachers (multi_teacher): each, then their ensemble as "teacher".
     for index, entry in enumerate(summary.get("teachers", [])):
@@ -130,23 +145,40 @@ def print_summary(summary: dict[str, Any], console: Any, run: Run) -> None:
         row(f"{name}: teacher ({entry['metric']})", entry["teacher"])
         row(f"{name}: student ({entry['metric']})", entry["student"], entry.get("student_to_teacher"))
     console.print(table)
-    written = "final/<task>/ (a transformers model directory per task)" if run.distiller.exports_several_students else "final (a transformers model directory)"
+    written = (
+        "final/<task>/ (a transformers model directory per task)"
+        if run.distiller.exports_several_students
+        else "final (a transformers model directory)"
+    )
     console.print(f"written: {run.run_dir}/{written}, summary.json, metrics.jsonl")
 
 
-def staged_summary(recipe: Recipe, stages: list[tuple[str, Recipe]], summaries: list[dict[str, Any]], parent: Path) -> dict[str, Any]:
+def staged_summary(
+    recipe: Recipe, stages: list[tuple[str, Recipe]], summaries: list[dict[str, Any]], parent: Path
+) -> dict[str, Any]:
     last = summaries[-1]
     entries = []
     for index, ((label, stage_recipe), summary) in enumerate(zip(stages, summaries), 1):
-        entries.append({
-            "stage": index, "name": label, "kind": stage_recipe.distillation.kind, "run_dir": str(stage_directory(parent, index)),
-            "steps": summary["steps"], "wall_time_s": summary["wall_time_s"],
-            "student_metric": (summary.get("student") or {}).get("metric"),
-        })
+        entries.append(
+            {
+                "stage": index,
+                "name": label,
+                "kind": stage_recipe.distillation.kind,
+                "run_dir": str(stage_directory(parent, index)),
+                "steps": summary["steps"],
+                "wall_time_s": summary["wall_time_s"],
+                "student_metric": (summary.get("student") or {}).get("metric"),
+            }
+        )
     result: dict[str, Any] = {
-        "name": recipe.name, "kind": "stages", "metric": last["metric"], "stages": entries,
-        "teacher": last.get("teacher"), "student": {**last["student"], "checkpoint": str(parent / "final")},
-        "student_to_teacher": last.get("student_to_teacher"), "parameters_ratio": last.get("parameters_ratio"),
+        "name": recipe.name,
+        "kind": "stages",
+        "metric": last["metric"],
+        "stages": entries,
+        "teacher": last.get("teacher"),
+        "student": {**last["student"], "checkpoint": str(parent / "final")},
+        "student_to_teacher": last.get("student_to_teacher"),
+        "parameters_ratio": last.get("parameters_ratio"),
         "steps": sum(entry["steps"] for entry in entries),
         "wall_time_s": round(sum(entry["wall_time_s"] for entry in entries), 2),
     }
@@ -158,17 +190,23 @@ def staged_summary(recipe: Recipe, stages: list[tuple[str, Recipe]], summaries: 
 
 def print_stages(summary: dict[str, Any], console: Any) -> None:
     metric = summary["metric"]
-    table = Table(title=f"{summary['name']} ({len(summary['stages'])} stages, {summary['steps']} steps, {summary['wall_time_s']:.0f} s)")
+    table = Table(
+        title=f"{summary['name']} ({len(summary['stages'])} stages, {summary['steps']} steps, {summary['wall_time_s']:.0f} s)"
+    )
     for column, justify in (("stage", "left"), ("kind", "left"), ("steps", "right"), (f"student {metric}", "right")):
         table.add_column(column, justify=justify)
     for entry in summary["stages"]:
         value = entry["student_metric"]
-        table.add_row(f"{entry['stage']}: {entry['name']}", entry["kind"], str(entry["steps"]), "" if value is None else f"{value:.4f}")
+        table.add_row(
+            f"{entry['stage']}: {entry['name']}", entry["kind"], str(entry["steps"]), "" if value is None else f"{value:.4f}"
+        )
     console.print(table)
     teacher = (summary.get("teacher") or {}).get("metric")
     if teacher is not None:
-        console.print(f"teacher {metric}: {teacher:.4f}; final student: {summary['student']['metric']:.4f} "
-                      f"({summary['student_to_teacher']:.1%} of the teacher)")
+        console.print(
+            f"teacher {metric}: {teacher:.4f}; final student: {summary['student']['metric']:.4f} "
+            f"({summary['student_to_teacher']:.1%} of the teacher)"
+        )
     console.print(f"written: {summary['student']['checkpoint']} (→ the last stage's final/), summary.json")
 
 
@@ -182,7 +220,9 @@ def print_eval(report: dict[str, Any], console: Any, output: Path) -> None:
     for role in ("teacher", "model"):
         if role in report:
             entry = report[role]
-            table.add_row(f"{role} ({entry['checkpoint']})", f"{entry['parameters']:,}", *(_format(entry["metrics"].get(n)) for n in names))
+            table.add_row(
+                f"{role} ({entry['checkpoint']})", f"{entry['parameters']:,}", *(_format(entry["metrics"].get(n)) for n in names)
+            )
     console.print(table)
     if report.get("model_to_teacher") is not None:
         console.print(f"model / teacher {report['metric']}: {report['model_to_teacher']:.1%}")

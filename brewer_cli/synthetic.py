@@ -10,16 +10,38 @@ keywords.
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 from brewer_cli.registry import Registry
 
 GENERATORS: Registry[Callable[[int, int], list[dict]]] = Registry("synthetic dataset")
 
-POSITIVE = ["great", "wonderful", "brilliant", "moving", "superb", "delightful", "charming", "gripping", "clever", "beautiful", "fun", "touching"]
+POSITIVE = [
+    "great",
+    "wonderful",
+    "brilliant",
+    "moving",
+    "superb",
+    "delightful",
+    "charming",
+    "gripping",
+    "clever",
+    "beautiful",
+    "fun",
+    "touching",
+]
 NEGATIVE = ["boring", "awful", "dull", "terrible", "clumsy", "tedious", "bland", "messy", "painful", "silly", "weak", "lifeless"]
 TARGETS = ["the movie", "the film", "this picture", "the story", "the plot", "the acting", "the script", "the ending"]
-OTHERS = ["the popcorn", "the seats", "the weather", "the trailer", "the parking", "the ticket price", "the sound in the hall", "my neighbour"]
+OTHERS = [
+    "the popcorn",
+    "the seats",
+    "the weather",
+    "the trailer",
+    "the parking",
+    "the ticket price",
+    "the sound in the hall",
+    "my neighbour",
+]
 NEGATORS = ["not", "never", "hardly", "not at all"]
 INTENSIFIERS = ["", "", "very", "really", "quite", "truly", "rather", "so"]
 OPENERS = ["", "", "honestly ,", "to be fair ,", "in the end ,", "overall ,", "i think", "sadly ,", "frankly ,"]

@@ -3,8 +3,13 @@ deterministic WordPiece vocabulary brewer trains when a recipe says `train_wordp
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any, Callable
+import heapq
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from brewer_cli.errors import ModelError
 from brewer_cli.models import checkpoint_location, first_line, recipe_prefix
@@ -13,14 +18,15 @@ from brewer_cli.recipe import Recipe, TokenizerSpec, WordPieceTraining
 
 
 def load_tokenizer_dir(location: str, recipe: Recipe | None, field: str, required: bool = True) -> Any:
-    from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(location)
     except Exception as error:
         if not required:
             return None
-        raise ModelError(f"{recipe_prefix(recipe)}{field}: could not load a tokenizer from {location!r}: {first_line(error)}") from None
+        raise ModelError(
+            f"{recipe_prefix(recipe)}{field}: could not load a tokenizer from {location!r}: {first_line(error)}"
+        ) from None
 
 
 def build_tokenizer(spec: TokenizerSpec, texts: list[str], recipe: Recipe, field: str) -> Any:
@@ -36,8 +42,9 @@ def own_student_tokenizer(recipe: Recipe, texts: Callable[[], list[str]]) -> Any
     checkpoint — else None, and the caller falls back to a teacher's."""
     spec = recipe.student
     if spec.tokenizer is not None:
-        return build_tokenizer(spec.tokenizer, texts() if spec.tokenizer.train_wordpiece is not None else [], recipe,
-                               "student.tokenizer")
+        return build_tokenizer(
+            spec.tokenizer, texts() if spec.tokenizer.train_wordpiece is not None else [], recipe, "student.tokenizer"
+        )
     if spec.checkpoint is not None:
         location = checkpoint_location(spec.checkpoint, recipe, "student.checkpoint")
         return load_tokenizer_dir(location, recipe, "student.checkpoint", required=False)
@@ -58,8 +65,6 @@ def train_wordpiece(texts: list[str], settings: WordPieceTraining) -> Any:
     that trainer breaks ties between equally frequent pairs by hash-map order, which is seeded
     afresh in every process, so the same texts gave a different vocabulary (and a different
     model) from one run to the next."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     normalizer = normalizers.BertNormalizer(lowercase=settings.lowercase)
@@ -98,8 +103,6 @@ def wordpiece_vocabulary(words: Counter[str], vocab_size: int, min_frequency: in
     character, every merge) reaches `vocab_size` or no pair occurs `min_frequency` times. Ties
     go to the pair that sorts first, so the same words always give the same vocabulary. Pair
     counts are updated only for the words a merge touches, as in `tokenizers`' trainer."""
-    import heapq
-    from collections import defaultdict
 
     ordered = sorted(words)
     splits = [[word[0], *(f"##{character}" for character in word[1:])] for word in ordered]

@@ -27,9 +27,9 @@ TINY_STUDENT = {**TINY_BERT, "hidden_size": 16, "num_hidden_layers": 1, "num_att
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     """A WordPiece tokenizer (vocab ≤ 100) trained on the synthetic sentiment data."""
-    from brewer_cli.tokenizers import train_wordpiece
     from brewer_cli.recipe import WordPieceTraining
     from brewer_cli.synthetic import negation_sentiment
+    from brewer_cli.tokenizers import train_wordpiece
 
     texts = [row["text"] for row in negation_sentiment(500, 0)]
     tokenizer = train_wordpiece(texts, WordPieceTraining(vocab_size=100))
@@ -38,8 +38,13 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return directory
 
 
-def save_tiny_model(directory: Path, tokenizer_dir: Path, config: dict[str, Any] | None = None,
-                    labels: list[str] | None = ("negative", "positive"), seed: int = 0) -> Path:
+def save_tiny_model(
+    directory: Path,
+    tokenizer_dir: Path,
+    config: dict[str, Any] | None = None,
+    labels: list[str] | None = ("negative", "positive"),
+    seed: int = 0,
+) -> Path:
     """A randomly initialized sequence classifier saved with its tokenizer, as a user's checkpoint."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import transformers
 
-from brewer_cli.tokenizers import train_wordpiece
 from brewer_cli.recipe import WordPieceTraining
+from brewer_cli.tokenizers import train_wordpiece
 
 PEOPLE = [["john", "smith"], ["mary"], ["anna", "bell"], ["peter"], ["lucas", "brandt"]]
 PLACES = [["paris"], ["new", "york"], ["berlin"], ["rome"]]
@@ -23,8 +23,12 @@ COMPANIES = [["acme"], ["globex", "corp"], ["initech"]]
 FILLER = ["works", "for", "lives", "in", "and", "visited", "today", "with", "the", "team", "of", "."]
 
 TINY_BERT = {
-    "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "max_position_embeddings": 128,
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
 }
 
 

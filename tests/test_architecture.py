@@ -21,8 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("build",),
     ("run", "loop", "checkpoints", "summary"),
     ("distillers",),
-    ("evaluation", "losses", "matches", "schedulers", "projections", "teacher_cache", "extract", "augment",
-     "size_report"),
+    ("evaluation", "losses", "matches", "schedulers", "projections", "teacher_cache", "extract", "augment", "size_report"),
     ("tasks",),
     ("families",),
     ("models", "tokenizers", "synthetic"),
@@ -75,8 +74,7 @@ def _imports(module: str) -> list[tuple[str, int, bool]]:
             else:
                 visit(child, nested)
                 continue
-            found.extend((name, child.lineno, in_function) for name in names
-                         if name == PACKAGE or name.startswith(PACKAGE + "."))
+            found.extend((name, child.lineno, in_function) for name in names if name == PACKAGE or name.startswith(PACKAGE + "."))
 
     visit(tree, False)
     return found
@@ -102,15 +100,19 @@ def test_every_module_has_a_layer():
 def test_no_import_runs_upward():
     upward = [
         f"{MODULES[module].relative_to(ROOT.parent)}:{line}: {module} ({LAYERS[_layer(module)][0]}…) imports {name}"
-        for module, imports in GRAPH.items() if module != PACKAGE
-        for name, line, _ in imports if name in MODULES and name != PACKAGE and _layer(name) < _layer(module)
+        for module, imports in GRAPH.items()
+        if module != PACKAGE
+        for name, line, _ in imports
+        if name in MODULES and name != PACKAGE and _layer(name) < _layer(module)
     ]
     assert upward == []
 
 
 def test_no_import_cycle():
-    edges = {module: sorted({name for name, _, _ in imports if name in MODULES and name != module})
-             for module, imports in GRAPH.items()}
+    edges = {
+        module: sorted({name for name, _, _ in imports if name in MODULES and name != module})
+        for module, imports in GRAPH.items()
+    }
     # Tarjan's strongly connected components: any component of two or more modules is a cycle.
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -146,20 +148,31 @@ def test_no_import_cycle():
 
 
 def test_losses_read_no_model_or_recipe_code():
-    wrong = [f"{module} imports {name}" for module, imports in GRAPH.items() if _top(module) == "losses"
-             for name, _, _ in imports if _top(name) not in LOSSES_MAY_IMPORT]
+    wrong = [
+        f"{module} imports {name}"
+        for module, imports in GRAPH.items()
+        if _top(module) == "losses"
+        for name, _, _ in imports
+        if _top(name) not in LOSSES_MAY_IMPORT
+    ]
     assert wrong == []
 
 
 def test_only_main_imports_the_command_line():
-    importers = [module for module, imports in GRAPH.items() for name, _, _ in imports
-                 if _top(name) == "cli" and _top(module) != "cli"]
+    importers = [
+        module for module, imports in GRAPH.items() for name, _, _ in imports if _top(name) == "cli" and _top(module) != "cli"
+    ]
     assert importers == [f"{PACKAGE}.__main__"]
 
 
 def test_package_imports_sit_at_module_level():
-    lazy = [f"{MODULES[module].relative_to(ROOT.parent)}:{line}: {name}" for module, imports in GRAPH.items()
-            if _top(module) not in LAZY_IMPORTS_ALLOWED for name, line, in_function in imports if in_function]
+    lazy = [
+        f"{MODULES[module].relative_to(ROOT.parent)}:{line}: {name}"
+        for module, imports in GRAPH.items()
+        if _top(module) not in LAZY_IMPORTS_ALLOWED
+        for name, line, in_function in imports
+        if in_function
+    ]
     assert lazy == []
 
 
@@ -167,7 +180,6 @@ def test_package_imports_sit_at_module_level():
 def test_no_module_is_over_500_lines(module):
     lines = MODULES[module].read_text(encoding="utf-8").count("\n")
     assert lines <= 500, f"{MODULES[module]}: {lines} lines — split it by concern"
-
 
 
 def test_every_distillation_kind_has_a_spec_a_distiller_and_a_builder():

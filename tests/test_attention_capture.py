@@ -10,14 +10,19 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from brewer_cli.families import FeatureNeeds, family_for
 
-TINY = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "intermediate_size": 64, "max_position_embeddings": 64}
+TINY = {
+    "vocab_size": 100,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
 FAMILY_CONFIGS = {
     "bert": TINY,
     "roberta": {**TINY, "pad_token_id": 1},
     "xlm-roberta": {**TINY, "pad_token_id": 1},
-    "distilbert": {"vocab_size": 100, "dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64,
-                   "max_position_embeddings": 64},
+    "distilbert": {"vocab_size": 100, "dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64, "max_position_embeddings": 64},
     # ALBERT and ELECTRA factorize the embeddings (16) below the hidden width (32).
     "albert": {**TINY, "embedding_size": 16},
     "electra": {**TINY, "embedding_size": 16},
@@ -41,7 +46,8 @@ def test_captured_scores_give_the_eager_attention_probabilities(model_type):
     family = family_for(model.config)
     assert family.name == model_type
     eager = AutoModelForSequenceClassification.from_config(
-        AutoConfig.for_model(model_type, **settings), attn_implementation="eager").eval()
+        AutoConfig.for_model(model_type, **settings), attn_implementation="eager"
+    ).eval()
     eager.load_state_dict(model.state_dict())
     inputs = batch()
 
@@ -95,13 +101,19 @@ def test_general_distiller_without_attention_matches_registers_no_hooks(tmp_path
     from brewer_cli.build import build_run
     from tests.test_general import general_recipe, one_batch
 
-    run = build_run(general_recipe(tmp_path, tokenizer_dir, [{"uniform": True, "loss": "hidden_mse",
-                                                              "projection": "linear"}]), tmp_path / "runs")
+    run = build_run(
+        general_recipe(tmp_path, tokenizer_dir, [{"uniform": True, "loss": "hidden_mse", "projection": "linear"}]),
+        tmp_path / "runs",
+    )
     distiller = run.distiller
     assert distiller.student_needs() == FeatureNeeds(hidden_states=True)
     assert distiller.teacher_needs() == FeatureNeeds(hidden_states=True)
-    projections = [module for loaded in (run.student, run.teacher)
-                   for layer in loaded.family.attention_projections(loaded.model) for module in layer]
+    projections = [
+        module
+        for loaded in (run.student, run.teacher)
+        for layer in loaded.family.attention_projections(loaded.model)
+        for module in layer
+    ]
     hooked = _count_hooks(monkeypatch, projections)
     parts = distiller(one_batch(run))
     assert hooked == [] and torch.isfinite(parts["loss"])

@@ -112,8 +112,12 @@ def test_pair_tasks_augment_each_text_field(loaded):
     splitter = WordSplitter(loaded.tokenizer)
     originals = {" ".join(splitter.words(row["premise"])): row for row in examples}
     assert any(row["premise"] not in originals for row in variants)
-    assert any(row["hypothesis"] != " ".join(splitter.words(example["hypothesis"]))
-               for example in examples for row in variants if row["label"] == example["label"])
+    assert any(
+        row["hypothesis"] != " ".join(splitter.words(example["hypothesis"]))
+        for example in examples
+        for row in variants
+        if row["label"] == example["label"]
+    )
     pairs = [(row["premise"], row["hypothesis"]) for row in variants]
     assert len(pairs) == len(set(pairs))
 
@@ -180,11 +184,25 @@ def test_second_run_is_a_cache_hit(tmp_path, masked_lm, monkeypatch):
 
 def test_brewer_augment_command(tmp_path, masked_lm):
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"a": row["text"], "b": row["text"][:30], "label": row["label"]}) + "\n" for row in rows(5)))
+    data.write_text(
+        "".join(json.dumps({"a": row["text"], "b": row["text"][:30], "label": row["label"]}) + "\n" for row in rows(5))
+    )
     output = tmp_path / "augmented.jsonl"
     runner = CliRunner()
-    arguments = ["augment", str(data), "--model", str(masked_lm), "--text", "a", "--text-pair", "b",
-                 "--variants", "3", "--output", str(output)]
+    arguments = [
+        "augment",
+        str(data),
+        "--model",
+        str(masked_lm),
+        "--text",
+        "a",
+        "--text-pair",
+        "b",
+        "--variants",
+        "3",
+        "--output",
+        str(output),
+    ]
     result = runner.invoke(app, arguments)
     assert result.exit_code == 0, result.output
     assert "5 examples →" in result.output and str(output) in result.output.replace("\n", "")

@@ -44,8 +44,20 @@ def test_distill_help_lists_options():
 def test_catalog_lists_every_registry():
     result = runner.invoke(app, ["catalog"], terminal_width=200)
     assert result.exit_code == 0
-    for name in ("bert", "xlm-roberta", "sequence_classification", "trainer", "basic", "ce", "kl", "hidden_mse",
-                 "flsw", "linear_decay", "negation_sentiment", "linear"):
+    for name in (
+        "bert",
+        "xlm-roberta",
+        "sequence_classification",
+        "trainer",
+        "basic",
+        "ce",
+        "kl",
+        "hidden_mse",
+        "flsw",
+        "linear_decay",
+        "negation_sentiment",
+        "linear",
+    ):
         assert name in result.output
 
 
@@ -69,7 +81,9 @@ def test_unknown_key(tmp_path):
 def test_unknown_distiller_kind(tmp_path):
     raw = distill_recipe("runs/x/final", distillation={"kind": "genral"})
     path = write_recipe(tmp_path, raw)
-    assert_clean_error(invoke("distill", path), f"{path}: distillation.kind: unknown distiller kind 'genral' (did you mean 'general'?)")
+    assert_clean_error(
+        invoke("distill", path), f"{path}: distillation.kind: unknown distiller kind 'genral' (did you mean 'general'?)"
+    )
 
 
 def test_unknown_kd_loss_name(tmp_path, teacher_dir):
@@ -81,8 +95,10 @@ def test_unknown_kd_loss_name(tmp_path, teacher_dir):
 def test_teacher_missing_without_training_section(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = write_recipe(tmp_path, distill_recipe("runs/teacher/final"))
-    assert_clean_error(invoke("distill", path, "--output-dir", tmp_path / "out"),
-                       f"{path}: teacher.checkpoint: 'runs/teacher/final' does not exist and the recipe has no `teacher.train` section")
+    assert_clean_error(
+        invoke("distill", path, "--output-dir", tmp_path / "out"),
+        f"{path}: teacher.checkpoint: 'runs/teacher/final' does not exist and the recipe has no `teacher.train` section",
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -90,8 +106,9 @@ def test_data_file_missing(tmp_path, teacher_dir):
     raw = distill_recipe(teacher_dir)
     raw["data"]["train"] = {"path": "missing.tsv"}
     path = write_recipe(tmp_path, raw)
-    assert_clean_error(invoke("distill", path, "--output-dir", tmp_path / "out"),
-                       f"{path}: data.train.path: data file 'missing.tsv' not found")
+    assert_clean_error(
+        invoke("distill", path, "--output-dir", tmp_path / "out"), f"{path}: data.train.path: data file 'missing.tsv' not found"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -100,8 +117,10 @@ def test_label_column_missing_lists_columns(tmp_path, teacher_dir):
     raw = distill_recipe(teacher_dir)
     raw["data"]["train"] = {"path": str(tmp_path / "train.tsv"), "text": "sentence"}
     path = write_recipe(tmp_path, raw)
-    assert_clean_error(invoke("distill", path, "--output-dir", tmp_path / "out"),
-                       f"{path}: data.train: label column 'label' not found — columns found: sentence, polarity")
+    assert_clean_error(
+        invoke("distill", path, "--output-dir", tmp_path / "out"),
+        f"{path}: data.train: label column 'label' not found — columns found: sentence, polarity",
+    )
 
 
 def test_label_outside_num_labels(tmp_path, tokenizer_dir):
@@ -111,8 +130,10 @@ def test_label_outside_num_labels(tmp_path, tokenizer_dir):
     raw["data"]["train"] = {"path": str(tmp_path / "train.tsv"), "text": "sentence"}
     del raw["data"]["eval"]
     path = write_recipe(tmp_path, raw)
-    assert_clean_error(invoke("distill", path, "--output-dir", tmp_path / "out"),
-                       f"{path}: data.train: example 1: label '2' is outside task.num_labels=2 (valid ids 0…1)")
+    assert_clean_error(
+        invoke("distill", path, "--output-dir", tmp_path / "out"),
+        f"{path}: data.train: example 1: label '2' is outside task.num_labels=2 (valid ids 0…1)",
+    )
 
 
 def test_empty_dataset(tmp_path, teacher_dir):
@@ -120,12 +141,13 @@ def test_empty_dataset(tmp_path, teacher_dir):
     raw = distill_recipe(teacher_dir)
     raw["data"]["train"] = {"path": str(tmp_path / "train.tsv")}
     path = write_recipe(tmp_path, raw)
-    assert_clean_error(invoke("distill", path, "--output-dir", tmp_path / "out"),
-                       f"{path}: data.train: the dataset is empty")
+    assert_clean_error(invoke("distill", path, "--output-dir", tmp_path / "out"), f"{path}: data.train: the dataset is empty")
 
 
 def test_student_checkpoint_with_other_vocabulary(tmp_path, teacher_dir, tokenizer_dir):
-    student = save_tiny_model(tmp_path / "student", tokenizer_dir, config={**TINY_BERT, "hidden_size": 16, "num_attention_heads": 2})
+    student = save_tiny_model(
+        tmp_path / "student", tokenizer_dir, config={**TINY_BERT, "hidden_size": 16, "num_attention_heads": 2}
+    )
     config_path = student / "config.json"
     config = json.loads(config_path.read_text())
     # Re-save with a larger vocabulary, as a student pre-trained with another tokenizer would be.
@@ -136,22 +158,28 @@ def test_student_checkpoint_with_other_vocabulary(tmp_path, teacher_dir, tokeniz
     AutoModelForSequenceClassification.from_config(BertConfig(**config)).save_pretrained(student)
     raw = distill_recipe(teacher_dir, student={"checkpoint": str(student)})
     path = write_recipe(tmp_path, raw)
-    flat = assert_clean_error(invoke("distill", path, "--output-dir", tmp_path / "out"),
-                              f"{path}: student.checkpoint: the student's vocabulary has")
+    flat = assert_clean_error(
+        invoke("distill", path, "--output-dir", tmp_path / "out"), f"{path}: student.checkpoint: the student's vocabulary has"
+    )
     assert "must share a tokenizer" in flat
 
 
 def test_run_directory_is_never_overwritten(tmp_path, teacher_dir):
     path = write_recipe(tmp_path, distill_recipe(teacher_dir))
     (tmp_path / "out" / "tiny" / "checkpoints").mkdir(parents=True)
-    assert_clean_error(invoke("distill", path, "--output-dir", tmp_path / "out"),
-                       f"{tmp_path / 'out' / 'tiny'}: the run directory already exists", "--resume")
+    assert_clean_error(
+        invoke("distill", path, "--output-dir", tmp_path / "out"),
+        f"{tmp_path / 'out' / 'tiny'}: the run directory already exists",
+        "--resume",
+    )
 
 
 def test_bad_set_override(tmp_path, teacher_dir):
     path = write_recipe(tmp_path, distill_recipe(teacher_dir))
-    assert_clean_error(invoke("distill", path, "--set", "training.batch_size=0"),
-                       f"{path}: training.batch_size: Input should be greater than or equal to 1")
+    assert_clean_error(
+        invoke("distill", path, "--set", "training.batch_size=0"),
+        f"{path}: training.batch_size: Input should be greater than or equal to 1",
+    )
 
 
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path, teacher_dir):
@@ -170,14 +198,32 @@ def test_eval_missing_target(tmp_path):
 
 
 def test_size_report_bad_batch_sizes(tmp_path):
-    assert_clean_error(invoke("size-report", "x", "--batch-sizes", "1,a"), "--batch-sizes '1,a': expected comma-separated whole numbers")
+    assert_clean_error(
+        invoke("size-report", "x", "--batch-sizes", "1,a"), "--batch-sizes '1,a': expected comma-separated whole numbers"
+    )
 
 
 def test_size_report_command_compares_student_and_teacher(tmp_path, tokenizer_dir):
     teacher = save_tiny_model(tmp_path / "teacher", tokenizer_dir)
-    student = save_tiny_model(tmp_path / "student", tokenizer_dir, config={**TINY_BERT, "hidden_size": 16, "num_attention_heads": 2})
-    result = runner.invoke(app, ["size-report", str(student), "--against", str(teacher), "--json", "--runs", "2",
-                                 "--batch-sizes", "1,4", "--seq-len", "16"])
+    student = save_tiny_model(
+        tmp_path / "student", tokenizer_dir, config={**TINY_BERT, "hidden_size": 16, "num_attention_heads": 2}
+    )
+    result = runner.invoke(
+        app,
+        [
+            "size-report",
+            str(student),
+            "--against",
+            str(teacher),
+            "--json",
+            "--runs",
+            "2",
+            "--batch-sizes",
+            "1,4",
+            "--seq-len",
+            "16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     target, reference = report["models"]

@@ -41,10 +41,14 @@ def multi_task_recipe(directory: Path) -> Recipe:
         "tasks": {
             "sentiment": {
                 "task": {"kind": "sequence_classification", "num_labels": 2},
-                "data": {"train": {"synthetic": "negation_sentiment", "examples": 64, "seed": 1},
-                         "eval": {"synthetic": "negation_sentiment", "examples": 16, "seed": 2}},
-                "teacher": {"checkpoint": "runs/mt-teacher/final",
-                            "train": {"model": {"config": "configs/quickstart/teacher.json"}, "training": {"epochs": 1}}},
+                "data": {
+                    "train": {"synthetic": "negation_sentiment", "examples": 64, "seed": 1},
+                    "eval": {"synthetic": "negation_sentiment", "examples": 16, "seed": 2},
+                },
+                "teacher": {
+                    "checkpoint": "runs/mt-teacher/final",
+                    "train": {"model": {"config": "configs/quickstart/teacher.json"}, "training": {"epochs": 1}},
+                },
             },
             "topics": {
                 "task": {"kind": "sequence_classification", "num_labels": 3, "labels": ["a", "b", "c"]},
@@ -74,8 +78,17 @@ def test_deriving_nothing_keeps_multi_task_recipes(tmp_path):
 
 def test_derive_replaces_and_removes_top_level_fields():
     recipe = load_recipe(QUICKSTART)
-    derived = derive(recipe, {"name": "other", "training": {"epochs": 1}, "distillation": {"kind": "trainer"},
-                              "model": {"checkpoint": "m"}, "teacher": None, "student": None})
+    derived = derive(
+        recipe,
+        {
+            "name": "other",
+            "training": {"epochs": 1},
+            "distillation": {"kind": "trainer"},
+            "model": {"checkpoint": "m"},
+            "teacher": None,
+            "student": None,
+        },
+    )
     assert derived.name == "other"
     assert derived.training.epochs == 1.0 and derived.training.batch_size == 32  # a replaced field starts from its defaults
     assert derived.teacher is None and derived.student is None
@@ -116,8 +129,10 @@ def test_teacher_training_recipe_leaves_augmentation_and_stages_behind():
 
 
 def test_teacher_training_recipe_of_one_of_several_teachers(tmp_path):
-    recipe = load_recipe(RECIPES / "quickstart-multi-teacher.yaml", [
-        "teachers.1.train.model.config=configs/quickstart/teacher.json", "teachers.1.train.training.seed=2"])
+    recipe = load_recipe(
+        RECIPES / "quickstart-multi-teacher.yaml",
+        ["teachers.1.train.model.config=configs/quickstart/teacher.json", "teachers.1.train.training.seed=2"],
+    )
     trainer = teacher_training_recipe(recipe, recipe.teachers[1])
     assert trainer.name == "quickstart-teacher-seed2"
     assert trainer.teachers is None and trainer.training.seed == 2
@@ -146,7 +161,9 @@ def test_stage_recipes():
     stages = stage_recipes(recipe, parent)
     assert [label for label, _ in stages] == ["intermediate", "prediction"]
     first, second = (stage for _, stage in stages)
-    assert [first.name, second.name] == ["stage-1", "stage-2"] == [stage_directory(parent, 1).name, stage_directory(parent, 2).name]
+    assert (
+        [first.name, second.name] == ["stage-1", "stage-2"] == [stage_directory(parent, 1).name, stage_directory(parent, 2).name]
+    )
     assert [first.distillation.kind, second.distillation.kind] == ["general", "basic"]
     assert first.stages is None and second.stages is None
     assert first.student == recipe.student
@@ -193,8 +210,16 @@ def test_evaluation_recipes():
 def test_kinds_are_read_off_the_distillation_specs(tmp_path):
     assert DISTILLATION_KINDS == ("trainer", "basic", "general", "multi_teacher", "multi_task")
     assert STAGE_KINDS == ("basic", "general")
-    recipe = validate_recipe({"name": "t", "task": {"kind": "sequence_classification"}, "data": {"train": {"path": "a"}},
-                              "model": {"checkpoint": "m"}, "distillation": {"kind": "trainer"}}, tmp_path / "r.yaml")
+    recipe = validate_recipe(
+        {
+            "name": "t",
+            "task": {"kind": "sequence_classification"},
+            "data": {"train": {"path": "a"}},
+            "model": {"checkpoint": "m"},
+            "distillation": {"kind": "trainer"},
+        },
+        tmp_path / "r.yaml",
+    )
     assert recipe.distillation.trains_model
     assert not recipe.distillation.can_be_a_stage and not recipe.distillation.per_task
     assert recipe.distillation.teachers_section is None

@@ -25,8 +25,13 @@ TIMEOUT_S = 300
 
 
 def environment() -> dict[str, str]:
-    return {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    return {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
 
 
 def recipe_with_batch(tmp_path: Path, teacher: Path, batch_size: int, name: str) -> Path:
@@ -39,8 +44,20 @@ def recipe_with_batch(tmp_path: Path, teacher: Path, batch_size: int, name: str)
 # more than one (without it, on a machine without GPUs, it runs one); brewer then joins gloo.
 LAUNCHERS = {
     "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+    "accelerate": [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ],
 }
 
 
@@ -52,8 +69,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, te
     command = [*LAUNCHERS[launcher], "-m", "brewer_cli", "distill", str(two), "--output-dir", str(tmp_path / "two")]
     launched = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp_path)
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
-    one_summary = distill(load_recipe(recipe_with_batch(tmp_path, teacher_dir, 16, "one.yaml")), tmp_path / "one",
-                          console=quiet_console)
+    one_summary = distill(
+        load_recipe(recipe_with_batch(tmp_path, teacher_dir, 16, "one.yaml")), tmp_path / "one", console=quiet_console
+    )
 
     run_dir = tmp_path / "two" / "tiny"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -93,11 +111,25 @@ def test_a_refusal_is_raised_by_every_process_so_none_waits_for_it(tmp_path, tea
     port = str(free_port())
     processes = []
     for rank in (0, 1):
-        env = {**environment(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        processes.append(subprocess.Popen([sys.executable, "-m", "brewer_cli", "distill", str(recipe), "--output-dir",
-                                           str(tmp_path / "out")], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
+        env = {
+            **environment(),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "brewer_cli", "distill", str(recipe), "--output-dir", str(tmp_path / "out")],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for process in processes:

@@ -22,9 +22,7 @@ VOCAB = 100
 def tiny_config(family: str, layers: int = 2, hidden: int = 32, heads: int = 4, **extra):
     common = dict(vocab_size=VOCAB, max_position_embeddings=64, **extra)
     if family == "distilbert":
-        return transformers.DistilBertConfig(
-            dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=2 * hidden, **common
-        )
+        return transformers.DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=2 * hidden, **common)
     config_class = {
         "bert": transformers.BertConfig,
         "roberta": transformers.RobertaConfig,
@@ -43,16 +41,12 @@ def tiny_config(family: str, layers: int = 2, hidden: int = 32, heads: int = 4, 
     )
 
 
-def tiny_model(
-    family: str, auto_class=AutoModelForSequenceClassification, seed: int = 0, **config_args
-):
+def tiny_model(family: str, auto_class=AutoModelForSequenceClassification, seed: int = 0, **config_args):
     torch.manual_seed(seed)
     return auto_class.from_config(tiny_config(family, **config_args)).eval()
 
 
-def make_batch(
-    family: str, size: int = 4, length: int = 9, seed: int = 1, labels: bool = False
-) -> dict:
+def make_batch(family: str, size: int = 4, length: int = 9, seed: int = 1, labels: bool = False) -> dict:
     generator = torch.Generator().manual_seed(seed)
     # Ids from 3 up: no padding token (RoBERTa derives positions from it) and no special ids.
     input_ids = torch.randint(3, VOCAB, (size, length), generator=generator)
@@ -139,9 +133,7 @@ def test_dropping_layers_equals_running_the_teachers_chosen_layers(family, layer
     reference = copy.deepcopy(teacher)
     modules = layer_list(reference)
     modules_kept = torch.nn.ModuleList([modules[number - 1] for number in kept])
-    container = (
-        base_of(reference).transformer if family == "distilbert" else base_of(reference).encoder
-    )
+    container = base_of(reference).transformer if family == "distilbert" else base_of(reference).encoder
     container.layer = modules_kept
     inputs = model_inputs(family, make_batch(family))
 
@@ -149,9 +141,7 @@ def test_dropping_layers_equals_running_the_teachers_chosen_layers(family, layer
     assert result.kept["layers"] == kept
     assert result.model.config.num_hidden_layers == 2
     with torch.no_grad():
-        assert torch.allclose(
-            result.model(**inputs).logits, reference(**inputs).logits, atol=1e-6, rtol=0
-        )
+        assert torch.allclose(result.model(**inputs).logits, reference(**inputs).logits, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -189,9 +179,7 @@ def test_top_taylor_head_is_the_head_whose_ablation_changes_the_loss_most():
         model = copy.deepcopy(teacher)
         if head is not None:
             with torch.no_grad():
-                model.bert.encoder.layer[0].attention.output.dense.weight[
-                    :, head * 8 : (head + 1) * 8
-                ] = 0
+                model.bert.encoder.layer[0].attention.output.dense.weight[:, head * 8 : (head + 1) * 8] = 0
         with torch.no_grad():
             return float(model(**batch).loss)
 
@@ -237,9 +225,7 @@ def test_activation_scoring_keeps_the_loudest_hidden_channel():
     teacher = tiny_model("bert")
     with torch.no_grad():
         teacher.bert.embeddings.LayerNorm.weight[5] = 40.0
-    result = extract_student(
-        teacher, ExtractPlan(hidden=8, hidden_scoring="activation"), batches=[make_batch("bert")]
-    )
+    result = extract_student(teacher, ExtractPlan(hidden=8, hidden_scoring="activation"), batches=[make_batch("bert")])
     assert 5 in result.kept["hidden_indices"]
     assert result.importance_summary["top_hidden_channels"][0][0] == 5
 
@@ -279,9 +265,7 @@ def test_iterative_rounds_reach_the_target_sizes():
 )
 def test_extracted_model_shapes_config_and_round_trip(family, plan_args, heads, head_dim, tmp_path):
     teacher = tiny_model(family, layers=4)
-    result = extract_student(
-        teacher, ExtractPlan(layers=2, intermediate=24, seed=1, strategy="random", **plan_args)
-    )
+    result = extract_student(teacher, ExtractPlan(layers=2, intermediate=24, seed=1, strategy="random", **plan_args))
     student = result.model
     config = student.config
     assert config.model_type == teacher.config.model_type
@@ -315,9 +299,7 @@ def test_extracted_model_shapes_config_and_round_trip(family, plan_args, heads, 
 def test_etd_style_head_dim_shrink():
     # ETD's BERT-base → 312 hidden keeps 12 heads of 26; here 48 → 24 keeps 12 heads of 2.
     teacher = tiny_model("bert", hidden=48, heads=12)
-    result = extract_student(
-        teacher, ExtractPlan(hidden=24, heads=12, head_dim=2, strategy="random")
-    )
+    result = extract_student(teacher, ExtractPlan(hidden=24, heads=12, head_dim=2, strategy="random"))
     assert result.model.config.num_attention_heads == 12
     assert result.model.bert.encoder.layer[0].attention.self.key.weight.shape == (24, 24)
 
@@ -329,18 +311,12 @@ def test_etd_style_head_dim_shrink():
 def test_masked_lm_decoder_stays_tied_to_the_embeddings(family, extra, tmp_path):
     teacher = tiny_model(family, AutoModelForMaskedLM, **extra)
     student = extract_student(teacher, ExtractPlan(hidden=16, strategy="random")).model
-    assert (
-        student.get_output_embeddings().weight.data_ptr()
-        == student.get_input_embeddings().weight.data_ptr()
-    )
+    assert student.get_output_embeddings().weight.data_ptr() == student.get_input_embeddings().weight.data_ptr()
     assert student.get_input_embeddings().weight.shape == (VOCAB, 16)
     inputs = model_inputs(family, make_batch(family))
     student.save_pretrained(tmp_path)
     reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
-    assert (
-        reloaded.get_output_embeddings().weight.data_ptr()
-        == reloaded.get_input_embeddings().weight.data_ptr()
-    )
+    assert reloaded.get_output_embeddings().weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs).logits, student(**inputs).logits)
 
@@ -374,9 +350,7 @@ def test_teacher_is_not_modified():
     assert before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)
     assert teacher.training and all(module.training for module in teacher.modules())
-    assert all(
-        not parameter.requires_grad and parameter.grad is None for parameter in teacher.parameters()
-    )
+    assert all(not parameter.requires_grad and parameter.grad is None for parameter in teacher.parameters())
     assert teacher.config.problem_type == problem_type
     assert teacher.config.hidden_size == 32
     assert result.model.training  # the student starts in the teacher's mode
@@ -430,9 +404,7 @@ def test_invalid_plan_fields_are_reported_together():
 
 def test_electra_hidden_equal_to_embedding_size_is_refused():
     with pytest.raises(BrewerError, match="embedding projection"):
-        extract_student(
-            tiny_model("electra"), ExtractPlan(hidden=24, heads=4, head_dim=6, strategy="random")
-        )
+        extract_student(tiny_model("electra"), ExtractPlan(hidden=24, heads=4, head_dim=6, strategy="random"))
 
 
 def test_albert_is_refused():
@@ -446,19 +418,13 @@ def test_albert_is_refused():
         max_position_embeddings=64,
     )
     albert = transformers.AlbertForSequenceClassification(config)
-    with pytest.raises(
-        BrewerError, match="does not support ALBERT: all its layers share one block of weights"
-    ):
+    with pytest.raises(BrewerError, match="does not support ALBERT: all its layers share one block of weights"):
         extract_student(albert, ExtractPlan(strategy="random"))
 
 
 def test_unknown_model_type_lists_supported_ones():
-    gpt2 = transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4)
-    )
-    with pytest.raises(
-        BrewerError, match="supported model types: bert, distilbert, electra, roberta, xlm-roberta"
-    ):
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4))
+    with pytest.raises(BrewerError, match="supported model types: bert, distilbert, electra, roberta, xlm-roberta"):
         extract_student(gpt2, ExtractPlan(strategy="random"))
 
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from brewer_cli.build import build_run
 from brewer_cli.cli import app
-from brewer_cli.errors import RecipeError
 from brewer_cli.commands import distill
+from brewer_cli.errors import RecipeError
 from brewer_cli.recipe import load_recipe
 from tests.conftest import TINY_BERT, distill_recipe, save_tiny_model, write_recipe
 
@@ -65,7 +65,9 @@ def test_build_run_extracts_a_student_of_the_recipe_sizes_from_teacher_slices(tm
     for projection in ("query", "key", "value"):
         name = f"attention.self.{projection}.weight"
         same(student_layer + name, source[teacher_layer + name][heads][:, hidden])
-    same(student_layer + "attention.output.dense.weight", source[teacher_layer + "attention.output.dense.weight"][hidden][:, heads])
+    same(
+        student_layer + "attention.output.dense.weight", source[teacher_layer + "attention.output.dense.weight"][hidden][:, heads]
+    )
     same(student_layer + "output.LayerNorm.bias", source[teacher_layer + "output.LayerNorm.bias"][hidden])
     # The FFN subset is not listed in `kept` (only its size): each student neuron must be one
     # teacher neuron, in increasing teacher order.
@@ -85,14 +87,16 @@ def test_dry_run_prints_what_extraction_kept(tmp_path, teacher):
     path = write_recipe(tmp_path, extract_recipe(teacher))
     result = runner.invoke(app, ["distill", str(path), "--dry-run", "--output-dir", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    for text in ("student: bert from the teacher's weights (ETD extraction, importance) — 5,218 parameters, 1 layers × 16",
-                 "Extracted BertForSequenceClassification student (importance, seed 0)",
-                 "layers:       1 of 2 — teacher layers 2 (uniform)",
-                 "hidden:       16 of 32 channels",
-                 "attention:    2 heads × 8 (teacher 4 × 8)",
-                 "intermediate: 32 of 64 FFN neurons per layer",
-                 "importance:   task loss, 32 examples",
-                 "retained importance: hidden "):
+    for text in (
+        "student: bert from the teacher's weights (ETD extraction, importance) — 5,218 parameters, 1 layers × 16",
+        "Extracted BertForSequenceClassification student (importance, seed 0)",
+        "layers:       1 of 2 — teacher layers 2 (uniform)",
+        "hidden:       16 of 32 channels",
+        "attention:    2 heads × 8 (teacher 4 × 8)",
+        "intermediate: 32 of 64 FFN neurons per layer",
+        "importance:   task loss, 32 examples",
+        "retained importance: hidden ",
+    ):
         assert text in result.output, text
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
@@ -107,8 +111,12 @@ def test_extract_command_writes_a_loadable_model_and_extraction_json(tmp_path, t
     assert "16 of 32 channels" in result.output
 
     model = AutoModelForSequenceClassification.from_pretrained(output).eval()
-    assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.num_attention_heads,
-            model.config.intermediate_size) == (1, 16, 2, 32)
+    assert (
+        model.config.num_hidden_layers,
+        model.config.hidden_size,
+        model.config.num_attention_heads,
+        model.config.intermediate_size,
+    ) == (1, 16, 2, 32)
     tokenizer = AutoTokenizer.from_pretrained(output)
     inputs = tokenizer(["the movie was not good"], return_tensors="pt")
     # Importance extraction is deterministic: the written model is the one build_run extracts.

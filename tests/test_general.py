@@ -19,12 +19,19 @@ from tests.conftest import TINY_BERT, distill_recipe, save_tiny_model, write_rec
 ROOT = Path(__file__).resolve().parents[1]
 # hidden 16 against the teacher's 32 (a projection is needed), 2 layers, 2 heads against 4.
 # Dropout off: a repeated batch then gives a deterministic loss curve.
-TINY_GENERAL_STUDENT = {**TINY_BERT, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32,
-                        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+TINY_GENERAL_STUDENT = {
+    **TINY_BERT,
+    "hidden_size": 16,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
 
 
-def general_recipe(tmp_path: Path, tokenizer_dir: Path, matches: Any, training: dict[str, Any] | None = None,
-                   **distillation: Any) -> Recipe:
+def general_recipe(
+    tmp_path: Path, tokenizer_dir: Path, matches: Any, training: dict[str, Any] | None = None, **distillation: Any
+) -> Recipe:
     """A tiny general recipe: a saved 2-layer × 32 teacher, a 2-layer × 16 student, 64 generated examples."""
     teacher = tmp_path / "teacher"
     if not teacher.exists():
@@ -108,8 +115,11 @@ def test_projections_start_from_the_recipe_seed(mixed_run):
 def test_tinybert_hidden_shares_one_projection(tmp_path, tokenizer_dir):
     from brewer_cli.build import build_run
 
-    recipe = general_recipe(tmp_path, tokenizer_dir, [
-        {"uniform": True, "loss": "tinybert_hidden", "projection": "linear", "include_embeddings": True}])
+    recipe = general_recipe(
+        tmp_path,
+        tokenizer_dir,
+        [{"uniform": True, "loss": "tinybert_hidden", "projection": "linear", "include_embeddings": True}],
+    )
     run = build_run(recipe, tmp_path / "runs")
     distiller = run.distiller
     assert list(distiller.projections) == ["tinybert_hidden"]
@@ -120,8 +130,14 @@ def test_tinybert_hidden_shares_one_projection(tmp_path, tokenizer_dir):
 def test_general_inherits_schedules_and_probability_shift(tmp_path, tokenizer_dir):
     from brewer_cli.build import build_run
 
-    recipe = general_recipe(tmp_path, tokenizer_dir, MIXED[:1], kd_weight_schedule="linear_decay",
-                            probability_shift=True, temperature_schedule={"kind": "flsw", "beta": 1.0, "gamma": 2.0})
+    recipe = general_recipe(
+        tmp_path,
+        tokenizer_dir,
+        MIXED[:1],
+        kd_weight_schedule="linear_decay",
+        probability_shift=True,
+        temperature_schedule={"kind": "flsw", "beta": 1.0, "gamma": 2.0},
+    )
     run = build_run(recipe, tmp_path / "runs")
     distiller = run.distiller
     distiller.total_steps = 10
@@ -136,7 +152,9 @@ def test_plan_prints_each_expanded_match(mixed_run):
 
     lines = plan_lines(mixed_run)
     assert "distiller: general" in lines
-    assert "  loss: hidden_mse × 1: student hidden 1 ↔ teacher 1, projection linear 16→32 (uniform, distillation.matches.0)" in lines
+    assert (
+        "  loss: hidden_mse × 1: student hidden 1 ↔ teacher 1, projection linear 16→32 (uniform, distillation.matches.0)" in lines
+    )
     assert "  loss: nst × 1: student hidden [2, 2] ↔ teacher [2, 2] (distillation.matches.1)" in lines
     assert "  loss: attention_mse_sum × 1: student attention 2 ↔ teacher 2 (distillation.matches.2)" in lines
 
@@ -148,8 +166,11 @@ def test_bad_match_fails_before_any_weight_is_read(tmp_path, tokenizer_dir, monk
     import brewer_cli.build as build
     import brewer_cli.build.loading as loading
 
-    recipe = general_recipe(tmp_path, tokenizer_dir, [{"teacher_layer": 1, "student_layer": 3, "projection": "linear"},
-                                                      {"teacher_layer": 1, "student_layer": 1}])
+    recipe = general_recipe(
+        tmp_path,
+        tokenizer_dir,
+        [{"teacher_layer": 1, "student_layer": 3, "projection": "linear"}, {"teacher_layer": 1, "student_layer": 1}],
+    )
 
     def no_loading(*args, **kwargs):
         raise AssertionError("weights were read before the matches were checked")
@@ -179,8 +200,10 @@ def test_bad_match_fails_before_the_teacher_is_trained(tmp_path, quiet_console):
     recipe = load_recipe(write_recipe(tmp_path, raw))
     with pytest.raises(RecipeError) as error:
         distill(recipe, tmp_path / "runs", console=quiet_console)
-    assert "distillation.matches.0.loss: attention_mse compares attention heads one by one, but the student has 2 " \
-           "heads and the teacher 4" in str(error.value)
+    assert (
+        "distillation.matches.0.loss: attention_mse compares attention heads one by one, but the student has 2 "
+        "heads and the teacher 4" in str(error.value)
+    )
     assert not (tmp_path / "teacher-run").exists()
 
 
@@ -194,8 +217,10 @@ def test_cli_reports_a_bad_match_with_exit_code_2(tmp_path, tokenizer_dir):
     assert result.exit_code == 2, result.output
     flat = " ".join(result.output.split())
     assert "Traceback" not in flat
-    assert (f"{recipe.path}: distillation.matches.0.teacher_layer: layer 7 is beyond the teacher's 2 layers — "
-            f"valid: 0 (embeddings) to 2") in flat
+    assert (
+        f"{recipe.path}: distillation.matches.0.teacher_layer: layer 7 is beyond the teacher's 2 layers — "
+        f"valid: 0 (embeddings) to 2"
+    ) in flat
 
 
 # ───────────────────────────────────────── resume ─────────────────────────────────────────
@@ -207,8 +232,9 @@ def test_resumed_general_run_restores_projections(tmp_path, tokenizer_dir, quiet
     from brewer_cli.build import build_run
     from brewer_cli.commands import distill
 
-    recipe = general_recipe(tmp_path, tokenizer_dir, MIXED[:1],
-                            training={"max_steps": 4, "save_every": 2, "keep_checkpoints": 5, "eval_every": 4})
+    recipe = general_recipe(
+        tmp_path, tokenizer_dir, MIXED[:1], training={"max_steps": 4, "save_every": 2, "keep_checkpoints": 5, "eval_every": 4}
+    )
     runs = tmp_path / "runs"
     distill(recipe, runs, console=quiet_console)
     checkpoints = runs / recipe.name / "checkpoints"

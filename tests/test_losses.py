@@ -88,9 +88,7 @@ def test_kd_losses_by_hand() -> None:
     # τ = 2: the teacher is softer, the student still uniform → CE stays ln 2; MSE shrinks by τ².
     assert KD_LOSSES.get("ce")(student, teacher, 2.0).item() == pytest.approx(math.log(2), **TOLERANCE)
     assert KD_LOSSES.get("mse")(student, teacher, 2.0).item() == pytest.approx(math.log(3) ** 2 / 8, **TOLERANCE)
-    assert kd_loss("ce", student, teacher, 2.0, temperature_squared=True).item() == pytest.approx(
-        4 * math.log(2), **TOLERANCE
-    )
+    assert kd_loss("ce", student, teacher, 2.0, temperature_squared=True).item() == pytest.approx(4 * math.log(2), **TOLERANCE)
     assert kd_loss("mse", student, teacher, 2.0, temperature_squared=True).item() == pytest.approx(
         math.log(3) ** 2 / 2, **TOLERANCE
     )
@@ -160,16 +158,12 @@ def test_kd_qa_heads_are_summed_and_padding_positions_excluded() -> None:
         rows = []
         for b in range(2):
             valid = [p for p in range(4) if MASK[b, p]]
-            rows.append(
-                cross_entropy_list([student[b, p].item() / 2 for p in valid], [teacher[b, p].item() / 2 for p in valid])
-            )
+            rows.append(cross_entropy_list([student[b, p].item() / 2 for p in valid], [teacher[b, p].item() / 2 for p in valid]))
         expected += sum(rows) / 2
     loss = kd_loss("ce", (start_student, end_student), (start_teacher, end_teacher), 2.0, MASK)
     assert loss.item() == pytest.approx(expected, **TOLERANCE)
     # One temperature tensor per head is accepted (schedules compute them per head).
-    per_head = kd_loss(
-        "ce", (start_student, end_student), (start_teacher, end_teacher), (torch.full((2,), 2.0), 2.0), MASK
-    )
+    per_head = kd_loss("ce", (start_student, end_student), (start_teacher, end_teacher), (torch.full((2,), 2.0), 2.0), MASK)
     assert per_head.item() == pytest.approx(expected, **TOLERANCE)
     without_mask = kd_loss("kl", (start_student, end_student), (start_teacher, end_teacher), 1.0)
     reference = (
@@ -254,9 +248,7 @@ def hidden_mse_reference(student: torch.Tensor, teacher: torch.Tensor, mask: tor
 def cos_reference(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> float:
     valid = valid_tokens(mask, student.shape[0], student.shape[1])
     values = [
-        1
-        - dot(student[b, i].tolist(), teacher[b, i].tolist())
-        / (norm(student[b, i].tolist()) * norm(teacher[b, i].tolist()))
+        1 - dot(student[b, i].tolist(), teacher[b, i].tolist()) / (norm(student[b, i].tolist()) * norm(teacher[b, i].tolist()))
         for b in range(student.shape[0])
         for i in range(student.shape[1])
         if valid[b][i]
@@ -321,19 +313,14 @@ def test_nst_kernel_with_different_widths(mask: torch.Tensor | None) -> None:
     assert MATCH_LOSSES.get("nst_kernel").fn(student, teacher, mask).item() == pytest.approx(expected, **TOLERANCE)
 
 
-def fsp_reference(
-    student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch.Tensor, torch.Tensor], mask
-) -> float:
+def fsp_reference(student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch.Tensor, torch.Tensor], mask) -> float:
     first, second = student
     valid = valid_tokens(mask, first.shape[0], first.shape[1])
 
     def gram(x0: torch.Tensor, x1: torch.Tensor, b: int) -> list[list[float]]:
         positions = [i for i in range(x0.shape[1]) if valid[b][i]]
         return [
-            [
-                sum(x0[b, i, p].item() * x1[b, i, q].item() for i in positions) / len(positions)
-                for q in range(x1.shape[2])
-            ]
+            [sum(x0[b, i, p].item() * x1[b, i, q].item() for i in positions) / len(positions) for q in range(x1.shape[2])]
             for p in range(x0.shape[2])
         ]
 
@@ -346,9 +333,7 @@ def fsp_reference(
     return total / count
 
 
-def nst_reference(
-    student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch.Tensor, torch.Tensor], mask
-) -> float:
+def nst_reference(student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch.Tensor, torch.Tensor], mask) -> float:
     first = student[0]
     valid = valid_tokens(mask, first.shape[0], first.shape[1])
 
@@ -388,9 +373,7 @@ def test_fsp_by_hand() -> None:
     student = (torch.tensor([[[1.0], [2.0], [50.0]]]), torch.tensor([[[3.0], [4.0], [50.0]]]))
     teacher = (torch.tensor([[[1.0], [1.0], [0.0]]]), torch.tensor([[[1.0], [1.0], [0.0]]]))
     # G_S = (3 + 8) / 2 = 5.5, G_T = 1 → (4.5)².
-    assert MATCH_LOSSES.get("fsp").fn(student, teacher, torch.tensor([[1, 1, 0]])).item() == pytest.approx(
-        20.25, **TOLERANCE
-    )
+    assert MATCH_LOSSES.get("fsp").fn(student, teacher, torch.tensor([[1, 1, 0]])).item() == pytest.approx(20.25, **TOLERANCE)
 
 
 # ───────────────────────────────────────────── attention matches ───────────────────────────────────
@@ -449,9 +432,7 @@ def test_tinybert_attention_by_hand() -> None:
     student = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     teacher = torch.zeros(1, 1, 2, 2)
     # Second token padding: only (0, 0) survives → 1² over all 4 entries.
-    assert MATCH_LOSSES.get("tinybert_attention").fn(student, teacher, torch.tensor([[1, 0]])).item() == pytest.approx(
-        0.25
-    )
+    assert MATCH_LOSSES.get("tinybert_attention").fn(student, teacher, torch.tensor([[1, 0]])).item() == pytest.approx(0.25)
     # attention_mse averages over the single valid pair instead.
     assert MATCH_LOSSES.get("attention_mse").fn(student, teacher, torch.tensor([[1, 0]])).item() == pytest.approx(1.0)
 
@@ -483,9 +464,7 @@ def relation_kl_reference(
     def scores(side: tuple[torch.Tensor, torch.Tensor, int], b: int, h: int, i: int, keys: list[int]) -> list[float]:
         left, right, side_heads = side
         scale = math.sqrt(left.shape[2] / side_heads)
-        return [
-            dot(split_head(left, b, i, h, side_heads), split_head(right, b, j, h, side_heads)) / scale for j in keys
-        ]
+        return [dot(split_head(left, b, i, h, side_heads), split_head(right, b, j, h, side_heads)) / scale for j in keys]
 
     total, count = 0.0, 0
     for b in range(batch):
@@ -527,17 +506,13 @@ def test_minilmv2_relations_with_different_head_counts(mask: torch.Tensor | None
     for name, field in (("relation_qq", "query"), ("relation_kk", "key"), ("relation_vv", "value")):
         s, t = getattr(student, field), getattr(teacher, field)
         expected = relation_kl_reference((s, s, 2), (t, t, 2), mask)
-        assert MATCH_LOSSES.get(name).fn(student, teacher, mask, relation_heads=2).item() == pytest.approx(
-            expected, **TOLERANCE
-        )
+        assert MATCH_LOSSES.get(name).fn(student, teacher, mask, relation_heads=2).item() == pytest.approx(expected, **TOLERANCE)
     # Default: the teacher's head count (3), which divides 6 but not 4.
     with pytest.raises(ValueError, match="student's width 4 is not divisible by relation_heads=3"):
         MATCH_LOSSES.get("relation_qq").fn(student, teacher, mask)
     wide_student = attention_inputs(9, 1, seed=70)
     expected = relation_kl_reference((wide_student.key, wide_student.key, 3), (teacher.key, teacher.key, 3), mask)
-    assert MATCH_LOSSES.get("relation_kk").fn(wide_student, teacher, mask).item() == pytest.approx(
-        expected, **TOLERANCE
-    )
+    assert MATCH_LOSSES.get("relation_kk").fn(wide_student, teacher, mask).item() == pytest.approx(expected, **TOLERANCE)
 
 
 def test_attention_scores_from_inputs() -> None:

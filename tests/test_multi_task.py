@@ -4,7 +4,6 @@ per-task exports that reproduce the multi-task model, per-task metrics, resume, 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -13,8 +12,8 @@ from typer.testing import CliRunner
 
 from brewer_cli.build import build_run
 from brewer_cli.errors import ModelError, RecipeError
-from brewer_cli.tasks.ordering import MultiTaskBatchSampler, task_probabilities
 from brewer_cli.recipe import WordPieceTraining, load_recipe
+from brewer_cli.tasks.ordering import MultiTaskBatchSampler, task_probabilities
 from tests.conftest import TINY_STUDENT, save_tiny_model, write_recipe
 from tests.task_fixtures import corpus, ner_sentences, write_conll
 from tests.task_fixtures import save_tiny_model as save_task_model
@@ -76,8 +75,8 @@ def two_tasks(tmp_path_factory, tokenizer_dir) -> dict:
     """A NER teacher reading tokenizer A (trained on both tasks' text) and a sentiment teacher
     reading the conftest tokenizer B; NER comes first, so the student reads A and the sentiment
     teacher its own tokenization."""
-    from brewer_cli.tokenizers import train_wordpiece
     from brewer_cli.synthetic import negation_sentiment
+    from brewer_cli.tokenizers import train_wordpiece
 
     root = tmp_path_factory.mktemp("multi-task")
     texts = corpus() + [row["text"] for row in negation_sentiment(300, 0)]
@@ -89,14 +88,20 @@ def two_tasks(tmp_path_factory, tokenizer_dir) -> dict:
         "root": root,
         "ner": {
             "task": {"kind": "token_classification"},
-            "data": {"train": {"path": str(write_conll(root / "train.conll", ner_sentences(40, 1)))},
-                     "eval": {"path": str(write_conll(root / "eval.conll", ner_sentences(16, 2)))}, "max_length": 48},
+            "data": {
+                "train": {"path": str(write_conll(root / "train.conll", ner_sentences(40, 1)))},
+                "eval": {"path": str(write_conll(root / "eval.conll", ner_sentences(16, 2)))},
+                "max_length": 48,
+            },
             "teacher": {"checkpoint": str(ner_teacher)},
         },
         "sentiment": {
             "task": {"kind": "sequence_classification", "num_labels": 2},
-            "data": {"train": {"synthetic": "negation_sentiment", "examples": 56, "seed": 1},
-                     "eval": {"synthetic": "negation_sentiment", "examples": 24, "seed": 2}, "max_length": 32},
+            "data": {
+                "train": {"synthetic": "negation_sentiment", "examples": 56, "seed": 1},
+                "eval": {"synthetic": "negation_sentiment", "examples": 24, "seed": 2},
+                "max_length": 32,
+            },
             "teacher": {"checkpoint": str(sentiment_teacher)},
         },
     }
@@ -141,15 +146,21 @@ def test_multi_task_run_exports_one_model_per_task(tmp_path, two_tasks, quiet_co
     mean = (summary["tasks"]["ner"]["student"]["metric"] + summary["tasks"]["sentiment"]["student"]["metric"]) / 2
     assert summary["student"]["metric"] == pytest.approx(mean)
     counted = summary["student"]["parameters"]
-    assert max(e["student"]["parameters"] for e in summary["tasks"].values()) < counted < sum(
-        e["student"]["parameters"] for e in summary["tasks"].values())
+    assert (
+        max(e["student"]["parameters"] for e in summary["tasks"].values())
+        < counted
+        < sum(e["student"]["parameters"] for e in summary["tasks"].values())
+    )
     # The sentiment teacher was evaluated on its own tokenization of the eval split.
     from brewer_cli.evaluation import EvalSetup, evaluate_model
     from brewer_cli.recipe import task_recipe
 
     own = sentiment.task.prepare(task_recipe(recipe, "sentiment"), sentiment.teacher.tokenizer, sentiment.data.label_names)
-    direct = evaluate_model(EvalSetup(sentiment.task, own, sentiment.task.collate(sentiment.teacher.tokenizer), 16),
-                            sentiment.teacher.model, sentiment.teacher.family)
+    direct = evaluate_model(
+        EvalSetup(sentiment.task, own, sentiment.task.collate(sentiment.teacher.tokenizer), 16),
+        sentiment.teacher.model,
+        sentiment.teacher.family,
+    )
     assert summary["tasks"]["sentiment"]["teacher"]["metrics"] == direct
     written = json.loads((run_dir / "summary.json").read_text())
     assert written["tasks"]["sentiment"]["teacher"]["metric"] == summary["tasks"]["sentiment"]["teacher"]["metric"]
@@ -159,7 +170,9 @@ def test_multi_task_run_exports_one_model_per_task(tmp_path, two_tasks, quiet_co
 
     # Each exported task model is a plain transformers directory reproducing the multi-task model.
     assert json.loads((run_dir / "final" / "tasks.json").read_text())["tasks"] == {
-        "ner": "BertForTokenClassification", "sentiment": "BertForSequenceClassification"}
+        "ner": "BertForTokenClassification",
+        "sentiment": "BertForSequenceClassification",
+    }
     for slot in run.distiller.slots:
         exported = slot.task.auto_class.from_pretrained(run_dir / "final" / slot.name).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "final" / slot.name)

@@ -38,8 +38,8 @@ def make_confident(models: list, biases: tuple) -> None:
 @pytest.fixture(scope="module")
 def other_tokenizer_dir(tmp_path_factory) -> Path:
     """A second WordPiece vocabulary (cased, 60 entries) over the same text: other ids, other splits."""
-    from brewer_cli.tokenizers import train_wordpiece
     from brewer_cli.synthetic import negation_sentiment
+    from brewer_cli.tokenizers import train_wordpiece
 
     texts = [row["text"].upper() if index % 2 else row["text"] for index, row in enumerate(negation_sentiment(400, 5))]
     tokenizer = train_wordpiece(texts, WordPieceTraining(vocab_size=60, lowercase=False))
@@ -56,8 +56,9 @@ def two_teachers(tmp_path_factory, tokenizer_dir) -> tuple[Path, Path]:
 
 def test_loss_is_kd_against_the_weighted_mean_of_the_logits(tmp_path, two_teachers):
     first, second = two_teachers
-    raw = multi_recipe({"checkpoint": str(first)}, {"checkpoint": str(second), "weight": 3.0}, temperature=2.0,
-                       hard_label_weight=0.5)
+    raw = multi_recipe(
+        {"checkpoint": str(first)}, {"checkpoint": str(second), "weight": 3.0}, temperature=2.0, hard_label_weight=0.5
+    )
     run = build_run(load_recipe(write_recipe(tmp_path, raw)), tmp_path / "out")
     assert run.distiller.prefixes == [None, None] and run.distiller.weights == [1.0, 3.0]
     make_confident([run.teachers[0].model, run.teachers[1].model, run.student.model], ([4.0, -4.0], [-3.0, 3.0], [1.0, -1.0]))
@@ -86,8 +87,13 @@ def test_loss_is_kd_against_the_weighted_mean_of_the_logits(tmp_path, two_teache
 def test_loss_goes_down_on_a_repeated_batch(tmp_path, two_teachers):
     first, second = two_teachers
     # KL to the teachers' mean: zero when the student matches it.
-    raw = multi_recipe({"checkpoint": str(first)}, {"checkpoint": str(second), "weight": 2.0}, temperature=1.0,
-                       kd_loss="kl", hard_label_weight=0.0)
+    raw = multi_recipe(
+        {"checkpoint": str(first)},
+        {"checkpoint": str(second), "weight": 2.0},
+        temperature=1.0,
+        kd_loss="kl",
+        hard_label_weight=0.0,
+    )
     run = build_run(load_recipe(write_recipe(tmp_path, raw)), tmp_path / "out")
     make_confident([run.teachers[0].model, run.teachers[1].model], ([1.0, -1.0], [-0.5, 0.5]))
     losses = losses_on_repeated_batch(run, steps=15, learning_rate=1e-2)
@@ -189,8 +195,13 @@ def test_token_level_task_needs_one_tokenizer(tmp_path, other_tokenizer_dir):
     from transformers import AutoTokenizer
 
     first = save_task_model(tmp_path / "t0", transformers.AutoModelForTokenClassification, tokenizer(), **head)
-    second = save_task_model(tmp_path / "t1", transformers.AutoModelForTokenClassification,
-                             AutoTokenizer.from_pretrained(other_tokenizer_dir), seed=1, **head)
+    second = save_task_model(
+        tmp_path / "t1",
+        transformers.AutoModelForTokenClassification,
+        AutoTokenizer.from_pretrained(other_tokenizer_dir),
+        seed=1,
+        **head,
+    )
     raw = multi_recipe({"checkpoint": str(first)}, {"checkpoint": str(first)})
     raw["task"] = {"kind": "token_classification"}
     raw["data"] = {"train": {"path": str(write_conll(tmp_path / "train.conll", ner_sentences(16, 1)))}, "max_length": 64}
@@ -245,8 +256,8 @@ def test_missing_teachers_are_named_or_trained(tmp_path, tokenizer_dir, monkeypa
     """Teachers trained one command each (`train-teacher` on a trainer recipe with --set), then a
     multi-teacher recipe whose last teacher `distill` trains itself from its `train` section."""
     from brewer_cli.cli import app
-    from brewer_cli.errors import BrewerError
     from brewer_cli.commands import distill, train_teacher
+    from brewer_cli.errors import BrewerError
 
     monkeypatch.chdir(tmp_path)
     trainer = distill_recipe("unused")
@@ -261,13 +272,18 @@ def test_missing_teachers_are_named_or_trained(tmp_path, tokenizer_dir, monkeypa
     assert (tmp_path / "runs" / "teacher-seed1" / "final" / "config.json").is_file()
     assert load_recipe(tmp_path / "runs" / "teacher-seed1" / "recipe.yaml").training.seed == 1
 
-    raw = multi_recipe({"checkpoint": "runs/teacher-seed1/final"}, {"checkpoint": "runs/teacher-seed2/final"},
-                       {"checkpoint": "runs/elsewhere/final"})
+    raw = multi_recipe(
+        {"checkpoint": "runs/teacher-seed1/final"},
+        {"checkpoint": "runs/teacher-seed2/final"},
+        {"checkpoint": "runs/elsewhere/final"},
+    )
     recipe = load_recipe(write_recipe(tmp_path, raw))
     with pytest.raises(ModelError) as error:
         distill(recipe, console=quiet_console)
     lines = str(error.value).splitlines()
-    assert len(lines) == 2 and lines[0].startswith(f"{recipe.path}: teachers.1.checkpoint: 'runs/teacher-seed2/final' does not exist")
+    assert len(lines) == 2 and lines[0].startswith(
+        f"{recipe.path}: teachers.1.checkpoint: 'runs/teacher-seed2/final' does not exist"
+    )
     with pytest.raises(BrewerError, match="no teacher of this recipe has a `train` section"):
         train_teacher(recipe, console=quiet_console)
 

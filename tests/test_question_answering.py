@@ -16,16 +16,8 @@ from brewer_cli.errors import DataError
 from brewer_cli.recipe import DataSource, validate_recipe
 from brewer_cli.tasks import TASKS
 from brewer_cli.tasks.data import read_source
-from brewer_cli.tasks.question_answering import (
-    QuestionExample,
-    Window,
-    decode_answer,
-    exact_match,
-    f1_score,
-    locate_answer,
-    normalize_answer,
-    squad_scores,
-)
+from brewer_cli.tasks.question_answering import QuestionExample, Window, decode_answer, locate_answer
+from brewer_cli.tasks.squad_metric import exact_match, f1_score, normalize_answer, squad_scores
 from tests.task_fixtures import TINY_BERT, save_tiny_model, squad_file, tokenizer
 
 
@@ -86,11 +78,29 @@ def test_hub_rows_select_articles_by_title_order(tmp_path):
 def test_squad_v2_unanswerable_questions_get_empty_answers(tmp_path):
     from brewer_cli.tasks.formats import read_squad
 
-    document = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{"context": "the cat is red .", "qas": [
-        {"id": "a", "question": "what color is the cat ?", "answers": [{"text": "red", "answer_start": 11}]},
-        {"id": "b", "question": "what color is the dog ?", "answers": [], "is_impossible": True,
-         "plausible_answers": [{"text": "red", "answer_start": 11}]},
-    ]}]}]}
+    document = {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "t",
+                "paragraphs": [
+                    {
+                        "context": "the cat is red .",
+                        "qas": [
+                            {"id": "a", "question": "what color is the cat ?", "answers": [{"text": "red", "answer_start": 11}]},
+                            {
+                                "id": "b",
+                                "question": "what color is the dog ?",
+                                "answers": [],
+                                "is_impossible": True,
+                                "plausible_answers": [{"text": "red", "answer_start": 11}],
+                            },
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
     path = tmp_path / "v2.json"
     path.write_text(json.dumps(document))
     rows = read_squad(path, "r: data.train")
@@ -158,8 +168,10 @@ def test_windows_share_doc_stride_tokens_and_answers_across_a_boundary(tmp_path,
     # "the cat of john is red ." is 7 tokens, the dog's sentence 9 ("bl ##u ##e"). Windows of 32
     # tokens hold 23 context tokens (the question takes 6 + 3 special), sharing 8: context tokens
     # 0-22, 15-37, 30-43. The answer is tokens 21-28, so the first window cuts it.
-    assert [len(word_tokenizer.tokenize(text)) for text in
-            ("the cat of john is red .", "the dog of mary is blue .", "what color is the dog ?")] == [7, 9, 6]
+    assert [
+        len(word_tokenizer.tokenize(text))
+        for text in ("the cat of john is red .", "the dog of mary is blue .", "what color is the dog ?")
+    ] == [7, 9, 6]
     context = " ".join(["the cat of john is red ."] * 3 + ["the dog of mary is blue ."] + ["the cat of john is red ."] * 2)
     answer = "the dog of mary is blue"
     example = QuestionExample("q", "what color is the dog ?", context, [answer], [context.index(answer)])

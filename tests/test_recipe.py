@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from brewer_cli.errors import RecipeError
 from brewer_cli.recipe import Recipe, load_recipe, resolved_mapping
@@ -19,7 +20,7 @@ def test_valid_recipe_loads_frozen(tmp_path):
     assert recipe.distillation.kind == "basic"
     assert recipe.distillation.temperature == 2.0
     assert recipe.path == path
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         recipe.training.epochs = 5  # frozen
 
 
@@ -33,8 +34,16 @@ def test_json_recipe(tmp_path):
 
 def test_overrides_keep_types_and_create_sections(tmp_path):
     path = write_recipe(tmp_path, distill_recipe("runs/t/final"))
-    recipe = load_recipe(path, ["training.epochs=7", "training.group_by_length=true", "name=other",
-                                "distillation.temperature_schedule.kind=flsw", "task.labels=[neg, pos]"])
+    recipe = load_recipe(
+        path,
+        [
+            "training.epochs=7",
+            "training.group_by_length=true",
+            "name=other",
+            "distillation.temperature_schedule.kind=flsw",
+            "task.labels=[neg, pos]",
+        ],
+    )
     assert recipe.training.epochs == 7.0
     assert recipe.training.group_by_length is True
     assert recipe.name == "other"
@@ -59,11 +68,15 @@ def test_all_problems_reported_at_once_with_paths_and_suggestions(tmp_path):
         load_recipe(path)
     problems = error.value.problems
     assert len(problems) == 3
-    assert any(p.startswith(f"{path}: training.learning_rat: unknown key (did you mean 'learning_rate'?) — valid: batch_size, ")
-               for p in problems)
+    assert any(
+        p.startswith(f"{path}: training.learning_rat: unknown key (did you mean 'learning_rate'?) — valid: batch_size, ")
+        for p in problems
+    )
     assert f"{path}: data.max_lenght: unknown key (did you mean 'max_length'?)" in "\n".join(problems)
-    assert (f"{path}: distillation.kind: unknown distiller kind 'basik' (did you mean 'basic'?) — valid: trainer, basic, general"
-            in "\n".join(problems))
+    assert (
+        f"{path}: distillation.kind: unknown distiller kind 'basik' (did you mean 'basic'?) — valid: trainer, basic, general"
+        in "\n".join(problems)
+    )
 
 
 def test_literal_choices_are_listed(tmp_path):
@@ -81,8 +94,10 @@ def test_compile_takes_a_flag_or_a_backend_by_name(tmp_path):
     path = write_recipe(tmp_path, raw)
     with pytest.raises(RecipeError) as error:
         load_recipe(path)
-    assert error.value.problems == [f"{path}: training.compile: 'eagre' is not allowed (did you mean 'eager'?) — valid: "
-                                    f"true, false, inductor, aot_eager, eager, cudagraphs"]
+    assert error.value.problems == [
+        f"{path}: training.compile: 'eagre' is not allowed (did you mean 'eager'?) — valid: "
+        f"true, false, inductor, aot_eager, eager, cudagraphs"
+    ]
     for value, backend in ((False, None), (True, "inductor"), ("aot_eager", "aot_eager")):
         raw["training"]["compile"] = value
         assert load_recipe(write_recipe(tmp_path, raw)).training.compile_backend == backend
@@ -93,7 +108,9 @@ def test_malformed_yaml_reports_line_and_column(tmp_path):
     path.write_text("name: x\ntask: [a\n  b: c\n")
     with pytest.raises(RecipeError) as error:
         load_recipe(path)
-    assert error.value.problems == [f"{path}:3:4: malformed YAML: expected ',' or ']', but got ':' — fix the syntax at that line and column"]
+    assert error.value.problems == [
+        f"{path}:3:4: malformed YAML: expected ',' or ']', but got ':' — fix the syntax at that line and column"
+    ]
 
 
 def test_yaml_tags_are_not_executed(tmp_path):
@@ -127,7 +144,9 @@ def test_model_needs_exactly_one_origin(tmp_path):
     path = write_recipe(tmp_path, raw)
     with pytest.raises(RecipeError) as error:
         load_recipe(path)
-    assert error.value.problems == [f"{path}: student: give exactly one of `checkpoint`, `config` or `init` (found checkpoint, config)"]
+    assert error.value.problems == [
+        f"{path}: student: give exactly one of `checkpoint`, `config` or `init` (found checkpoint, config)"
+    ]
 
 
 def test_teacher_train_needs_final_directory(tmp_path):

@@ -61,8 +61,11 @@ KINDS = {
 
 def _weights(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of every model directory under `directory` (final/, or final/<task>/)."""
-    return {f"{path.relative_to(directory)}:{name}": tensor
-            for path in sorted(directory.rglob("*.safetensors")) for name, tensor in load_file(str(path)).items()}
+    return {
+        f"{path.relative_to(directory)}:{name}": tensor
+        for path in sorted(directory.rglob("*.safetensors"))
+        for name, tensor in load_file(str(path)).items()
+    }
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -104,8 +107,9 @@ def _student_only(checkpoint: Path) -> None:
 def _projections_saved(checkpoint: Path) -> None:
     # The projections train with the student: a resume that did not restore them would diverge.
     extra = load_file(str(checkpoint / "extra_modules.safetensors"))
-    assert extra and sorted(extra) == sorted(f"projections.match_{index}.linear.{part}"
-                                             for index in range(len(extra) // 2) for part in ("bias", "weight"))
+    assert extra and sorted(extra) == sorted(
+        f"projections.match_{index}.linear.{part}" for index in range(len(extra) // 2) for part in ("bias", "weight")
+    )
 
 
 def _shared_encoder_once(checkpoint: Path) -> None:

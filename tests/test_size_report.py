@@ -170,7 +170,8 @@ def test_tied_embedding_counted_once(device):
     # The shared matrix belongs to the embeddings, where it is registered first.
     assert tied_counts["embeddings"] == untied_counts["embeddings"]
     assert tied_counts["total"] == sum(
-        parameter.numel() for parameter in tied.parameters()  # torch itself dedupes by identity
+        parameter.numel()
+        for parameter in tied.parameters()  # torch itself dedupes by identity
     )
 
 
@@ -184,9 +185,7 @@ def test_buffers_are_not_parameters():
 
 
 FLOP_CONFIGS = {
-    "bert": BertConfig(
-        vocab_size=100, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512
-    ),
+    "bert": BertConfig(vocab_size=100, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
     "distilbert": DistilBertConfig(vocab_size=100, dim=128, n_layers=2, n_heads=4, hidden_dim=512),
     "albert": AlbertConfig(
         vocab_size=100,
@@ -341,9 +340,7 @@ def test_report_with_teacher_has_every_ratio(saved_student, saved_teacher, quiet
     student, teacher = report["models"]
     assert (student["role"], teacher["role"]) == ("target", "against")
     comparison = report["comparison"]
-    assert comparison["parameters_smaller_by"] == pytest.approx(
-        teacher["parameters"]["total"] / student["parameters"]["total"]
-    )
+    assert comparison["parameters_smaller_by"] == pytest.approx(teacher["parameters"]["total"] / student["parameters"]["total"])
     assert comparison["excluding_output_layers_smaller_by"] == pytest.approx(
         teacher["parameters"]["excluding_output_layers"] / student["parameters"]["excluding_output_layers"]
     )
@@ -360,9 +357,7 @@ def test_report_with_teacher_has_every_ratio(saved_student, saved_teacher, quiet
 
 
 def test_config_only_target_is_timed_with_random_weights(tmp_path, saved_student, quiet_console):
-    report = size_report.run(
-        str(saved_student / "config.json"), seq_len=8, runs=1, batch_sizes=(1,), console=quiet_console
-    )
+    report = size_report.run(str(saved_student / "config.json"), seq_len=8, runs=1, batch_sizes=(1,), console=quiet_console)
     model = report["models"][0]
     assert model["config_only"] and model["random_weights"]
     assert model["disk_bytes"] is None
@@ -385,8 +380,13 @@ def test_seq_len_beyond_position_table_is_an_error(saved_student, quiet_console)
 def test_json_and_markdown_contain_the_figures(saved_student, saved_teacher):
     console = Console(file=io.StringIO(), width=200)
     report = size_report.run(
-        str(saved_student), against=str(saved_teacher), seq_len=16, runs=1, batch_sizes=(1,),
-        as_json=True, console=console,
+        str(saved_student),
+        against=str(saved_teacher),
+        seq_len=16,
+        runs=1,
+        batch_sizes=(1,),
+        as_json=True,
+        console=console,
     )
     printed = json.loads(console.file.getvalue())
     assert printed == json.loads(size_report.to_json(report))
@@ -407,8 +407,13 @@ def test_plot_writes_an_image(saved_student, saved_teacher, tmp_path, quiet_cons
     pytest.importorskip("matplotlib")
     path = tmp_path / "plots" / "size.png"
     size_report.run(
-        str(saved_student), against=str(saved_teacher), seq_len=8, runs=1, batch_sizes=(1,),
-        plot_path=str(path), console=quiet_console,
+        str(saved_student),
+        against=str(saved_teacher),
+        seq_len=8,
+        runs=1,
+        batch_sizes=(1,),
+        plot_path=str(path),
+        console=quiet_console,
     )
     assert path.read_bytes().startswith(b"\x89PNG")
 
@@ -426,8 +431,12 @@ def test_roberta_position_table_starts_after_the_padding_index():
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     config = RobertaConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=20,
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=20,
     )
     model = build_on_meta(RobertaForSequenceClassification, config)
     assert size_report.summary_figures(model, seq_len=18)["flops"]["seq_len"] == 18

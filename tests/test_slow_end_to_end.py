@@ -30,11 +30,17 @@ def test_sst2_minilm_teacher_and_student(tmp_path, monkeypatch, quiet_console):
         pytest.skip("../shared/data/sst2 is not here")
     monkeypatch.chdir(ROOT)
     # 32 teacher steps only: at the recipe's 5e-5 the teacher was still near chance (0.52).
-    recipe = load_recipe(ROOT / "recipes" / "sst2" / "minilm_to_l4-h256-basic-local.yaml", [
-        f"teacher.checkpoint={tmp_path / 'sst2-minilm-teacher' / 'final'}", "data.train.limit=1000",
-        "teacher.train.training.epochs=1", "teacher.train.training.learning_rate=1e-4", "training.epochs=1",
-        "training.progress=false",
-    ])
+    recipe = load_recipe(
+        ROOT / "recipes" / "sst2" / "minilm_to_l4-h256-basic-local.yaml",
+        [
+            f"teacher.checkpoint={tmp_path / 'sst2-minilm-teacher' / 'final'}",
+            "data.train.limit=1000",
+            "teacher.train.training.epochs=1",
+            "teacher.train.training.learning_rate=1e-4",
+            "training.epochs=1",
+            "training.progress=false",
+        ],
+    )
     summary = distill(recipe, tmp_path, console=quiet_console)
     assert summary["teacher"]["metric"] > 0.7
     assert summary["student"]["metric"] > 0.5

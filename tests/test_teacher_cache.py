@@ -13,16 +13,22 @@ import pytest
 import torch
 
 from brewer_cli.build import build_run, plan_lines
+from brewer_cli.commands import distill
 from brewer_cli.errors import CheckpointError
 from brewer_cli.families import AttentionInputs, FeatureNeeds, Features
-from brewer_cli.commands import distill
 from brewer_cli.recipe import load_recipe
 from brewer_cli.teacher_cache import Layout, Part, SlotStore, TeacherRead
 from tests.conftest import TINY_BERT, distill_recipe, save_tiny_model, write_recipe
 
 # Dropout off: runs with and without the cache then differ by the cache alone.
-STUDENT = {**TINY_BERT, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32,
-           "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+STUDENT = {
+    **TINY_BERT,
+    "hidden_size": 16,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
 MATCHES = [
     {"teacher_layer": 0, "student_layer": 0, "loss": "hidden_mse", "projection": "linear"},
     {"teacher_layer": 2, "student_layer": 2, "loss": "hidden_mse", "projection": "linear"},
@@ -32,9 +38,17 @@ MATCHES = [
 
 
 def general_raw(teacher: Path, cache: str, **training: Any) -> dict[str, Any]:
-    raw = distill_recipe(teacher, student={"config": dict(STUDENT)},
-                         distillation={"kind": "general", "temperature": 2.0, "hard_label_weight": 0.5,
-                                       "matches": MATCHES, "teacher_cache": cache})
+    raw = distill_recipe(
+        teacher,
+        student={"config": dict(STUDENT)},
+        distillation={
+            "kind": "general",
+            "temperature": 2.0,
+            "hard_label_weight": 0.5,
+            "matches": MATCHES,
+            "teacher_cache": cache,
+        },
+    )
     raw["training"].update({"epochs": 2, "log_every": 1, "eval_every": 100, **training})
     return raw
 
@@ -115,20 +129,37 @@ def test_resume_reuses_a_matching_disk_cache_and_refuses_another(tmp_path, teach
 
 
 def test_only_entries_filled_before_the_resumed_step_are_reused(tmp_path):
-    layout = Layout(TeacherRead(0, FeatureNeeds(hidden_states=True), (("hidden", 1),)), "tensor",
-                    (Part("logits.0", "row", (2,)),), (Part("hidden.1", "token", (3,)),), depth=2, num_heads=1)
+    layout = Layout(
+        TeacherRead(0, FeatureNeeds(hidden_states=True), (("hidden", 1),)),
+        "tensor",
+        (Part("logits.0", "row", (2,)),),
+        (Part("hidden.1", "token", (3,)),),
+        depth=2,
+        num_heads=1,
+    )
     lengths = np.array([2, 3, 1])
     store = SlotStore(layout, lengths, "memory", tmp_path / "cache")
     hidden = torch.arange(2 * 3 * 3, dtype=torch.float32).view(2, 3, 3)
-    store.put([0, 1], Features(logits=torch.tensor([[1.0, 2.0], [3.0, 4.0]]), attention_mask=torch.ones(2, 3),
-                               hidden_states=(None, hidden, None)), step=0)
-    store.put([2], Features(logits=torch.tensor([[5.0, 6.0]]), attention_mask=torch.ones(1, 1),
-                            hidden_states=(None, torch.ones(1, 1, 3), None)), step=7)
+    store.put(
+        [0, 1],
+        Features(
+            logits=torch.tensor([[1.0, 2.0], [3.0, 4.0]]), attention_mask=torch.ones(2, 3), hidden_states=(None, hidden, None)
+        ),
+        step=0,
+    )
+    store.put(
+        [2],
+        Features(
+            logits=torch.tensor([[5.0, 6.0]]), attention_mask=torch.ones(1, 1), hidden_states=(None, torch.ones(1, 1, 3), None)
+        ),
+        step=7,
+    )
     store.persist()
     reopened = SlotStore(layout, lengths, "disk", tmp_path / "cache", resume_step=5)
     assert reopened.filled_step.tolist() == [0, 0, -1]
-    features = reopened.get([1, 0], {"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3)},
-                            torch.device("cpu"))
+    features = reopened.get(
+        [1, 0], {"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3)}, torch.device("cpu")
+    )
     assert torch.equal(features.logits, torch.tensor([[3.0, 4.0], [1.0, 2.0]]))
     assert features.hidden_states[0] is None and features.hidden_states[2] is None
     assert torch.equal(features.hidden_states[1][0], hidden[1])
@@ -140,10 +171,19 @@ def test_every_kind_of_part_round_trips_trimmed_to_each_example(tmp_path):
     """Token-level logits (QA's start/end pair), attention scores (L × L) and attention inputs."""
     needs = FeatureNeeds(attention_scores=True, attention_inputs=True)
     read = TeacherRead(0, needs, (("attention", 1), ("attention_inputs", 1)))
-    layout = Layout(read, "tuple", (Part("logits.0", "token", ()), Part("logits.1", "token", ())),
-                    (Part("attention.1", "square", (2,)), Part("attention_inputs.1.query", "token", (4,)),
-                     Part("attention_inputs.1.key", "token", (4,)), Part("attention_inputs.1.value", "token", (4,))),
-                    depth=1, num_heads=2)
+    layout = Layout(
+        read,
+        "tuple",
+        (Part("logits.0", "token", ()), Part("logits.1", "token", ())),
+        (
+            Part("attention.1", "square", (2,)),
+            Part("attention_inputs.1.query", "token", (4,)),
+            Part("attention_inputs.1.key", "token", (4,)),
+            Part("attention_inputs.1.value", "token", (4,)),
+        ),
+        depth=1,
+        num_heads=2,
+    )
     lengths = np.array([3, 5])
     generator = torch.Generator().manual_seed(0)
 
@@ -151,8 +191,12 @@ def test_every_kind_of_part_round_trips_trimmed_to_each_example(tmp_path):
         return torch.randn(*shape, generator=generator)
 
     inputs = AttentionInputs(query=random(2, 5, 4), key=random(2, 5, 4), value=random(2, 5, 4), num_heads=2)
-    original = Features(logits=(random(2, 5), random(2, 5)), attention_mask=torch.tensor([[1, 1, 1, 0, 0], [1] * 5]),
-                        attention_scores=(random(2, 2, 5, 5),), attention_inputs=(inputs,))
+    original = Features(
+        logits=(random(2, 5), random(2, 5)),
+        attention_mask=torch.tensor([[1, 1, 1, 0, 0], [1] * 5]),
+        attention_scores=(random(2, 2, 5, 5),),
+        attention_inputs=(inputs,),
+    )
     store = SlotStore(layout, lengths, "memory", tmp_path / "cache")
     store.put([0, 1], original, step=0)
     view = {"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": original.attention_mask}
@@ -162,12 +206,14 @@ def test_every_kind_of_part_round_trips_trimmed_to_each_example(tmp_path):
         assert torch.equal(kept[valid], fresh[valid]) and not kept[~valid].any()  # fp32: exact
     pairs = valid[:, None, :, None] & valid[:, None, None, :]
     scores = cached.attention_scores[0]
-    torch.testing.assert_close(scores[pairs.expand_as(scores)], original.attention_scores[0][pairs.expand_as(scores)],
-                               rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(
+        scores[pairs.expand_as(scores)], original.attention_scores[0][pairs.expand_as(scores)], rtol=1e-3, atol=1e-3
+    )
     assert not scores[~pairs.expand_as(scores)].any()
     for name in ("query", "key", "value"):
-        torch.testing.assert_close(getattr(cached.attention_inputs[0], name)[valid], getattr(inputs, name)[valid],
-                                   rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(
+            getattr(cached.attention_inputs[0], name)[valid], getattr(inputs, name)[valid], rtol=1e-3, atol=1e-3
+        )
     assert cached.attention_inputs[0].num_heads == 2
 
 
@@ -210,7 +256,7 @@ def test_group_by_length_reduces_padding_and_keeps_each_example_once_per_epoch()
     batch_size = 16
 
     def padding(order: list[int]) -> int:
-        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         return sum(max(lengths[i] for i in batch) * len(batch) - sum(lengths[i] for i in batch) for batch in batches)
 
     grouped = EpochSampler(len(lengths), seed=3, batch_size=batch_size, lengths=lengths)
@@ -227,7 +273,7 @@ def test_group_by_length_reduces_padding_and_keeps_each_example_once_per_epoch()
     # Each batch is one group, sorted longest first: the one short group (1003 = 62 × 16 + 11)
     # comes last, where it cannot shift later batches across two groups.
     for start in range(0, len(lengths), batch_size):
-        batch = [lengths[i] for i in orders[0][start:start + batch_size]]
+        batch = [lengths[i] for i in orders[0][start : start + batch_size]]
         assert batch == sorted(batch, reverse=True)
     grouped.set_epoch(0)
     assert list(grouped) == orders[0]  # an epoch's order is rebuilt on resume
@@ -244,8 +290,9 @@ def test_training_compile_compiles_the_student_in_place(tmp_path, teacher_dir, q
     raw["training"].update({"max_steps": 2, "compile": "eager"})
     recipe = load_recipe(write_recipe(tmp_path, raw))
     assert recipe.training.compile_backend == "eager"
-    assert "compile: the student's forward is compiled in place (torch.compile, backend eager) before step 1" in \
-        plan_lines(build_run(recipe, tmp_path / "plan"))
+    assert "compile: the student's forward is compiled in place (torch.compile, backend eager) before step 1" in plan_lines(
+        build_run(recipe, tmp_path / "plan")
+    )
     summary = distill(recipe, tmp_path / "out", console=quiet_console)
     assert summary["compile"] == {"backend": "eager", "models": ["BertForSequenceClassification"]}
     assert summary["steps"] == 2 and summary["student"]["metric"] is not None

@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from brewer_cli.build import build_run, check_names
-from brewer_cli.errors import BrewerError, RecipeError
 from brewer_cli.commands import distill
+from brewer_cli.errors import BrewerError, RecipeError
 from brewer_cli.recipe import load_recipe, resolved_mapping
 from tests.conftest import TINY_BERT, distill_recipe, write_recipe
 
@@ -40,8 +40,11 @@ def general_recipe(tmp_path: Path, teacher: Path, **changes) -> dict:
     recipe = {
         "name": "general",
         "task": {"kind": "masked_lm"},
-        "data": {"train": {"path": str(corpus(tmp_path / "corpus.txt", 48, 1))},
-                 "eval": {"path": str(corpus(tmp_path / "held-out.txt", 16, 2))}, "max_length": 32},
+        "data": {
+            "train": {"path": str(corpus(tmp_path / "corpus.txt", 48, 1))},
+            "eval": {"path": str(corpus(tmp_path / "held-out.txt", 16, 2))},
+            "max_length": 32,
+        },
         "teacher": {"checkpoint": str(teacher)},
         "student": {"config": dict(STUDENT)},
         "training": dict(TRAINING),
@@ -156,7 +159,11 @@ def test_two_stage_recipe_runs_on_augmented_data(tmp_path, teacher_dir, masked_l
     assert (parent / "final").is_symlink() and (parent / "final").resolve() == (second / "final").resolve()
     written = json.loads((parent / "summary.json").read_text())
     assert [stage["kind"] for stage in written["stages"]] == ["general", "basic"]
-    assert written["student"]["metric"] == summary["student"]["metric"] == json.loads((second / "summary.json").read_text())["student"]["metric"]
+    assert (
+        written["student"]["metric"]
+        == summary["student"]["metric"]
+        == json.loads((second / "summary.json").read_text())["student"]["metric"]
+    )
     assert load_recipe(parent / "recipe.yaml").stages == recipe.stages
 
     # Finished stages are skipped on --resume; without it the run directory is protected.

@@ -163,13 +163,13 @@ def test_integer_tags_need_names(tmp_path, word_tokenizer):
 def test_hub_integer_tags_are_named_by_the_dataset_features(tmp_path, word_tokenizer, monkeypatch):
     import datasets
 
-    features = datasets.Features({
-        "tokens": datasets.Sequence(datasets.Value("string")),
-        "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])),
-    })
-    dataset = datasets.Dataset.from_dict(
-        {"tokens": [["john", "smith", "paris"]], "ner_tags": [[1, 2, 3]]}, features=features
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])),
+        }
     )
+    dataset = datasets.Dataset.from_dict({"tokens": [["john", "smith", "paris"]], "ner_tags": [[1, 2, 3]]}, features=features)
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: dataset)
     raw = ner_recipe(tmp_path, "unused")
     raw["data"] = {"train": {"hub": "conll2003", "split": "train"}, "max_length": 32}

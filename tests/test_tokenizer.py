@@ -6,8 +6,8 @@ import subprocess
 import sys
 from collections import Counter
 
-from brewer_cli.tokenizers import train_wordpiece, wordpiece_vocabulary
 from brewer_cli.recipe import WordPieceTraining
+from brewer_cli.tokenizers import train_wordpiece, wordpiece_vocabulary
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -43,8 +43,9 @@ print(sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]))
 def test_the_same_texts_give_the_same_vocabulary_in_every_process():
     # tokenizers' own trainer broke ties by a hash order seeded per process: the vocabulary (and
     # with it every model trained on it) changed from one run to the next.
-    outputs = {subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True).stdout
-               for _ in range(3)}
+    outputs = {
+        subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True).stdout for _ in range(3)
+    }
     assert len(outputs) == 1
 
 
@@ -53,6 +54,15 @@ def test_the_trained_tokenizer_encodes_like_bert():
     tokenizer = train_wordpiece(texts, WordPieceTraining(vocab_size=60))
     encoded = tokenizer("the movie was great", "a film")
     assert tokenizer.convert_ids_to_tokens(encoded["input_ids"]) == [
-        "[CLS]", "the", "movie", "was", "great", "[SEP]", "a", "film", "[SEP]"]
+        "[CLS]",
+        "the",
+        "movie",
+        "was",
+        "great",
+        "[SEP]",
+        "a",
+        "film",
+        "[SEP]",
+    ]
     assert encoded["token_type_ids"] == [0, 0, 0, 0, 0, 0, 1, 1, 1]
     assert tokenizer.convert_ids_to_tokens(tokenizer("unseen")["input_ids"]) == ["[CLS]", "[UNK]", "[SEP]"]

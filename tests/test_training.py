@@ -50,8 +50,16 @@ def test_basic_loss_goes_down_on_a_repeated_batch(tmp_path, tokenizer_dir, kd_lo
     # A teacher with large initial weights has confident, example-dependent outputs, so the
     # student has something to learn from the first step on.
     teacher_dir = save_tiny_model(tmp_path / "teacher", tokenizer_dir, config={**TINY_BERT, "initializer_range": 0.5})
-    raw = distill_recipe(teacher_dir, distillation={"kind": "basic", "kd_loss": kd_loss, "temperature": 1.0,
-                                                     "temperature_squared": True, "hard_label_weight": 0.0})
+    raw = distill_recipe(
+        teacher_dir,
+        distillation={
+            "kind": "basic",
+            "kd_loss": kd_loss,
+            "temperature": 1.0,
+            "temperature_squared": True,
+            "hard_label_weight": 0.0,
+        },
+    )
     run = build_run(load_recipe(write_recipe(tmp_path, raw)), tmp_path / "out")
     losses = losses_on_repeated_batch(run, steps=60, learning_rate=1e-2)
     floor = 0.0
@@ -180,16 +188,22 @@ def test_teacher_trained_automatically_then_distilled(tmp_path, tokenizer_dir, m
 
 def test_local_tsv_pairs_string_labels_and_dynamic_padding(tmp_path, tokenizer_dir, quiet_console):
     rows = ["premise\thypothesis\tlabel"] + [
-        f"the movie was {'great' if i % 2 else 'dull'}\tit was {'fun' if i % 3 else 'bland'} \"quoted\tyes" if False else
-        f"the movie was {'great' if i % 2 else 'dull'}\tit was \"fun\" {'very ' * (i % 5)}good\t{'entailment' if i % 2 else 'contradiction'}"
+        f'the movie was {"great" if i % 2 else "dull"}\tit was {"fun" if i % 3 else "bland"} "quoted\tyes'
+        if False
+        else f'the movie was {"great" if i % 2 else "dull"}\tit was "fun" {"very " * (i % 5)}good\t{"entailment" if i % 2 else "contradiction"}'
         for i in range(40)
     ]
     (tmp_path / "pairs.tsv").write_text("\n".join(rows) + "\n")
     raw = distill_recipe("unused")
     del raw["teacher"], raw["student"]
     raw["task"] = {"kind": "sequence_classification"}
-    raw["data"] = {"train": {"path": str(tmp_path / "pairs.tsv")}, "eval": {"path": str(tmp_path / "pairs.tsv")},
-                   "text": "premise", "text_pair": "hypothesis", "max_length": 60}
+    raw["data"] = {
+        "train": {"path": str(tmp_path / "pairs.tsv")},
+        "eval": {"path": str(tmp_path / "pairs.tsv")},
+        "text": "premise",
+        "text_pair": "hypothesis",
+        "max_length": 60,
+    }
     raw["model"] = {"config": dict(TINY_BERT), "tokenizer": {"path": str(tokenizer_dir)}}
     raw["distillation"] = {"kind": "trainer"}
     recipe = load_recipe(write_recipe(tmp_path, raw))
@@ -214,7 +228,11 @@ def test_regression_task_reports_correlations(tmp_path, tokenizer_dir, quiet_con
     raw = distill_recipe("unused")
     del raw["teacher"], raw["student"]
     raw["task"] = {"kind": "sequence_classification", "num_labels": 1}
-    raw["data"] = {"train": {"path": str(tmp_path / "scores.csv")}, "eval": {"path": str(tmp_path / "scores.csv")}, "label": "score"}
+    raw["data"] = {
+        "train": {"path": str(tmp_path / "scores.csv")},
+        "eval": {"path": str(tmp_path / "scores.csv")},
+        "label": "score",
+    }
     raw["model"] = {"config": dict(TINY_BERT), "tokenizer": {"path": str(tokenizer_dir)}}
     raw["distillation"] = {"kind": "trainer"}
     raw["training"]["epochs"] = 4
@@ -277,7 +295,14 @@ def test_each_family_loads_from_a_checkpoint_and_distills(tmp_path, tokenizer_di
     if config["model_type"] in ("roberta", "xlm-roberta"):
         settings["max_position_embeddings"] = 70  # position ids start after the padding index
     if config["model_type"] == "distilbert":
-        settings = {"model_type": "distilbert", "dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64, "max_position_embeddings": 64}
+        settings = {
+            "model_type": "distilbert",
+            "dim": 32,
+            "n_layers": 2,
+            "n_heads": 4,
+            "hidden_dim": 64,
+            "max_position_embeddings": 64,
+        }
     teacher = save_tiny_model(tmp_path / "teacher", tokenizer_dir, config=settings)
     student = save_tiny_model(tmp_path / "student", tokenizer_dir, config=settings, seed=1)
     raw = distill_recipe(teacher, student={"checkpoint": str(student)})

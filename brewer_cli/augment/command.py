@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from brewer_cli.augment.masked_lm import MaskedLanguageModel
 from brewer_cli.augment.variants import augment_rows
 from brewer_cli.augment.vectors import EMBEDDINGS_PREFIX, WordVectors
@@ -37,8 +39,15 @@ class AugmentResult:
     fingerprint: str
 
 
-def augment_file(data: str | Path, spec: AugmentSpec, text: str, text_pair: str | None = None,
-                 data_format: str = "auto", limit: int | None = None, console: Any = None) -> AugmentResult:
+def augment_file(
+    data: str | Path,
+    spec: AugmentSpec,
+    text: str,
+    text_pair: str | None = None,
+    data_format: str = "auto",
+    limit: int | None = None,
+    console: Any = None,
+) -> AugmentResult:
     """`brewer augment DATA`: augment a data file's `text` (and `text_pair`) column."""
     source = DataSource(path=str(data), format=data_format, limit=limit)
     rows = read_source(source, _FileOrigin(Path(data)), "data")
@@ -51,13 +60,17 @@ def augment_recipe_data(recipe: Recipe, spec: AugmentSpec | None = None, console
     """`brewer augment RECIPE` and `data.augment`: augment the recipe's training split."""
     spec = spec or recipe.data.augment
     if spec is None:
-        raise BrewerError(f"{recipe.path}: data.augment: the recipe does not say how to augment — add "
-                          f"`data.augment: {{model: …}}` (a masked LM) or `{{word_vectors: …}}`, or pass --model / --word-vectors")
+        raise BrewerError(
+            f"{recipe.path}: data.augment: the recipe does not say how to augment — add "
+            f"`data.augment: {{model: …}}` (a masked LM) or `{{word_vectors: …}}`, or pass --model / --word-vectors"
+        )
     if recipe.task is None or not (recipe.task.kind in TASKS and TASKS.get(recipe.task.kind).sequence_level):
         kind = recipe.task.kind if recipe.task is not None else "multi_task"
-        raise BrewerError(f"{recipe.path}: data.augment: augmentation rewrites whole texts, which suits sequence "
-                          f"classification (single texts and pairs); task {kind} keeps its labels on tokens or spans "
-                          f"— remove `data.augment`")
+        raise BrewerError(
+            f"{recipe.path}: data.augment: augmentation rewrites whole texts, which suits sequence "
+            f"classification (single texts and pairs); task {kind} keeps its labels on tokens or spans "
+            f"— remove `data.augment`"
+        )
     rows = read_source(recipe.data.train, recipe, "data.train")
     fields = [recipe.data.train.text or recipe.data.text]
     pair = recipe.data.train.text_pair or recipe.data.text_pair
@@ -100,8 +113,9 @@ def cache_directory() -> Path:
     return base / "brewer"
 
 
-def _augment_cached(rows: list[dict[str, Any]], fields: list[str], spec: AugmentSpec, tokenizer_location: str,
-                    recipe: Recipe | None, console: Any) -> AugmentResult:
+def _augment_cached(
+    rows: list[dict[str, Any]], fields: list[str], spec: AugmentSpec, tokenizer_location: str, recipe: Recipe | None, console: Any
+) -> AugmentResult:
     fingerprint = _fingerprint(rows, fields, spec, tokenizer_location, recipe)
     output = _output_path(spec, fingerprint, recipe)
     record_path = output.with_name(output.name + ".fingerprint.json")
@@ -111,20 +125,38 @@ def _augment_cached(rows: list[dict[str, Any]], fields: list[str], spec: Augment
         except json.JSONDecodeError:
             record = {}
         if record.get("fingerprint") == fingerprint:
-            return AugmentResult(output, len(rows), int(record.get("rows", 0)), float(record.get("seconds", 0.0)),
-                                 True, fingerprint)
+            return AugmentResult(
+                output, len(rows), int(record.get("rows", 0)), float(record.get("seconds", 0.0)), True, fingerprint
+            )
     start = time.monotonic()
     field = "data.augment" if recipe is not None else None
     masked_lm = MaskedLanguageModel.load(spec.model, recipe, f"{field}.model" if field else "--model") if spec.model else None
-    vectors = WordVectors.load(spec.word_vectors, recipe, f"{field}.word_vectors" if field else "--word-vectors") if spec.word_vectors else None
+    vectors = (
+        WordVectors.load(spec.word_vectors, recipe, f"{field}.word_vectors" if field else "--word-vectors")
+        if spec.word_vectors
+        else None
+    )
     # The masked LM's own tokenizer decides which words are one piece; without one, any BERT-style tokenizer splits words.
-    tokenizer = masked_lm.tokenizer if masked_lm is not None else _load_tokenizer(
-        tokenizer_location, recipe, f"{field}.tokenizer" if field else "--tokenizer")
+    tokenizer = (
+        masked_lm.tokenizer
+        if masked_lm is not None
+        else _load_tokenizer(tokenizer_location, recipe, f"{field}.tokenizer" if field else "--tokenizer")
+    )
     augmented = augment_rows(rows, fields, spec, tokenizer, masked_lm, vectors, console)
     seconds = time.monotonic() - start
     _write_rows(augmented, output)
-    record_path.write_text(json.dumps({"fingerprint": fingerprint, "examples": len(rows), "rows": len(augmented),
-                                       "seconds": round(seconds, 2), "settings": spec.model_dump(mode="json")}, indent=2))
+    record_path.write_text(
+        json.dumps(
+            {
+                "fingerprint": fingerprint,
+                "examples": len(rows),
+                "rows": len(augmented),
+                "seconds": round(seconds, 2),
+                "settings": spec.model_dump(mode="json"),
+            },
+            indent=2,
+        )
+    )
     return AugmentResult(output, len(rows), len(augmented), seconds, False, fingerprint)
 
 
@@ -141,18 +173,23 @@ def _output_path(spec: AugmentSpec, fingerprint: str, recipe: Recipe | None) -> 
     return path
 
 
-def _fingerprint(rows: list[dict[str, Any]], fields: list[str], spec: AugmentSpec, tokenizer_location: str,
-                 recipe: Recipe | None) -> str:
+def _fingerprint(
+    rows: list[dict[str, Any]], fields: list[str], spec: AugmentSpec, tokenizer_location: str, recipe: Recipe | None
+) -> str:
     digest = hashlib.sha256()
     settings = spec.model_dump(mode="json", exclude={"output", "batch_size"})
     settings["model"] = _identity(spec.model, recipe) if spec.model else None
     vectors = spec.word_vectors
     if vectors is not None and vectors.startswith(EMBEDDINGS_PREFIX):
-        settings["word_vectors"] = {"embeddings": _identity(vectors[len(EMBEDDINGS_PREFIX):], recipe)}
+        settings["word_vectors"] = {"embeddings": _identity(vectors[len(EMBEDDINGS_PREFIX) :], recipe)}
     else:
         settings["word_vectors"] = _identity(vectors, recipe) if vectors else None
-    header = {"version": FINGERPRINT_VERSION, "fields": fields, "settings": settings,
-              "tokenizer": _identity(tokenizer_location, recipe)}
+    header = {
+        "version": FINGERPRINT_VERSION,
+        "fields": fields,
+        "settings": settings,
+        "tokenizer": _identity(tokenizer_location, recipe),
+    }
     digest.update(json.dumps(header, sort_keys=True).encode())
     for row in rows:
         digest.update(json.dumps(row, sort_keys=True, default=str).encode())
@@ -170,8 +207,10 @@ def _identity(value: str, recipe: Recipe | None) -> Any:
         return {"file": str(path.resolve()), "size": stat.st_size, "modified": stat.st_mtime_ns}
     if path.is_dir():
         files = sorted(item for item in path.rglob("*") if item.is_file())
-        return {"directory": str(path.resolve()),
-                "files": [[str(item.relative_to(path)), item.stat().st_size, item.stat().st_mtime_ns] for item in files]}
+        return {
+            "directory": str(path.resolve()),
+            "files": [[str(item.relative_to(path)), item.stat().st_size, item.stat().st_mtime_ns] for item in files],
+        }
     return {"hub": value}
 
 
@@ -228,8 +267,9 @@ def _tokenizer_location(spec: AugmentSpec, recipe: Recipe | None, field: str | N
             # A teacher still to be trained shares the tokenizer of the checkpoint it starts from.
             return teacher.train.model.checkpoint
     where = f"{recipe.path}: {field}.tokenizer" if recipe is not None else "--tokenizer"
-    raise BrewerError(f"{where}: with word vectors and no masked LM, name the tokenizer that splits words "
-                      f"(a checkpoint directory or hub id)")
+    raise BrewerError(
+        f"{where}: with word vectors and no masked LM, name the tokenizer that splits words (a checkpoint directory or hub id)"
+    )
 
 
 def _load_tokenizer(location: str, recipe: Recipe | None, field: str) -> Any:
@@ -239,8 +279,15 @@ def _load_tokenizer(location: str, recipe: Recipe | None, field: str) -> Any:
 # ============================================================================= brewer augment
 
 
-def augment_command(target: str, options: dict[str, Any], text: str | None, text_pair: str | None,
-                    limit: int | None, overrides: list[str], console: Any) -> AugmentResult:
+def augment_command(
+    target: str,
+    options: dict[str, Any],
+    text: str | None,
+    text_pair: str | None,
+    limit: int | None,
+    overrides: list[str],
+    console: Any,
+) -> AugmentResult:
     """`brewer augment RECIPE_OR_DATA`: with a recipe, its `data.augment` (the options replace its
     fields); with a data file, the options alone. Prints where the file is and what it holds."""
     path = Path(target)
@@ -253,8 +300,10 @@ def augment_command(target: str, options: dict[str, Any], text: str | None, text
             raise BrewerError(f"{path}: data: the recipe has no `data` section to augment")
         base = recipe.data.augment.model_dump() if recipe.data.augment is not None else {}
         if text or text_pair or limit:
-            raise BrewerError(f"{path}: --text, --text-pair and --limit are for a data file; a recipe's columns and "
-                              f"limit are its `data` section's")
+            raise BrewerError(
+                f"{path}: --text, --text-pair and --limit are for a data file; a recipe's columns and "
+                f"limit are its `data` section's"
+            )
         spec = _spec({**base, **given}, f"{path}: data.augment")
         result = augment_recipe_data(recipe, spec, console)
     else:
@@ -263,8 +312,10 @@ def augment_command(target: str, options: dict[str, Any], text: str | None, text
         spec = _spec(given, "brewer augment")
         result = augment_file(path, spec, text or "text", text_pair, limit=limit, console=console)
     state = "found in the cache (same data, models and settings)" if result.cached else f"written in {result.seconds:.1f} s"
-    console.print(f"{result.examples:,} examples → {result.rows:,} rows (originals and up to {spec.variants} variants "
-                  f"each), {state}: {result.path}")
+    console.print(
+        f"{result.examples:,} examples → {result.rows:,} rows (originals and up to {spec.variants} variants "
+        f"each), {state}: {result.path}"
+    )
     return result
 
 
@@ -284,7 +335,6 @@ def _is_recipe(path: Path) -> bool:
 
 
 def _spec(values: dict[str, Any], where: str) -> AugmentSpec:
-    from pydantic import ValidationError
 
     try:
         return AugmentSpec.model_validate(values)

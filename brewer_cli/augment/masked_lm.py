@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import AutoModelForMaskedLM
 
 from brewer_cli.augment.words import Query
 from brewer_cli.errors import ModelError
@@ -25,7 +27,10 @@ class MaskedLanguageModel:
         special = set(tokenizer.all_special_ids)
         # Only whole words can replace a word: no word pieces, special or [unused] tokens, punctuation.
         excluded = [
-            index in special or token is None or token.startswith("##") or (token.startswith("[") and token.endswith("]"))
+            index in special
+            or token is None
+            or token.startswith("##")
+            or (token.startswith("[") and token.endswith("]"))
             or not any(character.isalnum() for character in token)
             for index, token in enumerate(vocabulary)
         ]
@@ -33,8 +38,7 @@ class MaskedLanguageModel:
         self.vocabulary = vocabulary
 
     @classmethod
-    def load(cls, value: str, recipe: Recipe | None, field: str) -> "MaskedLanguageModel":
-        from transformers import AutoModelForMaskedLM
+    def load(cls, value: str, recipe: Recipe | None, field: str) -> MaskedLanguageModel:
 
         where = f"{recipe.path}: " if recipe is not None and recipe.path is not None else ""
         location = checkpoint_location(value, recipe, field)
@@ -42,8 +46,10 @@ class MaskedLanguageModel:
             with quiet_transformers():
                 model, info = AutoModelForMaskedLM.from_pretrained(location, output_loading_info=True)
         except Exception as error:
-            raise ModelError(f"{where}{field}: could not load {value!r} as a masked LM: "
-                             f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") from None
+            raise ModelError(
+                f"{where}{field}: could not load {value!r} as a masked LM: "
+                f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+            ) from None
         missing_head = missing_head_weights(model, info)
         if missing_head:
             raise ModelError(
@@ -69,17 +75,26 @@ class MaskedLanguageModel:
                 chosen = [queries[index] for index in order[start : start + batch_size]]
                 longest = max(len(query.input_ids) for query in chosen)
                 input_ids = torch.tensor([q.input_ids + [pad] * (longest - len(q.input_ids)) for q in chosen], device=device)
-                token_types = torch.tensor([q.token_type_ids + [0] * (longest - len(q.token_type_ids)) for q in chosen], device=device)
-                attention = torch.tensor([[1] * len(q.input_ids) + [0] * (longest - len(q.input_ids)) for q in chosen], device=device)
+                token_types = torch.tensor(
+                    [q.token_type_ids + [0] * (longest - len(q.token_type_ids)) for q in chosen], device=device
+                )
+                attention = torch.tensor(
+                    [[1] * len(q.input_ids) + [0] * (longest - len(q.input_ids)) for q in chosen], device=device
+                )
                 positions = torch.tensor([q.position for q in chosen], device=device)
                 logits = self._logits_at(input_ids, token_types, attention, positions).float()
                 logits[:, self.excluded.to(device)] = float("-inf")
                 # The word itself is no replacement: a variant that keeps it would only repeat the original.
-                logits[torch.arange(len(chosen), device=device), torch.tensor([q.original_id for q in chosen], device=device)] = float("-inf")
+                logits[torch.arange(len(chosen), device=device), torch.tensor([q.original_id for q in chosen], device=device)] = (
+                    float("-inf")
+                )
                 top = logits.topk(min(count, logits.shape[-1]), dim=-1)
                 for row, index in enumerate(order[start : start + batch_size]):
-                    results[index] = [self.vocabulary[token] for token, score in zip(top.indices[row].tolist(), top.values[row].tolist())
-                                      if score != float("-inf")]
+                    results[index] = [
+                        self.vocabulary[token]
+                        for token, score in zip(top.indices[row].tolist(), top.values[row].tolist())
+                        if score != float("-inf")
+                    ]
                 advance(len(chosen))
         return results
 
@@ -106,8 +121,7 @@ def missing_head_weights(model: Any, loading_info: dict[str, Any]) -> list[str]:
     prefix = f"{model.base_model_prefix}."
     tied = getattr(model, "_tied_weights_keys", None) or {}
     tied_names = set(tied) | (set(tied.values()) if isinstance(tied, dict) else set())
-    return sorted(name for name in loading_info.get("missing_keys", ())
-                  if not name.startswith(prefix) and name not in tied_names)
+    return sorted(name for name in loading_info.get("missing_keys", ()) if not name.startswith(prefix) and name not in tied_names)
 
 
 class _progress:
@@ -119,10 +133,16 @@ class _progress:
     def __enter__(self):
         if self.console is None or self.total == 0:
             return lambda count: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
+        self.bar = Progress(
+            TextColumn(f"[bold]{self.label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
         self.bar.start()
         task = self.bar.add_task(self.label, total=self.total)
         return lambda count: self.bar.advance(task, count)

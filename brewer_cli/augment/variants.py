@@ -4,16 +4,23 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from brewer_cli.augment.vectors import WordVectors
 from brewer_cli.augment.words import STOP_WORDS, Query, WordSplitter
 from brewer_cli.recipe import AugmentSpec
 
 
-def augment_rows(rows: list[dict[str, Any]], fields: Sequence[str], spec: AugmentSpec, tokenizer: Any,
-                 masked_lm: Any = None, word_vectors: "WordVectors | None" = None,
-                 console: Any = None) -> list[dict[str, Any]]:
+def augment_rows(
+    rows: list[dict[str, Any]],
+    fields: Sequence[str],
+    spec: AugmentSpec,
+    tokenizer: Any,
+    masked_lm: Any = None,
+    word_vectors: WordVectors | None = None,
+    console: Any = None,
+) -> list[dict[str, Any]]:
     """The original rows, each followed by its variants (see the package docstring)."""
     splitter = WordSplitter(tokenizer)
     stop = STOP_WORDS
@@ -52,8 +59,9 @@ def augment_rows(rows: list[dict[str, Any]], fields: Sequence[str], spec: Augmen
     return output
 
 
-def _variants(words: list[list[str]], candidates: list[dict[int, list[str]]], spec: AugmentSpec,
-              example: int) -> list[tuple[str, ...]]:
+def _variants(
+    words: list[list[str]], candidates: list[dict[int, list[str]]], spec: AugmentSpec, example: int
+) -> list[tuple[str, ...]]:
     """Up to N_a distinct variants of one example's fields, none equal to the original."""
     if not any(candidates):
         return []

@@ -3,10 +3,12 @@ or in a model's input embeddings."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoModel
 
 from brewer_cli.errors import DataError
 from brewer_cli.models import checkpoint_location, quiet_transformers
@@ -28,9 +30,9 @@ class WordVectors:
         self.source = source
 
     @classmethod
-    def load(cls, value: str, recipe: Recipe | None, field: str) -> "WordVectors":
+    def load(cls, value: str, recipe: Recipe | None, field: str) -> WordVectors:
         if value.startswith(EMBEDDINGS_PREFIX):
-            return cls.from_embeddings(value[len(EMBEDDINGS_PREFIX):], recipe, field)
+            return cls.from_embeddings(value[len(EMBEDDINGS_PREFIX) :], recipe, field)
         where = f"{recipe.path}: " if recipe is not None and recipe.path is not None else ""
         path = resolve_path(value, recipe)
         if not path.is_file():
@@ -47,25 +49,28 @@ class WordVectors:
                 if width is None:
                     width = len(parts) - 1
                 if len(parts) - 1 != width:
-                    raise DataError(f"{where}{field}: {path}:{number}: {len(parts) - 1} numbers after the word, but the "
-                                    f"first vector has {width} — GloVe text format is `word v1 … v{width}` per line")
+                    raise DataError(
+                        f"{where}{field}: {path}:{number}: {len(parts) - 1} numbers after the word, but the "
+                        f"first vector has {width} — GloVe text format is `word v1 … v{width}` per line"
+                    )
                 try:
                     rows.append(np.asarray(parts[1:], dtype=np.float32))
                 except ValueError:
-                    raise DataError(f"{where}{field}: {path}:{number}: not a number among the vector's values — GloVe "
-                                    f"text format is `word v1 … vd` per line") from None
+                    raise DataError(
+                        f"{where}{field}: {path}:{number}: not a number among the vector's values — GloVe "
+                        f"text format is `word v1 … vd` per line"
+                    ) from None
                 words.append(parts[0])
         if not words:
             raise DataError(f"{where}{field}: {path} holds no vectors — GloVe text format is `word v1 … vd` per line")
         return cls(words, np.stack(rows), str(path))
 
     @classmethod
-    def from_embeddings(cls, value: str, recipe: Recipe | None, field: str) -> "WordVectors":
+    def from_embeddings(cls, value: str, recipe: Recipe | None, field: str) -> WordVectors:
         """A model's input word embeddings of its whole-word tokens (no `##` pieces, special or
         `[unused]` tokens, nothing without a letter): `embeddings:CHECKPOINT`, the stand-in for
         GloVe where no word-vector file is at hand (e.g. offline). Neighbours in this space are
         often inflections and near-synonyms, but also antonyms, as in any distributional space."""
-        from transformers import AutoModel
 
         location = checkpoint_location(value, recipe, field)
         tokenizer = load_tokenizer_dir(location, recipe, field)
@@ -74,9 +79,15 @@ class WordVectors:
         matrix = model.get_input_embeddings().weight.detach().float()
         vocabulary = tokenizer.convert_ids_to_tokens(list(range(matrix.shape[0])))
         special = set(tokenizer.all_special_ids)
-        keep = [index for index, token in enumerate(vocabulary)
-                if token is not None and index not in special and not token.startswith("##")
-                and not (token.startswith("[") and token.endswith("]")) and any(character.isalpha() for character in token)]
+        keep = [
+            index
+            for index, token in enumerate(vocabulary)
+            if token is not None
+            and index not in special
+            and not token.startswith("##")
+            and not (token.startswith("[") and token.endswith("]"))
+            and any(character.isalpha() for character in token)
+        ]
         return cls([vocabulary[index] for index in keep], matrix[keep].numpy(), f"{EMBEDDINGS_PREFIX}{location}")
 
     def neighbours(self, words: Iterable[str], count: int) -> dict[str, list[str]]:

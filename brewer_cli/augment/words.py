@@ -10,7 +10,8 @@ from brewer_cli.errors import ModelError
 
 # NLTK's English stop-word list (179 words), which TinyBERT's own list is built on: function
 # words whose replacement changes the grammar rather than the wording.
-STOP_WORDS = frozenset("""
+STOP_WORDS = frozenset(
+    """
 i me my myself we our ours ourselves you you're you've you'll you'd your yours yourself yourselves he him his
 himself she she's her hers herself it it's its itself they them their theirs themselves what which who whom this
 that that'll these those am is are was were be been being have has had having do does did doing a an the and but
@@ -20,7 +21,8 @@ few more most other some such no nor not only own same so than too very s t can 
 should've now d ll m o re ve y ain aren aren't couldn couldn't didn didn't doesn doesn't hadn hadn't hasn hasn't
 haven haven't isn isn't ma mightn mightn't mustn mustn't needn needn't shan shan't shouldn shouldn't wasn wasn't
 weren weren't won won't wouldn wouldn't
-""".split())
+""".split()
+)
 
 
 @dataclass
@@ -47,8 +49,10 @@ class WordSplitter:
         self.pre_tokenizer = getattr(backend, "pre_tokenizer", None) if backend is not None else None
         self.basic = getattr(tokenizer, "basic_tokenizer", None)
         if self.pre_tokenizer is None and self.basic is None:
-            raise ModelError(f"{type(tokenizer).__name__} has neither a pre-tokenizer nor a BasicTokenizer to split words "
-                             f"with — use a BERT-style (WordPiece) tokenizer")
+            raise ModelError(
+                f"{type(tokenizer).__name__} has neither a pre-tokenizer nor a BasicTokenizer to split words "
+                f"with — use a BERT-style (WordPiece) tokenizer"
+            )
 
     def words(self, text: str) -> list[str]:
         if self.pre_tokenizer is not None:
@@ -56,7 +60,7 @@ class WordSplitter:
             return [word for word, _ in self.pre_tokenizer.pre_tokenize_str(normalized)]
         return self.basic.tokenize(text)
 
-    def pieces(self, words: list[str]) -> "_Pieces":
+    def pieces(self, words: list[str]) -> _Pieces:
         return _Pieces(self.tokenizer, words)
 
 

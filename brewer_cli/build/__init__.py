@@ -7,8 +7,8 @@ distiller module in brewer_cli.distillers plus one builder here (a test checks b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from transformers import set_seed
 
@@ -45,6 +45,14 @@ def build_run(recipe: Recipe, output_dir: str | Path, stand_ins: dict[str, Loade
 
 
 __all__ = [
-    "BUILDERS", "Run", "TeacherSlot", "build_run", "check_before_training_teachers", "check_names", "extraction_plan",
-    "plan_lines", "teacher_missing", "teacher_slots",
+    "BUILDERS",
+    "Run",
+    "TeacherSlot",
+    "build_run",
+    "check_before_training_teachers",
+    "check_names",
+    "extraction_plan",
+    "plan_lines",
+    "teacher_missing",
+    "teacher_slots",
 ]

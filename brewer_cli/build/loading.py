@@ -18,8 +18,9 @@ from brewer_cli.tasks import PreparedData, Task
 from brewer_cli.tokenizers import build_tokenizer, load_tokenizer_dir
 
 
-def load_teacher(recipe: Recipe, task: Task, label_names: list[str] | None, spec: TeacherSpec | None = None,
-                 field: str = "teacher") -> LoadedModel:
+def load_teacher(
+    recipe: Recipe, task: Task, label_names: list[str] | None, spec: TeacherSpec | None = None, field: str = "teacher"
+) -> LoadedModel:
     """`spec` and `field`: one teacher of several (`teachers.1`, `tasks.<name>.teacher`)."""
     spec = spec or recipe.teacher
     if spec.checkpoint is None:
@@ -29,13 +30,16 @@ def load_teacher(recipe: Recipe, task: Task, label_names: list[str] | None, spec
     teacher = load_checkpoint(spec.checkpoint, task, label_names, recipe, f"{field}.checkpoint", "teacher", shape_head=False)
     if teacher.tokenizer is None:
         if spec.tokenizer is None:
-            raise ModelError(f"{recipe.path}: {field}.tokenizer: {spec.checkpoint!r} has no tokenizer files — give `{field}.tokenizer: {{path: …}}`")
+            raise ModelError(
+                f"{recipe.path}: {field}.tokenizer: {spec.checkpoint!r} has no tokenizer files — give `{field}.tokenizer: {{path: …}}`"
+            )
         teacher.tokenizer = build_tokenizer(spec.tokenizer, [], recipe, f"{field}.tokenizer")
     return teacher
 
 
-def load_student(spec: ModelSpec, task: Task, label_names: list[str] | None, tokenizer: Any, recipe: Recipe, field: str,
-                 role: str) -> LoadedModel:
+def load_student(
+    spec: ModelSpec, task: Task, label_names: list[str] | None, tokenizer: Any, recipe: Recipe, field: str, role: str
+) -> LoadedModel:
     if spec.checkpoint is not None:
         loaded = load_checkpoint(spec.checkpoint, task, label_names, recipe, f"{field}.checkpoint", role, shape_head=True)
         if loaded.tokenizer is None:
@@ -66,9 +70,16 @@ def extraction_plan(recipe: Recipe) -> ExtractPlan:
     layers = tuple(spec.layers) if isinstance(spec.layers, (list, tuple)) else spec.layers
     try:
         return ExtractPlan(
-            layers=layers, selection=spec.selection, hidden=spec.hidden, heads=spec.heads, head_dim=spec.head_dim,
-            intermediate=spec.intermediate, strategy=spec.strategy, seed=spec.seed,
-            hidden_scoring=spec.hidden_scoring, rounds=spec.rounds,
+            layers=layers,
+            selection=spec.selection,
+            hidden=spec.hidden,
+            heads=spec.heads,
+            head_dim=spec.head_dim,
+            intermediate=spec.intermediate,
+            strategy=spec.strategy,
+            seed=spec.seed,
+            hidden_scoring=spec.hidden_scoring,
+            rounds=spec.rounds,
         )
     except BrewerError as error:
         raise _extraction_error(recipe, error) from None
@@ -101,8 +112,14 @@ def extract_from_teacher(recipe: Recipe, task: Task, teacher: LoadedModel, data:
             raise _extraction_error(recipe, error) from None
     model = result.model
     model.train()
-    return LoadedModel(model, teacher.tokenizer, family_for(model.config), "student",
-                       f"the teacher's weights (ETD extraction, {plan.strategy})", extraction=result)
+    return LoadedModel(
+        model,
+        teacher.tokenizer,
+        family_for(model.config),
+        "student",
+        f"the teacher's weights (ETD extraction, {plan.strategy})",
+        extraction=result,
+    )
 
 
 def student_of(recipe: Recipe, task: Task, teacher: LoadedModel, data: PreparedData, tokenizer: Any) -> LoadedModel:

@@ -44,7 +44,9 @@ def build_multi_task_run(recipe: Recipe, run_dir: Path, stand_ins: dict[str, Loa
         task: Task = TASKS.get(entry.task.kind)(entry.task)
         field = f"tasks.{name}.teacher"
         label_names = list(entry.task.labels) if entry.task.labels else None
-        entries.append((name, single, task, stand_ins.get(field) or load_teacher(single, task, label_names, entry.teacher, field)))
+        entries.append(
+            (name, single, task, stand_ins.get(field) or load_teacher(single, task, label_names, entry.teacher, field))
+        )
 
     tokenizer = _student_tokenizer(recipe, entries)
     batch_size = eval_batch_size(recipe.training)
@@ -57,7 +59,9 @@ def build_multi_task_run(recipe: Recipe, run_dir: Path, stand_ins: dict[str, Loa
         if not same_tokenizer(teacher.tokenizer, tokenizer):
             require_sequence_level(task, f"tasks.{name}.teacher", where)
             prefix = column_prefix(0)
-            add_view_columns(data, task.prepare(single, teacher.tokenizer, data.label_names), prefix, f"{recipe.path}: tasks.{name}")
+            add_view_columns(
+                data, task.prepare(single, teacher.tokenizer, data.label_names), prefix, f"{recipe.path}: tasks.{name}"
+            )
             pad_ids[prefix] = pad_id_of(teacher.tokenizer)
         slots.append(TaskSlot(name, task, data, ViewCollate(task.collate(tokenizer), pad_ids), teacher, prefix, batch_size))
 
@@ -71,8 +75,9 @@ def build_multi_task_run(recipe: Recipe, run_dir: Path, stand_ins: dict[str, Loa
     _check_same_architecture(recipe, slots)
     shared = MultiTaskStudent(models)
     first = loaded[0]
-    student = LoadedModel(first.model, tokenizer, first.family, "student",
-                          f"{first.source}, one head per task ({', '.join(models)})")
+    student = LoadedModel(
+        first.model, tokenizer, first.family, "student", f"{first.source}, one head per task ({', '.join(models)})"
+    )
 
     sizes = [len(slot.data.train) for slot in slots]
     probabilities = task_probabilities(sizes, recipe.distillation.sampling_temperature)
@@ -85,16 +90,16 @@ def build_multi_task_run(recipe: Recipe, run_dir: Path, stand_ins: dict[str, Loa
     group = TaskGroup(slots)
     teachers = [slot.teacher for slot in slots]
     inputs = distiller_inputs(recipe, group, data, student, teachers, MultiTaskCollate([slot.collate for slot in slots]))
-    distiller = MultiTaskDistiller(inputs, resolve_logit_kd(recipe.distillation), slots, shared, probabilities,
-                                   recipe.distillation.sampling_temperature)
+    distiller = MultiTaskDistiller(
+        inputs, resolve_logit_kd(recipe.distillation), slots, shared, probabilities, recipe.distillation.sampling_temperature
+    )
     return Run(recipe, run_dir, group, data, student, teachers, distiller)
 
 
 def _student_tokenizer(recipe: Recipe, entries: list[tuple[str, Recipe, Task, LoadedModel]]) -> Any:
     """The student's own tokenizer when the recipe names one (`student.tokenizer`, trained on
     every task's text, or a student checkpoint's), else the first task's teacher's."""
-    own = own_student_tokenizer(recipe, lambda: [text for _, single, task, _ in entries
-                                                 for text in task.tokenizer_texts(single)])
+    own = own_student_tokenizer(recipe, lambda: [text for _, single, task, _ in entries for text in task.tokenizer_texts(single)])
     return own if own is not None else entries[0][3].tokenizer
 
 

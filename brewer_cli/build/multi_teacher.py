@@ -61,8 +61,9 @@ def build_multi_teacher_run(recipe: Recipe, run_dir: Path, stand_ins: dict[str, 
             )
         matches = resolve_matches(recipe, match_teacher.model.config, student.model.config)
     inputs = distiller_inputs(recipe, task, data, student, teachers, ViewCollate(task.collate(student.tokenizer), pad_ids))
-    distiller = MultiTeacherDistiller(inputs, resolve_logit_kd(recipe.distillation), matches, match_index, prefixes,
-                                      [spec.weight for spec in recipe.teachers])
+    distiller = MultiTeacherDistiller(
+        inputs, resolve_logit_kd(recipe.distillation), matches, match_index, prefixes, [spec.weight for spec in recipe.teachers]
+    )
     return Run(recipe, run_dir, task, data, student, teachers, distiller)
 
 
@@ -70,8 +71,9 @@ def _student_tokenizer(recipe: Recipe, task: Task, match_teacher: LoadedModel) -
     """The student's own tokenizer when the recipe names one (`student.tokenizer`, or a student
     checkpoint's), else the match teacher's (teachers[0] unless `match_teacher` says otherwise)."""
     if recipe.student.tokenizer is not None and recipe.student.init is not None:
-        raise ModelError(f"{recipe.path}: student.tokenizer: an extracted student reads its teacher's tokenizer — "
-                         f"remove `student.tokenizer`")
+        raise ModelError(
+            f"{recipe.path}: student.tokenizer: an extracted student reads its teacher's tokenizer — remove `student.tokenizer`"
+        )
     own = own_student_tokenizer(recipe, lambda: task.tokenizer_texts(recipe))
     return own if own is not None else match_teacher.tokenizer
 

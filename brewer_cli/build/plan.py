@@ -19,19 +19,27 @@ def plan_lines(run: Run) -> list[str]:
     total = training.max_steps or max(1, int(-(-training.epochs * steps_per_epoch // 1)))
     lines = [f"run directory: {run.run_dir}"]
     for teacher in run.teachers:
-        lines.append(f"teacher: {teacher.family.name} from {teacher.source} — {parameter_count(teacher.model):,} parameters, "
-                     f"{teacher.model.config.num_hidden_layers} layers × {teacher.model.config.hidden_size}")
+        lines.append(
+            f"teacher: {teacher.family.name} from {teacher.source} — {parameter_count(teacher.model):,} parameters, "
+            f"{teacher.model.config.num_hidden_layers} layers × {teacher.model.config.hidden_size}"
+        )
     student = run.student
-    lines.append(f"{run.role}: {student.family.name} from {student.source} — {parameter_count(student.model):,} parameters, "
-                 f"{student.model.config.num_hidden_layers} layers × {student.model.config.hidden_size}")
+    lines.append(
+        f"{run.role}: {student.family.name} from {student.source} — {parameter_count(student.model):,} parameters, "
+        f"{student.model.config.num_hidden_layers} layers × {student.model.config.hidden_size}"
+    )
     if run.teachers:
         ratio = parameter_count(student.model) / parameter_count(run.teachers[0].model)
         lines.append(f"student / teacher parameters: {ratio:.3f}")
     labels = f", labels: {', '.join(run.data.label_names)}" if run.data.label_names else ""
-    lines.append(f"data: {len(run.data.train):,} training examples, "
-                 f"{len(run.data.eval) if run.data.eval is not None else 0:,} eval examples{labels}")
-    lines.append(f"steps: {total:,} ({steps_per_epoch:,} per epoch, batch {training.batch_size} × accumulation "
-                 f"{training.gradient_accumulation}), precision {resolve_precision(training.precision)}")
+    lines.append(
+        f"data: {len(run.data.train):,} training examples, "
+        f"{len(run.data.eval) if run.data.eval is not None else 0:,} eval examples{labels}"
+    )
+    lines.append(
+        f"steps: {total:,} ({steps_per_epoch:,} per epoch, batch {training.batch_size} × accumulation "
+        f"{training.gradient_accumulation}), precision {resolve_precision(training.precision)}"
+    )
     if student.extraction is not None:
         lines.extend(f"  {line}" for line in describe(student.extraction).splitlines())
     distiller = run.distiller
@@ -42,6 +50,8 @@ def plan_lines(run: Run) -> list[str]:
     if run.teachers:
         lines.append(f"teacher cache: {plan_cache(distiller, total, steps_per_epoch, processes, run.run_dir).describe()}")
     if training.compile_backend is not None:
-        lines.append(f"compile: the student's forward is compiled in place (torch.compile, backend "
-                     f"{training.compile_backend}) before step 1")
+        lines.append(
+            f"compile: the student's forward is compiled in place (torch.compile, backend "
+            f"{training.compile_backend}) before step 1"
+        )
     return lines

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from brewer_cli.build.loading import check_vocabularies, load_student, load_teacher, named_labels, student_of, trainer_tokenizer
 from brewer_cli.build.settings import resolve_logit_kd
@@ -43,7 +43,9 @@ def build_general_run(recipe: Recipe, run_dir: Path, stand_ins: dict[str, Loaded
     return Run(recipe, run_dir, task, data, student, [teacher], distiller)
 
 
-def _teacher_and_student(recipe: Recipe, stand_ins: dict[str, LoadedModel]) -> tuple[Task, PreparedData, LoadedModel, LoadedModel]:
+def _teacher_and_student(
+    recipe: Recipe, stand_ins: dict[str, LoadedModel]
+) -> tuple[Task, PreparedData, LoadedModel, LoadedModel]:
     task: Task = TASKS.get(recipe.task.kind)(recipe.task)
     label_names = list(recipe.task.labels) if recipe.task.labels else None
     teacher = stand_ins.get("teacher") or load_teacher(recipe, task, label_names)
@@ -53,12 +55,23 @@ def _teacher_and_student(recipe: Recipe, stand_ins: dict[str, LoadedModel]) -> t
     return task, data, teacher, student
 
 
-def distiller_inputs(recipe: Recipe, task: Task, data: PreparedData, student: LoadedModel, teachers: list[LoadedModel],
-                     collate: Callable | None = None) -> DistillerInputs:
+def distiller_inputs(
+    recipe: Recipe,
+    task: Task,
+    data: PreparedData,
+    student: LoadedModel,
+    teachers: list[LoadedModel],
+    collate: Callable | None = None,
+) -> DistillerInputs:
     """What every builder hands its distiller (the multi kinds pass their own collate)."""
     return DistillerInputs(
-        task=task, data=data, collate=collate or task.collate(student.tokenizer), student=student,
-        teachers=tuple(teachers), training=recipe.training,
+        task=task,
+        data=data,
+        collate=collate or task.collate(student.tokenizer),
+        student=student,
+        teachers=tuple(teachers),
+        training=recipe.training,
         teacher_cache_mode=getattr(recipe.distillation, "teacher_cache", "off"),
-        max_length=recipe.data.max_length if recipe.data is not None else None, source=recipe.path,
+        max_length=recipe.data.max_length if recipe.data is not None else None,
+        source=recipe.path,
     )

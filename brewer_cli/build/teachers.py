@@ -24,19 +24,24 @@ class TeacherSlot:
     def missing_message(self) -> str:
         """Why this missing teacher cannot be trained, and the ways out."""
         if self.only_teacher:
-            return (f"{self.recipe.path}: teacher.checkpoint: {self.spec.checkpoint!r} does not exist and the recipe has no "
-                    f"`teacher.train` section — train it first with `brewer train-teacher`, add `teacher.train`, or fix the path")
-        return (f"{self.recipe.path}: {self.field}.checkpoint: {self.spec.checkpoint!r} does not exist and this teacher has "
-                f"no `train` section — train it first (`brewer train-teacher TRAINER_RECIPE --set name={_run_name(self.spec)}`), "
-                f"add `{self.field}.train`, or fix the path")
+            return (
+                f"{self.recipe.path}: teacher.checkpoint: {self.spec.checkpoint!r} does not exist and the recipe has no "
+                f"`teacher.train` section — train it first with `brewer train-teacher`, add `teacher.train`, or fix the path"
+            )
+        return (
+            f"{self.recipe.path}: {self.field}.checkpoint: {self.spec.checkpoint!r} does not exist and this teacher has "
+            f"no `train` section — train it first (`brewer train-teacher TRAINER_RECIPE --set name={_run_name(self.spec)}`), "
+            f"add `{self.field}.train`, or fix the path"
+        )
 
 
 def teacher_slots(recipe: Recipe) -> list[TeacherSlot]:
     if recipe.teachers is not None:
         return [TeacherSlot(f"teachers.{index}", spec, recipe) for index, spec in enumerate(recipe.teachers)]
     if recipe.tasks is not None:
-        return [TeacherSlot(f"tasks.{name}.teacher", entry.teacher, task_recipe(recipe, name))
-                for name, entry in recipe.tasks.items()]
+        return [
+            TeacherSlot(f"tasks.{name}.teacher", entry.teacher, task_recipe(recipe, name)) for name, entry in recipe.tasks.items()
+        ]
     if recipe.teacher is not None:
         return [TeacherSlot("teacher", recipe.teacher, recipe)]
     return []

@@ -15,8 +15,20 @@ from brewer_cli.registry import Registry
 DISTILLERS: Registry[type[Distiller]] = Registry("distiller")
 DISTILLERS.add("trainer", TrainerDistiller, "supervised training of `model` on the labels (teacher fine-tuning)")
 DISTILLERS.add("basic", BasicDistiller, "logit KD (ce | kl | mse, temperature, schedules) + weighted hard-label loss")
-DISTILLERS.add("general", GeneralDistiller, "basic + intermediate-layer matches (hidden, attention, relations; presets, uniform map, projections)")
-DISTILLERS.add("multi_teacher", MultiTeacherDistiller, "KD against the weighted mean of several teachers' logits (each may use its own tokenizer) + hard label; optional matches against one teacher")
-DISTILLERS.add("multi_task", MultiTaskDistiller, "one student encoder with a head per task, each task distilled from its own teacher; batches drawn per task ∝ |D_k|^τ")
+DISTILLERS.add(
+    "general",
+    GeneralDistiller,
+    "basic + intermediate-layer matches (hidden, attention, relations; presets, uniform map, projections)",
+)
+DISTILLERS.add(
+    "multi_teacher",
+    MultiTeacherDistiller,
+    "KD against the weighted mean of several teachers' logits (each may use its own tokenizer) + hard label; optional matches against one teacher",
+)
+DISTILLERS.add(
+    "multi_task",
+    MultiTaskDistiller,
+    "one student encoder with a head per task, each task distilled from its own teacher; batches drawn per task ∝ |D_k|^τ",
+)
 
 __all__ = ["DISTILLERS", "Distiller", "DistillerInputs", "LogitKD"]

@@ -13,9 +13,10 @@ What differs between kinds is declared here as class attributes and read through
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -112,13 +113,20 @@ class Distiller(nn.Module, ABC):
         training = self.training_settings
         data = self.data.train
         sampler = EpochSampler(
-            len(data), training.seed, training.batch_size,
+            len(data),
+            training.seed,
+            training.batch_size,
             lengths=data.lengths() if training.group_by_length else None,
         )
         # The loader's own generator: creating an epoch's iterator draws a seed from it, and drawing
         # from the global RNG instead would shift dropout masks after a resume.
-        loader = DataLoader(data, batch_size=training.batch_size, sampler=sampler, collate_fn=self.collate,
-                            generator=torch.Generator().manual_seed(training.seed))
+        loader = DataLoader(
+            data,
+            batch_size=training.batch_size,
+            sampler=sampler,
+            collate_fn=self.collate,
+            generator=torch.Generator().manual_seed(training.seed),
+        )
         return loader, sampler
 
     def eval_setup(self) -> EvalSetup:
@@ -162,8 +170,13 @@ class Distiller(nn.Module, ABC):
         labels = self.task.labels(batch) if with_labels else None
         return self.student_family.features(self.student, batch, self.student_needs(), labels=labels, logits_of=self.task.logits)
 
-    def teacher_features(self, batch: dict[str, torch.Tensor], teacher: LoadedModel | None = None,
-                         needs: FeatureNeeds | None = None, prefix: str | None = None) -> Features:
+    def teacher_features(
+        self,
+        batch: dict[str, torch.Tensor],
+        teacher: LoadedModel | None = None,
+        needs: FeatureNeeds | None = None,
+        prefix: str | None = None,
+    ) -> Features:
         """A teacher's outputs on `batch` (`prefix`: the columns of a teacher with its own
         tokenization), from the teacher-output cache while training when the run keeps one."""
         teacher = teacher or self.teachers[0]
@@ -171,8 +184,7 @@ class Distiller(nn.Module, ABC):
 
         def compute(examples: dict[str, torch.Tensor]) -> Features:
             with torch.inference_mode():
-                features = teacher.family.features(teacher.model, view_batch(examples, prefix), needs,
-                                                   logits_of=self.task.logits)
+                features = teacher.family.features(teacher.model, view_batch(examples, prefix), needs, logits_of=self.task.logits)
             # Inference tensors cannot be saved for backward; a clone outside inference mode can.
             return _clone(features)
 
@@ -182,8 +194,10 @@ class Distiller(nn.Module, ABC):
         index = next(number for number, loaded in enumerate(self.teachers) if loaded is teacher)
         read = self.teacher_cache.read_of(index)
         if read is None or read.needs != needs or read.prefix != prefix:
-            raise RuntimeError(f"teacher {index} is read with {needs}, prefix {prefix!r}, but teacher_reads() declared "
-                               f"{read} — the cache would return other features than the losses ask for")
+            raise RuntimeError(
+                f"teacher {index} is read with {needs}, prefix {prefix!r}, but teacher_reads() declared "
+                f"{read} — the cache would return other features than the losses ask for"
+            )
         return self.teacher_cache.features(index, batch, compute, self.current_step)
 
     # -- the teacher-output cache and compilation (brewer_cli.teacher_cache, training.compile) --
@@ -198,10 +212,10 @@ class Distiller(nn.Module, ABC):
             return []
         return [TeacherRead(0, self.teacher_needs(), self.teacher_feature_layers())]
 
-    def open_teacher_cache(self, run_dir: Path, resume: bool, step: int, total_steps: int, steps_per_epoch: int,
-                           accelerator: Any, precision: str) -> None:
-        self.teacher_cache = open_teacher_cache(self, run_dir, resume, step, total_steps, steps_per_epoch, accelerator,
-                                                precision)
+    def open_teacher_cache(
+        self, run_dir: Path, resume: bool, step: int, total_steps: int, steps_per_epoch: int, accelerator: Any, precision: str
+    ) -> None:
+        self.teacher_cache = open_teacher_cache(self, run_dir, resume, step, total_steps, steps_per_epoch, accelerator, precision)
 
     def persist_teacher_cache(self) -> None:
         if self.teacher_cache is not None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -56,8 +56,11 @@ class BasicDistiller(Distiller):
         ]
         if distillation.kd_weight == 0 and distillation.hard_label_weight == 0 and not getattr(distillation, "matches", ()):
             # kd_weight 0 skips logit KD entirely, so nothing would be left to learn from.
-            problems.insert(0, f"{recipe.path}: distillation.kd_weight: with kd_weight 0, hard_label_weight 0 and no "
-                               f"matches there is no loss — raise kd_weight or hard_label_weight, or add intermediate matches")
+            problems.insert(
+                0,
+                f"{recipe.path}: distillation.kd_weight: with kd_weight 0, hard_label_weight 0 and no "
+                f"matches there is no loss — raise kd_weight or hard_label_weight, or add intermediate matches",
+            )
         return problems
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -81,7 +84,9 @@ class BasicDistiller(Distiller):
         parts["loss"] = loss
         return parts
 
-    def _kd(self, batch: dict[str, torch.Tensor], student: Features, teacher_logits) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _kd(
+        self, batch: dict[str, torch.Tensor], student: Features, teacher_logits
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         settings = self.logit_kd
         mask = self.task.kd_mask(batch)
         if settings.probability_shift:
@@ -92,4 +97,3 @@ class BasicDistiller(Distiller):
 
     def describe_losses(self) -> list[str]:
         return list(self.logit_kd.describe)
-

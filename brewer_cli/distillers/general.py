@@ -19,8 +19,7 @@ from brewer_cli.recipe import Recipe
 class GeneralDistiller(BasicDistiller):
     kind = "general"
 
-    def __init__(self, inputs: DistillerInputs, logit_kd: LogitKD, matches: list[ResolvedMatch],
-                 match_teacher: int = 0):
+    def __init__(self, inputs: DistillerInputs, logit_kd: LogitKD, matches: list[ResolvedMatch], match_teacher: int = 0):
         """`matches`: resolved by the build step against the loaded models; they read
         `teachers[match_teacher]`."""
         super().__init__(inputs, logit_kd)
@@ -95,8 +94,9 @@ class GeneralDistiller(BasicDistiller):
         self.add_match_losses(parts, batch, student, teacher)
         return parts
 
-    def add_match_losses(self, parts: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], student: Features,
-                         teacher: Features) -> None:
+    def add_match_losses(
+        self, parts: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], student: Features, teacher: Features
+    ) -> None:
         """Each match's loss as a part, their weighted sum as `intermediate`, added to `loss`."""
         if not self.matches:
             return
@@ -117,9 +117,7 @@ class GeneralDistiller(BasicDistiller):
         teacher_feature = _select(teacher, match.reads, match.teacher_layer)
         if projection_key is not None:
             projection = self.projections[projection_key]
-            student_feature = (
-                tuple(projection(item) for item in student_feature) if spec.pair else projection(student_feature)
-            )
+            student_feature = tuple(projection(item) for item in student_feature) if spec.pair else projection(student_feature)
         if spec.takes_relation_heads:
             return spec.fn(student_feature, teacher_feature, mask, relation_heads=match.relation_heads)
         return spec.fn(student_feature, teacher_feature, mask)

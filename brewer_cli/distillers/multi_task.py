@@ -16,9 +16,10 @@ task's data; this module holds the student, the per-task slots and the loop's ho
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -73,8 +74,11 @@ class MultiTaskStudent(nn.Module):
         safetensors file that --resume loads back; the per-task export is `export`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()
-                 if name not in self._tied_weights_keys}
+        state = {
+            name: tensor.detach().cpu().contiguous()
+            for name, tensor in self.state_dict().items()
+            if name not in self._tied_weights_keys
+        }
         save_file(state, str(directory / "model.safetensors"))
 
     def export(self, directory: Path, tokenizer: Any) -> None:
@@ -84,8 +88,11 @@ class MultiTaskStudent(nn.Module):
         for name, model in self.models.items():
             save_model_dir(model, tokenizer, directory / name)
         tasks = {name: type(model).__name__ for name, model in self.models.items()}
-        (directory / "tasks.json").write_text(json.dumps(
-            {"tasks": tasks, "note": "one transformers model directory per task, sharing the encoder's weights"}, indent=2))
+        (directory / "tasks.json").write_text(
+            json.dumps(
+                {"tasks": tasks, "note": "one transformers model directory per task, sharing the encoder's weights"}, indent=2
+            )
+        )
 
 
 @dataclass
@@ -136,8 +143,15 @@ class MultiTaskDistiller(BasicDistiller):
     kind = "multi_task"
     exports_several_students = True
 
-    def __init__(self, inputs: DistillerInputs, logit_kd: LogitKD, slots: list[TaskSlot], student: MultiTaskStudent,
-                 probabilities: list[float], sampling_temperature: float):
+    def __init__(
+        self,
+        inputs: DistillerInputs,
+        logit_kd: LogitKD,
+        slots: list[TaskSlot],
+        student: MultiTaskStudent,
+        probabilities: list[float],
+        sampling_temperature: float,
+    ):
         super().__init__(inputs, logit_kd)
         self.slots = slots
         self.probabilities = probabilities
@@ -153,12 +167,14 @@ class MultiTaskDistiller(BasicDistiller):
         self.task = slot.task
         teacher = slot.teacher
         with torch.inference_mode():
-            features = teacher.family.features(teacher.model, view_batch(batch, slot.teacher_prefix), FeatureNeeds(),
-                                               logits_of=slot.task.logits)
+            features = teacher.family.features(
+                teacher.model, view_batch(batch, slot.teacher_prefix), FeatureNeeds(), logits_of=slot.task.logits
+            )
         # Inference tensors cannot be saved for backward; clones made outside inference mode can.
         teacher_logits = features.logits
-        teacher_logits = (tuple(item.clone() for item in teacher_logits) if isinstance(teacher_logits, tuple)
-                          else teacher_logits.clone())
+        teacher_logits = (
+            tuple(item.clone() for item in teacher_logits) if isinstance(teacher_logits, tuple) else teacher_logits.clone()
+        )
         labels = slot.task.labels(batch) if self.logit_kd.hard_label_weight > 0 else None
         student = self.student_family.features(slot.model, batch, FeatureNeeds(), labels=labels, logits_of=slot.task.logits)
         return self.logit_losses(batch, student, teacher_logits)
@@ -171,15 +187,21 @@ class MultiTaskDistiller(BasicDistiller):
 
     def train_loader(self) -> tuple[DataLoader, MultiTaskBatchSampler]:
         training = self.training_settings
-        sampler = MultiTaskBatchSampler(self.data.train.sizes, training.batch_size, training.seed,
-                                        self.sampling_temperature)
-        loader = DataLoader(self.data.train, batch_sampler=sampler, collate_fn=self.collate,
-                            generator=torch.Generator().manual_seed(training.seed))
+        sampler = MultiTaskBatchSampler(self.data.train.sizes, training.batch_size, training.seed, self.sampling_temperature)
+        loader = DataLoader(
+            self.data.train,
+            batch_sampler=sampler,
+            collate_fn=self.collate,
+            generator=torch.Generator().manual_seed(training.seed),
+        )
         return loader, sampler
 
     def evaluate(self, accelerator: Any = None) -> dict[str, Any]:
-        results = {slot.name: evaluate_model(slot.eval_setup(), slot.model, self.student_family, accelerator)
-                   for slot in self.slots if slot.data.eval is not None}
+        results = {
+            slot.name: evaluate_model(slot.eval_setup(), slot.model, self.student_family, accelerator)
+            for slot in self.slots
+            if slot.data.eval is not None
+        }
         return self._with_mean(results)
 
     def export_student(self, directory: Path) -> None:
@@ -214,18 +236,32 @@ class MultiTaskDistiller(BasicDistiller):
             student_value = (student or {}).get(metric)
             tasks[slot.name] = {
                 "metric": metric,
-                "teacher": {"metric": teacher_value, "metrics": teacher, "parameters": parameter_count(slot.teacher.model),
-                            "checkpoint": slot.teacher.source},
-                "student": {"metric": student_value, "metrics": student, "parameters": parameter_count(slot.model),
-                            "checkpoint": str(final / slot.name)},
+                "teacher": {
+                    "metric": teacher_value,
+                    "metrics": teacher,
+                    "parameters": parameter_count(slot.teacher.model),
+                    "checkpoint": slot.teacher.source,
+                },
+                "student": {
+                    "metric": student_value,
+                    "metrics": student,
+                    "parameters": parameter_count(slot.model),
+                    "checkpoint": str(final / slot.name),
+                },
                 "student_to_teacher": student_value / teacher_value if teacher_value and student_value is not None else None,
             }
         summary["tasks"] = tasks
-        summary["sampling"] = {"temperature": self.sampling_temperature,
-                               "probabilities": dict(zip([slot.name for slot in self.slots], self.probabilities))}
+        summary["sampling"] = {
+            "temperature": self.sampling_temperature,
+            "probabilities": dict(zip([slot.name for slot in self.slots], self.probabilities)),
+        }
         teacher_parameters = sum(parameter_count(slot.teacher.model) for slot in self.slots)
-        summary["teacher"] = {"metric": teacher_metrics.get(TASK_MEAN), "metrics": teacher_metrics or None,
-                              "parameters": teacher_parameters, "checkpoint": "one teacher per task"}
+        summary["teacher"] = {
+            "metric": teacher_metrics.get(TASK_MEAN),
+            "metrics": teacher_metrics or None,
+            "parameters": teacher_parameters,
+            "checkpoint": "one teacher per task",
+        }
         summary["student"]["parameters"] = parameter_count(self.student)
         teacher_value, student_value = summary["teacher"]["metric"], summary["student"]["metric"]
         summary["student_to_teacher"] = student_value / teacher_value if teacher_value and student_value is not None else None
@@ -235,10 +271,14 @@ class MultiTaskDistiller(BasicDistiller):
 
     def describe_losses(self) -> list[str]:
         lines = super().describe_losses()
-        lines.append(f"student: {parameter_count(self.student):,} parameters in all — one encoder, {len(self.slots)} heads "
-                     f"(the student line above counts the {self.slots[0].name} model)")
+        lines.append(
+            f"student: {parameter_count(self.student):,} parameters in all — one encoder, {len(self.slots)} heads "
+            f"(the student line above counts the {self.slots[0].name} model)"
+        )
         for slot, probability in zip(self.slots, self.probabilities):
             own = ", teacher reads its own tokenization" if slot.teacher_prefix is not None else ""
-            lines.append(f"task {slot.name} ({slot.task.name}): {len(slot.data.train):,} examples, batches drawn with "
-                         f"p = {probability:.3f} (∝ size^{self.sampling_temperature:g}), teacher {slot.teacher.source}{own}")
+            lines.append(
+                f"task {slot.name} ({slot.task.name}): {len(slot.data.train):,} examples, batches drawn with "
+                f"p = {probability:.3f} (∝ size^{self.sampling_temperature:g}), teacher {slot.teacher.source}{own}"
+            )
         return lines

@@ -12,7 +12,8 @@ tokenized its way (brewer_cli.tasks.views); that works for sequence-level tasks 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -39,8 +40,15 @@ def mean_logits(logits: Sequence[Any], weights: Sequence[float]) -> Any:
 class MultiTeacherDistiller(GeneralDistiller):
     kind = "multi_teacher"
 
-    def __init__(self, inputs: DistillerInputs, logit_kd: LogitKD, matches: list[ResolvedMatch], match_teacher: int,
-                 prefixes: list[str | None], weights: list[float]):
+    def __init__(
+        self,
+        inputs: DistillerInputs,
+        logit_kd: LogitKD,
+        matches: list[ResolvedMatch],
+        match_teacher: int,
+        prefixes: list[str | None],
+        weights: list[float],
+    ):
         """`prefixes`: per teacher, the prefix of the token columns it reads (None: the student's);
         `weights`: its weight in the mean of the logits."""
         super().__init__(inputs, logit_kd, matches, match_teacher)
@@ -77,7 +85,8 @@ class MultiTeacherDistiller(GeneralDistiller):
         # The match teacher gives the matches' features too; the others their logits only.
         return [
             TeacherRead(index, self.teacher_needs(), self.teacher_feature_layers())
-            if index == self.match_index and self.matches else TeacherRead(index, FeatureNeeds(), (), self.prefixes[index])
+            if index == self.match_index and self.matches
+            else TeacherRead(index, FeatureNeeds(), (), self.prefixes[index])
             for index in range(len(self.teachers))
         ]
 
@@ -94,8 +103,10 @@ class MultiTeacherDistiller(GeneralDistiller):
             teacher.model.eval()
 
         def outputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-            logits = [teacher.family.features(teacher.model, view_batch(batch, prefix), logits_of=self.task.logits).logits
-                      for teacher, prefix in zip(self.teachers, self.prefixes)]
+            logits = [
+                teacher.family.features(teacher.model, view_batch(batch, prefix), logits_of=self.task.logits).logits
+                for teacher, prefix in zip(self.teachers, self.prefixes)
+            ]
             return {"ensemble": mean_logits(logits, self.weights), **dict(enumerate(logits))}
 
         metrics = evaluate_outputs(self.eval_setup(), outputs, device)
@@ -108,14 +119,22 @@ class MultiTeacherDistiller(GeneralDistiller):
         metric = summary["metric"]
         counts = [parameter_count(teacher.model) for teacher in self.teachers]
         summary["teachers"] = [
-            {"checkpoint": teacher.source, "weight": weight, "parameters": count,
-             "metric": (metrics or {}).get(metric), "metrics": metrics}
-            for teacher, weight, count, metrics in zip(self.teachers, self.weights, counts,
-                                                       self.each_teacher_metrics or [None] * len(self.teachers))
+            {
+                "checkpoint": teacher.source,
+                "weight": weight,
+                "parameters": count,
+                "metric": (metrics or {}).get(metric),
+                "metrics": metrics,
+            }
+            for teacher, weight, count, metrics in zip(
+                self.teachers, self.weights, counts, self.each_teacher_metrics or [None] * len(self.teachers)
+            )
         ]
         ensemble_value = (teacher_metrics or {}).get(metric)
         summary["teacher"] = {
-            "metric": ensemble_value, "metrics": teacher_metrics, "parameters": sum(counts),
+            "metric": ensemble_value,
+            "metrics": teacher_metrics,
+            "parameters": sum(counts),
             "checkpoint": f"weighted mean of the logits of {len(self.teachers)} teachers",
         }
         student_value = summary["student"]["metric"]

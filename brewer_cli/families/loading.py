@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from transformers import AutoConfig
+
 from brewer_cli.errors import ModelError
 from brewer_cli.families import Family, family_for
 from brewer_cli.models import (
@@ -32,7 +34,12 @@ class LoadedModel:
 
 
 def load_checkpoint(
-    value: str, task: ModelHead, label_names: list[str] | None, recipe: Recipe | None, field: str, role: str,
+    value: str,
+    task: ModelHead,
+    label_names: list[str] | None,
+    recipe: Recipe | None,
+    field: str,
+    role: str,
     shape_head: bool,
 ) -> LoadedModel:
     """Load a model and its tokenizer. `shape_head` passes the task's label settings, for a
@@ -46,7 +53,9 @@ def load_checkpoint(
         with quiet_transformers():
             model = task.auto_class.from_pretrained(location, **kwargs)
     except Exception as error:
-        raise ModelError(f"{recipe_prefix(recipe)}{field}: could not load {location!r} as a {task.name} model: {first_line(error)}") from None
+        raise ModelError(
+            f"{recipe_prefix(recipe)}{field}: could not load {location!r} as a {task.name} model: {first_line(error)}"
+        ) from None
     if not shape_head:
         task.check_model(model, label_names, f"{recipe_prefix(recipe)}{field}")
     tokenizer = load_tokenizer_dir(location, recipe, field, required=False)
@@ -58,12 +67,13 @@ def model_from_config(
 ) -> LoadedModel:
     """A randomly initialized model whose vocabulary is the tokenizer's (the teacher's, for a
     student: teacher and student must read the same token ids)."""
-    from transformers import AutoConfig
 
     settings = read_config_spec(spec.config, recipe, f"{field}.config")
     model_type = settings.pop("model_type", None)
     if model_type is None:
-        raise ModelError(f"{recipe_prefix(recipe)}{field}.config: the config has no `model_type` (e.g. bert, roberta, distilbert)")
+        raise ModelError(
+            f"{recipe_prefix(recipe)}{field}.config: the config has no `model_type` (e.g. bert, roberta, distilbert)"
+        )
     settings.pop("architectures", None)
     settings.pop("transformers_version", None)
     try:

@@ -16,7 +16,17 @@ registry has always had.
 
 from __future__ import annotations
 
+from brewer_cli.losses.attention import (
+    attention_ce,
+    attention_ce_mean,
+    attention_mse,
+    attention_mse_sum,
+    attention_scores_from_inputs,
+    minilm_attention,
+    tinybert_attention,
+)
 from brewer_cli.losses.base import MATCH_LOSSES, MatchLoss
+from brewer_cli.losses.hidden import cosine_loss, fsp_loss, hidden_mse, nst_kernel, nst_loss, pkd_loss, tinybert_hidden
 from brewer_cli.losses.kd import (
     KD_LOSSES,
     Logits,
@@ -28,16 +38,6 @@ from brewer_cli.losses.kd import (
     probability_shift,
 )
 from brewer_cli.losses.masks import logits_masks
-from brewer_cli.losses.hidden import cosine_loss, fsp_loss, hidden_mse, nst_kernel, nst_loss, pkd_loss, tinybert_hidden
-from brewer_cli.losses.attention import (
-    attention_ce,
-    attention_ce_mean,
-    attention_mse,
-    attention_mse_sum,
-    attention_scores_from_inputs,
-    minilm_attention,
-    tinybert_attention,
-)
 from brewer_cli.losses.relation import minilm_value_relation, relation_kk, relation_qq, relation_vv
 
 __all__ = [

@@ -23,9 +23,7 @@ def _check_heads(what: str, student: torch.Tensor, teacher: torch.Tensor) -> Non
     check_same_shape(what, student, teacher, HEADS_HINT)
 
 
-def _scores_mse_over_valid_pairs(
-    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
+def _scores_mse_over_valid_pairs(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     # Entries at masked keys (and masked queries) are zeroed on both sides and left out of the
     # count, as in TextBrewer's masked att_mse_loss.
     check_same_shape("attention scores", student, teacher)
@@ -98,9 +96,7 @@ def attention_mse_sum(student: torch.Tensor, teacher: torch.Tensor, mask: torch.
 )
 def attention_ce_mean(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     _check_scores("attention_ce_mean", student, teacher)
-    return distribution_loss(
-        student.float().mean(dim=1), teacher.float().mean(dim=1), mask, subtract_teacher_entropy=False
-    )
+    return distribution_loss(student.float().mean(dim=1), teacher.float().mean(dim=1), mask, subtract_teacher_entropy=False)
 
 
 @register_match(
@@ -136,9 +132,7 @@ def attention_scores_from_inputs(inputs: AttentionInputs) -> torch.Tensor:
     return query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
 
 
-def check_inputs_heads(
-    what: str, student: AttentionInputs, teacher: AttentionInputs, relation_heads: int | None
-) -> None:
+def check_inputs_heads(what: str, student: AttentionInputs, teacher: AttentionInputs, relation_heads: int | None) -> None:
     if relation_heads is not None:
         raise ValueError(f"{what} compares the models' own heads; relation_heads applies to relation_qq/kk/vv only")
     if student.num_heads != teacher.num_heads:

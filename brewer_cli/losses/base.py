@@ -18,9 +18,7 @@ HEADS_HINT = " — this loss compares heads one by one and needs equal head coun
 
 def check_same_shape(what: str, student: torch.Tensor, teacher: torch.Tensor, hint: str = "") -> None:
     if student.shape != teacher.shape:
-        raise ValueError(
-            f"{what}: student shape {tuple(student.shape)} differs from teacher shape {tuple(teacher.shape)}{hint}"
-        )
+        raise ValueError(f"{what}: student shape {tuple(student.shape)} differs from teacher shape {tuple(teacher.shape)}{hint}")
 
 
 def _device_type(features: object) -> str:

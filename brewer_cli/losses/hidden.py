@@ -11,9 +11,7 @@ from brewer_cli.losses.base import WIDTH_HINT, check_same_shape, register_match
 from brewer_cli.losses.masks import masked_mean, pair_mask, token_mask
 
 
-def _squared_error_over_valid_tokens(
-    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
+def _squared_error_over_valid_tokens(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     valid = token_mask(mask, teacher)
     squared = (student.float() - teacher.float()).pow(2).sum(dim=-1)
     return (squared * valid).sum() / (valid.sum().clamp_min(1.0) * teacher.shape[-1])
@@ -94,8 +92,7 @@ def nst_kernel(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor 
     """
     if student.shape[:2] != teacher.shape[:2]:
         raise ValueError(
-            f"nst_kernel: student tokens {tuple(student.shape[:2])} differ from teacher tokens "
-            f"{tuple(teacher.shape[:2])}"
+            f"nst_kernel: student tokens {tuple(student.shape[:2])} differ from teacher tokens {tuple(teacher.shape[:2])}"
         )
     valid = token_mask(mask, teacher).unsqueeze(-1)
     # Padding rows are zeroed before normalizing over the token axis, so they neither count in
@@ -110,9 +107,7 @@ def nst_kernel(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor 
 # ── pairs of hidden states ──
 
 
-def _unpack_pair(
-    what: str, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
-) -> tuple[torch.Tensor, ...]:
+def _unpack_pair(what: str, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     if len(student) != 2 or len(teacher) != 2:
         raise ValueError(f"{what} reads two layers per side: pass (first, second) for student and teacher")
     return student[0], student[1], teacher[0], teacher[1]
@@ -127,9 +122,7 @@ def _unpack_pair(
     aliases=("gram",),
     formula="G = X₀ᵀX₁ / n_valid per example (d×d, valid tokens); mean over elements of (G_S − G_T)²",
 )
-def fsp_loss(
-    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def fsp_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
     student_first, student_second, teacher_first, teacher_second = _unpack_pair("fsp", student, teacher)
     check_same_shape("fsp (first layer)", student_first, teacher_first, WIDTH_HINT)
     check_same_shape("fsp (second layer)", student_second, teacher_second, WIDTH_HINT)
@@ -150,14 +143,11 @@ def fsp_loss(
     aliases=("mmd",),
     formula="G = X₀X₁ᵀ / d per example (L×L, d each side's width); mean over valid (i, j) of (G_S − G_T)²",
 )
-def nst_loss(
-    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def nst_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
     student_first, student_second, teacher_first, teacher_second = _unpack_pair("nst", student, teacher)
     if student_first.shape[:2] != teacher_first.shape[:2]:
         raise ValueError(
-            f"nst: student tokens {tuple(student_first.shape[:2])} differ from teacher tokens "
-            f"{tuple(teacher_first.shape[:2])}"
+            f"nst: student tokens {tuple(student_first.shape[:2])} differ from teacher tokens {tuple(teacher_first.shape[:2])}"
         )
     student_relation = student_first.float() @ student_second.float().transpose(1, 2) / student_second.shape[-1]
     teacher_relation = teacher_first.float() @ teacher_second.float().transpose(1, 2) / teacher_second.shape[-1]

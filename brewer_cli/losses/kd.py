@@ -28,9 +28,7 @@ def _row_temperature(temperature: Temperature, row_shape: torch.Size, device: to
         raise ValueError(f"temperature must be positive, got {temperature}")
     tau = torch.as_tensor(temperature, dtype=torch.float32, device=device)
     if tau.dim() > len(row_shape):
-        raise ValueError(
-            f"temperature of shape {tuple(tau.shape)} has more axes than the logits' rows {tuple(row_shape)}"
-        )
+        raise ValueError(f"temperature of shape {tuple(tau.shape)} has more axes than the logits' rows {tuple(row_shape)}")
     tau = tau.reshape(tuple(tau.shape) + (1,) * (len(row_shape) - tau.dim()))
     try:
         return tau.expand(row_shape)
@@ -185,15 +183,11 @@ def probability_shift(
     if not isinstance(teacher_logits, torch.Tensor):
         if isinstance(labels, torch.Tensor) or len(labels) != len(teacher_logits):
             raise ValueError("tuple logits need one label tensor per head")
-        return tuple(
-            probability_shift(head, head_labels, ignore_index) for head, head_labels in zip(teacher_logits, labels)
-        )
+        return tuple(probability_shift(head, head_labels, ignore_index) for head, head_labels in zip(teacher_logits, labels))
     if labels.is_floating_point():
         raise ValueError("probability shift needs class labels, not regression targets")
     if labels.shape != teacher_logits.shape[:-1]:
-        raise ValueError(
-            f"labels of shape {tuple(labels.shape)} do not match logits of shape {tuple(teacher_logits.shape)}"
-        )
+        raise ValueError(f"labels of shape {tuple(labels.shape)} do not match logits of shape {tuple(teacher_logits.shape)}")
     valid = labels != ignore_index
     # Ignored rows need some in-range index for gather/scatter; their result is discarded below.
     gold = torch.where(valid, labels, torch.zeros_like(labels)).long().unsqueeze(-1)

@@ -1,11 +1,11 @@
 """The recipe: its schema, its loader, and the recipes derived from a recipe.
 
-    base.py          the strict, frozen base model and the shared message helpers
-    sections.py      task, data, models, training, the entries of `tasks:`
-    distillation.py  one spec per distiller kind, what each declares, the kinds read off them
-    schema.py        Recipe and its stages, with the checks across sections
-    load.py          reading, `--set` overrides, validation messages, the resolved mapping
-    derive.py        recipes made from a recipe (teacher training, one task, stages, evaluation)
+base.py          the strict, frozen base model and the shared message helpers
+sections.py      task, data, models, training, the entries of `tasks:`
+distillation.py  one spec per distiller kind, what each declares, the kinds read off them
+schema.py        Recipe and its stages, with the checks across sections
+load.py          reading, `--set` overrides, validation messages, the resolved mapping
+derive.py        recipes made from a recipe (teacher training, one task, stages, evaluation)
 """
 
 from brewer_cli.recipe.base import Strict

@@ -54,16 +54,23 @@ def teacher_training_recipe(recipe: Recipe, teacher: TeacherSpec | None = None) 
     `teacher.checkpoint` (…/<run name>/final). `teacher`: one of several (multi-teacher), trained
     on the recipe's task and data."""
     teacher = teacher or recipe.teacher
-    return derive(recipe, {
-        "name": Path(teacher.checkpoint).parent.name,
-        # The teacher learns from the original data: augmentation (data.augment) serves distillation only.
-        "data": _data_with(recipe, augment=None),
-        "model": section_mapping(teacher.train.model),
-        "training": section_mapping(teacher.train.training),
-        "distillation": {"kind": kind_of(TrainerDistillation)},
-        # A trainer recipe has one model, no teachers or student, and runs in one go.
-        "teacher": None, "teachers": None, "tasks": None, "student": None, "stages": None,
-    })
+    return derive(
+        recipe,
+        {
+            "name": Path(teacher.checkpoint).parent.name,
+            # The teacher learns from the original data: augmentation (data.augment) serves distillation only.
+            "data": _data_with(recipe, augment=None),
+            "model": section_mapping(teacher.train.model),
+            "training": section_mapping(teacher.train.training),
+            "distillation": {"kind": kind_of(TrainerDistillation)},
+            # A trainer recipe has one model, no teachers or student, and runs in one go.
+            "teacher": None,
+            "teachers": None,
+            "tasks": None,
+            "student": None,
+            "stages": None,
+        },
+    )
 
 
 def teacher_run_parent(recipe: Recipe, teacher: TeacherSpec | None = None) -> Path:
@@ -79,17 +86,21 @@ def task_recipe(recipe: Recipe, name: str) -> Recipe:
     and KD settings): what evaluating that task and training its teacher read."""
     entry = recipe.tasks[name]
     # The KD settings a basic distillation has; the multi-task ones (task sampling) stay behind.
-    settings = {field: value for field, value in section_mapping(recipe.distillation).items()
-                if field in BasicDistillation.model_fields}
+    settings = {
+        field: value for field, value in section_mapping(recipe.distillation).items() if field in BasicDistillation.model_fields
+    }
     settings["kind"] = kind_of(BasicDistillation)
-    return derive(recipe, {
-        "name": f"{recipe.name}.{name}",
-        "task": section_mapping(entry.task),
-        "data": section_mapping(entry.data),
-        "teacher": section_mapping(entry.teacher),
-        "tasks": None,
-        "distillation": settings,
-    })
+    return derive(
+        recipe,
+        {
+            "name": f"{recipe.name}.{name}",
+            "task": section_mapping(entry.task),
+            "data": section_mapping(entry.data),
+            "teacher": section_mapping(entry.teacher),
+            "tasks": None,
+            "distillation": settings,
+        },
+    )
 
 
 # ============================================================================= stages
@@ -135,8 +146,13 @@ def on_augmented_data(recipe: Recipe, path: Path) -> Recipe:
     """The recipe training on the augmented file at `path` (.jsonl or .tsv) in place of `data.train`,
     read with the original source's column names."""
     train = recipe.data.train
-    source = DataSource(path=str(path), format="jsonl" if path.suffix == ".jsonl" else "tsv",
-                        text=train.text, text_pair=train.text_pair, label=train.label)
+    source = DataSource(
+        path=str(path),
+        format="jsonl" if path.suffix == ".jsonl" else "tsv",
+        text=train.text,
+        text_pair=train.text_pair,
+        label=train.label,
+    )
     return derive(recipe, {"data": _data_with(recipe, train=section_mapping(source), augment=None)})
 
 

@@ -8,7 +8,7 @@ so that adding a kind means adding one class to that union.
 from __future__ import annotations
 
 import typing
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
@@ -68,11 +68,9 @@ def _match_entry_kind(value: Any) -> str:
 
 # Tagged so that a bad entry is reported against the one shape it was meant as, not all three.
 MatchEntry = Annotated[
-    Union[
-        Annotated[str, Tag("preset-name")],
-        Annotated[MatchSpec, Tag("match-entry")],
-        Annotated[UniformMatches, Tag("uniform-entry")],
-    ],
+    Annotated[str, Tag("preset-name")]
+    | Annotated[MatchSpec, Tag("match-entry")]
+    | Annotated[UniformMatches, Tag("uniform-entry")],
     Discriminator(_match_entry_kind),
 ]
 # The tags above, which pydantic puts into error locations (see `brewer_cli.recipe.load`).
@@ -166,7 +164,7 @@ class MultiTaskDistillation(BasicDistillation):
 
 
 Distillation = Annotated[
-    Union[TrainerDistillation, BasicDistillation, GeneralDistillation, MultiTeacherDistillation, MultiTaskDistillation],
+    TrainerDistillation | BasicDistillation | GeneralDistillation | MultiTeacherDistillation | MultiTaskDistillation,
     Field(discriminator="kind"),
 ]
 

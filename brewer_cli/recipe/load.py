@@ -31,8 +31,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise RecipeError(
-            f"{path}: recipe file not found — give the path of a .yaml or .json recipe "
-            f"(the shipped ones are under recipes/)"
+            f"{path}: recipe file not found — give the path of a .yaml or .json recipe (the shipped ones are under recipes/)"
         )
     raw = read_mapping(path)
     for override in overrides:
@@ -80,9 +79,7 @@ def apply_override(raw: dict[str, Any], override: str, path: Path) -> None:
         if key not in node or node[key] is None:
             node[key] = {}
         if not isinstance(node[key], (dict, list)):
-            raise RecipeError(
-                f"{path}: --set {dotted}: `{'.'.join(keys[: depth + 1])}` is a value, not a section"
-            )
+            raise RecipeError(f"{path}: --set {dotted}: `{'.'.join(keys[: depth + 1])}` is a value, not a section")
         node = node[key]
     last = keys[-1]
     if isinstance(node, list):
@@ -93,9 +90,7 @@ def apply_override(raw: dict[str, Any], override: str, path: Path) -> None:
 
 def _list_index(node: list, key: str, keys: list[str], path: Path) -> int:
     if not re.fullmatch(r"\d+", key) or int(key) >= len(node):
-        raise RecipeError(
-            f"{path}: --set {'.'.join(keys)}: `{key}` is not an index of a list of {len(node)} entries"
-        )
+        raise RecipeError(f"{path}: --set {'.'.join(keys)}: `{key}` is not an index of a list of {len(node)} entries")
     return int(key)
 
 
@@ -135,13 +130,17 @@ def _explain(item: dict[str, Any], raw: dict[str, Any]) -> list[tuple[str, str]]
     if kind == "extra_forbidden":
         parent = _schema_at(location[:-1], raw)
         valid = sorted(_field_names(parent)) if parent else []
-        return [(dotted, f"unknown key{did_you_mean(str(location[-1]), valid)}" + (f" — valid: {', '.join(valid)}" if valid else ""))]
+        return [
+            (dotted, f"unknown key{did_you_mean(str(location[-1]), valid)}" + (f" — valid: {', '.join(valid)}" if valid else ""))
+        ]
     if kind == "missing" or item.get("input") is REQUIRED:
         return [(dotted, "required field is missing")]
     if kind == "union_tag_invalid":
         tag = context.get("tag")
         valid = list(DISTILLATION_KINDS) if location[-1:] == ["distillation"] or dotted == "distillation" else []
-        suffix = did_you_mean(str(tag), valid) + (f" — valid: {', '.join(valid)}" if valid else f" — valid: {context.get('expected_tags')}")
+        suffix = did_you_mean(str(tag), valid) + (
+            f" — valid: {', '.join(valid)}" if valid else f" — valid: {context.get('expected_tags')}"
+        )
         return [(f"{dotted}.kind" if dotted else "kind", f"unknown distiller kind {tag!r}{suffix}")]
     if kind == "union_tag_not_found":
         return [(f"{dotted}.kind", f"required field is missing — valid: {', '.join(DISTILLATION_KINDS)}")]
@@ -149,10 +148,12 @@ def _explain(item: dict[str, Any], raw: dict[str, Any]) -> list[tuple[str, str]]
         expected = str(context.get("expected", ""))
         choices = re.findall(r"'([^']*)'", expected)
         given = item.get("input")
-        return [(dotted, f"{given!r} is not allowed{did_you_mean(str(given), choices)} — valid: {', '.join(choices) or expected}")]
+        return [
+            (dotted, f"{given!r} is not allowed{did_you_mean(str(given), choices)} — valid: {', '.join(choices) or expected}")
+        ]
     message = item["msg"]
     if message.startswith("Value error, "):
-        message = message[len("Value error, "):]
+        message = message[len("Value error, ") :]
     return [(dotted, message)]
 
 
@@ -167,8 +168,9 @@ def _clean_location(location: tuple, raw: dict[str, Any]) -> list[Any]:
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             cleaned.append(part)
             node = node[part]
-        elif isinstance(part, str) and (_UNION_MEMBER.match(part) or part in DISTILLATION_KINDS or part in MATCH_ENTRY_TAGS
-                                        or part == "[key]"):
+        elif isinstance(part, str) and (
+            _UNION_MEMBER.match(part) or part in DISTILLATION_KINDS or part in MATCH_ENTRY_TAGS or part == "[key]"
+        ):
             # "[key]": pydantic's mark for a problem with a mapping's key rather than its value.
             continue
         else:
@@ -278,6 +280,7 @@ def _nested_with_chosen_nones(value: Any, dumped: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_nested_with_chosen_nones(item, item_dumped) for item, item_dumped in zip(value, dumped)]
     if isinstance(value, dict):
-        return {key: _nested_with_chosen_nones(item, item_dumped)
-                for item, (key, item_dumped) in zip(value.values(), dumped.items())}
+        return {
+            key: _nested_with_chosen_nones(item, item_dumped) for item, (key, item_dumped) in zip(value.values(), dumped.items())
+        }
     return dumped

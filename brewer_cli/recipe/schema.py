@@ -57,7 +57,9 @@ class Recipe(Strict):
     training: TrainingSpec = TrainingSpec()
     distillation: Distillation
     # With stages, `distillation` is not written: it stands for the last stage's (see `_stages`).
-    stages: tuple[StageSpec, ...] | None = Field(default=None, min_length=1, description="run these stages in order (brewer_cli.commands)")
+    stages: tuple[StageSpec, ...] | None = Field(
+        default=None, min_length=1, description="run these stages in order (brewer_cli.commands)"
+    )
 
     _path: Path | None = PrivateAttr(default=None)
 
@@ -73,8 +75,15 @@ class Recipe(Strict):
         if not isinstance(value, dict) or not isinstance(value.get("stages"), list):
             return value
         if "distillation" in value:
-            raise CrossFieldProblems([("distillation", "with `stages`, each stage names its own distillation — move "
-                                        "the top-level `distillation` into a stage, or remove `stages`")])
+            raise CrossFieldProblems(
+                [
+                    (
+                        "distillation",
+                        "with `stages`, each stage names its own distillation — move "
+                        "the top-level `distillation` into a stage, or remove `stages`",
+                    )
+                ]
+            )
         last = value["stages"][-1] if value["stages"] else None
         if isinstance(last, dict) and isinstance(last.get("distillation"), dict):
             return {**value, "distillation": last["distillation"]}
@@ -94,7 +103,7 @@ class Recipe(Strict):
         return {**value, **{name: REQUIRED for name in ("task", "data") if name not in value}}
 
     @model_validator(mode="after")
-    def _models_for_kind(self) -> "Recipe":
+    def _models_for_kind(self) -> Recipe:
         problems: list[tuple[str, str]] = []
         distillation = self.distillation
         kind = distillation.kind
@@ -116,19 +125,37 @@ class Recipe(Strict):
             if self.model is not None:
                 problems.append(("model", "`model` is for kind `trainer`; a distillation recipe names `teacher` and `student`"))
         if distillation.teachers_section is None and self.teachers is not None:
-            problems.append(("teachers", f"`teachers` (a list) is for kind `multi_teacher`; kind `{kind}` "
-                             + ("takes one teacher per task under `tasks.<name>.teacher`" if distillation.per_task else
-                                "names one `teacher` — or set `distillation.kind: multi_teacher`")))
+            problems.append(
+                (
+                    "teachers",
+                    f"`teachers` (a list) is for kind `multi_teacher`; kind `{kind}` "
+                    + (
+                        "takes one teacher per task under `tasks.<name>.teacher`"
+                        if distillation.per_task
+                        else "names one `teacher` — or set `distillation.kind: multi_teacher`"
+                    ),
+                )
+            )
         if not distillation.per_task and self.tasks is not None:
-            problems.append(("tasks", f"`tasks` is for kind `multi_task`; kind `{kind}` reads one `task` and `data` "
-                             f"— or set `distillation.kind: multi_task`"))
+            problems.append(
+                (
+                    "tasks",
+                    f"`tasks` is for kind `multi_task`; kind `{kind}` reads one `task` and `data` "
+                    f"— or set `distillation.kind: multi_task`",
+                )
+            )
             problems.extend((name, "required field is missing") for name in ("task", "data") if getattr(self, name) is None)
         if self.stages is not None:
             problems.extend(self._stage_problems())
         for name, entry in (self.tasks or {}).items():
             if entry.data.augment is not None:
-                problems.append((f"tasks.{name}.data.augment", "augmentation runs before single-task recipes only — "
-                                 "write the augmented file with `brewer augment` and name it in the task's `data.train`"))
+                problems.append(
+                    (
+                        f"tasks.{name}.data.augment",
+                        "augmentation runs before single-task recipes only — "
+                        "write the augmented file with `brewer augment` and name it in the task's `data.train`",
+                    )
+                )
         if problems:
             raise CrossFieldProblems(problems)
         return self
@@ -140,8 +167,13 @@ class Recipe(Strict):
         for index, stage in enumerate(self.stages):
             where = f"stages.{index}"
             if not stage.distillation.can_be_a_stage:
-                problems.append((f"{where}.distillation.kind", f"a stage distills the recipe's teacher into its student: "
-                                 f"kind {' or '.join(STAGE_KINDS)}, not {stage.distillation.kind!r}"))
+                problems.append(
+                    (
+                        f"{where}.distillation.kind",
+                        f"a stage distills the recipe's teacher into its student: "
+                        f"kind {' or '.join(STAGE_KINDS)}, not {stage.distillation.kind!r}",
+                    )
+                )
             unknown = [key for key in stage.training if key not in TrainingSpec.model_fields]
             for key in unknown:
                 problems.append((f"{where}.training.{key}", f"unknown key{did_you_mean(key, valid)} — valid: {', '.join(valid)}"))
@@ -159,23 +191,38 @@ class Recipe(Strict):
     def _teacher_list_problems(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
         if self.teacher is not None:
-            problems.append(("teacher", "kind `multi_teacher` reads `teachers: [{checkpoint: …}, …]` (a list); move "
-                             "`teacher` into `teachers`"))
+            problems.append(
+                (
+                    "teacher",
+                    "kind `multi_teacher` reads `teachers: [{checkpoint: …}, …]` (a list); move `teacher` into `teachers`",
+                )
+            )
         if not self.teachers:
-            problems.append(("teachers", "kind `multi_teacher` needs `teachers: [{checkpoint: …, weight: …}, …]` "
-                             "with at least one entry"))
+            problems.append(
+                ("teachers", "kind `multi_teacher` needs `teachers: [{checkpoint: …, weight: …}, …]` with at least one entry")
+            )
         elif self.distillation.match_teacher >= len(self.teachers):
-            problems.append(("distillation.match_teacher", f"{self.distillation.match_teacher} is not an index of "
-                             f"`teachers` (0…{len(self.teachers) - 1})"))
+            problems.append(
+                (
+                    "distillation.match_teacher",
+                    f"{self.distillation.match_teacher} is not an index of `teachers` (0…{len(self.teachers) - 1})",
+                )
+            )
         return problems
 
     def _per_task_problems(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
         for name in ("task", "data", "teacher"):
             if getattr(self, name) is not None:
-                problems.append((name, f"kind `multi_task` takes each task's `{name}` under `tasks.<name>.{name}`; "
-                                 f"remove the top-level `{name}`"))
+                problems.append(
+                    (
+                        name,
+                        f"kind `multi_task` takes each task's `{name}` under `tasks.<name>.{name}`; "
+                        f"remove the top-level `{name}`",
+                    )
+                )
         if not self.tasks:
-            problems.append(("tasks", "kind `multi_task` needs `tasks: {NAME: {task: …, data: …, teacher: …}, …}` "
-                             "with at least one task"))
+            problems.append(
+                ("tasks", "kind `multi_task` needs `tasks: {NAME: {task: …, data: …, teacher: …}, …}` with at least one task")
+            )
         return problems

@@ -41,7 +41,7 @@ class DataSource(Strict):
     limit: int | None = Field(default=None, ge=1, description="keep only the first N examples")
     articles: str | None = Field(
         default=None,
-        description='SQuAD: keep the questions of articles START:END (0-based, END excluded, like a Python '
+        description="SQuAD: keep the questions of articles START:END (0-based, END excluded, like a Python "
         'slice, e.g. "0:38" and "38:48"), so a train/eval split never shares a paragraph; applied before `limit`',
     )
     # Column names; when absent the values under `data` apply.
@@ -53,16 +53,15 @@ class DataSource(Strict):
     @classmethod
     def _article_range(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"\s*\d*\s*:\s*\d*\s*", value):
-            raise ValueError(f"{value!r} is not an article range — write START:END, e.g. \"0:38\" (either side may be empty)")
+            raise ValueError(f'{value!r} is not an article range — write START:END, e.g. "0:38" (either side may be empty)')
         return value
 
     @model_validator(mode="after")
-    def _one_origin(self) -> "DataSource":
+    def _one_origin(self) -> DataSource:
         origins = [name for name in ("hub", "path", "synthetic") if getattr(self, name) is not None]
         if len(origins) != 1:
             raise ValueError(
-                "give exactly one of `hub`, `path` or `synthetic`"
-                + (f" (found {', '.join(origins)})" if origins else "")
+                "give exactly one of `hub`, `path` or `synthetic`" + (f" (found {', '.join(origins)})" if origins else "")
             )
         if self.hub is not None and self.split is None:
             raise ValueError("a hub source needs `split` (e.g. train, validation)")
@@ -76,19 +75,26 @@ class AugmentSpec(Strict):
     its nearest neighbours in `word_vectors`; `variants` tries per example, each replacing every
     candidate word with probability `probability`. The original is kept, duplicates are dropped."""
 
-    model: str | None = Field(default=None, description="masked-LM checkpoint with its MLM head: hub id, directory or python-package:NAME")
-    word_vectors: str | None = Field(default=None, description="word vectors in GloVe text format (`word v1 v2 …` per line), "
-                                     "or embeddings:CHECKPOINT for a model's input embeddings of whole words")
+    model: str | None = Field(
+        default=None, description="masked-LM checkpoint with its MLM head: hub id, directory or python-package:NAME"
+    )
+    word_vectors: str | None = Field(
+        default=None,
+        description="word vectors in GloVe text format (`word v1 v2 …` per line), "
+        "or embeddings:CHECKPOINT for a model's input embeddings of whole words",
+    )
     tokenizer: str | None = Field(default=None, description="splits words when there is no `model` (default: the teacher's)")
     variants: int = Field(default=20, ge=1, description="N_a: augmented variants tried per example")
     probability: float = Field(default=0.4, gt=0, le=1, description="p: chance that a candidate word is replaced")
     candidates: int = Field(default=15, ge=1, description="K: MLM predictions (or neighbours) per word")
     seed: int = 0
     batch_size: int = Field(default=64, ge=1, description="masked-LM inference batch")
-    output: str | None = Field(default=None, description="the augmented file (.jsonl or .tsv); default: the cache, ~/.cache/brewer/augment/")
+    output: str | None = Field(
+        default=None, description="the augmented file (.jsonl or .tsv); default: the cache, ~/.cache/brewer/augment/"
+    )
 
     @model_validator(mode="after")
-    def _a_source_of_candidates(self) -> "AugmentSpec":
+    def _a_source_of_candidates(self) -> AugmentSpec:
         if self.model is None and self.word_vectors is None:
             raise ValueError("give `model` (a masked LM), `word_vectors` (a GloVe-format file), or both")
         return self
@@ -126,7 +132,7 @@ class TokenizerSpec(Strict):
     train_wordpiece: WordPieceTraining | None = None
 
     @model_validator(mode="after")
-    def _one_origin(self) -> "TokenizerSpec":
+    def _one_origin(self) -> TokenizerSpec:
         if (self.path is None) == (self.train_wordpiece is None):
             raise ValueError("give exactly one of `path` or `train_wordpiece`")
         return self
@@ -164,12 +170,11 @@ class ModelSpec(Strict):
     tokenizer: TokenizerSpec | None = None
 
     @model_validator(mode="after")
-    def _one_origin(self) -> "ModelSpec":
+    def _one_origin(self) -> ModelSpec:
         origins = [name for name in ("checkpoint", "config", "init") if getattr(self, name) is not None]
         if len(origins) != 1:
             raise ValueError(
-                "give exactly one of `checkpoint`, `config` or `init`"
-                + (f" (found {', '.join(origins)})" if origins else "")
+                "give exactly one of `checkpoint`, `config` or `init`" + (f" (found {', '.join(origins)})" if origins else "")
             )
         return self
 
@@ -197,9 +202,11 @@ class TrainingSpec(Strict):
     group_by_length: bool = False
     progress: bool = True
     compile: bool | str = Field(
-        default=False, description="torch.compile the student in place (true = inductor, or a backend by name: "
+        default=False,
+        description="torch.compile the student in place (true = inductor, or a backend by name: "
         f"{', '.join(COMPILE_BACKENDS)}): slow first steps (and one recompile per new batch shape until shapes go "
-        "dynamic), faster steps after, mostly on GPUs")
+        "dynamic), faster steps after, mostly on GPUs",
+    )
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -207,8 +214,10 @@ class TrainingSpec(Strict):
         # Before the union: one message naming every valid value, not one per union member.
         if isinstance(value, bool) or value in COMPILE_BACKENDS:
             return value
-        raise ValueError(f"{value!r} is not allowed{did_you_mean(str(value), list(COMPILE_BACKENDS))} — valid: true, "
-                         f"false, {', '.join(COMPILE_BACKENDS)}")
+        raise ValueError(
+            f"{value!r} is not allowed{did_you_mean(str(value), list(COMPILE_BACKENDS))} — valid: true, "
+            f"false, {', '.join(COMPILE_BACKENDS)}"
+        )
 
     @property
     def compile_backend(self) -> str | None:
@@ -229,14 +238,13 @@ class TeacherSpec(ModelSpec):
     train: TeacherTraining | None = None
 
     @model_validator(mode="after")
-    def _train_target(self) -> "TeacherSpec":
+    def _train_target(self) -> TeacherSpec:
         if self.train is not None:
             if self.checkpoint is None:
                 raise ValueError("`train` needs `checkpoint`: the directory the trained teacher is written to")
             if Path(self.checkpoint).name != "final":
                 raise ValueError(
-                    "with `train`, `checkpoint` must be a run's final directory (…/<run name>/final), "
-                    f"got {self.checkpoint!r}"
+                    f"with `train`, `checkpoint` must be a run's final directory (…/<run name>/final), got {self.checkpoint!r}"
                 )
         return self
 
@@ -250,8 +258,10 @@ class WeightedTeacherSpec(TeacherSpec):
 def _task_name(name: str) -> str:
     # A task's name becomes a directory of the exported student (final/<task>/).
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ValueError("a task name becomes the directory final/<name>/ of its student: use letters, digits, "
-                         "'.', '_' or '-', starting with a letter or digit")
+        raise ValueError(
+            "a task name becomes the directory final/<name>/ of its student: use letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit"
+        )
     return name
 
 

@@ -7,10 +7,12 @@ question answering; the distillers and the loop never look at task-specific fiel
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
+import transformers
 from torch.utils.data import Dataset
 
 from brewer_cli.recipe import Recipe, TaskSpec
@@ -127,7 +129,6 @@ class Task(ABC):
 
     @property
     def auto_class(self):
-        import transformers
 
         return getattr(transformers, self.auto_class_name)
 
@@ -145,7 +146,7 @@ class Task(ABC):
     def labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return batch.get("labels")
 
-    def check_model(self, model: Any, label_names: list[str] | None, role: str) -> None:
+    def check_model(self, model: Any, label_names: list[str] | None, role: str) -> None:  # noqa: B027 (optional hook)
         """Raise a clear error when a loaded checkpoint's head does not fit the task."""
 
     # -- evaluation -----------------------------------------------------------------------------

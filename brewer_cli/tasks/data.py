@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from brewer_cli.errors import DataError
 from brewer_cli.paths import resolve_path
 from brewer_cli.recipe import DataSource, Recipe
@@ -27,7 +29,9 @@ def read_source(source: DataSource, recipe: Recipe, field: str) -> list[dict[str
     else:
         path = resolve_path(source.path, recipe)
         if not path.exists():
-            raise DataError(f"{where}.path: data file {source.path!r} not found (looked at {path}) — check the path; relative paths are read from the current directory or the recipe's folder")
+            raise DataError(
+                f"{where}.path: data file {source.path!r} not found (looked at {path}) — check the path; relative paths are read from the current directory or the recipe's folder"
+            )
         rows = _read_local(path, source, where, recipe)
     if source.articles is not None:
         rows = select_articles(rows, source.articles, where)
@@ -39,7 +43,6 @@ def read_source(source: DataSource, recipe: Recipe, field: str) -> list[dict[str
 
 
 def _read_hub(source: DataSource, where: str) -> list[dict[str, Any]]:
-    import datasets
 
     try:
         dataset = datasets.load_dataset(source.hub, source.config, split=source.split)
@@ -87,7 +90,7 @@ def _read_local(path: Path, source: DataSource, where: str, recipe: Recipe | Non
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
-            raise DataError(f"{where}: {path}: expected a JSON list of examples (or {{\"data\": [...]}})")
+            raise DataError(f'{where}: {path}: expected a JSON list of examples (or {{"data": [...]}})')
         return data
     if kind == "squad":
         return read_squad(path, where)
@@ -114,7 +117,6 @@ def _read_delimited(path: Path, kind: str, quoting: bool) -> list[dict[str, Any]
 
 
 def _read_disk(path: Path, source: DataSource, where: str) -> list[dict[str, Any]]:
-    import datasets
 
     try:
         loaded = datasets.load_from_disk(str(path))

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from brewer_cli.errors import DataError
 
 # The default column names of token classification and QA rows: the Hugging Face Hub's
@@ -80,8 +82,8 @@ def read_squad(path: Path, where: str) -> list[dict[str, Any]]:
         raise DataError(f"{where}: {path}:{error.lineno}: not valid JSON ({error.msg})") from None
     if not is_squad_document(data):
         raise DataError(
-            f"{where}: {path}: not a SQuAD file — expected {{\"data\": [{{\"title\": …, \"paragraphs\": "
-            f"[{{\"context\": …, \"qas\": [...]}}]}}]}}; for one question per row use format jsonl"
+            f'{where}: {path}: not a SQuAD file — expected {{"data": [{{"title": …, "paragraphs": '
+            f'[{{"context": …, "qas": [...]}}]}}]}}; for one question per row use format jsonl'
         )
     return squad_rows(data, path, where)
 
@@ -106,17 +108,19 @@ def squad_rows(data: dict[str, Any], path: Path, where: str) -> list[dict[str, A
                 if "question" not in qa or "id" not in qa:
                     raise DataError(f"{where}: {path}: {place}.qas[{question_number}]: a question needs `id` and `question`")
                 answers = [] if qa.get("is_impossible") else qa.get("answers", [])
-                rows.append({
-                    "id": str(qa["id"]),
-                    "title": title,
-                    "context": context,
-                    "question": qa["question"],
-                    "answers": {
-                        "text": [answer["text"] for answer in answers],
-                        "answer_start": [int(answer["answer_start"]) for answer in answers],
-                    },
-                    "article": article_number,
-                })
+                rows.append(
+                    {
+                        "id": str(qa["id"]),
+                        "title": title,
+                        "context": context,
+                        "question": qa["question"],
+                        "answers": {
+                            "text": [answer["text"] for answer in answers],
+                            "answer_start": [int(answer["answer_start"]) for answer in answers],
+                        },
+                        "article": article_number,
+                    }
+                )
     return rows
 
 
@@ -159,7 +163,6 @@ def hub_class_names(source: Any, column: str) -> list[str] | None:
     The dataset is already in the local cache (the rows were just read from it), so loading it
     again only reads its metadata and memory-maps the cached files.
     """
-    import datasets
 
     try:
         features = datasets.load_dataset(source.hub, source.config, split=source.split).features

@@ -49,26 +49,33 @@ class GeneralCorpus(Task):
         distillation = recipe.distillation
         where = f"{recipe.path}: distillation"
         if not distillation.learns_without_logits:
-            return [f"{where}.kind: task {recipe.task.kind} (general distillation over unlabeled text) has no labels "
-                    f"and no logits — use `kind: general` with intermediate matches (tinybert_attention, "
-                    f"tinybert_hidden), kd_weight: 0"]
+            return [
+                f"{where}.kind: task {recipe.task.kind} (general distillation over unlabeled text) has no labels "
+                f"and no logits — use `kind: general` with intermediate matches (tinybert_attention, "
+                f"tinybert_hidden), kd_weight: 0"
+            ]
         problems = []
         if distillation.kd_weight != 0:
-            problems.append(f"{where}.kd_weight: task {recipe.task.kind} runs the encoders without their masked-LM "
-                            f"head, so there are no logits to distill — set `kd_weight: 0` (TinyBERT's general "
-                            f"distillation uses attention and hidden-state losses only)")
+            problems.append(
+                f"{where}.kd_weight: task {recipe.task.kind} runs the encoders without their masked-LM "
+                f"head, so there are no logits to distill — set `kd_weight: 0` (TinyBERT's general "
+                f"distillation uses attention and hidden-state losses only)"
+            )
         if distillation.hard_label_weight != 0:
-            problems.append(f"{where}.hard_label_weight: task {recipe.task.kind} has no labels — set "
-                            f"`hard_label_weight: 0`")
+            problems.append(f"{where}.hard_label_weight: task {recipe.task.kind} has no labels — set `hard_label_weight: 0`")
         if not distillation.matches:
-            problems.append(f"{where}.matches: general distillation learns from intermediate matches only, and none "
-                            f"are given — e.g. `matches: [{{uniform: true, loss: tinybert_attention}}, {{uniform: true, "
-                            f"loss: tinybert_hidden, projection: linear, include_embeddings: true}}]`")
+            problems.append(
+                f"{where}.matches: general distillation learns from intermediate matches only, and none "
+                f"are given — e.g. `matches: [{{uniform: true, loss: tinybert_attention}}, {{uniform: true, "
+                f"loss: tinybert_hidden, projection: linear, include_embeddings: true}}]`"
+            )
         student = recipe.student
         if student is not None and student.init is not None and student.init.extract.strategy == "importance":
-            problems.append(f"{recipe.path}: student.init.extract.strategy: importance scores are gradients of the "
-                            f"model's loss on its own logits, and the bare encoders of task {recipe.task.kind} have "
-                            f"none — use `strategy: random` (or extract from a task model in a task recipe)")
+            problems.append(
+                f"{recipe.path}: student.init.extract.strategy: importance scores are gradients of the "
+                f"model's loss on its own logits, and the bare encoders of task {recipe.task.kind} have "
+                f"none — use `strategy: random` (or extract from a task model in a task recipe)"
+            )
         if recipe.data is not None and recipe.data.text_pair is not None:
             problems.append(f"{recipe.path}: data.text_pair: a general corpus is single texts — remove `text_pair`")
         return problems
@@ -129,8 +136,10 @@ def read_texts(source: DataSource, recipe: Recipe, field: str) -> list[str]:
     if source.path is not None and source.format == "auto" and Path(source.path).suffix.lower() in TEXT_SUFFIXES:
         path = resolve_path(source.path, recipe)
         if not path.is_file():
-            raise DataError(f"{where}.path: corpus file {source.path!r} not found (looked at {path}) — check the path; "
-                            f"relative paths are read from the current directory or the recipe's folder")
+            raise DataError(
+                f"{where}.path: corpus file {source.path!r} not found (looked at {path}) — check the path; "
+                f"relative paths are read from the current directory or the recipe's folder"
+            )
         with path.open(encoding="utf-8") as handle:
             texts = [line.strip() for line in handle]
         texts = [text for text in texts if text]

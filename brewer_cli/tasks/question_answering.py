@@ -41,10 +41,10 @@ import collections
 import json
 import logging
 import re
-import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -52,6 +52,7 @@ from brewer_cli.errors import DataError
 from brewer_cli.recipe import DataSource, Recipe
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
 from brewer_cli.tasks.data import column, read_source
+from brewer_cli.tasks.squad_metric import squad_scores
 from brewer_cli.tasks.token_classification import check_fast_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,9 @@ class QuestionAnswering(Task):
             eval_examples = self.read_examples(data.eval, recipe, "data.eval")
             evaluation = self.windows(eval_examples, tokenizer, data.max_length, stride, recipe, "data.eval", for_eval=True)
         return PreparedData(
-            train=train, eval=evaluation, label_names=None,
+            train=train,
+            eval=evaluation,
+            label_names=None,
             eval_examples=[vars(example) for example in eval_examples] if eval_examples is not None else None,
             extra={"answer_alignment": alignment, "eval_question_examples": eval_examples},
         )
@@ -179,10 +182,15 @@ class QuestionAnswering(Task):
                 continue
             # Training uses the first answer; one on word boundaries goes first (stable sort).
             answers.sort(key=lambda answer: answer[0])
-            kept.append(QuestionExample(
-                example.id, example.question, example.context,
-                [text for _, text, _ in answers], [position for _, _, position in answers],
-            ))
+            kept.append(
+                QuestionExample(
+                    example.id,
+                    example.question,
+                    example.context,
+                    [text for _, text, _ in answers],
+                    [position for _, _, position in answers],
+                )
+            )
         descriptions = {
             "relocated": "answer_start values that did not point at their text moved to the nearest occurrence",
             "word_boundary": "spans that cut a word moved to the nearest whole-word occurrence",
@@ -197,14 +205,25 @@ class QuestionAnswering(Task):
         return kept, counts
 
     def windows(
-        self, examples: list[QuestionExample], tokenizer: Any, max_length: int, stride: int, recipe: Recipe, field: str,
+        self,
+        examples: list[QuestionExample],
+        tokenizer: Any,
+        max_length: int,
+        stride: int,
+        recipe: Recipe,
+        field: str,
         for_eval: bool,
     ) -> TokenizedDataset:
         questions = self._fit_questions(examples, tokenizer, max_length, stride, recipe, field)
         try:
             encoded = tokenizer(
-                questions, [example.context for example in examples], truncation="only_second", max_length=max_length,
-                stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+                questions,
+                [example.context for example in examples],
+                truncation="only_second",
+                max_length=max_length,
+                stride=stride,
+                return_overflowing_tokens=True,
+                return_offsets_mapping=True,
             )
         except Exception as error:  # the Rust tokenizer reports a stride it cannot honour this way
             raise DataError(
@@ -260,7 +279,13 @@ class QuestionAnswering(Task):
         if cut:
             logger.warning(
                 "%s: %s: %d questions are longer than %d tokens and were cut to fit windows of data.max_length=%d "
-                "sharing task.doc_stride=%d tokens", recipe.path, field, cut, room, max_length, stride,
+                "sharing task.doc_stride=%d tokens",
+                recipe.path,
+                field,
+                cut,
+                room,
+                max_length,
+                stride,
             )
         return questions
 
@@ -407,9 +432,7 @@ def answer_positions(example: QuestionExample, offsets: Sequence[tuple[int, int]
     return start, end
 
 
-def decode_answer(
-    windows: Sequence[Window], context: str, n_best: int, max_answer_length: int, allow_null: bool
-) -> str:
+def decode_answer(windows: Sequence[Window], context: str, n_best: int, max_answer_length: int, allow_null: bool) -> str:
     """The best answer over a question's windows; "" when the null answer wins (v2 only)."""
     best_score, best_text = float("-inf"), ""
     null_score = float("inf")
@@ -434,56 +457,3 @@ def decode_answer(
 
 def _top(values: Sequence[float], count: int) -> list[int]:
     return sorted(range(len(values)), key=lambda position: values[position], reverse=True)[:count]
-
-
-# ----------------------------------------------------------------------------- SQuAD metric
-
-
-def normalize_answer(text: str) -> str:
-    """The official SQuAD normalization: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower()
-    text = "".join(character for character in text if character not in _PUNCTUATION)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-_PUNCTUATION = set(string.punctuation)
-
-
-def exact_match(prediction: str, truth: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(truth))
-
-
-def f1_score(prediction: str, truth: str) -> float:
-    predicted_tokens = normalize_answer(prediction).split()
-    truth_tokens = normalize_answer(truth).split()
-    if not predicted_tokens or not truth_tokens:
-        # SQuAD v2's rule: an empty answer scores 1 only against an empty answer.
-        return float(predicted_tokens == truth_tokens)
-    common = collections.Counter(predicted_tokens) & collections.Counter(truth_tokens)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    precision = same / len(predicted_tokens)
-    recall = same / len(truth_tokens)
-    return 2 * precision * recall / (precision + recall)
-
-
-def squad_scores(predictions: dict[str, str], gold: dict[str, list[str]], version_2: bool = False) -> dict[str, float]:
-    """Exact match and F1 (0…100), each the max over a question's gold answers; an unanswerable
-    question's gold is the empty answer."""
-    exact, f1 = {}, {}
-    for identifier, truths in gold.items():
-        truths = [truth for truth in truths if normalize_answer(truth)] or [""]
-        prediction = predictions.get(identifier, "")
-        exact[identifier] = max(exact_match(prediction, truth) for truth in truths)
-        f1[identifier] = max(f1_score(prediction, truth) for truth in truths)
-    count = max(len(gold), 1)
-    scores = {"exact_match": 100.0 * sum(exact.values()) / count, "f1": 100.0 * sum(f1.values()) / count}
-    if version_2:
-        for name, keep in (("has_answer", True), ("no_answer", False)):
-            subset = [identifier for identifier, truths in gold.items() if bool(truths) == keep]
-            if subset:
-                scores[f"{name}_exact_match"] = 100.0 * sum(exact[i] for i in subset) / len(subset)
-                scores[f"{name}_f1"] = 100.0 * sum(f1[i] for i in subset) / len(subset)
-    return scores

@@ -77,7 +77,9 @@ class SequenceClassification(Task):
             try:
                 return float(value)
             except (TypeError, ValueError):
-                raise DataError(f"{where}: example {number}: regression label {value!r} in column {label_column!r} is not a number") from None
+                raise DataError(
+                    f"{where}: example {number}: regression label {value!r} in column {label_column!r} is not a number"
+                ) from None
         names = names or []
         if str(value) in names:
             return names.index(str(value))
@@ -128,7 +130,11 @@ class SequenceClassification(Task):
         labels = np.asarray([data.eval.columns["labels"][i] for i in indices])
         if self.is_regression:
             scores = logits.reshape(-1)
-            return {"pearson": _pearson(scores, labels), "spearman": _pearson(_ranks(scores), _ranks(labels)), "mse": float(np.mean((scores - labels) ** 2))}
+            return {
+                "pearson": _pearson(scores, labels),
+                "spearman": _pearson(_ranks(scores), _ranks(labels)),
+                "mse": float(np.mean((scores - labels) ** 2)),
+            }
         predicted = logits.argmax(-1)
         metrics = {"accuracy": float((predicted == labels).mean())}
         if logits.shape[-1] == 2:

@@ -26,9 +26,12 @@ When the tags are not IOB2 (e.g. POS tags), only word accuracy is reported and i
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
+from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+from seqeval.scheme import IOB2
 
 from brewer_cli.errors import DataError, ModelError
 from brewer_cli.recipe import DataSource, Recipe
@@ -76,24 +79,36 @@ class TokenClassification(Task):
                 f"task.num_labels is {self.spec.num_labels} — make them agree, or leave num_labels out"
             )
         origin = (
-            "task.labels" if self.spec.labels else "the teacher's labels" if label_names
-            else "the dataset's tag names" if dataset_names else "the training data's tags"
+            "task.labels"
+            if self.spec.labels
+            else "the teacher's labels"
+            if label_names
+            else "the dataset's tag names"
+            if dataset_names
+            else "the training data's tags"
         )
         check_tags(train, names, recipe, "data.train", origin)
         if evaluation is not None:
             check_tags(evaluation, names, recipe, "data.eval", origin)
         self.entity_tags = all(is_iob2(tag) for tag in names)
         train_set = self.tokenize(train, names, tokenizer, data.max_length, recipe, "data.train")
-        eval_set = self.tokenize(evaluation, names, tokenizer, data.max_length, recipe, "data.eval") if evaluation is not None else None
+        eval_set = (
+            self.tokenize(evaluation, names, tokenizer, data.max_length, recipe, "data.eval") if evaluation is not None else None
+        )
         extra = {"eval_tags": [tags for _, tags, _ in evaluation]} if evaluation is not None else {}
         return PreparedData(
-            train=train_set, eval=eval_set, label_names=names,
+            train=train_set,
+            eval=eval_set,
+            label_names=names,
             eval_examples=[{"tokens": words, "tags": tags} for words, tags, _ in evaluation] if evaluation is not None else None,
             extra=extra,
         )
 
     def tokenizer_texts(self, recipe: Recipe) -> list[str]:
-        return [" ".join(words) for words, _, _ in self.read_sentences(recipe.data.train, recipe, "data.train", None, names_needed=False)]
+        return [
+            " ".join(words)
+            for words, _, _ in self.read_sentences(recipe.data.train, recipe, "data.train", None, names_needed=False)
+        ]
 
     def read_sentences(
         self, source: DataSource, recipe: Recipe, field: str, given: list[str] | None, names_needed: bool = True
@@ -138,8 +153,13 @@ class TokenClassification(Task):
         return names
 
     def tokenize(
-        self, sentences: list[tuple[list[str], list[str], str]], names: list[str], tokenizer: Any, max_length: int,
-        recipe: Recipe, field: str,
+        self,
+        sentences: list[tuple[list[str], list[str], str]],
+        names: list[str],
+        tokenizer: Any,
+        max_length: int,
+        recipe: Recipe,
+        field: str,
     ) -> TokenizedDataset:
         label_ids = {name: index for index, name in enumerate(names)}
         try:
@@ -158,7 +178,9 @@ class TokenClassification(Task):
         truncated = 0
         for number, (words, tags, _) in enumerate(sentences):
             word_ids = encoded.word_ids(number)
-            token_labels, starts = align_labels(word_ids, [label_ids[tag] for tag in tags], names, bool(self.spec.label_all_tokens))
+            token_labels, starts = align_labels(
+                word_ids, [label_ids[tag] for tag in tags], names, bool(self.spec.label_all_tokens)
+            )
             labels.append(token_labels)
             word_starts.append(starts)
             # Cut off: the sequence is full and its last word is not the sentence's last word. (A word
@@ -170,7 +192,11 @@ class TokenClassification(Task):
             logger.warning(
                 "%s: %s: %d of %d sentences are longer than data.max_length=%d tokens; their last words are cut "
                 "off (and count as predicted O in the metric) — raise data.max_length to keep them",
-                recipe.path, field, truncated, len(sentences), max_length,
+                recipe.path,
+                field,
+                truncated,
+                len(sentences),
+                max_length,
             )
         columns["labels"] = labels
         columns["word_starts"] = word_starts
@@ -293,8 +319,6 @@ def align_labels(
 
 def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
     """Entity-level precision, recall and F1 with strict IOB2 matching, and F1 per entity type."""
-    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-    from seqeval.scheme import IOB2
 
     options = {"mode": "strict", "scheme": IOB2, "zero_division": 0}
     scores = {

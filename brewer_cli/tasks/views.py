@@ -14,7 +14,8 @@ and student split the text the same way: they need the student's tokenizer.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -58,8 +59,14 @@ def column_owners(teacher_tokenizers: Sequence[Any], student_tokenizer: Any) -> 
         if same_tokenizer(tokenizer, student_tokenizer):
             owners.append(None)
             continue
-        shared = next((earlier for earlier in range(index)
-                       if owners[earlier] == earlier and same_tokenizer(teacher_tokenizers[earlier], tokenizer)), index)
+        shared = next(
+            (
+                earlier
+                for earlier in range(index)
+                if owners[earlier] == earlier and same_tokenizer(teacher_tokenizers[earlier], tokenizer)
+            ),
+            index,
+        )
         owners.append(shared)
     return owners
 

@@ -9,9 +9,10 @@ import itertools
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,8 +67,9 @@ def fingerprint(distiller: Any, layouts: Sequence[Layout], precision: str) -> di
         teacher = distiller.teachers[layout.read.teacher]
         key = f"teachers.{layout.read.teacher}"
         result[f"{key} weights"] = _hash_bytes(_weight_chunks(teacher.model))
-        result[f"{key} tokenizer"] = _hash_bytes([json.dumps(tokenizer_definition(teacher.tokenizer), sort_keys=True,
-                                                              default=str).encode()])
+        result[f"{key} tokenizer"] = _hash_bytes(
+            [json.dumps(tokenizer_definition(teacher.tokenizer), sort_keys=True, default=str).encode()]
+        )
         result[f"{key} data (the tokenized inputs)"] = _hash_bytes(_column_chunks(distiller.data.train, layout.read.prefix))
         result[f"{key} features"] = layout.describe()
     return result
@@ -94,8 +96,9 @@ class TeacherCache:
         store = self.stores.get(teacher)
         return store.layout.read if store is not None else None
 
-    def features(self, teacher: int, batch: dict[str, torch.Tensor], compute: Callable[[dict[str, torch.Tensor]], Features],
-                 step: int) -> Features:
+    def features(
+        self, teacher: int, batch: dict[str, torch.Tensor], compute: Callable[[dict[str, torch.Tensor]], Features], step: int
+    ) -> Features:
         """Teacher `teacher`'s outputs for `batch`: from the cache, or computed (for the missing
         examples only) and kept. `compute(batch)` runs the teacher on a batch of whole examples."""
         store = self.stores[teacher]
@@ -113,8 +116,12 @@ class TeacherCache:
             self.counts.forwards += 1
             size = len(indices)
             chosen = torch.tensor(missing, device=batch["index"].device)
-            part = {name: value.index_select(0, chosen) if torch.is_tensor(value) and value.dim() and value.shape[0] == size
-                    else value for name, value in batch.items()}
+            part = {
+                name: value.index_select(0, chosen)
+                if torch.is_tensor(value) and value.dim() and value.shape[0] == size
+                else value
+                for name, value in batch.items()
+            }
             store.put([indices[position] for position in missing], compute(part), step)
         else:
             self.counts.skipped_forwards += 1
@@ -128,13 +135,27 @@ class TeacherCache:
     def report(self) -> dict[str, Any]:
         """For summary.json: the mode, its size and how often this process's cache answered."""
         counts = self.counts
-        return {"mode": self.plan.mode, "requested": self.plan.requested, "estimated_bytes": self.plan.total_bytes,
-                "hits": counts.hits, "misses": counts.misses, "teacher_forwards": counts.forwards,
-                "teacher_forwards_skipped": counts.skipped_forwards}
+        return {
+            "mode": self.plan.mode,
+            "requested": self.plan.requested,
+            "estimated_bytes": self.plan.total_bytes,
+            "hits": counts.hits,
+            "misses": counts.misses,
+            "teacher_forwards": counts.forwards,
+            "teacher_forwards_skipped": counts.skipped_forwards,
+        }
 
 
-def open_teacher_cache(distiller: Any, run_dir: Path, resume: bool, step: int, total_steps: int, steps_per_epoch: int,
-                       accelerator: Any, precision: str) -> TeacherCache | None:
+def open_teacher_cache(
+    distiller: Any,
+    run_dir: Path,
+    resume: bool,
+    step: int,
+    total_steps: int,
+    steps_per_epoch: int,
+    accelerator: Any,
+    precision: str,
+) -> TeacherCache | None:
     """The cache of this process for a run about to train from `step` (None when the plan is off).
 
     Every process reads the stored fingerprint before any writes a new one (a barrier between),
@@ -162,9 +183,13 @@ def open_teacher_cache(distiller: Any, run_dir: Path, resume: bool, step: int, t
     directory = root / f"process-{accelerator.process_index}"
     data = distiller.data.train
     stores = {
-        layout.read.teacher: SlotStore(layout, example_lengths(data, layout.read.prefix), plan.mode,
-                                       directory / f"teacher-{layout.read.teacher}",
-                                       resume_step=step if stored is not None else None)
+        layout.read.teacher: SlotStore(
+            layout,
+            example_lengths(data, layout.read.prefix),
+            plan.mode,
+            directory / f"teacher-{layout.read.teacher}",
+            resume_step=step if stored is not None else None,
+        )
         for layout in plan.layouts
     }
     if stored is None and accelerator.is_main_process:

@@ -4,8 +4,9 @@ found by running the teacher on one example), and the offsets of each example's 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,8 +130,9 @@ def probe_layout(distiller: Any, read: TeacherRead) -> Layout:
     for number, component in enumerate(components):
         if per_token:
             if component.dim() < 2 or component.shape[1] != length:
-                raise RuntimeError(f"token-level logits of shape {tuple(component.shape)} do not follow the sequence "
-                                   f"length {length}")
+                raise RuntimeError(
+                    f"token-level logits of shape {tuple(component.shape)} do not follow the sequence length {length}"
+                )
             logits.append(Part(f"logits.{number}", "token", tuple(component.shape[2:])))
         else:
             logits.append(Part(f"logits.{number}", "row", tuple(component.shape[1:])))

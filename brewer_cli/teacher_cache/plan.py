@@ -40,8 +40,10 @@ class CachePlan:
         if self.feature_bytes:
             where = "memory-mapped file" if self.mode == "disk" else "memory"
             what += f" + {_size(self.feature_bytes)} features (fp16, {where}: {features})"
-        return (f"{chosen} — {what} per process; filled as examples are first seen, reused after ({self.reason}); "
-                f"kept in teacher_cache/ beside the run for --resume")
+        return (
+            f"{chosen} — {what} per process; filled as examples are first seen, reused after ({self.reason}); "
+            f"kept in teacher_cache/ beside the run for --resume"
+        )
 
 
 def _size(count: int) -> str:
@@ -73,17 +75,28 @@ def plan_cache(distiller: Any, total_steps: int, steps_per_epoch: int, processes
     if requested in ("memory", "disk"):
         return CachePlan(requested, requested, f"distillation.teacher_cache: {requested}", **sizes)
     if total_steps <= steps_per_epoch:
-        return CachePlan("off", requested, f"{total_steps} steps of {steps_per_epoch} per epoch: each example is seen "
-                         f"once at most, so there is nothing to reuse", **sizes)
+        return CachePlan(
+            "off",
+            requested,
+            f"{total_steps} steps of {steps_per_epoch} per epoch: each example is seen "
+            f"once at most, so there is nothing to reuse",
+            **sizes,
+        )
     if total <= MEMORY_BUDGET_BYTES:
         return CachePlan("memory", requested, f"fits the {_size(MEMORY_BUDGET_BYTES)} memory budget", **sizes)
     free = shutil.disk_usage(_existing_parent(run_dir)).free
     if total * processes <= free * DISK_SHARE:
-        return CachePlan("disk", requested, f"over the {_size(MEMORY_BUDGET_BYTES)} memory budget; "
-                         f"{_size(free)} free on disk", **sizes)
-    return CachePlan("off", requested, f"the features would take {_size(total * processes)}, more than half of the "
-                     f"{_size(free)} free on disk — match fewer layers, or set distillation.teacher_cache: disk to "
-                     f"insist", **sizes)
+        return CachePlan(
+            "disk", requested, f"over the {_size(MEMORY_BUDGET_BYTES)} memory budget; {_size(free)} free on disk", **sizes
+        )
+    return CachePlan(
+        "off",
+        requested,
+        f"the features would take {_size(total * processes)}, more than half of the "
+        f"{_size(free)} free on disk — match fewer layers, or set distillation.teacher_cache: disk to "
+        f"insist",
+        **sizes,
+    )
 
 
 def _existing_parent(path: Path) -> Path:

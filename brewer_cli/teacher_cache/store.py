@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +89,7 @@ class SlotStore:
             written = self._open_map(name, dtype, source.size)
             for index in new:
                 begin = starts[index]
-                written[begin:begin + totals[index]] = source[begin:begin + totals[index]]
+                written[begin : begin + totals[index]] = source[begin : begin + totals[index]]
             written.flush()
             del written
         if isinstance(self.features, np.memmap):
@@ -120,12 +121,12 @@ class SlotStore:
             start = self.logit_starts[index]
             for number, (part, tensor) in enumerate(zip(layout.logits, logit_tensors)):
                 count = self.logit_counts[number][index]
-                self.logits[start:start + count] = part.piece(tensor, position, length).reshape(-1).numpy()
+                self.logits[start : start + count] = part.piece(tensor, position, length).reshape(-1).numpy()
                 start += count
             start = self.feature_starts[index]
             for number, (part, tensor) in enumerate(zip(layout.features, feature_tensors)):
                 count = self.feature_counts[number][index]
-                self.features[start:start + count] = part.piece(tensor, position, length).reshape(-1).numpy()
+                self.features[start : start + count] = part.piece(tensor, position, length).reshape(-1).numpy()
                 start += count
             self.filled_step[index] = step
 
@@ -145,13 +146,14 @@ class SlotStore:
                 start = starts[index]
                 for number, part in enumerate(parts):
                     count = counts[number][index]
-                    values = torch.from_numpy(np.asarray(source[start:start + count])).view(part.example_shape(length))
+                    values = torch.from_numpy(np.asarray(source[start : start + count])).view(part.example_shape(length))
                     part.place(batches[number], position, length, values)
                     start += count
         logits = [tensor.to(device, non_blocking=True) for tensor in logit_batches]
         # Moved in fp16 (half the bytes), widened on the device.
-        features = {part.name: tensor.to(device, non_blocking=True).float()
-                    for part, tensor in zip(layout.features, feature_batches)}
+        features = {
+            part.name: tensor.to(device, non_blocking=True).float() for part, tensor in zip(layout.features, feature_batches)
+        }
         return self._features(logits, features, view["attention_mask"])
 
     def _features(self, logits: list[torch.Tensor], parts: dict[str, torch.Tensor], mask: torch.Tensor) -> Features:
@@ -171,13 +173,19 @@ class SlotStore:
             attention = tuple(parts.get(f"attention.{layer}") for layer in range(1, layout.depth + 1))
         if needs.attention_inputs:
             inputs = tuple(
-                AttentionInputs(query=parts[f"attention_inputs.{layer}.query"], key=parts[f"attention_inputs.{layer}.key"],
-                                value=parts.get(f"attention_inputs.{layer}.value"), num_heads=layout.num_heads)
-                if f"attention_inputs.{layer}.query" in parts else None
+                AttentionInputs(
+                    query=parts[f"attention_inputs.{layer}.query"],
+                    key=parts[f"attention_inputs.{layer}.key"],
+                    value=parts.get(f"attention_inputs.{layer}.value"),
+                    num_heads=layout.num_heads,
+                )
+                if f"attention_inputs.{layer}.query" in parts
+                else None
                 for layer in range(1, layout.depth + 1)
             )
-        return Features(logits=logits_value, attention_mask=mask, hidden_states=hidden, attention_scores=attention,
-                        attention_inputs=inputs)
+        return Features(
+            logits=logits_value, attention_mask=mask, hidden_states=hidden, attention_scores=attention, attention_inputs=inputs
+        )
 
 
 def _feature_tensor(features: Features, part: Part) -> torch.Tensor:
