@@ -189,7 +189,8 @@ def _train_teachers(
             loaded.source += " (untrained in this plan)"
             stand_ins[slot.field] = loaded
         else:
-            console.print(f"[bold]{slot.field} {slot.spec.checkpoint} is missing: training it first[/bold]")
+            doing = "is missing: training it first" if teacher_missing(slot.recipe, slot.spec) else "continuing its training"
+            console.print(f"[bold]{slot.field} {slot.spec.checkpoint} {doing}[/bold]")
             summaries.append(_run(teacher_recipe, parent, resume, False, console))
     return stand_ins, summaries
 
