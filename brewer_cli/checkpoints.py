@@ -1,24 +1,29 @@
-"""The run directory and its checkpoints: refusing to overwrite a run, atomic step-N checkpoints
-(student, extra modules such as projections, optimizer, scheduler, RNG, loop state), finding the
-newest complete one and restoring it so that a resumed run equals an uninterrupted one."""
+"""The run directory's writes and its checkpoints: atomic step-N checkpoints (student, extra
+modules such as projections, optimizer, scheduler, RNG, loop state), finding the newest complete
+one and restoring it so that a resumed run equals an uninterrupted one; and every write of a run
+guarded, so that a full disk or a directory the system refuses to write ends in a clear error, the
+partial write removed and the newest complete checkpoint untouched."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
+import re
 import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from brewer_cli.errors import BrewerError, CheckpointError
-from brewer_cli.recipe import Recipe, resolved_mapping
+from brewer_cli.errors import CheckpointError, ResourceError
 
 
 @dataclass
@@ -29,63 +34,199 @@ class LoopState:
     best_metric: float | None = None
     best_step: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_batches: int = 0  # training.on_nan: skip_batch — kept across a resume
 
 
-def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, main: bool) -> None:
-    """Every process checks (they all read the same directory, so they agree): a refusal raised on
-    the main process alone would leave the others waiting for it at the next barrier. Only the
-    main process writes."""
-    started = (run_dir / "checkpoints").exists() or (run_dir / "summary.json").exists()
-    if started and not resume:
-        complete = (run_dir / "summary.json").exists()
-        raise BrewerError(
-            f"{run_dir}: the run directory already exists{' and holds a finished run' if complete else ''} — "
-            f"continue it with --resume, choose another name with --set name=…, or another --output-dir; "
-            f"brewer never overwrites checkpoints"
-        )
-    if resume and not (run_dir / "checkpoints").exists():
-        raise BrewerError(f"{run_dir}: --resume: nothing to resume (no checkpoints/) — run without --resume")
-    if not main:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        # A start that failed before its first checkpoint left nothing worth keeping but its log.
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    # A finished run is recognized by summary.json, written last; a resumed run removes it first.
-    if (run_dir / "summary.json").exists():
-        (run_dir / "summary.json").unlink()
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(resolved_mapping(recipe), sort_keys=False))
+# ============================================================================= guarded writes
+
+# What the system answers when the disk is full or the directory may not be written: the user's
+# to fix, so a clear error. Anything else (a missing file brewer expected) stays a bug's traceback.
+FULL_DISK = {
+    errno.ENOSPC: "the disk is full (no space left on device)",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is too large for its file system",
+}
+REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS}
+FILES_MARGIN = 1 << 20
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+@contextmanager
+def guarded_write(
+    path: Path, needed: int | None = None, cleanup: Callable[[], None] | None = None, run_dir: Path | None = None
+) -> Iterator[None]:
+    """Around a write of `path`: on any failure `cleanup` removes the partial write (a temporary
+    file or directory), and a full disk or a refused write becomes a ResourceError naming the path,
+    the bytes needed and free, and — for a run directory — the newest complete checkpoint, untouched."""
+    try:
+        yield
+    except BaseException as error:
+        # Measured before the cleanup frees the partial write: a full disk has (almost) nothing left.
+        free_when_failed = free_bytes(path)
+        if cleanup is not None:
+            cleanup()
+        code = _error_code(error)
+        if code is None and needed is not None and _is_write_failure(error) and free_when_failed < needed:
+            # torch's own writer reports a full disk as a bare RuntimeError, without errno.
+            code = errno.ENOSPC
+        if code not in FULL_DISK and code not in REFUSED:
+            raise
+        raise ResourceError(_resource_message(path, code, needed, free_when_failed, run_dir)) from error
+
+
+def write_text(path: Path, text: str, run_dir: Path | None = None) -> None:
     """Written to a temporary file and renamed, so a reader never sees half a file."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2))
-    temporary.replace(path)
+    with guarded_write(path, len(text.encode()), lambda: temporary.unlink(missing_ok=True), run_dir):
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+
+
+def write_json(path: Path, data: dict[str, Any], run_dir: Path | None = None) -> None:
+    write_text(path, json.dumps(data, indent=2), run_dir)
+
+
+def append_line(path: Path, line: str, run_dir: Path | None = None) -> None:
+    """One line appended (metrics.jsonl); a write cut short is truncated away, so the file stays
+    whole lines."""
+    size = path.stat().st_size if path.exists() else 0
+
+    def truncate() -> None:
+        if path.exists():
+            os.truncate(path, size)
+
+    with guarded_write(path, len(line.encode()) + 1, truncate, run_dir):
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds `path` (or would: its nearest existing folder)."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return shutil.disk_usage(existing).free
+    except OSError:
+        return 0
+
+
+def checkpoint_bytes(distiller: nn.Module) -> int:
+    """About what one checkpoint takes: the student and the extra modules, and AdamW's two moments
+    per trained parameter."""
+    student = _tensor_bytes(distiller.student.state_dict().values())
+    extra = _tensor_bytes(tensor for name, tensor in distiller.state_dict().items() if not name.startswith("student."))
+    trained = _tensor_bytes(parameter for parameter in distiller.parameters() if parameter.requires_grad)
+    return student + extra + 2 * trained
+
+
+def expected_output_bytes(distiller: nn.Module) -> int:
+    """What a run needs free to make progress: one new checkpoint (written before older ones go),
+    the student twice more for best/ and final/, and a margin for the files beside the weights
+    (RNG state, configs, the tokenizer in each export)."""
+    return checkpoint_bytes(distiller) + 2 * _tensor_bytes(distiller.student.state_dict().values()) + FILES_MARGIN
+
+
+def size_text(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            shown = f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+            break
+        value /= 1024
+    return shown if unit == "B" else f"{shown} ({count} bytes)"
+
+
+def _tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
+def _error_code(error: BaseException) -> int | None:
+    """The errno behind an error, looking through what wrapped it: torch's writer raises a
+    RuntimeError with the OSError as its context, safetensors a SafetensorError naming `os error N`."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            return current.errno
+        found = re.search(r"os error (\d+)", str(current)) if _is_write_failure(current) else None
+        if found:
+            return int(found.group(1))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _is_write_failure(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) or type(error).__name__ == "SafetensorError"
+
+
+def _resource_message(path: Path, code: int, needed: int | None, free: int, run_dir: Path | None) -> str:
+    if code in FULL_DISK:
+        amount = f"{size_text(free)} free when it failed"
+        amount = f"about {size_text(needed)} needed, {amount}" if needed is not None else amount
+        problem = f"could not be written: {FULL_DISK[code]}; {amount}"
+        fix = "free space there, or give --output-dir a disk with room"
+    else:
+        problem = f"could not be written: {os.strerror(code)}"
+        fix = "make it writable, or give --output-dir a directory you may write"
+    message = f"{path}: {problem} — {fix}. The partial write was removed"
+    if run_dir is None:
+        return message
+    latest = newest_checkpoint(run_dir)
+    if latest is not None:
+        return f"{message}; the newest complete checkpoint ({latest}) is untouched: continue with --resume"
+    return f"{message}; no checkpoint was complete yet: run again without --resume"
+
+
+# ============================================================================= checkpoints
 
 
 def save_checkpoint(root: Path, distiller: nn.Module, optimizer: Any, scheduler: Any, state: LoopState, keep: int) -> None:
     """checkpoints/step-N/: student (safetensors), extra modules (projections), optimizer,
     scheduler, RNG and loop state, written to a temporary directory and renamed, so a crash never
-    leaves a checkpoint that looks complete. Keeps the newest `keep`."""
-    root.mkdir(parents=True, exist_ok=True)
+    leaves a checkpoint that looks complete; a failed write removes it (guarded_write). Keeps the
+    newest `keep`."""
     final = root / f"step-{state.step}"
     temporary = root / f".step-{state.step}.tmp"
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    temporary.mkdir()
-    distiller.student.save_pretrained(temporary / "student", safe_serialization=True)
+    with guarded_write(final, checkpoint_bytes(distiller), lambda: _remove(temporary), root.parent):
+        root.mkdir(parents=True, exist_ok=True)
+        _remove(temporary)
+        temporary.mkdir()
+        _write_checkpoint(temporary, distiller, optimizer, scheduler, state)
+        if final.exists():
+            shutil.rmtree(final)
+        temporary.rename(final)
+    # The one `best/` came from is also a plain directory, so older checkpoints can go.
+    for old in _sorted_checkpoints(root)[:-keep]:
+        shutil.rmtree(old)
+
+
+def export_guarded(directory: Path, export: Callable[[Path], None], student: nn.Module, run_dir: Path) -> None:
+    """best/ or final/ through `export` (save_model_dir writes <directory>.tmp and renames it); a
+    failed write removes the temporary directory."""
+
+    def cleanup() -> None:
+        # A multi-task export writes one model directory per task inside `directory`.
+        for temporary in [directory.with_name(directory.name + ".tmp"), *directory.glob("*.tmp")]:
+            _remove(temporary)
+
+    with guarded_write(directory, _tensor_bytes(student.state_dict().values()), cleanup, run_dir):
+        export(directory)
+
+
+def _write_checkpoint(directory: Path, distiller: nn.Module, optimizer: Any, scheduler: Any, state: LoopState) -> None:
+    distiller.student.save_pretrained(directory / "student", safe_serialization=True)
     extra = {
         name: tensor.detach().cpu().contiguous()
         for name, tensor in distiller.state_dict().items()
         if not name.startswith("student.")
     }
     if extra:
-        save_file(extra, str(temporary / "extra_modules.safetensors"))
-    torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
-    torch.save(scheduler.state_dict(), temporary / "scheduler.pt")
-    torch.save(_rng_state(), temporary / "rng.pt")
-    (temporary / "state.json").write_text(
+        save_file(extra, str(directory / "extra_modules.safetensors"))
+    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    torch.save(scheduler.state_dict(), directory / "scheduler.pt")
+    torch.save(_rng_state(), directory / "rng.pt")
+    (directory / "state.json").write_text(
         json.dumps(
             {
                 "step": state.step,
@@ -94,16 +235,18 @@ def save_checkpoint(root: Path, distiller: nn.Module, optimizer: Any, scheduler:
                 "best_metric": state.best_metric,
                 "best_step": state.best_step,
                 "history": state.history,
+                "skipped_batches": state.skipped_batches,
             },
             indent=2,
         )
     )
-    if final.exists():
-        shutil.rmtree(final)
-    temporary.rename(final)
-    # The one `best/` came from is also a plain directory, so older checkpoints can go.
-    for old in _sorted_checkpoints(root)[:-keep]:
-        shutil.rmtree(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
 
 
 def load_latest_checkpoint(
@@ -134,12 +277,23 @@ def load_latest_checkpoint(
         best_metric=state["best_metric"],
         best_step=state["best_step"],
         history=state["history"],
+        skipped_batches=state.get("skipped_batches", 0),
     ), latest
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
     """Checkpoint directories whose rename finished (temporary ones start with a dot)."""
     return [path for path in root.glob("step-*") if path.is_dir() and (path / "state.json").is_file()]
+
+
+def partial_checkpoints(root: Path) -> list[Path]:
+    """Temporary checkpoint directories a stopped write left behind (.step-N.tmp)."""
+    return sorted(root.glob(".step-*.tmp")) if root.is_dir() else []
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = _sorted_checkpoints(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else []
+    return checkpoints[-1] if checkpoints else None
 
 
 def _sorted_checkpoints(root: Path) -> list[Path]:

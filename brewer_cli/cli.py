@@ -1,6 +1,7 @@
 """The `brewer` command line. Each command parses its arguments, calls one library function and
-turns a `BrewerError` into one clear paragraph and exit code 2. Heavy imports (torch,
-transformers) happen inside the command bodies so that `brewer --help` is instant."""
+turns a `BrewerError` into one clear paragraph and its exit code (2; 130/143 for a run stopped by a
+signal). Heavy imports (torch, transformers) happen inside the command bodies so that
+`brewer --help` is instant."""
 
 from __future__ import annotations
 
@@ -51,11 +52,13 @@ def _run(action: Callable[[], object]) -> None:
     except BrewerError as error:
         _leave_process_group(wait=False)
         from rich.console import Console
+        from rich.text import Text
 
-        Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"[bold red]error[/bold red] ({error.kind}): {error.message}", markup=True
-        )
-        raise typer.Exit(code=2) from None
+        # The message is printed as plain text: paths, data and recipe values may contain `[/b]`
+        # (rich markup, which would crash the printer) or `:x:` (an emoji code).
+        message = Text.assemble(("error", "bold red"), f" ({error.kind}): {error.message}")
+        Console(stderr=True, highlight=False, soft_wrap=True, emoji=False, markup=False).print(message)
+        raise typer.Exit(code=error.exit_code) from None
 
 
 def _leave_process_group(wait: bool) -> None:
@@ -232,6 +235,28 @@ def augment(
             "batch_size": batch_size,
         }
         augment_command(target, options, text, text_pair, limit, set_ or [], _console())
+
+    _run(action)
+
+
+@app.command()
+def convert(
+    directory: Path = typer.Argument(
+        ..., help="checkpoint directory holding pytorch_model.bin (or its shards)", show_default=False
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", help="directory for the converted checkpoint and its config (default: beside the .bin files)"
+    ),
+    remove_pickles: bool = typer.Option(
+        False, "--remove-pickles", help="delete the .bin files once the safetensors are written and verified"
+    ),
+) -> None:
+    """Convert a checkpoint's pickled weights to safetensors, once: brewer loads safetensors only."""
+
+    def action():
+        from brewer_cli.commands import convert as run_convert
+
+        run_convert(directory, output, remove_pickles, _console())
 
     _run(action)
 

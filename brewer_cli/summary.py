@@ -56,6 +56,8 @@ def run_summary(run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any
         {
             "best": result["best"],
             "steps": result["steps"],
+            # training.on_nan: skip_batch — optimizer steps not taken because of non-finite values.
+            "skipped_batches": result["skipped_batches"],
             "wall_time_s": round(result["wall_time_s"], 2),
             "precision": result["precision"],
             "processes": result["processes"],
@@ -145,6 +147,8 @@ def print_summary(summary: dict[str, Any], console: Any, run: Run) -> None:
         row(f"{name}: teacher ({entry['metric']})", entry["teacher"])
         row(f"{name}: student ({entry['metric']})", entry["student"], entry.get("student_to_teacher"))
     console.print(table)
+    if summary.get("skipped_batches"):
+        console.print(f"skipped {summary['skipped_batches']} batches with non-finite values (training.on_nan: skip_batch)")
     written = (
         "final/<task>/ (a transformers model directory per task)"
         if run.distiller.exports_several_students

@@ -166,7 +166,9 @@ def test_student_checkpoint_with_other_vocabulary(tmp_path, teacher_dir, tokeniz
 
 def test_run_directory_is_never_overwritten(tmp_path, teacher_dir):
     path = write_recipe(tmp_path, distill_recipe(teacher_dir))
-    (tmp_path / "out" / "tiny" / "checkpoints").mkdir(parents=True)
+    # A started run: one complete checkpoint (a directory with only leftovers counts as not started).
+    (tmp_path / "out" / "tiny" / "checkpoints" / "step-2").mkdir(parents=True)
+    (tmp_path / "out" / "tiny" / "checkpoints" / "step-2" / "state.json").write_text("{}")
     assert_clean_error(
         invoke("distill", path, "--output-dir", tmp_path / "out"),
         f"{tmp_path / 'out' / 'tiny'}: the run directory already exists",

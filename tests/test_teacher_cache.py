@@ -117,9 +117,12 @@ def test_resume_reuses_a_matching_disk_cache_and_refuses_another(tmp_path, teach
     for name, tensor in final_weights(full).items():
         assert torch.equal(resumed[name], tensor), name
 
-    # Another teacher: the cached outputs are not its own, and resuming says so.
-    other = save_tiny_model(tmp_path / "other-teacher", tokenizer_dir, seed=7)
-    other_recipe = load_recipe(write_recipe(tmp_path, general_raw(other, "disk", save_every=5, keep_checkpoints=5), "other.yaml"))
+    # Other weights at the teacher's path (the recipe is the same, so --resume accepts it): the
+    # cached outputs are not this teacher's, and resuming says so.
+    save_tiny_model(teacher_dir, tokenizer_dir, seed=7)
+    other_recipe = load_recipe(
+        write_recipe(tmp_path, general_raw(teacher_dir, "disk", save_every=5, keep_checkpoints=5), "other.yaml")
+    )
     with pytest.raises(CheckpointError) as error:
         distill(other_recipe, tmp_path / "crashed", resume=True, console=quiet_console)
     message = str(error.value)

@@ -232,6 +232,7 @@ def test_regression_task_reports_correlations(tmp_path, tokenizer_dir, quiet_con
         "train": {"path": str(tmp_path / "scores.csv")},
         "eval": {"path": str(tmp_path / "scores.csv")},
         "label": "score",
+        "max_length": 64,  # the tiny model's position limit
     }
     raw["model"] = {"config": dict(TINY_BERT), "tokenizer": {"path": str(tokenizer_dir)}}
     raw["distillation"] = {"kind": "trainer"}
@@ -249,7 +250,7 @@ def test_jsonl_and_save_to_disk_sources(tmp_path, teacher_dir):
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
     raw = distill_recipe(teacher_dir)
-    raw["data"] = {"train": {"path": str(tmp_path / "train.jsonl")}, "eval": {"path": str(tmp_path / "saved")}}
+    raw["data"] = {"train": {"path": str(tmp_path / "train.jsonl")}, "eval": {"path": str(tmp_path / "saved")}, "max_length": 64}
     run = build_run(load_recipe(write_recipe(tmp_path, raw)), tmp_path / "out")
     assert len(run.data.train) == 20 and len(run.data.eval) == 20
     # The teacher's label names are kept; integer labels map to those ids.

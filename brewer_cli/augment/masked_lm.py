@@ -10,7 +10,7 @@ from transformers import AutoModelForMaskedLM
 
 from brewer_cli.augment.words import Query
 from brewer_cli.errors import ModelError
-from brewer_cli.models import checkpoint_location, quiet_transformers
+from brewer_cli.models import checkpoint_location, load_pretrained, quiet_transformers
 from brewer_cli.recipe import Recipe
 from brewer_cli.tokenizers import load_tokenizer_dir
 
@@ -44,7 +44,9 @@ class MaskedLanguageModel:
         location = checkpoint_location(value, recipe, field)
         try:
             with quiet_transformers():
-                model, info = AutoModelForMaskedLM.from_pretrained(location, output_loading_info=True)
+                model, info = load_pretrained(AutoModelForMaskedLM, location, f"{where}{field}: ", output_loading_info=True)
+        except ModelError:
+            raise
         except Exception as error:
             raise ModelError(
                 f"{where}{field}: could not load {value!r} as a masked LM: "

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModel
 
 from brewer_cli.errors import DataError
-from brewer_cli.models import checkpoint_location, quiet_transformers
+from brewer_cli.models import checkpoint_location, load_pretrained, quiet_transformers, recipe_prefix
 from brewer_cli.paths import resolve_path
 from brewer_cli.recipe import Recipe
 from brewer_cli.tokenizers import load_tokenizer_dir
@@ -75,7 +75,7 @@ class WordVectors:
         location = checkpoint_location(value, recipe, field)
         tokenizer = load_tokenizer_dir(location, recipe, field)
         with quiet_transformers():
-            model = AutoModel.from_pretrained(location)
+            model = load_pretrained(AutoModel, location, f"{recipe_prefix(recipe)}{field}: ")
         matrix = model.get_input_embeddings().weight.detach().float()
         vocabulary = tokenizer.convert_ids_to_tokens(list(range(matrix.shape[0])))
         special = set(tokenizer.all_special_ids)

@@ -1,5 +1,7 @@
 """Loading a run's models: teachers from checkpoints, students from a checkpoint, a config or by
-ETD extraction from the teacher, and the checks between them (labels, vocabularies)."""
+ETD extraction from the teacher, and the checks between them (labels, vocabularies) and against
+the data (attention heads that divide the width, positions for `data.max_length`, a vocabulary
+for every token id)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from brewer_cli.errors import BrewerError, ModelError, RecipeError
 from brewer_cli.extract import FIELD, ExtractPlan, extract_student
 from brewer_cli.families import family_for
 from brewer_cli.families.loading import LoadedModel, load_checkpoint, model_from_config
-from brewer_cli.models import checkpoint_location
+from brewer_cli.models import checkpoint_location, recipe_prefix
 from brewer_cli.recipe import ModelSpec, Recipe, TeacherSpec
 from brewer_cli.tasks import PreparedData, Task
 from brewer_cli.tokenizers import build_tokenizer, load_tokenizer_dir
@@ -34,6 +36,11 @@ def load_teacher(
                 f"{recipe.path}: {field}.tokenizer: {spec.checkpoint!r} has no tokenizer files — give `{field}.tokenizer: {{path: …}}`"
             )
         teacher.tokenizer = build_tokenizer(spec.tokenizer, [], recipe, f"{field}.tokenizer")
+    # A multi-task recipe's teacher is loaded with its one task's recipe, whose data is tasks.<name>.data.
+    lengths = max_lengths(recipe)
+    if field.startswith("tasks.") and recipe.data is not None:
+        lengths = [(f"{field.rsplit('.', 1)[0]}.data.max_length", recipe.data.max_length)]
+    check_loaded(recipe, teacher, f"{field}.checkpoint", teacher.tokenizer, lengths)
     return teacher
 
 
@@ -44,8 +51,12 @@ def load_student(
         loaded = load_checkpoint(spec.checkpoint, task, label_names, recipe, f"{field}.checkpoint", role, shape_head=True)
         if loaded.tokenizer is None:
             loaded.tokenizer = tokenizer
+        # The data is tokenized with `tokenizer` (the teacher's, or the model's own).
+        check_loaded(recipe, loaded, f"{field}.checkpoint", tokenizer or loaded.tokenizer)
         return loaded
-    return model_from_config(spec, task, label_names, tokenizer, recipe, field, role)
+    loaded = model_from_config(spec, task, label_names, tokenizer, recipe, field, role)
+    check_loaded(recipe, loaded, f"{field}.config", tokenizer)
+    return loaded
 
 
 def trainer_tokenizer(recipe: Recipe, spec: ModelSpec, task: Task) -> Any:
@@ -148,3 +159,92 @@ def check_vocabularies(recipe: Recipe, teacher: LoadedModel, student: LoadedMode
             f"tokenizer; use a student with the teacher's vocabulary, or build it from a config (`student.config`), "
             f"which takes the teacher's tokenizer"
         )
+
+
+# RoBERTa-style embeddings number a token's position from padding_idx + 1 (padding_idx is the pad
+# token's id, 1 in RoBERTa's vocabulary): the table's first pad_token_id + 1 rows never hold a token,
+# so the longest input is max_position_embeddings − 2 with RoBERTa's own vocabulary.
+PADDING_OFFSET_TYPES = ("roberta", "camembert", "xlm-roberta")
+
+
+def position_limit(config: Any, pad_token_id: int | None = None) -> tuple[int, int] | None:
+    """(the most tokens an input may have, the positions reserved before the first) for a model
+    with absolute position embeddings; None without them (DeBERTa-v3: relative positions only).
+    `pad_token_id` stands in for the config's when a tokenizer will set it."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or getattr(config, "position_biased_input", True) is False:
+        return None
+    pad = getattr(config, "pad_token_id", None) if pad_token_id is None else pad_token_id
+    reserved = (pad or 0) + 1 if getattr(config, "model_type", None) in PADDING_OFFSET_TYPES else 0
+    return positions - reserved, reserved
+
+
+def max_lengths(recipe: Recipe) -> list[tuple[str, int]]:
+    """Each `data.max_length` the recipe's models read, with its dotted path."""
+    if recipe.data is not None:
+        return [("data.max_length", recipe.data.max_length)]
+    return [(f"tasks.{name}.data.max_length", entry.data.max_length) for name, entry in (recipe.tasks or {}).items()]
+
+
+def shape_problems(
+    config: Any, field: str, lengths: list[tuple[str, int]], where: str, editable: bool, pad_token_id: int | None = None
+) -> list[str]:
+    """What a model of `config` cannot do (heads that do not divide its width, too few positions
+    for the data's length), one `file: dotted.path: problem — fix` line each. `editable`: the
+    config is the user's (`student.config`), so the fix names its keys."""
+    problems: list[str] = []
+    names = getattr(config, "attribute_map", {}) or {}
+    hidden_key, heads_key = names.get("hidden_size", "hidden_size"), names.get("num_attention_heads", "num_attention_heads")
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if isinstance(hidden, int) and isinstance(heads, int):
+        if heads < 1 or hidden < 1:
+            problems.append(f"{where}{field}: {hidden_key} {hidden} and {heads_key} {heads} must both be at least 1")
+        elif hidden % heads:
+            fitting = min((count for count in range(1, hidden + 1) if hidden % count == 0), key=lambda count: abs(count - heads))
+            problems.append(
+                f"{where}{field}: {hidden_key} {hidden} is not a multiple of {heads_key} {heads} — each attention head "
+                f"takes {hidden_key} / {heads_key} dimensions; use {heads_key}: {fitting}, or {hidden_key}: "
+                f"{heads * max(1, round(hidden / heads))}"
+            )
+    limit = position_limit(config, pad_token_id)
+    if limit is not None:
+        fits, reserved = limit
+        for length_field, length in lengths:
+            if length <= fits:
+                continue
+            detail = f"max_position_embeddings {config.max_position_embeddings}" + (
+                f" minus the {reserved} position{'s' if reserved != 1 else ''} {config.model_type} reserves before the first token"
+                if reserved
+                else ""
+            )
+            change = (
+                f"raise max_position_embeddings in {field} to {length + reserved}"
+                if editable
+                else f"use a model with max_position_embeddings ≥ {length + reserved}"
+            )
+            problems.append(
+                f"{where}{length_field}: {length} tokens do not fit {field}, which reads at most {fits} ({detail}) — "
+                f"lower {length_field} to {fits}, or {change}"
+            )
+    return problems
+
+
+def check_loaded(
+    recipe: Recipe, loaded: LoadedModel, field: str, tokenizer: Any, lengths: list[tuple[str, int]] | None = None
+) -> None:
+    """A loaded model against the data it will read, before any step: its shapes (see
+    `shape_problems`) and a vocabulary that holds every id `tokenizer` makes (a larger id would
+    index past the embedding matrix at the first batch)."""
+    where = recipe_prefix(recipe)
+    config = loaded.model.config
+    lengths = max_lengths(recipe) if lengths is None else lengths
+    problems = shape_problems(config, field, lengths, where, editable=field.endswith(".config"))
+    vocabulary = getattr(config, "vocab_size", None)
+    if tokenizer is not None and isinstance(vocabulary, int) and vocabulary < len(tokenizer):
+        problems.append(
+            f"{where}{field}: the model's vocabulary has {vocabulary} tokens but its tokenizer makes {len(tokenizer)} "
+            f"token ids — ids from {vocabulary} up would index past the embedding matrix; use the tokenizer the model "
+            f"was trained with, or a model with vocab_size ≥ {len(tokenizer)}"
+        )
+    if problems:
+        raise ModelError("\n".join(problems))

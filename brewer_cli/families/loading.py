@@ -10,11 +10,13 @@ from transformers import AutoConfig
 
 from brewer_cli.errors import ModelError
 from brewer_cli.families import Family, family_for
+from brewer_cli.families.registered import registered_model_types, unknown_model_type_message
 from brewer_cli.models import (
     ModelHead,
     checkpoint_location,
     first_line,
     load_config,
+    load_pretrained,
     quiet_transformers,
     read_config_spec,
     recipe_prefix,
@@ -51,7 +53,9 @@ def load_checkpoint(
     kwargs = task.model_kwargs(label_names) if shape_head else {}
     try:
         with quiet_transformers():
-            model = task.auto_class.from_pretrained(location, **kwargs)
+            model = load_pretrained(task.auto_class, location, f"{recipe_prefix(recipe)}{field}: ", **kwargs)
+    except ModelError:
+        raise
     except Exception as error:
         raise ModelError(
             f"{recipe_prefix(recipe)}{field}: could not load {location!r} as a {task.name} model: {first_line(error)}"
@@ -74,6 +78,9 @@ def model_from_config(
         raise ModelError(
             f"{recipe_prefix(recipe)}{field}.config: the config has no `model_type` (e.g. bert, roberta, distilbert)"
         )
+    if model_type not in registered_model_types():
+        # Before transformers, whose message lists every model type it knows (hundreds).
+        raise ModelError(f"{recipe_prefix(recipe)}{field}.config.model_type: {unknown_model_type_message(model_type)}")
     settings.pop("architectures", None)
     settings.pop("transformers_version", None)
     try:

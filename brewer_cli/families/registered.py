@@ -15,6 +15,7 @@ from brewer_cli.errors import ModelError
 from brewer_cli.families.family import Family
 from brewer_cli.families.generic import GENERIC_LAYOUT, GenericLayout
 from brewer_cli.families.layout import EMBEDDING, HIDDEN, OUTPUT, LayerLayout, Linear, Norm
+from brewer_cli.recipe.base import did_you_mean
 from brewer_cli.registry import Registry
 
 FAMILIES: Registry[Family] = Registry("model family")
@@ -198,15 +199,24 @@ def registered_family(config: Any) -> Family | None:
     return None
 
 
+def registered_model_types() -> list[str]:
+    return sorted(model_type for entry in FAMILIES for model_type in entry.value.model_types)
+
+
+def unknown_model_type_message(model_type: Any) -> str:
+    """Why a model_type cannot be used, listing brewer's families (not every transformers type)."""
+    known = registered_model_types()
+    return (
+        f"model_type {model_type!r} has no registered family{did_you_mean(str(model_type), known)} — registered: "
+        f"{', '.join(known)}. Use a checkpoint or config of one of these architectures."
+    )
+
+
 def family_for(config: Any) -> Family:
     """The family of a transformers config, by its `model_type`."""
     family = registered_family(config)
     if family is None:
-        known = sorted(t for entry in FAMILIES for t in entry.value.model_types)
-        raise ModelError(
-            f"model_type {getattr(config, 'model_type', None)!r} has no registered family — registered: "
-            f"{', '.join(known)}. Use a checkpoint of one of these architectures."
-        )
+        raise ModelError(unknown_model_type_message(getattr(config, "model_type", None)))
     if family.shared_layers and getattr(config, "num_hidden_groups", 1) != 1:
         raise ModelError(
             f"ALBERT with num_hidden_groups={config.num_hidden_groups} is not supported: brewer "

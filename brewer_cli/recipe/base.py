@@ -9,7 +9,9 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # YAML reads `.inf` and `.nan` as floats: no recipe number is meant to be either (an infinite
+    # epoch count never ends, NaN passes no comparison), so both are refused as not finite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def did_you_mean(given: str, valid: list[str]) -> str:

@@ -1,8 +1,8 @@
 """Reading a recipe: YAML or JSON, `--set` overrides, validation, and the messages that list
 every problem at once as `file: dotted.path: what is wrong (did you mean …?) — valid: …`.
 
-A recipe is read with `yaml.safe_load` only (no tags, no code). The schema is strict and frozen:
-after `load_recipe` returns, nothing in the run mutates it.
+A recipe is read with a `yaml.SafeLoader` (no tags, no code) that also refuses a key given twice.
+The schema is strict and frozen: after `load_recipe` returns, nothing in the run mutates it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from brewer_cli.errors import RecipeError
+from brewer_cli.errors import BrewerError, RecipeError
 from brewer_cli.recipe.base import CrossFieldProblems, did_you_mean
 from brewer_cli.recipe.distillation import (
     DISTILLATION_KINDS,
@@ -29,23 +29,95 @@ from brewer_cli.recipe.schema import REQUIRED, Recipe
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override and validate a recipe; raise `RecipeError` listing every problem."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(child.name for child in path.iterdir() if child.suffix.lower() in (".yaml", ".yml", ".json"))
+        found = f" (recipes in it: {', '.join(inside[:5])}{', …' if len(inside) > 5 else ''})" if inside else ""
+        raise RecipeError(f"{path}: is a directory, not a recipe file — give the path of a .yaml or .json recipe{found}")
     if not path.is_file():
         raise RecipeError(
             f"{path}: recipe file not found — give the path of a .yaml or .json recipe (the shipped ones are under recipes/)"
         )
     raw = read_mapping(path)
-    for override in overrides:
-        apply_override(raw, override, path)
-    return validate_recipe(raw, path)
+    set_by = {apply_override(raw, override, path): override for override in overrides}
+    return validate_recipe(raw, path, set_by)
+
+
+def read_utf8(path: Path, error: type[BrewerError], where: str = "") -> str:
+    """The text of a file the user gave (a recipe, a data file). Bytes that are not UTF-8 raise
+    `error` naming the line and byte, so the user knows what to re-encode; `where` starts the
+    message (the recipe field that names the file). A UTF-8 byte-order mark is dropped."""
+    try:
+        data = path.read_bytes()
+    except OSError as problem:
+        raise error(
+            f"{where}{path}: cannot be read ({problem.strerror or problem}) — check the path and its permissions"
+        ) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as problem:
+        line = data.count(b"\n", 0, problem.start) + 1
+        column = problem.start - data.rfind(b"\n", 0, problem.start)
+        raise error(
+            f"{where}{path}:{line}: not valid UTF-8 — byte {problem.start} (line {line}, column {column}) is "
+            f"0x{data[problem.start]:02x} ({problem.reason}); brewer reads UTF-8 text only: re-encode the file, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`, or save it as UTF-8"
+        ) from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, lines: list[int]):
+        super().__init__(key)
+        self.key = key
+        self.lines = lines
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load`'s loader (no tags, no code) that refuses a key given twice in one mapping:
+    PyYAML keeps the last one silently, so a recipe would run with a value its author did not see.
+    Keys merged in with `<<` may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in first_line:
+                        raise _DuplicateKey(key, [first_line[key], line])
+                    first_line[key] = line
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+        return super().construct_mapping(node, deep)
+
+
+def _unique_json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _DuplicateKey(key, [])
+    return dict(pairs)
 
 
 def read_mapping(path: Path) -> dict[str, Any]:
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, RecipeError)
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_json_pairs)
         else:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as duplicate:
+        lines = duplicate.lines or _json_key_lines(text, duplicate.key)
+        where = f"{path}:{lines[-1]}" if lines else str(path)
+        distinct = [str(line) for line in dict.fromkeys(lines)]
+        on = f" ({'line' if len(distinct) == 1 else 'lines'} {' and '.join(distinct)})" if lines else ""
+        dotted = _dotted_path_at(text, lines[-1], duplicate.key) if duplicate.lines else None
+        raise RecipeError(
+            f"{where}: {dotted + ': ' if dotted else ''}key {duplicate.key!r} is given twice in one mapping{on} — "
+            f"only one value can count; remove the one you do not mean"
+        ) from None
     except json.JSONDecodeError as error:
         raise RecipeError(f"{path}:{error.lineno}:{error.colno}: malformed JSON: {error.msg}") from None
     except yaml.YAMLError as error:
@@ -58,8 +130,41 @@ def read_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-def apply_override(raw: dict[str, Any], override: str, path: Path) -> None:
-    """Apply `a.b.c=value`; the value is parsed as YAML so numbers, booleans and lists keep their type."""
+def _dotted_path_at(text: str, line: int, wanted: Any) -> str | None:
+    """The dotted path of key `wanted` written on `line` of a YAML text (for the duplicate-key message)."""
+
+    def search(node: yaml.Node, trail: list[str]) -> str | None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = [*trail, str(key_node.value)]
+                if key_node.start_mark.line + 1 == line and key_node.value == str(wanted):
+                    return ".".join(key)
+                found = search(value_node, key)
+                if found:
+                    return found
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                found = search(item, [*trail, str(index)])
+                if found:
+                    return found
+        return None
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    return search(root, []) if root is not None else None
+
+
+def _json_key_lines(text: str, key: str) -> list[int]:
+    """The lines a JSON file writes `"key":` on (json reports no position for a repeated key)."""
+    pattern = re.compile(re.escape(json.dumps(key)) + r"\s*:")
+    return [text.count("\n", 0, match.start()) + 1 for match in pattern.finditer(text)]
+
+
+def apply_override(raw: dict[str, Any], override: str, path: Path) -> str:
+    """Apply `a.b.c=value`; the value is parsed as YAML so numbers, booleans and lists keep their
+    type (a value that is not valid YAML is kept as text). Returns the dotted path it set."""
     if "=" not in override:
         raise RecipeError(f"{path}: --set {override!r}: expected DOTTED.PATH=VALUE, e.g. --set training.epochs=3")
     dotted, _, text = override.partition("=")
@@ -86,6 +191,7 @@ def apply_override(raw: dict[str, Any], override: str, path: Path) -> None:
         node[_list_index(node, last, keys, path)] = value
     else:
         node[last] = value
+    return ".".join(keys)
 
 
 def _list_index(node: list, key: str, keys: list[str], path: Path) -> int:
@@ -94,11 +200,13 @@ def _list_index(node: list, key: str, keys: list[str], path: Path) -> int:
     return int(key)
 
 
-def validate_recipe(raw: dict[str, Any], path: Path) -> Recipe:
+def validate_recipe(raw: dict[str, Any], path: Path, set_by: dict[str, str] | None = None) -> Recipe:
+    """`set_by`: dotted path → the `--set` that wrote it, so that a bad value is blamed on that
+    option rather than on the file."""
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as error:
-        raise RecipeError(describe_validation_error(error, raw, path)) from None
+        raise RecipeError(describe_validation_error(error, raw, path, set_by)) from None
     recipe._path = path
     return recipe
 
@@ -108,16 +216,37 @@ def validate_recipe(raw: dict[str, Any], path: Path) -> Recipe:
 _UNION_MEMBER = re.compile(r"^(str|int|float|bool|dict\[.*\]|tuple\[.*\]|list\[.*\]|[A-Z][A-Za-z]+|function-.*)$")
 
 
-def describe_validation_error(error: ValidationError, raw: dict[str, Any], path: Path) -> list[str]:
+def describe_validation_error(
+    error: ValidationError, raw: dict[str, Any], path: Path, set_by: dict[str, str] | None = None
+) -> list[str]:
     lines: list[str] = []
     seen: set[str] = set()
     for item in error.errors(include_url=False):
         for dotted, message in _explain(item, raw):
+            override = _override_of(dotted, set_by or {})
             line = f"{path}: {dotted}: {message}" if dotted else f"{path}: {message}"
+            if override is not None:
+                line += f" — the value comes from `--set {override}`, not from the file{_as_text_note(override)}"
             if line not in seen:
                 seen.add(line)
                 lines.append(line)
     return lines
+
+
+def _override_of(dotted: str, set_by: dict[str, str]) -> str | None:
+    """The `--set` that wrote the field at `dotted` (or the section holding it), if any."""
+    for written, override in set_by.items():
+        if dotted == written or dotted.startswith(written + "."):
+            return override
+    return None
+
+
+def _as_text_note(override: str) -> str:
+    try:
+        yaml.safe_load(override.partition("=")[2])
+    except yaml.YAMLError:
+        return " (the value after '=' is not valid YAML, so it was read as text): fix the option"
+    return ""
 
 
 def _explain(item: dict[str, Any], raw: dict[str, Any]) -> list[tuple[str, str]]:
@@ -132,6 +261,13 @@ def _explain(item: dict[str, Any], raw: dict[str, Any]) -> list[tuple[str, str]]
         valid = sorted(_field_names(parent)) if parent else []
         return [
             (dotted, f"unknown key{did_you_mean(str(location[-1]), valid)}" + (f" — valid: {', '.join(valid)}" if valid else ""))
+        ]
+    if kind == "finite_number":
+        return [
+            (
+                dotted,
+                f"{item.get('input')!r} is not a finite number — give a finite value (YAML reads .inf and .nan as infinity and not-a-number)",
+            )
         ]
     if kind == "missing" or item.get("input") is REQUIRED:
         return [(dotted, "required field is missing")]

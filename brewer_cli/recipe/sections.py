@@ -154,7 +154,7 @@ class ExtractSpec(Strict):
     seed: int = 0
     examples: int = Field(default=256, ge=1, description="importance: examples scored")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class InitSpec(Strict):
@@ -192,6 +192,12 @@ class TrainingSpec(Strict):
     weight_decay: float = Field(default=0.01, ge=0)
     warmup: float = Field(default=0.1, ge=0, le=1, description="fraction of steps with linear warmup")
     max_grad_norm: float | None = Field(default=1.0, gt=0)
+    on_nan: Literal["stop", "skip_batch"] = Field(
+        default="stop",
+        description="a non-finite loss or gradient norm: stop (exit 2, nothing non-finite written) or skip_batch "
+        "(no optimizer step for that batch; the step still counts and the schedule moves on; counted in summary.json)",
+    )
+    nan_patience: int = Field(default=10, ge=1, description="skip_batch: stop after this many non-finite batches in a row")
     gradient_accumulation: int = Field(default=1, ge=1)
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     seed: int = 42

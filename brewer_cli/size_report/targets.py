@@ -17,9 +17,11 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from brewer_cli.errors import BrewerError, CheckpointError, ModelError
+from brewer_cli.models import load_pretrained, refuse_pickles_only
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
-WEIGHT_FILE_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+# Safetensors only: a checkpoint whose weights are pickles is refused (models.refuse_pickles_only).
+WEIGHT_FILE_PATTERNS = ("*.safetensors",)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class SizeTarget:
             # Random initialisation: timing does not depend on the weight values.
             return self.model_class(self.config)
         try:
-            return self.model_class.from_pretrained(self.weights_source)
+            return load_pretrained(self.model_class, self.weights_source, f"size-report target {self.target!r}: ")
         except (OSError, ValueError) as error:
             error_type = ModelError if self.kind == "hub" else CheckpointError
             raise error_type(
@@ -129,6 +131,7 @@ def _resolve_directory(target: str, path: Path) -> SizeTarget:
 
 
 def _checkpoint_target(target: str, directory: Path, kind: str) -> SizeTarget:
+    refuse_pickles_only(directory, f"size-report target {target!r}: ")
     config = _load_config_dict(target, directory / "config.json")
     has_weights = bool(_local_weight_files(directory))
     return SizeTarget(

@@ -4,6 +4,7 @@ directories and the project's own synthetic generators. Every reader returns a l
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import datasets
 
 from brewer_cli.errors import DataError
 from brewer_cli.paths import resolve_path
-from brewer_cli.recipe import DataSource, Recipe
+from brewer_cli.recipe import DataSource, Recipe, read_utf8
 from brewer_cli.synthetic import GENERATORS
 from brewer_cli.tasks.formats import TAGS, TOKENS, is_squad_document, read_conll, read_squad, select_articles, squad_rows
 
@@ -22,6 +23,8 @@ def read_source(source: DataSource, recipe: Recipe, field: str) -> list[dict[str
     """Rows of one split; `field` is its dotted path in the recipe, for messages."""
     where = f"{recipe.path}: {field}"
     if source.synthetic is not None:
+        if source.synthetic not in GENERATORS:
+            raise DataError(f"{where}.synthetic: {GENERATORS.unknown_message(source.synthetic)}")
         generator = GENERATORS.get(source.synthetic)
         rows = generator(source.examples or 1000, source.seed)
     elif source.hub is not None:
@@ -67,21 +70,32 @@ def _read_local(path: Path, source: DataSource, where: str, recipe: Recipe | Non
             )
     if kind == "disk":
         return _read_disk(path, source, where)
+    if path.is_dir():
+        raise DataError(
+            f"{where}.path: {path} is a directory, but `format` is {kind} — give the file inside it, or use "
+            f"format disk for a `save_to_disk` directory"
+        )
     if kind in ("csv", "tsv"):
-        return _read_delimited(path, kind, source.quoting)
+        return _read_delimited(path, kind, source.quoting, where)
     if kind == "jsonl":
         rows = []
-        with path.open(encoding="utf-8") as handle:
+        with io.StringIO(read_utf8(path, DataError, f"{where}: "), newline=None) as handle:
             for number, line in enumerate(handle, 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        row = json.loads(line)
                     except json.JSONDecodeError as error:
                         raise DataError(f"{where}: {path}:{number}: not valid JSON ({error.msg})") from None
+                    if not isinstance(row, dict):
+                        raise DataError(
+                            f"{where}: {path}:{number}: a JSON Lines row must be an object such as "
+                            f'{{"text": …, "label": …}}, found {_json_kind(row)} — one example per line, as an object'
+                        )
+                    rows.append(row)
         return rows
     if kind == "json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_utf8(path, DataError, f"{where}: "))
         except json.JSONDecodeError as error:
             raise DataError(f"{where}: {path}:{error.lineno}: not valid JSON ({error.msg})") from None
         if is_squad_document(data):
@@ -91,12 +105,28 @@ def _read_local(path: Path, source: DataSource, where: str, recipe: Recipe | Non
             data = data["data"]
         if not isinstance(data, list):
             raise DataError(f'{where}: {path}: expected a JSON list of examples (or {{"data": [...]}})')
+        for number, row in enumerate(data):
+            if not isinstance(row, dict):
+                raise DataError(
+                    f"{where}: {path}: example {number} (0-based) is {_json_kind(row)}, not an object — every example "
+                    f'must be an object such as {{"text": …, "label": …}}'
+                )
         return data
     if kind == "squad":
         return read_squad(path, where)
     # conll: rows named by the recipe's `data.tokens` / `data.tags` (default tokens / ner_tags).
     data_spec = recipe.data if recipe is not None else None
     return read_conll(path, where, (data_spec and data_spec.tokens) or TOKENS, (data_spec and data_spec.tags) or TAGS)
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _format_from_path(path: Path) -> str | None:
@@ -106,14 +136,47 @@ def _format_from_path(path: Path) -> str | None:
     return {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".conll": "conll", ".txt": None}.get(suffix)
 
 
-def _read_delimited(path: Path, kind: str, quoting: bool) -> list[dict[str, Any]]:
+def _read_delimited(path: Path, kind: str, quoting: bool, where: str) -> list[dict[str, Any]]:
     delimiter = "\t" if kind == "tsv" else ","
     # TSV corpora such as GLUE's SST-2 contain bare quote characters: CSV quoting would merge lines.
     use_quoting = quoting or kind == "csv"
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if use_quoting else csv.QUOTE_NONE)
-        return [dict(row) for row in reader]
+    text = read_utf8(path, DataError, f"{where}: ")
+    reader = csv.reader(
+        io.StringIO(text, newline=""), delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if use_quoting else csv.QUOTE_NONE
+    )
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        rows = []
+        start = reader.line_num + 1  # the line the next record starts on (a quoted value may span lines)
+        for fields in reader:
+            if fields and len(fields) != len(header):
+                if reader.line_num > start:
+                    hint = (
+                        f"this record runs from line {start} to line {reader.line_num}: a quote opened on line {start} is "
+                        f'probably not closed — close it, and write a quote inside a quoted value as ""'
+                    )
+                else:
+                    hint = _field_count_hint(kind, quoting, len(fields) > len(header))
+                raise DataError(
+                    f"{where}: {path}:{start}: has {len(fields)} fields, expected {len(header)} ({', '.join(header)}) — {hint}"
+                )
+            if fields:  # a blank line is skipped, as csv.DictReader does
+                rows.append(dict(zip(header, fields)))
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise DataError(f"{where}: {path}:{reader.line_num}: not valid {kind.upper()} ({error})") from None
+    return rows
+
+
+def _field_count_hint(kind: str, quoting: bool, too_many: bool) -> str:
+    if kind == "csv":
+        return 'put a value in every column, and quote a value that contains a comma ("a, b")'
+    if too_many and not quoting:
+        return "a value contains a tab: remove it, or quote the value and set `quoting: true`"
+    return "put a value in every column, separated by single tabs"
 
 
 def _read_disk(path: Path, source: DataSource, where: str) -> list[dict[str, Any]]:
@@ -137,4 +200,11 @@ def column(rows: list[dict[str, Any]], name: str, where: str, role: str) -> list
             f"{where}: {role} column {name!r} not found — columns found: {found}. "
             f"Set the column name in the recipe (e.g. `data.{role}: <column>`)."
         )
-    return [row.get(name) for row in rows]
+    for number, row in enumerate(rows):
+        if name not in row:
+            # A JSON example without the key would otherwise read as None (`label None`).
+            raise DataError(
+                f"{where}: example {number} (0-based) has no {role} column {name!r}, which example 0 has — give every "
+                f"example the same keys"
+            )
+    return [row[name] for row in rows]

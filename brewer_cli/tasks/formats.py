@@ -7,6 +7,7 @@ teacher-training path read these formats the same way.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import datasets
 
 from brewer_cli.errors import DataError
+from brewer_cli.recipe import read_utf8
 
 # The default column names of token classification and QA rows: the Hugging Face Hub's
 # conll2003 / squad conventions, so hub rows and rows read from files look the same.
@@ -44,7 +46,8 @@ def read_conll(path: Path, where: str, tokens_column: str = TOKENS, tags_column:
         tokens.clear()
         tags.clear()
 
-    with path.open(encoding="utf-8") as handle:
+    # Lines as a text file reads them (universal newlines), so line numbers match an editor's.
+    with io.StringIO(read_utf8(path, DataError, f"{where}: "), newline=None) as handle:
         for number, line in enumerate(handle, 1):
             fields = line.split()
             if not fields:
@@ -77,7 +80,7 @@ def read_conll(path: Path, where: str, tokens_column: str = TOKENS, tags_column:
 def read_squad(path: Path, where: str) -> list[dict[str, Any]]:
     """Questions of a SQuAD JSON file, flattened to the hub's `squad` rows."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path, DataError, f"{where}: "))
     except json.JSONDecodeError as error:
         raise DataError(f"{where}: {path}:{error.lineno}: not valid JSON ({error.msg})") from None
     if not is_squad_document(data):
@@ -98,30 +101,66 @@ def squad_rows(data: dict[str, Any], path: Path, where: str) -> list[dict[str, A
     article}; SQuAD v2's unanswerable questions (`is_impossible`) get empty answers, as on the hub."""
     rows: list[dict[str, Any]] = []
     for article_number, article in enumerate(data["data"]):
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs", []), list):
+            raise DataError(f'{where}: {path}: data[{article_number}]: an article must be {{"title": …, "paragraphs": [...]}}')
         title = str(article.get("title", article_number))
         for paragraph_number, paragraph in enumerate(article.get("paragraphs", [])):
             place = f"data[{article_number}].paragraphs[{paragraph_number}]"
-            if "context" not in paragraph or "qas" not in paragraph:
-                raise DataError(f"{where}: {path}: {place}: a paragraph needs `context` and `qas` — fix the file")
+            if not isinstance(paragraph, dict) or "context" not in paragraph or not isinstance(paragraph.get("qas"), list):
+                raise DataError(f"{where}: {path}: {place}: a paragraph needs `context` and a list `qas` — fix the file")
             context = paragraph["context"]
             for question_number, qa in enumerate(paragraph["qas"]):
-                if "question" not in qa or "id" not in qa:
+                if not isinstance(qa, dict) or "question" not in qa or "id" not in qa:
                     raise DataError(f"{where}: {path}: {place}.qas[{question_number}]: a question needs `id` and `question`")
                 answers = [] if qa.get("is_impossible") else qa.get("answers", [])
+                texts, starts = _squad_answers(answers, f"{where}: {path}: {place}.qas[{question_number}] (id {qa['id']!r})")
                 rows.append(
                     {
                         "id": str(qa["id"]),
                         "title": title,
                         "context": context,
                         "question": qa["question"],
-                        "answers": {
-                            "text": [answer["text"] for answer in answers],
-                            "answer_start": [int(answer["answer_start"]) for answer in answers],
-                        },
+                        "answers": {"text": texts, "answer_start": starts},
                         "article": article_number,
                     }
                 )
     return rows
+
+
+def _squad_answers(answers: Any, place: str) -> tuple[list[Any], list[int]]:
+    """A SQuAD question's answers as (texts, character offsets); each needs `text` and an integer
+    `answer_start`, the answer's offset in the context."""
+    if not isinstance(answers, list):
+        raise DataError(f'{place}: `answers` must be a list of {{"text": …, "answer_start": …}}, got {type(answers).__name__}')
+    texts: list[Any] = []
+    starts: list[int] = []
+    for number, answer in enumerate(answers):
+        if not isinstance(answer, dict) or "text" not in answer:
+            raise DataError(f"{place}: answers[{number}] needs `text` and `answer_start` — fix the file")
+        start = answer_start(answer.get("answer_start"))
+        if start is None:
+            given = "missing" if "answer_start" not in answer else repr(answer["answer_start"])
+            raise DataError(
+                f"{place}: answers[{number}].answer_start is {given} — give the answer's character offset in the "
+                f'context as a whole number, e.g. "answer_start": 42'
+            )
+        texts.append(answer["text"])
+        starts.append(start)
+    return texts, starts
+
+
+def answer_start(value: Any) -> int | None:
+    """An answer's character offset as an int: a whole number, or text of one (as some exports
+    write it); None for anything else (a fraction, a bool, a list, missing)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
 
 
 def parse_article_range(text: str) -> tuple[int | None, int | None]:

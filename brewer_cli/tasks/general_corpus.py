@@ -20,12 +20,13 @@ this phase does not train (and the offline MiniLM checkpoint does not have one).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 from brewer_cli.errors import BrewerError, DataError
 from brewer_cli.paths import resolve_path
-from brewer_cli.recipe import DataSource, Recipe
+from brewer_cli.recipe import DataSource, Recipe, read_utf8
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
 from brewer_cli.tasks.data import column, read_source
 
@@ -140,7 +141,7 @@ def read_texts(source: DataSource, recipe: Recipe, field: str) -> list[str]:
                 f"{where}.path: corpus file {source.path!r} not found (looked at {path}) — check the path; "
                 f"relative paths are read from the current directory or the recipe's folder"
             )
-        with path.open(encoding="utf-8") as handle:
+        with io.StringIO(read_utf8(path, DataError, f"{where}: "), newline=None) as handle:
             texts = [line.strip() for line in handle]
         texts = [text for text in texts if text]
         if source.limit is not None:

@@ -52,6 +52,7 @@ from brewer_cli.errors import DataError
 from brewer_cli.recipe import DataSource, Recipe
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
 from brewer_cli.tasks.data import column, read_source
+from brewer_cli.tasks.formats import answer_start
 from brewer_cli.tasks.squad_metric import squad_scores
 from brewer_cli.tasks.token_classification import check_fast_tokenizer
 
@@ -362,16 +363,23 @@ def _answer_lists(value: Any, where: str, identifier: str) -> tuple[list[str], l
     """The hub's {text: [...], answer_start: [...]} or a list of {text, answer_start}."""
     try:
         if isinstance(value, dict):
-            texts, starts = list(value["text"]), [int(start) for start in value["answer_start"]]
+            texts, given = list(value["text"]), list(value["answer_start"])
         elif isinstance(value, list):
-            texts, starts = [answer["text"] for answer in value], [int(answer["answer_start"]) for answer in value]
+            texts, given = [answer["text"] for answer in value], [answer["answer_start"] for answer in value]
         else:
             raise TypeError
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError):
         raise DataError(
             f"{where}: question {identifier!r}: answers must be {{text: [...], answer_start: [...]}} or a list of "
             f"{{text, answer_start}}, got {str(value)[:80]!r}"
         ) from None
+    starts = [answer_start(start) for start in given]
+    if None in starts:
+        bad = given[starts.index(None)]
+        raise DataError(
+            f"{where}: question {identifier!r}: answer_start {bad!r} is not a whole number — give each answer's "
+            f"character offset in the context, e.g. 42"
+        )
     if len(texts) != len(starts):
         raise DataError(f"{where}: question {identifier!r}: {len(texts)} answer texts but {len(starts)} answer_start values")
     return [str(text) for text in texts], starts
