@@ -52,6 +52,9 @@ def run_summary(run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any
         )
         summary["parameters_ratio"] = student["parameters"] / summary["teacher"]["parameters"]
     summary["size"] = _size_figures(run)
+    if run.data.extra.get("summary"):
+        # What the task found while reading the data (e.g. the NER tagging scheme and its conversion).
+        summary["data"] = run.data.extra["summary"]
     summary.update(
         {
             "best": result["best"],

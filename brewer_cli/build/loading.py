@@ -9,12 +9,22 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
+from transformers import AutoModelForMaskedLM
 
+from brewer_cli.augment.masked_lm import missing_head_weights
 from brewer_cli.errors import BrewerError, ModelError, RecipeError
 from brewer_cli.extract import FIELD, ExtractPlan, extract_student
+from brewer_cli.extract.objectives import PretrainingObjective
 from brewer_cli.families import family_for
 from brewer_cli.families.loading import LoadedModel, load_checkpoint, model_from_config
-from brewer_cli.models import checkpoint_location, recipe_prefix
+from brewer_cli.models import (
+    checkpoint_location,
+    first_line,
+    load_pretrained,
+    quiet_transformers,
+    read_config_spec,
+    recipe_prefix,
+)
 from brewer_cli.recipe import ModelSpec, Recipe, TeacherSpec
 from brewer_cli.tasks import PreparedData, Task
 from brewer_cli.tokenizers import build_tokenizer, load_tokenizer_dir
@@ -79,8 +89,19 @@ def extraction_plan(recipe: Recipe) -> ExtractPlan:
     they run before a missing teacher is trained."""
     spec = recipe.student.init.extract
     layers = tuple(spec.layers) if isinstance(spec.layers, (list, tuple)) else spec.layers
+    target = None
+    if spec.target is not None:
+        # FLOPs are counted at the length the student will read; a size_of config is read now, so
+        # that a missing file fails before any teacher is trained.
+        size_of = spec.target.size_of
+        target = {
+            **spec.target.model_dump(exclude_none=True),
+            "seq_len": max_lengths(recipe)[0][1],
+            **({"size_of_config": read_config_spec(size_of, recipe, f"{FIELD}.target.size_of")} if size_of else {}),
+        }
     try:
         return ExtractPlan(
+            target=target,
             layers=layers,
             selection=spec.selection,
             hidden=spec.hidden,
@@ -111,13 +132,18 @@ def extract_from_teacher(recipe: Recipe, task: Task, teacher: LoadedModel, data:
     spec = recipe.student.init.extract
     plan = extraction_plan(recipe)
     batches = None
+    objective = None
     if plan.strategy == "importance":
         count = min(spec.examples, len(data.train))
         loader = DataLoader(Subset(data.train, range(count)), batch_size=16, collate_fn=task.collate(teacher.tokenizer))
         batches = [{name: tensor for name, tensor in batch.items() if name != "index"} for batch in loader]
+        # A task without labels and heads (general distillation) scores the teacher with its own
+        # pre-training objective (brewer_cli/extract/objectives.py).
+        if task.scored_by_pretraining_objective:
+            objective = pretraining_objective(recipe, teacher)
     with torch.random.fork_rng():
         try:
-            result = extract_student(teacher.model, plan, batches, max_examples=spec.examples)
+            result = extract_student(teacher.model, plan, batches, max_examples=spec.examples, objective=objective)
         except BrewerError as error:
             # Sizes are checked against the teacher's config only now, once it is loaded.
             raise _extraction_error(recipe, error) from None
@@ -131,6 +157,51 @@ def extract_from_teacher(recipe: Recipe, task: Task, teacher: LoadedModel, data:
         f"the teacher's weights (ETD extraction, {plan.strategy})",
         extraction=result,
     )
+
+
+# Checkpoint classes that carry a masked-LM head (BertForMaskedLM, BertForPreTraining, …); any
+# other listed architecture (BertModel, …ForSequenceClassification) has none, and is not reloaded.
+MASKED_LM_ARCHITECTURES = ("ForMaskedLM", "ForPreTraining", "LMHeadModel")
+
+
+def pretraining_objective(recipe: Recipe, teacher: LoadedModel) -> PretrainingObjective:
+    """ETD's task-agnostic importance: `masked_lm` with the teacher's own masked-LM head when its
+    checkpoint has one, else `masked_hidden_reconstruction` on the bare encoder."""
+    tokenizer = teacher.tokenizer
+    if getattr(tokenizer, "mask_token_id", None) is None:
+        raise ModelError(
+            f"{recipe.path}: {FIELD}.strategy: importance without labels scores the teacher on masked corpus text, but "
+            f"the teacher's tokenizer has no mask token — give the teacher a tokenizer with one (teacher.tokenizer), or "
+            f"use strategy: random"
+        )
+    return PretrainingObjective(
+        mask_token_id=tokenizer.mask_token_id,
+        vocabulary_size=teacher.model.config.vocab_size,
+        special_ids=frozenset(tokenizer.all_special_ids),
+        masked_lm=teacher_masked_lm(recipe, teacher),
+    )
+
+
+def teacher_masked_lm(recipe: Recipe, teacher: LoadedModel) -> Any:
+    """The teacher's checkpoint loaded with its masked-LM head, in eval mode on the teacher's
+    device, or None when the checkpoint has no such head (its architectures name none, or the head's
+    weights are missing: transformers would fill them at random)."""
+    architectures = getattr(teacher.model.config, "architectures", None) or []
+    if architectures and not any(name.endswith(MASKED_LM_ARCHITECTURES) for name in architectures):
+        return None
+    where = f"{recipe_prefix(recipe)}teacher.checkpoint: "
+    try:
+        with quiet_transformers():
+            model, info = load_pretrained(AutoModelForMaskedLM, teacher.source, where, output_loading_info=True)
+    except ModelError:
+        raise
+    except ValueError:
+        return None  # transformers has no masked-LM class for this model type
+    except Exception as error:
+        raise ModelError(f"{where}could not load {teacher.source!r} with its masked-LM head: {first_line(error)}") from None
+    if missing_head_weights(model, info):
+        return None
+    return model.to(next(teacher.model.parameters()).device).eval()
 
 
 def student_of(recipe: Recipe, task: Task, teacher: LoadedModel, data: PreparedData, tokenizer: Any) -> LoadedModel:

@@ -36,6 +36,8 @@ def plan_lines(run: Run) -> list[str]:
         f"data: {len(run.data.train):,} training examples, "
         f"{len(run.data.eval) if run.data.eval is not None else 0:,} eval examples{labels}"
     )
+    # What the task found while reading the data (e.g. the NER tagging scheme and its conversion).
+    lines.extend(f"  {line}" for line in run.data.extra.get("plan_lines", ()))
     lines.append(
         f"steps: {total:,} ({steps_per_epoch:,} per epoch, batch {training.batch_size} × accumulation "
         f"{training.gradient_accumulation}), precision {resolve_precision(training.precision)}"

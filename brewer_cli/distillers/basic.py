@@ -9,7 +9,7 @@ import torch
 
 from brewer_cli.distillers.base import Distiller, DistillerInputs
 from brewer_cli.features import Features
-from brewer_cli.losses import KD_LOSSES, kd_loss, probability_shift
+from brewer_cli.losses import KD_LOSSES, SOFTMAX_KD_LOSSES, kd_loss, probability_shift
 from brewer_cli.recipe import Recipe
 from brewer_cli.schedulers import TEMPERATURE_SCHEDULES, WEIGHT_SCHEDULES
 
@@ -61,7 +61,7 @@ class BasicDistiller(Distiller):
                 f"{recipe.path}: distillation.kd_weight: with kd_weight 0, hard_label_weight 0 and no "
                 f"matches there is no loss — raise kd_weight or hard_label_weight, or add intermediate matches",
             )
-        return problems
+        return problems + _softmax_over_one_logit(recipe)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         teacher = self.teacher_features(batch)
@@ -97,3 +97,25 @@ class BasicDistiller(Distiller):
 
     def describe_losses(self) -> list[str]:
         return list(self.logit_kd.describe)
+
+
+def _softmax_over_one_logit(recipe: Recipe) -> list[str]:
+    """A softmax KD loss (`ce`, `kl`) on a regression task (num_labels 1): the softmax over one
+    logit is always 1, so the loss is 0 with zero gradient and, with the default hard-label weight
+    0, nothing but weight decay would move the student."""
+    distillation = recipe.distillation
+    name = distillation.kd_loss
+    # kd_weight 0 skips logit KD entirely (TinyBERT's intermediate stage), so any kd_loss is unused.
+    if distillation.kd_weight == 0 or name not in KD_LOSSES or KD_LOSSES.canonical(name) not in SOFTMAX_KD_LOSSES:
+        return []
+    if recipe.tasks is not None:
+        fields = [f"tasks.{task}.task.num_labels" for task, entry in recipe.tasks.items() if entry.task.num_labels == 1]
+    else:
+        fields = ["task.num_labels"] if recipe.task is not None and recipe.task.num_labels == 1 else []
+    return [
+        f"{recipe.path}: distillation.kd_loss: `{name}` compares softmax distributions over the classes, but "
+        f"{field} is 1 (regression), and a softmax over one logit is always 1: the loss would be constant with "
+        f"zero gradient, so the student would learn nothing from the teacher — set `distillation.kd_loss: mse`, "
+        f"which compares the logits themselves"
+        for field in fields
+    ]

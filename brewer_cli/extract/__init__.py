@@ -60,6 +60,10 @@ tasks per valid token, for QA on start and end positions). Its gradient, softmax
 is non-zero, and the score then measures how much removing a structure would change the
 confidence of the teacher's own decisions. Regression heads have no arg-max; for them L = ½·f²
 (mean over the batch), whose gradient f·∂f/∂w measures how much a structure moves the prediction.
+With a `PretrainingObjective` (ETD's task-agnostic setting: no labels and a bare encoder, as in
+general distillation) L is instead the teacher's own pre-training objective on masked corpus
+text: its masked-LM loss when the checkpoint has the head, masked hidden-state reconstruction
+otherwise (objectives.py).
 
 `rounds` > 1 shrinks the width in equal steps (heads, head size and FFN size interpolated
 linearly, hidden = heads × head size at every step), re-scoring the intermediate model each time;
@@ -75,14 +79,33 @@ The result is an ordinary `transformers` model of the teacher's class, built wit
 from the smaller config and loaded strictly with the sliced state dict; `save_pretrained` writes it
 and `AutoModelFor….from_pretrained` reloads it. The teacher is never modified.
 
+Budget. Instead of sizes, a `Target` (`target=` of the plan: at most N parameters, N× fewer FLOPs,
+N× lower latency read through FLOPs, or the size of a named student config) lets extraction choose
+layers, hidden, heads, head size and FFN width: among the shapes that meet the target, the one
+keeping the most importance per parameter (or per FLOP); without scores, the uniform shape
+(budget.py). `kept["budget"]` records the choice and the alternatives.
+
 Modules: plan.py (the plan, the sizes and their validation), slicing.py (index sets, rules read from
 the family's layout in brewer_cli/families, building the student), scoring.py (importance scores),
-student.py (`extract_student`), report.py (the importance summary and `describe`).
+student.py (`extract_student`), report.py (the importance summary and `describe`), objectives.py
+(the pre-training objectives), budget.py (choosing the sizes for a target), sizing.py (the exact
+parameters and FLOPs of the shapes it considers).
 """
 
-from brewer_cli.extract.plan import FIELD, ExtractPlan, ExtractResult
+from brewer_cli.extract.budget import choose_shape, uniform_shapes
+from brewer_cli.extract.plan import FIELD, ExtractPlan, ExtractResult, Target
 from brewer_cli.extract.report import describe
 from brewer_cli.extract.slicing import SUPPORTED_MODEL_TYPES
 from brewer_cli.extract.student import extract_student
 
-__all__ = ["FIELD", "ExtractPlan", "ExtractResult", "SUPPORTED_MODEL_TYPES", "describe", "extract_student"]
+__all__ = [
+    "FIELD",
+    "SUPPORTED_MODEL_TYPES",
+    "ExtractPlan",
+    "ExtractResult",
+    "Target",
+    "choose_shape",
+    "describe",
+    "extract_student",
+    "uniform_shapes",
+]

@@ -5,7 +5,7 @@ are kept, and the width after each round."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from torch import nn
@@ -19,6 +19,7 @@ Selection = Literal["uniform", "first", "last"]
 Strategy = Literal["random", "importance"]
 HiddenScoring = Literal["taylor", "activation"]
 
+SIZE_FIELDS = ("layers", "hidden", "heads", "head_dim", "intermediate")
 _SELECTIONS = ("uniform", "first", "last")
 _STRATEGIES = ("random", "importance")
 _HIDDEN_SCORINGS = ("taylor", "activation")
@@ -27,6 +28,63 @@ _HIDDEN_SCORINGS = ("taylor", "activation")
 # --------------------------------------------------------------------------------------------
 # The plan and the result
 # --------------------------------------------------------------------------------------------
+
+TARGET_KEYS = ("parameters", "flops_fewer_by", "latency_fewer_by", "size_of")
+# FLOPs are counted per example at this many tokens unless the caller says (size-report's default).
+TARGET_SEQ_LEN = 128
+
+
+@dataclass(frozen=True)
+class Target:
+    """A budget for the student (`student.init.extract.target`); extraction chooses the sizes
+    (brewer_cli/extract/budget.py). Exactly one of:
+
+    parameters: at most this many parameters (brewer's one counter, tied weights once).
+    flops_fewer_by: at least this many times fewer FLOPs per example than the teacher, at
+        `seq_len` tokens (size-report's analytic count).
+    latency_fewer_by: the same, read through FLOPs as the proxy of latency (see budget.py).
+    size_of: no more parameters than the named student config would have as a student of this
+        teacher; `size_of` is its name for the report, `size_of_config` its settings (a
+        config.json's keys with `model_type`), which the caller reads.
+    """
+
+    parameters: int | None = None
+    flops_fewer_by: float | None = None
+    latency_fewer_by: float | None = None
+    size_of: str | None = None
+    size_of_config: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    seq_len: int = TARGET_SEQ_LEN
+
+    def __post_init__(self) -> None:
+        where = f"{FIELD}.target"
+        given = [name for name in TARGET_KEYS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise BrewerError(
+                f"{where}: give exactly one of {', '.join(TARGET_KEYS)}" + (f" (found {', '.join(given)})" if given else "")
+            )
+        if self.parameters is not None and not (_is_int(self.parameters) and self.parameters >= 1):
+            raise BrewerError(f"{where}.parameters: expected a positive integer, got {self.parameters!r}")
+        for name in ("flops_fewer_by", "latency_fewer_by"):
+            value = getattr(self, name)
+            if value is not None and not (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 1
+            ):
+                raise BrewerError(
+                    f"{where}.{name}: expected a finite factor of at least 1 (4 means a quarter of the teacher's), got {value!r}"
+                )
+        if self.size_of is not None and not isinstance(self.size_of_config, dict):
+            raise BrewerError(f"{where}.size_of: the settings of {self.size_of!r} were not given (size_of_config)")
+        if not (_is_int(self.seq_len) and self.seq_len >= 1):
+            raise BrewerError(f"{where}: FLOPs need a sequence length of at least 1 token, got {self.seq_len!r}")
+
+    @property
+    def key(self) -> str:
+        """The one key given."""
+        return next(name for name in TARGET_KEYS if getattr(self, name) is not None)
+
+    def as_dict(self) -> dict[str, Any]:
+        """What the recipe asked, for extraction.json and the report."""
+        return {self.key: getattr(self, self.key), "seq_len": self.seq_len}
 
 
 @dataclass(frozen=True)
@@ -41,6 +99,8 @@ class ExtractPlan:
     strategy: `random` (ETD-Rand) or `importance` (ETD-Impt, needs batches).
     hidden_scoring: how hidden channels are ranked under `importance`.
     rounds: shrink the width in this many equal steps, re-scoring in between.
+    target: a budget (`Target`, or a dict of its fields) instead of sizes: extraction chooses
+        layers, hidden, heads, head_dim and intermediate (brewer_cli/extract/budget.py).
     """
 
     layers: int | tuple[int, ...] | None = None
@@ -53,9 +113,31 @@ class ExtractPlan:
     seed: int = 0
     hidden_scoring: HiddenScoring = "taylor"
     rounds: int = 1
+    target: Target | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        if isinstance(self.target, dict):
+            unknown = sorted(set(self.target) - {*TARGET_KEYS, "size_of_config", "seq_len"})
+            if unknown:
+                raise BrewerError(f"{FIELD}.target: unknown key {unknown[0]!r} — valid: {', '.join(TARGET_KEYS)}")
+            object.__setattr__(self, "target", Target(**self.target))
+        if self.target is not None:
+            sizes = [name for name in SIZE_FIELDS if getattr(self, name) is not None]
+            if sizes:
+                listed = ", ".join(sizes)
+                problems.append(
+                    f"{FIELD}.target: the target chooses {', '.join(SIZE_FIELDS)} itself, so it cannot be combined with "
+                    f"{listed} — remove {listed} to extract to the target, or remove target to keep your sizes"
+                )
+            if self.hidden_scoring == "activation":
+                # The shape is chosen by summing kept scores across parts; activation scores are
+                # not estimates of a loss change, so they would not add up with the others.
+                problems.append(
+                    f"{FIELD}.hidden_scoring: 'activation' cannot choose a shape for a target — the target weighs the "
+                    f"Taylor scores of heads, neurons and hidden channels against each other, and activation scores "
+                    f"are on another scale; use hidden_scoring: taylor with a target, or give the sizes"
+                )
         layers = self.layers
         if isinstance(layers, list):
             # A list from YAML/JSON is the natural spelling; freeze it so the plan stays hashable.
@@ -100,7 +182,9 @@ class ExtractResult:
     kept: `layers` (1-based teacher layer numbers), `hidden` (count) and `hidden_indices` (teacher
         channel indices), `heads` (per kept layer, the 0-based teacher head numbers kept),
         `head_dim`, `ffn_neurons` (per kept layer, the count), `sizes` (teacher and student sizes
-        and parameter counts), `strategy`, `seed`, `selection`, `model_class`.
+        and parameter counts), `strategy`, `seed`, `selection`, `model_class`; with a target,
+        `budget`: the target, the chosen shape with its size figures and share of importance
+        kept, and the alternatives considered (brewer_cli/extract/budget.py).
     importance_summary: for `importance`, the loss used, examples scored, round-1 head scores
         per teacher layer, the top hidden channels and the share of each structure's importance
         that the student retained; None for `random`.
@@ -305,7 +389,7 @@ def resolve_sizes(plan: ExtractPlan, teacher: Sizes) -> Sizes:
     )
 
 
-def _round_half_up(value: float) -> int:
+def round_half_up(value: float) -> int:
     # Python's round() rounds halves to even; extraction documents "nearest, halves up".
     return int(math.floor(value + 0.5))
 
@@ -330,14 +414,14 @@ def select_layers(plan: ExtractPlan, teacher_layers: int) -> list[int]:
     if plan.selection == "last":
         return list(range(teacher_layers - layers + 1, teacher_layers + 1))
     # Steps of N/M ≥ 1 rounded half up never collide, and i = M gives exactly N.
-    return [_round_half_up(index * teacher_layers / layers) for index in range(1, layers + 1)]
+    return [round_half_up(index * teacher_layers / layers) for index in range(1, layers + 1)]
 
 
 def round_sizes(teacher: Sizes, target: Sizes, rounds: int) -> list[Sizes]:
     """Width after each round: linear steps in heads, head size and FFN size; all layers kept."""
 
     def step(start: int, end: int, fraction: float) -> int:
-        return start - _round_half_up((start - end) * fraction)
+        return start - round_half_up((start - end) * fraction)
 
     sizes = []
     for round_number in range(1, rounds + 1):

@@ -80,6 +80,8 @@ def describe(result: ExtractResult) -> str:
         lines.append("  heads kept (0-based, per kept layer):")
         for layer, heads in zip(kept["layers"], kept["heads"]):
             lines.append(f"    layer {layer}: {' '.join(map(str, heads))}")
+    if kept.get("budget") is not None:
+        lines.extend(describe_budget(kept["budget"]))
     summary = result.importance_summary
     if summary is not None:
         lines.append(
@@ -100,3 +102,64 @@ def describe(result: ExtractResult) -> str:
 
 def _count(count: int, in_millions: bool) -> str:
     return f"{count / 1e6:.1f}M" if in_millions else f"{count:,}"
+
+
+def _flops(count: float) -> str:
+    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if count >= scale:
+            return f"{count / scale:.3g}{unit}"
+    return f"{count:.3g}"
+
+
+def _parameters(count: float) -> str:
+    return f"{count / 1e6:.2f}M" if count >= 1_000_000 else f"{int(count):,}"
+
+
+def describe_budget(budget: dict[str, Any]) -> list[str]:
+    """The lines for an extraction to a target (extract/budget.py): the target, the chosen shape,
+    its size against the target and the teacher, the share of importance kept, the alternatives."""
+    target, teacher, chosen = budget["target"], budget["teacher"], budget["chosen"]
+    key = next(name for name in target if name != "seq_len")
+    if key == "parameters":
+        asked = f"parameters ≤ {_parameters(target[key])}"
+    elif key == "size_of":
+        asked = f"size of {target[key]} ≤ {_parameters(budget['size_of_parameters'])} parameters as a student of this teacher"
+    else:
+        asked = f"{key} {target[key]:g} (FLOPs ≤ {_flops(budget['limit'])} at {teacher['seq_len']} tokens)"
+        if key == "latency_fewer_by":
+            asked += ", FLOPs as the proxy of latency"
+    limit_share = (chosen["parameters"] if budget["measure"] == "parameters" else chosen["flops"]) / budget["limit"]
+    lines = [
+        f"  target:       {asked}",
+        f"  choice:       {budget['rule']}",
+        f"  chosen:       {_shape(chosen)} — teacher layers {', '.join(map(str, chosen['kept_layers']))}",
+        f"  size:         {_parameters(chosen['parameters'])} parameters ({chosen['parameters_share_of_teacher']:.1%} of the "
+        f"teacher's {_parameters(teacher['parameters'])}), {_flops(chosen['flops'])} FLOPs at {teacher['seq_len']} tokens "
+        f"({chosen['flops_fewer_by']:.2f}× fewer than the teacher's {_flops(teacher['flops'])}); "
+        f"{limit_share:.1%} of the target's {'parameters' if budget['measure'] == 'parameters' else 'FLOPs'}",
+    ]
+    if chosen["importance_kept"] is not None:
+        lines.append(f"  importance kept (share of the teacher's): {_shares(chosen['importance_kept'])}")
+    lines.append(f"  alternatives ({budget['meeting_target']:,} shapes meet the target, of {budget['candidates']:,} considered):")
+    rows = [("", entry) for entry in budget["alternatives"]]
+    if budget.get("uniform") is not None:
+        rows.append(("uniform shape: ", budget["uniform"]))
+    for label, entry in rows:
+        importance = entry["importance_kept"]
+        lines.append(
+            f"    {label}{_shape(entry)}: {_parameters(entry['parameters'])} parameters, {_flops(entry['flops'])} FLOPs"
+            + (f", importance kept {importance['total']:.1%}" if importance is not None else "")
+            + ("" if entry["meets_target"] else " — misses the target")
+        )
+    return lines
+
+
+def _shape(entry: dict[str, Any]) -> str:
+    layers = f"{entry['layers']} layer" + ("s" if entry["layers"] != 1 else "")
+    heads = f"{entry['heads']} head" + ("s" if entry["heads"] != 1 else "")
+    return f"{layers} × {entry['hidden']} hidden ({heads} × {entry['head_dim']}), FFN {entry['intermediate']}"
+
+
+def _shares(shares: dict[str, float]) -> str:
+    parts = ", ".join(f"{name} {shares[name]:.1%}" for name in ("hidden", "attention", "ffn", "layers"))
+    return f"total {shares['total']:.1%} — {parts}"

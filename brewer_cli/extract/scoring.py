@@ -1,13 +1,13 @@
 """Importance scores (ETD-Impt): first-order Taylor estimates of the loss change when a head,
 a query/key or value neuron, an FFN neuron or a hidden channel is removed, and the loss they are
-taken of (see the package docstring)."""
+taken of (see the package docstring; without labels and task head, objectives.py)."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional
 
 from brewer_cli.errors import BrewerError, ModelError
+from brewer_cli.extract.objectives import PretrainingObjective
 from brewer_cli.extract.plan import Sizes
 from brewer_cli.extract.slicing import (
     SCORE_ATTENTION_OUTPUT,
@@ -39,6 +40,9 @@ class Scores:
     hidden: torch.Tensor  # (hidden,)
     examples: int
     losses: set[str]
+    # The objectives' short names, for extraction.json: task_loss, own_predictions, or a
+    # pre-training objective's (masked_lm, masked_hidden_reconstruction).
+    objectives: set[str] = field(default_factory=set)
 
 
 def collect_batches(batches: Iterable[dict[str, Any]], max_examples: int) -> list[dict[str, Any]]:
@@ -142,8 +146,10 @@ def score_model(
     sizes: Sizes,
     batches: list[dict[str, Any]],
     hidden_scoring: str,
+    objective: PretrainingObjective | None = None,
 ) -> Scores:
-    """Taylor scores (and activation scores for hidden channels) of one model; see module docstring."""
+    """Taylor scores (and activation scores for hidden channels) of one model; see module docstring.
+    `objective`: score with it (on batches it masked) instead of the task loss or own predictions."""
     base_prefix = getattr(model, "base_model_prefix", "")
     scored: list[tuple[str, ParsedName]] = []
     for name, _ in model.named_parameters():
@@ -173,18 +179,24 @@ def score_model(
     with _scoring_mode(model):
         for batch in batches:
             inputs = _model_inputs(model, batch, device)
-            if hidden_scoring == "activation":
+            if hidden_scoring == "activation" or (objective is not None and objective.reads_hidden_states):
                 inputs["output_hidden_states"] = True
             # Fresh leaves that share the weights' storage: gradients land on them, never on the
             # model's own parameters (which may be frozen and must stay untouched).
             leaves = {name: parameters[name].detach().requires_grad_(True) for name, _ in scored}
             outputs = torch.func.functional_call(model, leaves, args=(), kwargs=inputs)
             loss = outputs.get("loss")
-            if loss is not None:
+            if objective is not None:
+                loss = objective.loss(model, outputs, inputs, batch)
+                scores.losses.add(objective.description)
+                scores.objectives.add(objective.name)
+            elif loss is not None:
                 scores.losses.add("task loss")
+                scores.objectives.add("task_loss")
             else:
                 loss = _own_prediction_loss(model, outputs, inputs)
                 scores.losses.add("cross-entropy to the model's own predictions")
+                scores.objectives.add("own_predictions")
             gradients = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
 
             query_key = [zeros(attention) for _ in range(sizes.layers)]

@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from brewer_cli.errors import BrewerError
+from brewer_cli.errors import BrewerError, ModelError
+from brewer_cli.extract.budget import choose_shape
+from brewer_cli.extract.objectives import PretrainingObjective
 from brewer_cli.extract.plan import (
     FIELD,
     ExtractPlan,
@@ -24,7 +26,7 @@ from brewer_cli.extract.plan import (
 from brewer_cli.extract.report import importance_summary
 from brewer_cli.extract.scoring import Scores, collect_batches, score_model
 from brewer_cli.extract.slicing import IndexSets, build_student, extraction_family
-from brewer_cli.families import parameter_count
+from brewer_cli.families import Family, parameter_count
 
 
 def _choose(count: int, total: int, scores: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
@@ -85,6 +87,7 @@ def extract_student(
     plan: ExtractPlan,
     batches: Iterable[dict[str, Any]] | None = None,
     max_examples: int = 256,
+    objective: PretrainingObjective | None = None,
 ) -> ExtractResult:
     """Build a student from the teacher's parameters following `plan` (ETD).
 
@@ -92,6 +95,10 @@ def extract_student(
         `token_type_ids`, optional `labels`/`start_positions`/`end_positions`); keys the forward
         does not name are ignored. Required for `strategy="importance"`; at most `max_examples`
         examples are scored (read once, reused by every round).
+    objective: for `importance` on data without labels and a teacher without a task head (ETD's
+        task-agnostic setting): score with this pre-training objective, on batches it masks with
+        `plan.seed`. With its masked-LM model (the teacher with its head), that model is scored and
+        sliced alongside the teacher, whose sliced copy is the student.
     The teacher is not modified: scores are computed through detached copies of its weights, its
     modes are restored, and every student tensor is a new tensor. The student starts in the
     teacher's train/eval mode.
@@ -100,10 +107,10 @@ def extract_student(
         raise TypeError(f"plan must be an ExtractPlan, got {type(plan).__name__}")
     family = extraction_family(teacher_model)
     teacher_sizes = read_sizes(family, teacher_model.config)
-    target = resolve_sizes(plan, teacher_sizes)
-    kept_layers = select_layers(plan, teacher_sizes.layers)
-    per_round = round_sizes(teacher_sizes, target, plan.rounds)
-    check_electra_projection(teacher_sizes, per_round)
+
+    objective = objective if plan.strategy == "importance" else None
+    # The model whose loss is scored: the teacher itself, or the teacher with its masked-LM head.
+    scorer = _masked_lm_scorer(objective, family, teacher_sizes) if objective is not None else None
 
     collected: list[dict[str, Any]] = []
     if plan.strategy == "importance":
@@ -117,6 +124,22 @@ def extract_student(
         collected = collect_batches(batches, max_examples)
         if not collected:
             raise BrewerError("importance extraction got no batches to score (the data is empty)")
+        if objective is not None:
+            collected = objective.mask_batches(collected, plan.seed)
+
+    teacher_scores: Scores | None = None
+    budget: dict[str, Any] | None = None
+    if plan.target is not None:
+        # A target: the sizes are chosen from the teacher's own scores, which are round 1's too (budget.py).
+        if plan.strategy == "importance":
+            teacher_scores = score_model(
+                scorer or teacher_model, family, teacher_sizes, collected, plan.hidden_scoring, objective
+            )
+        plan, budget = choose_shape(teacher_model, family, teacher_sizes, plan, teacher_scores)
+    target = resolve_sizes(plan, teacher_sizes)
+    kept_layers = select_layers(plan, teacher_sizes.layers)
+    per_round = round_sizes(teacher_sizes, target, plan.rounds)
+    check_electra_projection(teacher_sizes, per_round)
 
     generator = torch.Generator().manual_seed(plan.seed)
     source, source_sizes = teacher_model, teacher_sizes
@@ -125,13 +148,20 @@ def extract_student(
     for round_number, sizes in enumerate(per_round, start=1):
         scores = None
         if plan.strategy == "importance":
-            scores = score_model(source, family, source_sizes, collected, plan.hidden_scoring)
+            scores = (
+                teacher_scores
+                if round_number == 1 and teacher_scores is not None
+                else score_model(scorer or source, family, source_sizes, collected, plan.hidden_scoring, objective)
+            )
             if first_scores is None:
                 first_scores = scores
         index_sets = _choose_index_sets(source_sizes, sizes, scores, generator)
         last = round_number == len(per_round)
         layer_map = [layer - 1 for layer in kept_layers] if last else list(range(source_sizes.layers))
         student = build_student(source, family, source_sizes, sizes, index_sets, layer_map)
+        if scorer is not None and not last:
+            # The next round scores the intermediate model with its head, cut the same way.
+            scorer = build_student(scorer, family, source_sizes, sizes, index_sets, layer_map)
         in_teacher = in_teacher.compose(index_sets)
         source, source_sizes = student, replace(sizes, layers=len(layer_map))
 
@@ -148,12 +178,31 @@ def extract_student(
         "heads": [in_teacher.heads[layer - 1].tolist() for layer in kept_layers],
         "head_dim": student_sizes.head_dim,
         "ffn_neurons": [int(in_teacher.ffn[layer - 1].numel()) for layer in kept_layers],
+        # The loss importance was scored with (None for random): task_loss, own_predictions,
+        # masked_lm or masked_hidden_reconstruction.
+        "objective": " + ".join(sorted(first_scores.objectives)) if first_scores is not None else None,
         "sizes": {
             "teacher": {**teacher_sizes.as_dict(), "parameters": parameter_count(teacher_model)},
             "student": {**student_sizes.as_dict(), "parameters": parameter_count(source)},
         },
     }
+    if budget is not None:
+        kept["budget"] = budget  # the target, the chosen shape, its size figures and the alternatives
     summary = None
     if first_scores is not None:
         summary = importance_summary(first_scores, in_teacher, kept_layers, teacher_sizes, target, plan)
+        summary["objective"] = kept["objective"]
     return ExtractResult(model=source, kept=kept, importance_summary=summary)
+
+
+def _masked_lm_scorer(objective: PretrainingObjective, family: Family, teacher_sizes: Sizes) -> nn.Module | None:
+    """The objective's masked-LM model, checked to be the teacher's own network with a head."""
+    model = objective.masked_lm
+    if model is None:
+        return None
+    if extraction_family(model) != family or read_sizes(family, model.config) != teacher_sizes:
+        raise ModelError(
+            f"the masked-LM model scored for importance ({type(model).__name__}) is not the teacher's network: its "
+            f"family or sizes differ — load it from the teacher's own checkpoint"
+        )
+    return model

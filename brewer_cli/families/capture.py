@@ -70,7 +70,14 @@ def split_heads(tensor: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 def attention_scores(inputs: AttentionInputs) -> torch.Tensor:
-    """Pre-softmax scores QKᵀ/√d_k, (B, h, L, L), without the additive mask."""
-    query = split_heads(inputs.query, inputs.num_heads)
-    key = split_heads(inputs.key, inputs.num_heads)
-    return query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
+    """Pre-softmax scores QKᵀ/√d_k, (B, h, L, L), in fp32, without the additive mask.
+
+    Under mixed precision the recorded projections are bf16/fp16, and a matmul inside the
+    autocast region would round the scores to that precision too (a relative error of ~5e-3 in
+    bf16). The losses promise fp32, so the projections are upcast and the matmul runs with
+    autocast disabled: the scores are then exact for the projections the model itself used.
+    """
+    with torch.autocast(device_type=inputs.query.device.type, enabled=False):
+        query = split_heads(inputs.query.float(), inputs.num_heads)
+        key = split_heads(inputs.key.float(), inputs.num_heads)
+        return query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])

@@ -1,8 +1,9 @@
 """Distillation losses: KD on logits and intermediate feature matches (DESIGN §5).
 
 Every loss computes in fp32 (inputs are cast with `.float()`, so bf16/fp16 activations from mixed
-precision never reach a softmax or a sum of squares), respects the padding mask, and returns a
-scalar. Match losses are exactly 0 when the student's features equal the teacher's (the cross-
+precision never reach a softmax or a sum of squares), respects the padding mask — its value and
+gradient are the same however the batch is padded (tests/test_padding_invariance.py) — and returns
+a scalar. Match losses are exactly 0 when the student's features equal the teacher's (the cross-
 entropy losses `attention_ce`/`attention_ce_mean` excepted: there the value is the teacher's
 entropy and the gradient is 0).
 
@@ -29,6 +30,7 @@ from brewer_cli.losses.base import MATCH_LOSSES, MatchLoss
 from brewer_cli.losses.hidden import cosine_loss, fsp_loss, hidden_mse, nst_kernel, nst_loss, pkd_loss, tinybert_hidden
 from brewer_cli.losses.kd import (
     KD_LOSSES,
+    SOFTMAX_KD_LOSSES,
     Logits,
     Temperature,
     kd_cross_entropy,
@@ -45,6 +47,7 @@ __all__ = [
     "MATCH_LOSSES",
     "Logits",
     "MatchLoss",
+    "SOFTMAX_KD_LOSSES",
     "Temperature",
     "attention_ce",
     "attention_ce_mean",

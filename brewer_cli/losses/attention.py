@@ -104,13 +104,20 @@ def attention_ce_mean(student: torch.Tensor, teacher: torch.Tensor, mask: torch.
     "TinyBERT MSE between pre-softmax attention scores",
     feature="attention",
     needs_equal_heads=True,
-    formula="mean over all B·h·L·L entries of (A_S − A_T)², entries at masked queries or keys set to 0",
+    formula="Σ over heads and valid (query, key) pairs of (A_S − A_T)² / (h · Σ_b n_b²), n_b = valid tokens of example b",
 )
 def tinybert_attention(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """TinyBERT's attention loss, divided by the number of valid (query, key) pairs per head.
+
+    TinyBERT's code takes the mean over all B·h·L·L entries, padded ones included (zeroed); it pads
+    every batch to max_seq_length, so its divisor is a constant. brewer pads each batch to its
+    longest example, where that divisor would make the same examples' loss shrink with the padding
+    (the attention/hidden balance would change from batch to batch and with `group_by_length`).
+    Counting only valid pairs keeps the loss the same however the batch is padded; it then equals
+    `attention_mse`, kept as TinyBERT's own name for recipes that follow the paper.
+    """
     _check_heads("tinybert_attention", student, teacher)
-    # Unlike attention_mse the zeroed entries stay in the denominator, as in TinyBERT's code.
-    squared = (student.float() - teacher.float()).pow(2) * pair_mask(mask, teacher)
-    return squared.mean()
+    return _scores_mse_over_valid_pairs(student, teacher, mask)
 
 
 # ── attention inputs (MiniLM) ──

@@ -17,6 +17,11 @@ Temperature = float | torch.Tensor
 
 KD_LOSSES: Registry[Callable[..., torch.Tensor]] = Registry("KD loss")
 
+# The KD losses that compare softmax distributions over the classes. With one logit (a regression
+# head) the softmax is the constant 1, so these losses are 0 with zero gradient: validation refuses
+# them for a one-logit task (distillers/basic.py).
+SOFTMAX_KD_LOSSES = frozenset({"ce", "kl"})
+
 
 def _row_temperature(temperature: Temperature, row_shape: torch.Size, device: torch.device) -> torch.Tensor:
     """τ as an fp32 tensor of the logits' row shape (every axis but the class axis).

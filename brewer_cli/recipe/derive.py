@@ -113,7 +113,8 @@ def stage_directory(parent: Path, index: int) -> Path:
 def stage_recipes(recipe: Recipe, parent: Path) -> list[tuple[str, Recipe]]:
     """(label, recipe) per stage, 1-based in the order they run; `parent` is the staged run's directory.
     Stage k: `name: stage-k`, the stage's distillation, the recipe's training with the stage's
-    fields replaced, and after stage 1 the previous stage's final/ as the student."""
+    fields replaced, the stage's own task, data and teacher where it gives them, and after stage 1
+    the previous stage's final/ as the student."""
     training = section_mapping(recipe.training)
     result = []
     for index, stage in enumerate(recipe.stages, 1):
@@ -123,6 +124,10 @@ def stage_recipes(recipe: Recipe, parent: Path) -> list[tuple[str, Recipe]]:
             "distillation": section_mapping(stage.distillation),
             "stages": None,
         }
+        # A stage may bring its own task, data and teacher (ETD: unlabeled text, then the task).
+        for section in ("task", "data", "teacher"):
+            if getattr(stage, section) is not None:
+                changes[section] = section_mapping(getattr(stage, section))
         if index > 1:
             changes["student"] = {"checkpoint": str((stage_directory(parent, index - 1) / "final").resolve())}
         result.append((stage.name or f"stage {index}", derive(recipe, changes)))

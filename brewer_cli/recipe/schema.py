@@ -35,13 +35,17 @@ REQUIRED = _Required()
 
 class StageSpec(Strict):
     """One stage of a staged recipe (TinyBERT's task distillation: intermediate layers, then
-    predictions). Stage k runs in <run>/stage-k with the recipe's task, data and teacher, its own
+    predictions; ETD's general distillation on unlabeled text, then the task). Stage k runs in
+    <run>/stage-k with the recipe's task, data and teacher unless the stage gives its own, its own
     distillation, and `training` fields that override the recipe's; its student is stage k − 1's
     final/ (stage 1's is the recipe's `student`)."""
 
     name: str | None = Field(default=None, description="a label for the plan and summary.json, e.g. intermediate")
     training: dict[str, Any] = Field(default_factory=dict, description="fields of `training` that differ in this stage")
     distillation: Distillation
+    task: TaskSpec | None = Field(default=None, description="this stage's task, in place of the recipe's")
+    data: DataSpec | None = Field(default=None, description="this stage's data, in place of the recipe's")
+    teacher: TeacherSpec | None = Field(default=None, description="this stage's teacher, in place of the recipe's")
 
 
 class Recipe(Strict):

@@ -138,10 +138,66 @@ class TokenizerSpec(Strict):
         return self
 
 
+_COUNT_SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9, "B": 10**9}
+
+
+def parse_count(value: Any) -> Any:
+    """A parameter count: an integer, or a number with K, M or G (B) as in "15M" or "800K" —
+    decimal multiples, as papers count parameters (BERT-base is "110M")."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a parameter count — give an integer or a number with K, M or G (e.g. 15M, 800K)")
+    if not isinstance(value, str):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGBkmgb]?)\s*", value.replace("_", ""))
+    if match is None:
+        raise ValueError(f"{value!r} is not a parameter count — give an integer or a number with K, M or G (e.g. 15M, 800K)")
+    number, suffix = match.groups()
+    # Decimal arithmetic on the digits, so "1.1M" is exactly 1,100,000.
+    whole, _, fraction = number.partition(".")
+    scale = _COUNT_SUFFIXES[suffix.upper()] if suffix else 1
+    count = int(whole) * scale
+    if fraction:
+        part, remainder = divmod(int(fraction) * scale, 10 ** len(fraction))
+        if remainder:
+            raise ValueError(f"{value!r} is not a whole number of parameters — give an integer or a number with K, M or G")
+        count += part
+    return count
+
+
+class ExtractTarget(Strict):
+    """`student.init.extract.target`: the student's budget; extraction chooses layers, hidden,
+    heads, head size and FFN width by the importance scores (exactly one key)."""
+
+    parameters: int | None = Field(default=None, ge=1, description='at most this many parameters: 15000000, "15M", "800K"')
+    flops_fewer_by: float | None = Field(default=None, ge=1, description="at least this many times fewer FLOPs than the teacher")
+    latency_fewer_by: float | None = Field(
+        default=None, ge=1, description="at least this many times faster than the teacher (FLOPs as the proxy)"
+    )
+    size_of: str | None = Field(
+        default=None, description="no larger than this student config (e.g. configs/students/t4-tiny.json)"
+    )
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        return parse_count(value)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ExtractTarget:
+        given = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of parameters, flops_fewer_by, latency_fewer_by, size_of"
+                + (f" (found {', '.join(given)})" if given else "")
+            )
+        return self
+
+
 class ExtractSpec(Strict):
     """ETD: build the student from the teacher's own parameters."""
 
     from_: Literal["teacher"] = Field(default="teacher", alias="from")
+    target: ExtractTarget | None = Field(default=None, description="a budget; extraction chooses the sizes")
     layers: int | tuple[int, ...] | None = None
     selection: Literal["uniform", "first", "last"] = "uniform"
     hidden: int | None = Field(default=None, ge=1)
@@ -155,6 +211,17 @@ class ExtractSpec(Strict):
     examples: int = Field(default=256, ge=1, description="importance: examples scored")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _target_or_sizes(self) -> ExtractSpec:
+        sizes = [name for name in ("layers", "hidden", "heads", "head_dim", "intermediate") if getattr(self, name) is not None]
+        if self.target is not None and sizes:
+            listed = ", ".join(sizes)
+            raise ValueError(
+                f"`target` chooses layers, hidden, heads, head_dim and intermediate itself, so it cannot be combined "
+                f"with {listed} — remove {listed} to extract to the target, or remove `target` to keep your sizes"
+            )
+        return self
 
 
 class InitSpec(Strict):

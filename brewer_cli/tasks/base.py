@@ -95,6 +95,9 @@ class Task(ABC):
     # A task without labels (general distillation) has no metric of the student alone: the loop
     # measures the distiller's own loss on the eval split instead (`Distiller.evaluate`).
     measured_by_distillation_loss: bool = False
+    # ETD importance is scored with the teacher's own pre-training objective (masked LM, or masked
+    # hidden-state reconstruction) instead of the task's loss: unlabeled text for general distillation.
+    scored_by_pretraining_objective: bool = False
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec

@@ -11,6 +11,11 @@ the teacher's decoder is not even loaded. The student's MLM head would never be 
 (no logit loss), so the general student is written without one; a task recipe that names it
 (`student: {checkpoint: runs/<general>/final}`) builds its task head on the encoder.
 
+ETD-Impt (`student.init.extract.strategy: importance`) has no labels and no task head to take
+gradients of here: it scores the teacher with its own pre-training objective on masked corpus
+text — its masked-LM loss when the checkpoint has the head (loaded for scoring only), otherwise
+masked hidden-state reconstruction (brewer_cli/extract/objectives.py).
+
 Evaluation: a student with no head has no metric of its own. The measure of a general
 distillation run is the distiller's loss on the eval split (the weighted intermediate losses
 against the teacher, averaged over examples): `eval.loss` in metrics.jsonl, lower is better,
@@ -41,6 +46,8 @@ class GeneralCorpus(Task):
     greater_is_better = False
     # The training loop asks the distiller for its loss on the eval split instead of task metrics.
     measured_by_distillation_loss = True
+    # Importance extraction scores the teacher with its pre-training objective (build/loading.py).
+    scored_by_pretraining_objective = True
 
     @classmethod
     def recipe_problems(cls, recipe: Recipe) -> list[str]:
@@ -69,13 +76,6 @@ class GeneralCorpus(Task):
                 f"{where}.matches: general distillation learns from intermediate matches only, and none "
                 f"are given — e.g. `matches: [{{uniform: true, loss: tinybert_attention}}, {{uniform: true, "
                 f"loss: tinybert_hidden, projection: linear, include_embeddings: true}}]`"
-            )
-        student = recipe.student
-        if student is not None and student.init is not None and student.init.extract.strategy == "importance":
-            problems.append(
-                f"{recipe.path}: student.init.extract.strategy: importance scores are gradients of the "
-                f"model's loss on its own logits, and the bare encoders of task {recipe.task.kind} have "
-                f"none — use `strategy: random` (or extract from a task model in a task recipe)"
             )
         if recipe.data is not None and recipe.data.text_pair is not None:
             problems.append(f"{recipe.path}: data.text_pair: a general corpus is single texts — remove `text_pair`")

@@ -29,10 +29,12 @@ Evaluation: per window the `n_best` highest start and end logits are paired into
 `max_answer_length` tokens inside the context, scored by start + end logit; the best span over all
 windows of a question wins. With `task.version_2_with_negative`, the null answer (score of [CLS]
 start + end, the lowest over the windows) wins when it beats the best span, and predicts "".
-Metrics: exact match and F1 with the official SQuAD answer normalization (lower case, no
-punctuation, no articles a/an/the, single spaces), max over the gold answers, on the official
-0…100 scale; with v2 also on the answerable and unanswerable questions separately.
-`predictions.json` ({id: answer}) is written into the output directory when one is given.
+Metrics: the official SQuAD scripts' (tasks/squad_metric.py): exact match and F1 with the official
+answer normalization, max over the gold answers, on the 0…100 scale; v1.1 as `exact_match`, `f1`;
+v2.0 with the script's keys (`exact`, `f1`, `HasAns_f1`, `NoAns_f1`, …) and the best no-answer
+thresholds (`best_f1`, `best_f1_thresh`, …) from each question's null score minus its best span's.
+`predictions.json` ({id: answer}; v2 also `null_odds.json`, the script's --na-prob-file) is
+written into the output directory when one is given.
 """
 
 from __future__ import annotations
@@ -343,17 +345,21 @@ class QuestionAnswering(Task):
                 Window(start[: len(offsets)].tolist(), end[: len(offsets)].tolist(), offsets, columns["cls_index"][window])
             )
         answers: dict[str, str] = {}
+        no_answer_scores: dict[str, float] = {}
         gold: dict[str, list[str]] = {}
         for example_index in sorted(windows_of):
             example = examples[example_index]
-            answers[example.id] = decode_answer(
+            answers[example.id], no_answer_scores[example.id] = decode(
                 windows_of[example_index], example.context, self.n_best, self.max_answer_length, self.version_2
             )
             gold[example.id] = example.answer_texts
         if output_dir is not None:
             path = Path(output_dir) / "predictions.json"
             path.write_text(json.dumps(answers, indent=2, ensure_ascii=False), encoding="utf-8")
-        return squad_scores(answers, gold, self.version_2)
+            if self.version_2:
+                # The official v2 script's --na-prob-file, to reproduce the report with it.
+                (Path(output_dir) / "null_odds.json").write_text(json.dumps(no_answer_scores, indent=2), encoding="utf-8")
+        return squad_scores(answers, gold, self.version_2, no_answer_scores if self.version_2 else None)
 
 
 # ============================================================================= helpers
@@ -442,6 +448,12 @@ def answer_positions(example: QuestionExample, offsets: Sequence[tuple[int, int]
 
 def decode_answer(windows: Sequence[Window], context: str, n_best: int, max_answer_length: int, allow_null: bool) -> str:
     """The best answer over a question's windows; "" when the null answer wins (v2 only)."""
+    return decode(windows, context, n_best, max_answer_length, allow_null)[0]
+
+
+def decode(windows: Sequence[Window], context: str, n_best: int, max_answer_length: int, allow_null: bool) -> tuple[str, float]:
+    """The answer (as `decode_answer`) and its no-answer score: the null score minus the best span's
+    score (BERT's `null_odds`; the official v2 script's na-prob), +inf when no span is possible."""
     best_score, best_text = float("-inf"), ""
     null_score = float("inf")
     for window in windows:
@@ -458,9 +470,10 @@ def decode_answer(windows: Sequence[Window], context: str, n_best: int, max_answ
                 score = start_logits[start] + end_logits[end]
                 if score > best_score:
                     best_score, best_text = score, context[offsets[start][0] : offsets[end][1]]
+    no_answer_score = null_score - best_score
     if allow_null and null_score > best_score:
-        return ""
-    return best_text
+        return "", no_answer_score
+    return best_text, no_answer_score
 
 
 def _top(values: Sequence[float], count: int) -> list[int]:

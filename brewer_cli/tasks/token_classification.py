@@ -16,9 +16,16 @@ real word's first piece (and with `label_all_tokens` its other pieces too). Not 
 mask: [CLS], [SEP] and continuation pieces are trained with -100, so the teacher's outputs there
 are untrained noise, and counting them would also shrink the weight of the real words in the mean.
 
+Tagging schemes: entity tags in IOB1 (the original CoNLL-2003 files: entities may start with
+I-), IOB2 or BIOES are detected per split on load and converted to IOB2 for training and scoring
+(tasks/tag_schemes.py); the tag list is IOB2. The scheme and the number of converted tags are in
+the --dry-run plan and in summary.json (`data.tag_scheme`).
+
 Metric: entity-level precision / recall / F1 with strict IOB2 matching (seqeval `mode="strict",
 scheme=IOB2`: an entity counts only when its type, its B- start and its exact end all match),
-F1 per entity type (`f1_<TYPE>`) and word accuracy, all as fractions 0…1. Words cut off by
+F1 per entity type (`f1_<TYPE>`) and word accuracy, all as fractions 0…1. When the eval file was
+not IOB2, predictions are first read as conlleval reads them (an I- after O or another type starts
+an entity), so the scores equal conlleval's on the original file. Words cut off by
 `data.max_length` count as predicted `O`, so truncation shows in the score instead of being hidden.
 When the tags are not IOB2 (e.g. POS tags), only word accuracy is reported and is the primary metric.
 """
@@ -31,13 +38,14 @@ from typing import Any
 
 import torch
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-from seqeval.scheme import IOB2
+from seqeval.scheme import IOB2 as STRICT_IOB2
 
 from brewer_cli.errors import DataError, ModelError
 from brewer_cli.recipe import DataSource, Recipe
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
 from brewer_cli.tasks.data import column, read_source
 from brewer_cli.tasks.formats import TAGS, TOKENS, hub_class_names
+from brewer_cli.tasks.tag_schemes import IOB2, TagConversion, convert_to_iob2, iob2_tag_list, to_iob2
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +79,14 @@ class TokenClassification(Task):
         # A hub dataset that names its tag ids (ClassLabel) fixes the list and its order.
         dataset_names = self.dataset_tag_names
         evaluation = self.read_sentences(data.eval, recipe, "data.eval", given) if data.eval is not None else None
+        # Entity tags are trained and scored in IOB2 whatever scheme the files use (tag_schemes.py).
+        train, train_conversion = in_iob2(train)
+        evaluation, eval_conversion = in_iob2(evaluation) if evaluation is not None else (None, None)
+        conversions = {"data.train": train_conversion, "data.eval": eval_conversion}
+        converted = {field: found for field, found in conversions.items() if found is not None and found.scheme != IOB2}
+        if dataset_names and converted:
+            used = [tags for _, tags, _ in train + (evaluation or [])]
+            dataset_names = iob2_tag_list(dataset_names, used)
         names = given or dataset_names or tag_list_from([tags for _, tags, _ in train])
         if self.spec.num_labels is not None and len(names) != self.spec.num_labels:
             field = "task.labels" if self.spec.labels else "task.num_labels"
@@ -87,15 +103,23 @@ class TokenClassification(Task):
             if dataset_names
             else "the training data's tags"
         )
-        check_tags(train, names, recipe, "data.train", origin)
+        if given and converted:
+            check_iob2_list(names, recipe, origin, next(iter(converted.items())))
+        check_tags(train, names, recipe, "data.train", origin, train_conversion)
         if evaluation is not None:
-            check_tags(evaluation, names, recipe, "data.eval", origin)
+            check_tags(evaluation, names, recipe, "data.eval", origin, eval_conversion)
         self.entity_tags = all(is_iob2(tag) for tag in names)
         train_set = self.tokenize(train, names, tokenizer, data.max_length, recipe, "data.train")
         eval_set = (
             self.tokenize(evaluation, names, tokenizer, data.max_length, recipe, "data.eval") if evaluation is not None else None
         )
-        extra = {"eval_tags": [tags for _, tags, _ in evaluation]} if evaluation is not None else {}
+        extra: dict[str, Any] = {"eval_tags": [tags for _, tags, _ in evaluation]} if evaluation is not None else {}
+        schemes = {field: found for field, found in conversions.items() if found is not None}
+        if schemes:
+            # Read by the --dry-run plan and summary.json (`data`): which scheme each split came in.
+            extra["tag_scheme"] = {field: found.report() for field, found in schemes.items()}
+            extra["plan_lines"] = ["tags: " + "; ".join(f"{field} {found.describe()}" for field, found in schemes.items())]
+            extra["summary"] = {"tag_scheme": extra["tag_scheme"]}
         return PreparedData(
             train=train_set,
             eval=eval_set,
@@ -251,6 +275,11 @@ class TokenClassification(Task):
             predicted_sequences.append(predicted)
         metrics = {"accuracy": word_accuracy(gold_sequences, predicted_sequences)}
         if self.entity_tags:
+            scheme = data.extra.get("tag_scheme", {}).get("data.eval", {}).get("scheme", IOB2)
+            if scheme != IOB2:
+                # The eval file's scheme lets an I- after O start an entity: predictions are read that
+                # way too (as conlleval reads them), so the score equals conlleval's on the original file.
+                predicted_sequences = [to_iob2(tags) for tags in predicted_sequences]
             metrics = {**entity_scores(gold_sequences, predicted_sequences), **metrics}
         return metrics
 
@@ -273,14 +302,44 @@ def tag_list_from(tag_sequences: Sequence[Sequence[str]]) -> list[str]:
     return ([OUTSIDE] if OUTSIDE in seen else []) + sorted(seen - {OUTSIDE})
 
 
-def check_tags(sentences, names: list[str], recipe: Recipe, field: str, origin: str) -> None:
+def in_iob2(
+    sentences: list[tuple[list[str], list[str], str]],
+) -> tuple[list[tuple[list[str], list[str], str]], TagConversion | None]:
+    """The sentences with their entity tags in IOB2, and the conversion (None for tags that are not
+    entity tags, e.g. POS tags, which stay as they are)."""
+    conversion = convert_to_iob2([tags for _, tags, _ in sentences])
+    if conversion is None:
+        return sentences, None
+    return [(words, tags, place) for (words, _, place), tags in zip(sentences, conversion.tags)], conversion
+
+
+def check_iob2_list(names: list[str], recipe: Recipe, origin: str, converted: tuple[str, TagConversion]) -> None:
+    """A given tag list (task.labels, the teacher's) must be IOB2 when the data was converted to IOB2:
+    a teacher whose head predicts E-/S- tags cannot be scored or matched against IOB2 labels."""
+    others = [name for name in names if not is_iob2(name)]
+    if others:
+        field, conversion = converted
+        raise DataError(
+            f"{recipe.path}: {field}: the data's tags are {conversion.scheme} and are converted to IOB2 for training "
+            f"and scoring, but the tag list from {origin} is not IOB2 ({', '.join(others[:10])}) — give IOB2 tags "
+            f"(O, B-TYPE, I-TYPE) in task.labels, or use a teacher trained on IOB2 tags"
+        )
+
+
+def check_tags(
+    sentences, names: list[str], recipe: Recipe, field: str, origin: str, conversion: TagConversion | None = None
+) -> None:
     known = set(names)
+    converted = conversion is not None and conversion.scheme != IOB2
+    note = (
+        f" (the data's {conversion.scheme} tags were converted to IOB2, where every entity starts with B-)" if converted else ""
+    )
     for _, tags, place in sentences:
         for tag in tags:
             if tag not in known:
                 raise DataError(
                     f"{recipe.path}: {field}: {place}: tag {tag!r} is not in the tag list ({', '.join(names)}), which "
-                    f"comes from {origin} — add it to task.labels (and retrain the teacher) or fix the data"
+                    f"comes from {origin}{note} — add it to task.labels (and retrain the teacher) or fix the data"
                 )
 
 
@@ -320,7 +379,7 @@ def align_labels(
 def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
     """Entity-level precision, recall and F1 with strict IOB2 matching, and F1 per entity type."""
 
-    options = {"mode": "strict", "scheme": IOB2, "zero_division": 0}
+    options = {"mode": "strict", "scheme": STRICT_IOB2, "zero_division": 0}
     scores = {
         "precision": float(precision_score(gold, predicted, **options)),
         "recall": float(recall_score(gold, predicted, **options)),
