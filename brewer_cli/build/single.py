@@ -9,7 +9,7 @@ from brewer_cli.build.loading import check_vocabularies, load_student, load_teac
 from brewer_cli.build.settings import resolve_logit_kd
 from brewer_cli.distillers import BasicDistiller, DistillerInputs, GeneralDistiller, TrainerDistiller
 from brewer_cli.families.loading import LoadedModel
-from brewer_cli.matches import resolve_matches, validate_before_loading
+from brewer_cli.matches import resolve_matches
 from brewer_cli.recipe import Recipe
 from brewer_cli.run import Run
 from brewer_cli.tasks import TASKS, PreparedData, Task
@@ -34,7 +34,7 @@ def build_basic_run(recipe: Recipe, run_dir: Path, stand_ins: dict[str, LoadedMo
 
 def build_general_run(recipe: Recipe, run_dir: Path, stand_ins: dict[str, LoadedModel]) -> Run:
     # Layer indices, widths and heads against the configs readable without loading weights.
-    validate_before_loading(recipe)
+    GeneralDistiller.check_before_loading(recipe)
     task, data, teacher, student = _teacher_and_student(recipe, stand_ins)
     # The loaded models are authoritative (hub checkpoints, extracted students): before step 1.
     matches = resolve_matches(recipe, teacher.model.config, student.model.config)

@@ -149,18 +149,24 @@ def _squad_answers(answers: Any, place: str) -> tuple[list[Any], list[int]]:
     return texts, starts
 
 
-def answer_start(value: Any) -> int | None:
-    """An answer's character offset as an int: a whole number, or text of one (as some exports
-    write it); None for anything else (a fraction, a bool, a list, missing)."""
+def whole_number(value: Any, signed: bool = True) -> int | None:
+    """`value` as an int: a whole number, or text of one (as some exports write labels and offsets);
+    None for anything else (a fraction, a bool, a list, missing). `signed`: text may carry a minus
+    (labels such as -1 for unlabeled rows; an answer offset may not)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and (value.strip().lstrip("-") if signed else value.strip()).isdigit():
         return int(value)
     return None
+
+
+def answer_start(value: Any) -> int | None:
+    """An answer's character offset as an int (`whole_number`, no minus in text)."""
+    return whole_number(value, signed=False)
 
 
 def parse_article_range(text: str) -> tuple[int | None, int | None]:

@@ -12,6 +12,7 @@ from brewer_cli.errors import DataError, ModelError
 from brewer_cli.recipe import Recipe
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
 from brewer_cli.tasks.data import column, read_source
+from brewer_cli.tasks.formats import whole_number
 
 
 class SequenceClassification(Task):
@@ -50,9 +51,9 @@ class SequenceClassification(Task):
 
     def _label_names_from(self, rows, label_column: str, recipe: Recipe, field: str) -> list[str] | None:
         values = column(rows, label_column, f"{recipe.path}: {field}", "label")
-        if all(_as_int(value) is not None for value in values):
+        if all(whole_number(value) is not None for value in values):
             # Integer labels keep their ids; names are the ids as text unless the recipe names them.
-            count = self.spec.num_labels or (max(_as_int(v) for v in values) + 1)
+            count = self.spec.num_labels or (max(whole_number(v) for v in values) + 1)
             return [str(i) for i in range(count)]
         return sorted({str(value) for value in values})
 
@@ -83,7 +84,7 @@ class SequenceClassification(Task):
         names = names or []
         if str(value) in names:
             return names.index(str(value))
-        as_int = _as_int(value)
+        as_int = whole_number(value)
         if as_int is not None:
             if 0 <= as_int < len(names):
                 return as_int
@@ -143,18 +144,6 @@ class SequenceClassification(Task):
             recall = true_positive / max(float((labels == 1).sum()), 1.0)
             metrics["f1"] = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
         return metrics
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return None
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
