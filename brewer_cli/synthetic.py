@@ -97,3 +97,66 @@ GENERATORS.add(
     negation_sentiment,
     "movie-review sentences with negation, contrast and distractor clauses; labels positive/negative, 3% noise",
 )
+
+
+# ----------------------------------------------------------------------------- named entities
+
+FIRST_NAMES = ["anna", "peter", "maria", "james", "lena", "omar", "sofia", "daniel", "chen", "laura", "ivan", "grace"]
+SURNAMES = ["smith", "novak", "garcia", "okafor", "larsen", "tanaka", "moreau", "kowalski", "silva", "brennan"]
+PLACES = ["paris", "lagos", "oslo", "lima", "cairo", "denver", "porto", "kyoto", "dublin", "nairobi", "new delhi", "san diego"]
+ORGANISATION_HEADS = ["acme", "northwind", "bluebird", "helix", "summit", "orion", "cedar", "falcon"]
+ORGANISATION_TAILS = [["corp"], ["bank"], ["airlines"], ["university"], ["football", "club"], ["labs"], ["group"]]
+# Words that are a person in one sentence and a place in another: only the context tells them apart.
+AMBIGUOUS = ["jordan", "washington", "georgia", "chad", "austin", "florence"]
+DAYS = ["on monday", "on friday", "last week", "in march", "yesterday", "this morning"]
+
+
+def _person(rng: random.Random) -> list[tuple[str, str]]:
+    words = [rng.choice(FIRST_NAMES)] + ([rng.choice(SURNAMES)] if rng.random() < 0.7 else [])
+    return [(word, ("B-PER" if index == 0 else "I-PER")) for index, word in enumerate(words)]
+
+
+def _organisation(rng: random.Random) -> list[tuple[str, str]]:
+    words = [rng.choice(ORGANISATION_HEADS), *rng.choice(ORGANISATION_TAILS)]
+    return [(word, ("B-ORG" if index == 0 else "I-ORG")) for index, word in enumerate(words)]
+
+
+def _place(rng: random.Random) -> list[tuple[str, str]]:
+    words = rng.choice(PLACES).split()
+    return [(word, ("B-LOC" if index == 0 else "I-LOC")) for index, word in enumerate(words)]
+
+
+def _plain(text: str) -> list[tuple[str, str]]:
+    return [(word, "O") for word in text.split()]
+
+
+def entity_sentences(examples: int, seed: int) -> list[dict]:
+    """Sentences with people, places and organisations tagged in IOB2 (PER, LOC, ORG), lower-cased
+    like the rest of the generated data so that capitalization gives nothing away. Ambiguous names
+    ("jordan", "washington") are a person as the subject of "said" / "met" and a place after
+    "in" / "to", so a tagger has to read the context, not memorize a word list."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(examples):
+        ambiguous = rng.choice(AMBIGUOUS)
+        patterns = [
+            lambda: _person(rng) + _plain("met") + _person(rng) + _plain("in") + _place(rng) + _plain(rng.choice(DAYS)),
+            lambda: _person(rng) + _plain("joined") + _organisation(rng) + _plain("after years in") + _place(rng),
+            lambda: _organisation(rng) + _plain("opened an office in") + _place(rng) + _plain(rng.choice(DAYS)),
+            lambda: [(ambiguous, "B-PER")] + _plain("said that") + _organisation(rng) + _plain("would grow"),
+            lambda: _person(rng) + _plain("flew to") + [(ambiguous, "B-LOC")] + _plain(rng.choice(DAYS)),
+            lambda: _plain("in") + [(ambiguous, "B-LOC")] + _plain(",") + _person(rng) + _plain("praised") + _organisation(rng),
+            lambda: [(ambiguous, "B-PER")] + _plain("met") + _person(rng) + _plain("at") + _organisation(rng),
+            lambda: _plain("the weather in") + _place(rng) + _plain("was mild") + _plain(rng.choice(DAYS)),
+        ]
+        pairs = rng.choice(patterns)()
+        rows.append({"tokens": [word for word, _ in pairs], "tags": [tag for _, tag in pairs]})
+    return rows
+
+
+GENERATORS.add(
+    "entity_sentences",
+    entity_sentences,
+    "sentences with people, places and organisations tagged in IOB2 (PER, LOC, ORG); names such as "
+    "'jordan' are a person or a place by context",
+)
