@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from brewer_cli.errors import CheckpointError, ResourceError
+from brewer_cli.models import save_tokenizer
 
 
 @dataclass
@@ -47,6 +48,8 @@ FULL_DISK = {
     errno.EFBIG: "the file is too large for its file system",
 }
 REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS}
+# The files beside the weights (configs, RNG state) in the checkpoint, best/ and final/; each
+# also holds the tokenizer, counted from its own files (a BERT tokenizer.json is about 0.7 MiB).
 FILES_MARGIN = 1 << 20
 
 
@@ -123,7 +126,25 @@ def expected_output_bytes(distiller: nn.Module) -> int:
     """What a run needs free to make progress: one new checkpoint (written before older ones go),
     the student twice more for best/ and final/, and a margin for the files beside the weights
     (RNG state, configs, the tokenizer in each export)."""
-    return checkpoint_bytes(distiller) + 2 * _tensor_bytes(distiller.student.state_dict().values()) + FILES_MARGIN
+    tokenizer = getattr(getattr(distiller, "loaded_student", None), "tokenizer", None)
+    return (
+        checkpoint_bytes(distiller)
+        + 2 * _tensor_bytes(distiller.student.state_dict().values())
+        + FILES_MARGIN
+        + 3 * _tokenizer_bytes(tokenizer)
+    )
+
+
+def _tokenizer_bytes(tokenizer: Any) -> int:
+    """The size of a tokenizer's files as saved: those it was loaded from (vocabulary, tokenizer.json),
+    else a conservative 1 MiB for one built in memory."""
+    if tokenizer is None:
+        return 0
+    source = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    if source.is_dir():
+        names = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "tokenizer.model")
+        return sum((source / name).stat().st_size for name in names if (source / name).is_file())
+    return 1 << 20
 
 
 def size_text(count: int) -> str:
@@ -215,7 +236,13 @@ def export_guarded(directory: Path, export: Callable[[Path], None], student: nn.
 
 
 def _write_checkpoint(directory: Path, distiller: nn.Module, optimizer: Any, scheduler: Any, state: LoopState) -> None:
-    distiller.student.save_pretrained(directory / "student", safe_serialization=True)
+    student = directory / "student"
+    distiller.student.save_pretrained(student, safe_serialization=True)
+    tokenizer = distiller.loaded_student.tokenizer
+    if tokenizer is not None:
+        # With its tokenizer, a checkpoint's student/ loads on its own (AutoTokenizer, pipeline(),
+        # `brewer eval`) like final/; --resume reads only its safetensors.
+        save_tokenizer(tokenizer, getattr(distiller.student, "config", None), student)
     extra = {
         name: tensor.detach().cpu().contiguous()
         for name, tensor in distiller.state_dict().items()

@@ -18,7 +18,31 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help text is read as rich markup: a literal `[` in it is written `\\[` (brewer\\[plot]).
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"brewer {version('brewer')}")
+    except PackageNotFoundError:
+        typer.echo("brewer: version unknown (the package is not installed; run `pip install -e .`)")
+    raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print brewer's version and exit"
+    ),
+) -> None:
+    """brewer: knowledge distillation for NLP models, driven by one recipe file."""
+
 
 RecipeArgument = typer.Argument(..., help="recipe file (.yaml or .json)", show_default=False)
 SetOption = typer.Option(None, "--set", help="override a recipe field: --set training.epochs=3 (repeatable)")
@@ -38,14 +62,12 @@ def _run(action: Callable[[], object]) -> None:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Per-file progress bars of transformers ("Loading weights", "Writing model shards") would
-    # drown brewer's own progress bar and tables.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-
+    # drown brewer's own progress bar and tables. transformers reads this when it is first
+    # imported — after the recipe is checked, which must not wait 1–2 s for that import.
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:
         hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
     try:
         action()
         _leave_process_group(wait=True)
@@ -88,13 +110,21 @@ def distill(
     output_dir: Path = OutputOption,
     resume: bool = ResumeOption,
     dry_run: bool = DryRunOption,
+    retrain_teacher: bool = typer.Option(
+        False,
+        "--retrain-teacher",
+        help="train each teacher with a `train` section again, into a fresh run: an earlier run of it is moved "
+        "aside to <name>.replaced-<date-time>, never deleted (not with --resume)",
+    ),
 ) -> None:
     """Distill the recipe's teacher into its student (training the teacher first when the recipe says how)."""
 
     def action():
+        # The recipe is checked before torch is imported: its problems are reported at once.
+        loaded = _load(recipe, set_)
         from brewer_cli.commands import distill as run_distill
 
-        run_distill(_load(recipe, set_), output_dir, resume=resume, dry_run=dry_run, console=_console())
+        run_distill(loaded, output_dir, resume=resume, dry_run=dry_run, console=_console(), retrain_teacher=retrain_teacher)
 
     _run(action)
 
@@ -110,46 +140,86 @@ def train_teacher(
     """Fine-tune a teacher: a `kind: trainer` recipe, or a distillation recipe's `teacher.train`."""
 
     def action():
+        loaded = _load(recipe, set_)  # before torch is imported
         from brewer_cli.commands import train_teacher as run_train
 
-        run_train(_load(recipe, set_), output_dir, resume=resume, dry_run=dry_run, console=_console())
+        run_train(loaded, output_dir, resume=resume, dry_run=dry_run, console=_console())
 
     _run(action)
 
 
 @app.command("eval")
 def evaluate(
-    target: str = typer.Argument(..., help="run directory (runs/<name>) or model directory", show_default=False),
+    target: str = typer.Argument(
+        ...,
+        help="run directory (runs/<name>), model directory, python-package:NAME or hub id",
+        show_default=False,
+    ),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="recipe giving the task and data (default: the run's own)"),
     data: Optional[str] = typer.Option(None, "--data", help="evaluate on this file instead of the recipe's eval split"),
-    against: Optional[str] = typer.Option(None, "--against", help="also evaluate this teacher (run or checkpoint) and compare"),
+    data_format: Optional[str] = typer.Option(
+        None, "--format", help="--data's format: csv, tsv, json, jsonl, conll, squad, disk or auto (default: from its name)"
+    ),
+    quoting: Optional[bool] = typer.Option(None, "--quoting/--no-quoting", help="--data TSV: honour CSV quoting"),
+    text: Optional[str] = typer.Option(None, "--text", help="--data's text column (default: the recipe's data.text)"),
+    text_pair: Optional[str] = typer.Option(None, "--text-pair", help="--data's second text column of a pair task"),
+    label: Optional[str] = typer.Option(None, "--label", help="--data's label column (default: the recipe's data.label)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="evaluate on the first N examples of --data"),
+    articles: Optional[str] = typer.Option(None, "--articles", help="--data SQuAD: the articles START:END"),
+    against: Optional[str] = typer.Option(None, "--against", help="also evaluate this teacher (same kinds of model) and compare"),
+    output: Optional[Path] = typer.Option(
+        None, "--output", help="the eval file (default: eval[-CHECKPOINT][-DATA].json beside the run)"
+    ),
     set_: Optional[list[str]] = SetOption,
 ) -> None:
-    """Evaluate a run or checkpoint on its eval split (or --data), print a table, write eval.json."""
+    """Evaluate a model on its run's eval split (or --data), print a table, write eval.json beside the run."""
 
     def action():
-        from brewer_cli.commands import evaluate as run_evaluate
+        from brewer_cli.evaluate_command import evaluate as run_evaluate
 
-        run_evaluate(target, str(recipe) if recipe else None, data, against, set_ or [], _console())
+        options = {
+            "format": data_format,
+            "quoting": quoting,
+            "text": text,
+            "text_pair": text_pair,
+            "label": label,
+            "limit": limit,
+            "articles": articles,
+        }
+        run_evaluate(
+            target,
+            str(recipe) if recipe else None,
+            data,
+            options,
+            against,
+            set_ or [],
+            _console(),
+            str(output) if output else None,
+        )
 
     _run(action)
 
 
 @app.command("size-report")
 def size_report(
-    target: str = typer.Argument(..., help="run directory, checkpoint directory, hub id or config file", show_default=False),
+    target: str = typer.Argument(
+        ..., help="run directory, checkpoint directory, python-package:NAME, hub id or config file", show_default=False
+    ),
     against: Optional[str] = typer.Option(None, "--against", help="teacher to compare with (same kinds of target)"),
-    seq_len: int = typer.Option(128, "--seq-len", help="sequence length for FLOPs and latency"),
+    also: Optional[list[str]] = typer.Option(None, "--also", help="another run to report and plot beside them (repeatable)"),
+    seq_len: Optional[int] = typer.Option(
+        None, "--seq-len", help="sequence length for FLOPs and latency (default: the run's data.max_length, else 128)"
+    ),
     runs: int = typer.Option(10, "--runs", help="timed runs per batch size after warm-up (0: skip latency)"),
     batch_sizes: str = typer.Option("1,32", "--batch-sizes", help="comma-separated batch sizes for latency"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     markdown: bool = typer.Option(False, "--markdown", help="print a Markdown table"),
     plot: Optional[Path] = typer.Option(
-        None, "--plot", help="draw parameters against latency into this PNG (needs brewer[plot])"
+        None, "--plot", help="draw the runs' metric against latency and parameters into this PNG (needs brewer\\[plot])"
     ),
 ) -> None:
-    """Parameters, disk size, FLOPs, latency and throughput of a model, and ratios against a teacher."""
+    """Parameters, disk size, FLOPs, latency and throughput of a model beside its run's metric, and ratios against a teacher."""
 
     def action():
         from brewer_cli.errors import BrewerError
@@ -170,7 +240,29 @@ def size_report(
             markdown=markdown,
             plot_path=str(plot) if plot else None,
             console=_console(),
+            also=tuple(also or ()),
         )
+
+    _run(action)
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="finished run directories (runs/<name>)", show_default=False, metavar="RUN"),
+    markdown: bool = typer.Option(False, "--markdown", help="print a Markdown table"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="draw metric against latency into this PNG (needs brewer\\[plot])"),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="measure each model's and its teacher's latency on CPU"),
+    seq_len: Optional[int] = typer.Option(
+        None, "--seq-len", help="sequence length for FLOPs and latency (default: each run's max_length)"
+    ),
+    runs: int = typer.Option(10, "--runs", help="timed runs per batch size after warm-up"),
+) -> None:
+    """Finished runs side by side: metric, share of the teacher, size, FLOPs, speed-up, steps and time."""
+
+    def action():
+        from brewer_cli.compare import run as run_compare
+
+        run_compare(run_dirs, markdown=markdown, plot_path=plot, latency=latency, seq_len=seq_len, runs=runs, console=_console())
 
     _run(action)
 
@@ -186,9 +278,10 @@ def extract(
     """ETD: cut the recipe's student out of its teacher, write it and print what was kept."""
 
     def action():
+        loaded = _load(recipe, set_)  # before torch is imported
         from brewer_cli.commands import extract as run_extract
 
-        run_extract(_load(recipe, set_), output, console=_console())
+        run_extract(loaded, output, console=_console())
 
     _run(action)
 
@@ -257,6 +350,27 @@ def convert(
         from brewer_cli.commands import convert as run_convert
 
         run_convert(directory, output, remove_pickles, _console())
+
+    _run(action)
+
+
+@app.command()
+def push(
+    target: Path = typer.Argument(
+        ..., help="run directory (its final/ is pushed) or model directory (final/, best/, …)", show_default=False
+    ),
+    repo_id: str = typer.Option(
+        ..., "--repo-id", help="the Hub model repository, e.g. your-name/sst2-student", show_default=False
+    ),
+    private: bool = typer.Option(False, "--private", help="create the repository private (an existing one keeps its visibility)"),
+    revision: Optional[str] = typer.Option(None, "--revision", help="branch to push to, created when missing (default: main)"),
+) -> None:
+    """Upload a run's final/ (model, tokenizer, model card) to the Hugging Face Hub; the token is HF_TOKEN or `hf auth login`'s."""
+
+    def action():
+        from brewer_cli.hub import push as run_push
+
+        run_push(target, repo_id, private=private, revision=revision, console=_console())
 
     _run(action)
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
 from rich.console import Console
+from rich.markup import escape
 
 from brewer_cli.augment import augmented_output, with_augmented_data
 from brewer_cli.build import (
@@ -23,55 +25,76 @@ from brewer_cli.build import (
     teacher_missing,
     teacher_slots,
 )
+from brewer_cli.build.loading import UntrainedTeacher
+from brewer_cli.build.teachers import reuse_note, stage_fields, teachers_to_move_aside
 from brewer_cli.checkpoints import expected_output_bytes, write_json
 from brewer_cli.conversion import convert_checkpoint
 from brewer_cli.distillers import DISTILLERS
 from brewer_cli.errors import BrewerError, ModelError
-from brewer_cli.evaluation import EvalSetup, eval_batch_size, evaluate_model
 from brewer_cli.extract import describe
-from brewer_cli.families import parameter_count
-from brewer_cli.families.loading import LoadedModel, load_checkpoint
+from brewer_cli.families.loading import LoadedModel
+from brewer_cli.hub import push_finished_run
 from brewer_cli.loop import TrainingLoop
+from brewer_cli.model_card import write_model_cards
 from brewer_cli.models import save_model_dir
 from brewer_cli.recipe import (
-    DataSource,
     Recipe,
-    eval_only,
-    load_recipe,
+    about_recipe,
     on_augmented_data,
+    speaking_of,
     stage_directory,
     stage_recipes,
-    task_recipe,
     teacher_run_parent,
     teacher_training_recipe,
-    with_eval_source,
     with_student_of,
     without_augment,
 )
-from brewer_cli.run_directory import prepare_run_dir, record_recipe, resume_changes, run_directory_lock, run_started
-from brewer_cli.summary import print_eval, print_stages, print_summary, run_summary, staged_summary
-from brewer_cli.tasks import TASKS
+from brewer_cli.run_directory import (
+    move_aside,
+    prepare_run_dir,
+    record_recipe,
+    refuse_started,
+    resume_changes,
+    run_directory_lock,
+    run_started,
+)
+from brewer_cli.summary import print_stages, print_summary, run_summary, staged_summary
+from brewer_cli.training_setup import apply_threads, check_trackers
 
 Summary = dict[str, Any]
 
 
 def distill(
-    recipe: Recipe, output_dir: str | Path = "runs", resume: bool = False, dry_run: bool = False, console: Any = None
+    recipe: Recipe,
+    output_dir: str | Path = "runs",
+    resume: bool = False,
+    dry_run: bool = False,
+    console: Any = None,
+    retrain_teacher: bool = False,
 ) -> Summary | None:
     """`brewer distill`: augmentation (`data.augment`), then the stages (or the single run), each
-    after training the teachers it is missing."""
+    after training the teachers it is missing. `--resume` continues each part that has a
+    checkpoint, starts afresh the parts that have none and skips the finished ones.
+    `retrain_teacher`: each teacher with a `train` section is trained again into a fresh run; an
+    earlier run of it is moved aside to <name>.replaced-<date-time>, never deleted."""
     console = console or Console()
+    output_dir = Path(output_dir)
+    if retrain_teacher:
+        _move_teachers_aside(recipe, output_dir, resume, dry_run, console)
+    # A dry run moves nothing: the teachers it would retrain are planned as missing ones.
+    retrained = retrain_teacher and dry_run
     if recipe.data is not None and recipe.data.augment is not None:
-        recipe = _augment(recipe, Path(output_dir), resume, dry_run, console)
+        recipe = _augment(recipe, output_dir, resume, dry_run, console, retrained)
     if recipe.stages is None:
-        return _distill_one(recipe, Path(output_dir), resume, dry_run, console)
-    return _run_stages(recipe, Path(output_dir), resume, dry_run, console)
+        return _distill_one(recipe, output_dir, resume, dry_run, console, retrained=retrained)
+    return _run_stages(recipe, output_dir, resume, dry_run, console, retrained)
 
 
 def train_teacher(
     recipe: Recipe, output_dir: str | Path = "runs", resume: bool = False, dry_run: bool = False, console: Any = None
 ) -> Summary | None:
-    """`brewer train-teacher`: a `trainer` recipe, or a distillation recipe's teachers' `train`."""
+    """`brewer train-teacher`: a `trainer` recipe, or a distillation recipe's teachers' `train`.
+    A teacher that exists is checked against the settings it was trained with (reuse_note)."""
     console = console or Console()
     if not DISTILLERS.get(recipe.distillation.kind).needs_teacher:
         return _run(recipe, Path(output_dir), resume, dry_run, console)
@@ -81,20 +104,28 @@ def train_teacher(
                 f"{recipe.path}: teacher.train: this recipe does not say how to train its teacher — give a recipe with "
                 f"`distillation: {{kind: trainer}}` and `model:`, or add `teacher.train: {{model: …, training: …}}`"
             )
+        if not resume:
+            # Trained with other settings: refused with them shown (the same settings: the run
+            # directory's own refusal follows, naming --resume).
+            reuse_note(teacher_slots(recipe)[0], "train-teacher")
         return _run(teacher_training_recipe(recipe), teacher_run_parent(recipe), resume, dry_run, console)
     slots = teacher_slots(recipe)
-    trainable = [slot for slot in slots if slot.spec.train is not None]
+    trainable = [slot for slot in slots if slot.trainable]
     if not trainable:
         raise BrewerError(
             f"{recipe.path}: no teacher of this recipe has a `train` section — add one (e.g. "
             f"`{slots[0].field}.train: {{model: …, training: …}}`), or train each teacher with a "
             f"`kind: trainer` recipe: `brewer train-teacher TRAINER_RECIPE --set training.seed=N --set name=…`"
         )
-    chosen = [slot for slot in trainable if resume or teacher_missing(slot.recipe, slot.spec)]
+    for slot in trainable:
+        reuse_note(slot, "train-teacher")
+    # A finished teacher is skipped, also with --resume; the others are trained (or continued).
+    chosen = [slot for slot in trainable if teacher_missing(slot.recipe, slot.spec)]
     if not chosen:
         raise BrewerError(
             f"{recipe.path}: every teacher with a `train` section exists already "
-            f"({', '.join(slot.spec.checkpoint for slot in trainable)}) — continue one with --resume, or distill"
+            f"({', '.join(slot.spec.checkpoint for slot in trainable)}), trained with these settings — distill with "
+            f"them, or train them again: `brewer distill {recipe.path} --retrain-teacher`"
         )
     return {"teachers": _train_teachers(chosen, resume, dry_run, console)[1]}
 
@@ -124,92 +155,180 @@ def extract(recipe: Recipe, output: str | Path | None = None, console: Any = Non
     (target / "extraction.json").write_text(
         json.dumps({"kept": extraction.kept, "importance": extraction.importance_summary}, indent=2, default=str)
     )
-    console.print(describe(extraction))
-    console.print(f"written: {target} (a transformers model directory) and {target / 'extraction.json'}")
+    console.print(describe(extraction), markup=False)
+    console.print(f"written: {target} (a transformers model directory) and {target / 'extraction.json'}", markup=False)
     return target
 
 
 # ============================================================================= the steps
 
 
-def _augment(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, console: Any) -> Recipe:
+def _augment(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, console: Any, retrained: bool) -> Recipe:
     """`data.augment`: the recipe on the augmented training file. The teacher learns from the
     original data (augmentation serves distillation only), so a missing one is trained first."""
     if not dry_run:
         original = without_augment(recipe)
-        missing = [
-            slot for slot in teacher_slots(original) if teacher_missing(slot.recipe, slot.spec) and slot.spec.train is not None
-        ]
-        _train_teachers(missing, resume, False, console)
+        # Teachers that cannot be trained, or were trained otherwise, are refused before augmenting.
+        _train_teachers(_teachers_to_train(original, None, False, None), resume, False, console)
         return with_augmented_data(recipe, console)
     path = augmented_output(recipe)
     cached = path.is_file() and path.with_name(path.name + ".fingerprint.json").is_file()
     spec = recipe.data.augment
     console.print(
         f"[bold]data.train will be augmented[/bold] (N_a {spec.variants}, p {spec.probability}, "
-        f"K {spec.candidates}, masked LM {spec.model or 'none'}, word vectors {spec.word_vectors or 'none'}) "
-        f"→ {path}{' (in the cache already: the plan reads it)' if cached else ' (not made yet: the plan reads the original data)'}"
+        f"K {spec.candidates}, masked LM {escape(spec.model or 'none')}, word vectors {escape(spec.word_vectors or 'none')}) "
+        f"→ {escape(str(path))}{' (in the cache already: the plan reads it)' if cached else ' (not made yet: the plan reads the original data)'}"
     )
     return on_augmented_data(recipe, path) if cached else without_augment(recipe)
 
 
-def _distill_one(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, console: Any) -> Summary | None:
-    """One run, after training the teachers it is missing (dry run: planning them instead)."""
+# Messages about a derived recipe (a stage, a teacher's training run) name the user's fields.
+@about_recipe
+def _distill_one(
+    recipe: Recipe,
+    output_dir: Path,
+    resume: bool,
+    dry_run: bool,
+    console: Any,
+    written_as: dict[str, str] | None = None,
+    retrained: bool = False,
+    composite: bool = False,
+) -> Summary | None:
+    """One run, after training the teachers it is missing (dry run: planning them instead).
+    `written_as`: where a stage's own sections are in the user's file (TeacherSlot.field_of);
+    `retrained`: a dry run of --retrain-teacher; `composite`: one stage of several. In a composite
+    run (stages, or teachers trained first) --resume starts afresh a student without checkpoints."""
     stand_ins: dict[str, LoadedModel] = {}
+    run_dir = output_dir / recipe.name
     if DISTILLERS.get(recipe.distillation.kind).needs_teacher:
-        missing = [slot for slot in teacher_slots(recipe) if teacher_missing(slot.recipe, slot.spec)]
-        if missing:
-            untrainable = [slot for slot in missing if slot.spec.train is None]
-            if untrainable:
-                raise ModelError("\n".join(slot.missing_message() for slot in untrainable))
+        composite = composite or any(slot.trainable for slot in teacher_slots(recipe))
+        to_train = _teachers_to_train(recipe, written_as, retrained, console)
+        if to_train:
             check_before_training_teachers(recipe)
-            stand_ins = _train_teachers(missing, resume, dry_run, console)[0]
+            if not dry_run and not resume:
+                refuse_started(run_dir)  # refused now, not after training the teachers
+            stand_ins = _train_teachers(to_train, resume, dry_run, console)[0]
+            extract = recipe.student.init.extract if recipe.student and recipe.student.init else None
+            if stand_ins and extract is not None and extract.strategy == "importance":
+                console.print(
+                    "student.init.extract: strategy importance scores the teacher's heads, neurons and channels once the "
+                    "teacher is trained — this plan does not score its untrained stand-in; the student below has the "
+                    "recipe's shape, cut without scores",
+                    markup=False,
+                )
+    if resume and composite and not dry_run and not run_started(run_dir):
+        console.print(f"{run_dir}: no checkpoint to resume: training it from the start", markup=False)
+        resume = False
     return _run(recipe, output_dir, resume, dry_run, console, stand_ins)
+
+
+def _teachers_to_train(recipe: Recipe, written_as: dict[str, str] | None, retrained: bool, console: Any) -> list[TeacherSlot]:
+    """The recipe's teachers still to train (with `retrained`, every one with a `train` section).
+    One that exists and has `train` is checked against the settings it was trained with, and
+    what brewer does with it is printed; a missing one without `train` is refused."""
+    to_train = []
+    for slot in teacher_slots(recipe, written_as):
+        if teacher_missing(slot.recipe, slot.spec) or (retrained and slot.trainable):
+            to_train.append(slot)
+            continue
+        note = reuse_note(slot)
+        if note is not None and console is not None:
+            console.print(note, markup=False)
+    untrainable = [slot for slot in to_train if not slot.trainable]
+    if untrainable:
+        raise ModelError("\n".join(slot.missing_message() for slot in untrainable))
+    return to_train
 
 
 def _train_teachers(
     slots: list[TeacherSlot], resume: bool, dry_run: bool, console: Any
 ) -> tuple[dict[str, LoadedModel], list[Summary | None]]:
     """Train the slots' teachers in order; returns the dry run's untrained stand-ins by field and
-    the trained runs' summaries."""
+    the trained runs' summaries. With --resume a teacher run with a checkpoint continues, one
+    without starts afresh."""
     stand_ins: dict[str, LoadedModel] = {}
     summaries: list[Summary | None] = []
     for slot in slots:
-        # Two entries may name one checkpoint: the first trains it.
-        if not resume and not teacher_missing(slot.recipe, slot.spec):
-            continue
-        teacher_recipe = teacher_training_recipe(slot.recipe, slot.spec)
+        teacher_recipe = slot.training_recipe()
         parent = teacher_run_parent(slot.recipe, slot.spec)
+        missing = teacher_missing(slot.recipe, slot.spec)
         if dry_run:
-            console.print(f"[bold]{slot.field} {slot.spec.checkpoint} is missing: it will be trained first[/bold]")
-            teacher_run = build_run(teacher_recipe, parent)
+            doing = "is missing: it will be trained first" if missing else "will be trained again (--retrain-teacher)"
+            console.print(f"[bold]{escape(slot.field)} {escape(slot.spec.checkpoint)} {doing}[/bold]")
+            with speaking_of(teacher_recipe):
+                teacher_run = build_run(teacher_recipe, parent)
             _print_plan(teacher_run, console)
-            loaded = teacher_run.student
-            loaded.role = "teacher"
-            loaded.source += " (untrained in this plan)"
-            stand_ins[slot.field] = loaded
+            stand_ins[slot.field] = UntrainedTeacher.of(teacher_run.student)
+            continue
+        # Two entries may name one checkpoint: the first trains it.
+        if not missing:
+            continue
+        started = run_started(slot.run_directory)
+        if resume and started:
+            doing = "continuing its training"
+        elif resume:
+            doing = "has no checkpoint to resume: training it from the start"
         else:
-            doing = "is missing: training it first" if teacher_missing(slot.recipe, slot.spec) else "continuing its training"
-            console.print(f"[bold]{slot.field} {slot.spec.checkpoint} {doing}[/bold]")
-            summaries.append(_run(teacher_recipe, parent, resume, False, console))
+            doing = "is missing: training it first"
+        console.print(f"[bold]{escape(slot.field)} {escape(slot.spec.checkpoint)} {doing}[/bold]")
+        summaries.append(_run(teacher_recipe, parent, resume and started, False, console))
     return stand_ins, summaries
 
 
-def _run_stages(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, console: Any) -> Summary | None:
+def _move_teachers_aside(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, console: Any) -> None:
+    """--retrain-teacher: the earlier run of each teacher with a `train` section moves aside, after
+    every check that could refuse the command has passed."""
+    if resume:
+        raise BrewerError(
+            f"{recipe.path}: --retrain-teacher and --resume together: the student's checkpoints were distilled from "
+            f"the teacher that would be replaced — continue the run without --retrain-teacher, or start a new run "
+            f"with it (another name: --set name=…)"
+        )
+    parent = output_dir / recipe.name
+    earlier = teachers_to_move_aside(recipe, parent)
+    if dry_run:
+        for slot in earlier:
+            console.print(
+                f"--retrain-teacher: {slot.run_directory} would be moved aside to "
+                f"{slot.run_directory.name}.replaced-<date-time> and {slot.field} trained again (a dry run moves nothing)",
+                markup=False,
+            )
+        return
+    # The student's directory must take a new run, or the teacher would be moved for nothing.
+    if recipe.stages is None:
+        refuse_started(parent)
+    else:
+        _refuse_started_stages(parent, len(recipe.stages))
+    state = PartialState(cpu=not torch.cuda.is_available())
+    for slot in earlier:
+        moved = move_aside(slot.run_directory, state)
+        if state.is_main_process:
+            console.print(
+                f"--retrain-teacher: the earlier run of {slot.field} moved aside to {moved} (kept: delete it when you no "
+                f"longer need it); training the teacher again",
+                markup=False,
+            )
+    state.wait_for_everyone()
+
+
+def _run_stages(
+    recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, console: Any, retrained: bool = False
+) -> Summary | None:
     """Each stage as a run of its own in <run>/stage-k (brewer_cli.recipe.derive.stage_recipes);
     `final` links to the last stage's final/, summary.json holds every stage's figures."""
     parent = output_dir / recipe.name
     stages = stage_recipes(recipe, parent)
     if dry_run:
         for index, (label, stage_recipe) in enumerate(stages, 1):
-            console.print(f"[bold]stage {index}/{len(stages)}: {label}[/bold]")
+            console.print(f"[bold]stage {index}/{len(stages)}: {escape(label)}[/bold]")
             if index > 1:
                 console.print(
                     f"  student: stage {index - 1}'s final/ ({stage_recipe.student.checkpoint}); this plan "
-                    f"builds it as stage 1 does"
+                    f"builds it as stage 1 does",
+                    markup=False,
                 )
                 stage_recipe = with_student_of(stage_recipe, recipe)
-            _distill_one(stage_recipe, parent, False, True, console)
+            _distill_one(stage_recipe, parent, False, True, console, stage_fields(recipe, index), retrained)
         return None
     state = PartialState(cpu=not torch.cuda.is_available())
     # The staged run is one writer of its directory, for all its stages (each stage locks its own too).
@@ -217,23 +336,29 @@ def _run_stages(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, c
         return _train_stages(recipe, stages, parent, resume, console, state)
 
 
-def _train_stages(
-    recipe: Recipe, stages: list[tuple[str, Recipe]], parent: Path, resume: bool, console: Any, state: PartialState
-) -> Summary:
-    # Checked before anything is written, so that a refusal leaves the directory as it was.
-    if (parent / "summary.json").exists() and not resume:
+def _refuse_started_stages(parent: Path, count: int) -> None:
+    """A staged run without --resume starts in a directory that holds no started stage."""
+    if (parent / "summary.json").exists():
         raise BrewerError(
             f"{parent}: the run directory already holds a finished staged run — choose another name "
             f"with --set name=…, or another --output-dir; brewer never overwrites checkpoints"
         )
-    started = [stage_directory(parent, index) for index in range(1, len(stages) + 1)]
+    started = [stage_directory(parent, index) for index in range(1, count + 1)]
     started = [directory for directory in started if run_started(directory)]
-    if started and not resume:
+    if started:
         raise BrewerError(
             f"{parent}: the run directory holds a started staged run ({started[0].name} has checkpoints) — continue "
             f"it with --resume, choose another name with --set name=…, or another --output-dir; brewer never "
             f"overwrites checkpoints"
         )
+
+
+def _train_stages(
+    recipe: Recipe, stages: list[tuple[str, Recipe]], parent: Path, resume: bool, console: Any, state: PartialState
+) -> Summary:
+    # Checked before anything is written, so that a refusal leaves the directory as it was.
+    if not resume:
+        _refuse_started_stages(parent, len(stages))
     changes = resume_changes(parent, recipe) if resume else {}
     if state.is_main_process:
         (parent / "summary.json").unlink(missing_ok=True)
@@ -242,17 +367,21 @@ def _train_stages(
     summaries = []
     for index, (label, stage_recipe) in enumerate(stages, 1):
         directory = stage_directory(parent, index)
-        console.print(f"[bold]stage {index}/{len(stages)}: {label}[/bold] → {directory}")
+        console.print(f"[bold]stage {index}/{len(stages)}: {escape(label)}[/bold] → {escape(str(directory))}")
         if resume and (directory / "summary.json").is_file():
             console.print("  finished already: skipped")
             summaries.append(json.loads((directory / "summary.json").read_text()))
             continue
-        # A stage stopped before its first complete checkpoint has nothing to resume: it starts afresh.
-        summaries.append(_distill_one(stage_recipe, parent, resume and run_started(directory), False, console))
+        # Each part of the stage (its teachers, its student) resumes from its checkpoints, or
+        # starts afresh when it stopped before its first complete one.
+        summaries.append(_distill_one(stage_recipe, parent, resume, False, console, stage_fields(recipe, index), composite=True))
     _link_final(parent, stage_directory(parent, len(stages)))
     summary = staged_summary(recipe, stages, summaries, parent)
     write_json(parent / "summary.json", summary)
     print_stages(summary, console)
+    if recipe.hub is not None and state.is_main_process:
+        # The last stage's final/ (its model card written by that stage's run).
+        push_finished_run(parent, recipe.hub, recipe.path, console)
     return summary
 
 
@@ -265,144 +394,59 @@ def _link_final(parent: Path, last: Path) -> None:
     os.symlink(os.path.relpath(last / "final", parent), link)
 
 
+@about_recipe
 def _run(
     recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, console: Any, stand_ins: dict[str, LoadedModel] | None = None
 ) -> Summary | None:
     """Build one run and train it (or print its plan)."""
+    started = time.monotonic()  # summary.json's total_time_s counts from here
+    if not dry_run:
+        # A tracker that is not installed stops the run before any model is built.
+        check_trackers(recipe.training, recipe.path)
+    # The intra-op thread count for everything this run computes (extraction, tokenization, training).
+    apply_threads(recipe.training.threads)
     run = build_run(recipe, output_dir, stand_ins)
     if dry_run:
         _print_plan(run, console)
         return None
-    return execute(run, resume, console)
+    return execute(run, resume, console, started)
 
 
-def execute(run: Run, resume: bool, console: Any) -> Summary:
+def execute(run: Run, resume: bool, console: Any, started: float | None = None) -> Summary:
+    started = time.monotonic() if started is None else started
     # Without CUDA, Accelerate only joins a multi-process launch (gloo) when told it runs on CPU.
     state = PartialState(cpu=not torch.cuda.is_available())
     # One writer per run directory: held from before the first write until summary.json is written.
     with run_directory_lock(run.run_dir, state):
-        return _train(run, resume, console, state)
+        return _train(run, resume, console, state, started)
 
 
-def _train(run: Run, resume: bool, console: Any, state: PartialState) -> Summary:
+def _train(run: Run, resume: bool, console: Any, state: PartialState, started: float) -> Summary:
     prepare_run_dir(run.run_dir, run.recipe, resume, state, console, expected_output_bytes(run.distiller))
     state.wait_for_everyone()
+    loop = TrainingLoop(run, resume=resume, console=console)
     # The distiller knows its teachers: one, several (and their ensemble), or one per task.
     teacher_metrics = run.distiller.evaluate_teachers(state.device)
     if teacher_metrics is not None and state.is_main_process:
         console.print(f"teacher {run.task.primary_metric}: {teacher_metrics[run.task.primary_metric]:.4f}")
-    loop = TrainingLoop(run, resume=resume, console=console)
+    # A training.metric_for_best the task does not report stops the run here, before training.
+    loop.check_metric_for_best(teacher_metrics, "the teacher's evaluation")
     result = loop.fit()
-    summary = run_summary(run, result, teacher_metrics, loop.accelerator.device)
+    summary = run_summary(run, result, teacher_metrics, loop.accelerator.device, started)
     if state.is_main_process:
         write_json(run.run_dir / "summary.json", summary, run.run_dir)
+        # The model cards (README.md in final/ and best/) read summary.json's figures and recipe.yaml.
+        write_model_cards(run.run_dir, summary, losses=run.distiller.describe_losses())
         print_summary(summary, console, run)
+        if run.recipe.hub is not None:
+            push_finished_run(run.run_dir, run.recipe.hub, run.recipe.path, console)
     return summary
 
 
 def _print_plan(run: Run, console: Any) -> None:
-    console.print(f"[bold]plan for {run.recipe.name}[/bold]")
+    console.print(f"[bold]plan for {escape(run.recipe.name)}[/bold]")
     for line in plan_lines(run):
-        console.print(f"  {line}")
-
-
-# ============================================================================= brewer eval
-
-
-def evaluate(
-    target: str, recipe_path: str | None, data_path: str | None, against: str | None, overrides: list[str], console: Any
-) -> Summary:
-    """`brewer eval`: a run's (or checkpoint's) metrics on its recipe's eval split or `--data`,
-    optionally beside a teacher's; prints a table and writes eval.json."""
-    target_path = Path(target)
-    if not target_path.exists():
-        raise BrewerError(f"{target}: no such run directory or checkpoint — give runs/<name> or a model directory")
-    checkpoint = checkpoint_of(target_path)
-    recipe_file = Path(recipe_path) if recipe_path else find_run_recipe(checkpoint)
-    if recipe_file is None:
-        raise BrewerError(
-            f"{target}: no recipe.yaml found beside this checkpoint — pass --recipe RECIPE so brewer knows the task and data"
-        )
-    recipe = load_recipe(recipe_file, overrides)
-    if recipe.tasks is not None:
-        recipe = _one_task(recipe, checkpoint)
-    if data_path is not None:
-        recipe = with_eval_source(recipe, DataSource(path=data_path, format="auto"))
-    if recipe.data.eval is None:
-        raise BrewerError(f"{recipe_file}: data.eval: the recipe has no eval split — give --data FILE")
-    task = TASKS.get(recipe.task.kind)(recipe.task)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    results: dict[str, Any] = {}
-    models = [("model", str(checkpoint))] + ([("teacher", against)] if against else [])
-    for role, location in models:
-        location_path = Path(location)
-        if role == "teacher" and location_path.exists():
-            location = str(checkpoint_of(location_path))
-        loaded = load_checkpoint(
-            location, task, None, None, f"--against {location}" if role == "teacher" else str(location), role, shape_head=False
-        )
-        if loaded.tokenizer is None:
-            raise BrewerError(f"{location}: no tokenizer files in this checkpoint — save the tokenizer with the model")
-        data = task.prepare(eval_only(recipe), loaded.tokenizer, _label_names(loaded.model))
-        setup = EvalSetup(task, data, task.collate(loaded.tokenizer), eval_batch_size(recipe.training))
-        loaded.model.to(device)
-        metrics = evaluate_model(
-            setup, loaded.model, loaded.family, output_dir=Path(location) if Path(location).is_dir() else None
-        )
-        results[role] = {"checkpoint": str(location), "parameters": parameter_count(loaded.model), "metrics": metrics}
-    primary = task.primary_metric
-    # Examples as the user counts them: questions for QA, not the windows they were split into.
-    examples = len(data.eval_examples) if data.eval_examples is not None else len(data.eval)
-    report: dict[str, Any] = {"metric": primary, **results, "examples": examples}
-    if against:
-        teacher_value = results["teacher"]["metrics"][primary]
-        report["model_to_teacher"] = results["model"]["metrics"][primary] / teacher_value if teacher_value else None
-    output = (target_path if target_path.is_dir() else checkpoint) / "eval.json"
-    output.write_text(json.dumps(report, indent=2))
-    print_eval(report, console, output)
-    return report
-
-
-def find_run_recipe(target: Path) -> Path | None:
-    """The resolved recipe of the run a checkpoint belongs to (final/, best/, checkpoints/step-N/student)."""
-    for directory in [target, *target.parents][:4]:
-        candidate = directory / "recipe.yaml"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def checkpoint_of(target: Path) -> Path:
-    if (target / "config.json").is_file():
-        return target
-    for directory in (target, target / "final", target / "best"):
-        if (directory / "tasks.json").is_file():
-            # A multi-task run: one model directory per task.
-            choices = sorted(str(path.parent) for path in directory.glob("*/config.json"))
-            raise BrewerError(f"{target}: a multi-task run holds one model per task — give one of: {', '.join(choices)}")
-    for name in ("final", "best"):
-        if (target / name / "config.json").is_file():
-            return target / name
-    raise BrewerError(
-        f"{target}: not a run directory (no final/ or best/) nor a checkpoint (no config.json) — give a run "
-        f"directory such as runs/<name> or a model directory"
-    )
-
-
-def _one_task(recipe: Recipe, checkpoint: Path) -> Recipe:
-    """A multi-task recipe's task whose exported model this is (final/<task>/)."""
-    if checkpoint.name not in recipe.tasks:
-        raise BrewerError(
-            f"{checkpoint}: {recipe.path} is a multi-task recipe and this directory is not one of its tasks' models "
-            f"(final/<task>/ with a task among {', '.join(recipe.tasks)}) — give a task's directory"
-        )
-    return task_recipe(recipe, checkpoint.name)
-
-
-def _label_names(model: Any) -> list[str] | None:
-    id2label = getattr(model.config, "id2label", None) or {}
-    return [str(id2label[i]) for i in sorted(id2label, key=int)] or None
+        console.print(f"  {line}", markup=False)
 
 
 # ============================================================================= brewer convert

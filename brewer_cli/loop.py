@@ -1,8 +1,10 @@
 """The one training loop: Accelerate (device, DDP, mixed precision), gradient accumulation,
-clipping, AdamW with warmup and linear decay, periodic evaluation keeping the best student,
-checkpoints and resume (brewer_cli.checkpoints), metrics.jsonl and a progress bar; a guard against
-divergence (non-finite losses or gradients: stop, or skip the batch) and a clean stop on
-SIGINT / SIGTERM (a checkpoint, then exit 130 / 143).
+clipping, AdamW with warmup and a learning-rate schedule (brewer_cli.training_setup), periodic
+evaluation keeping the best student (brewer_cli.best_checkpoint: final/ is the best one when
+`load_best_at_end`), checkpoints and resume (brewer_cli.checkpoints), metrics.jsonl, trackers,
+throughput and the step display (brewer_cli.reporting); a guard against divergence (non-finite
+losses or gradients: stop, or skip the batch) and a clean stop on SIGINT / SIGTERM (a checkpoint,
+then exit 130 / 143).
 
 The loop knows nothing of a kind of distillation: it asks the distiller (brewer_cli.distillers)
 for its batches, its loss, its evaluation and its export.
@@ -19,30 +21,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import get_linear_schedule_with_warmup
 
-from brewer_cli.checkpoints import (
-    LoopState,
-    append_line,
-    complete_checkpoints,
-    export_guarded,
-    load_latest_checkpoint,
-    save_checkpoint,
-)
+from brewer_cli.best_checkpoint import BestMetric, copy_to_final, metrics_at
+from brewer_cli.checkpoints import LoopState, complete_checkpoints, export_guarded, load_latest_checkpoint, save_checkpoint
 from brewer_cli.errors import DivergenceError, InterruptedRun
-from brewer_cli.guards import DivergenceGuard, StopSignals, json_line
+from brewer_cli.guards import DivergenceGuard, StopSignals
+from brewer_cli.reporting import Reporter, StepDisplay, Throughput
 from brewer_cli.run import Run
+from brewer_cli.training_setup import accelerator_precision, create_accelerator, learning_rate_schedule, resolve_precision
 
+__all__ = ["TrainingLoop", "resolve_precision"]
 
-def resolve_precision(precision: str) -> str:
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
+# The step display under the name the loop has always called it by (tests patch its `update`,
+# which the loop calls once a step).
+_Progress = StepDisplay
 
 
 class TrainingLoop:
@@ -54,14 +46,12 @@ class TrainingLoop:
         self.training = run.recipe.training
         self.resume = resume
         self.console = console
-        self.precision = resolve_precision(self.training.precision)
-        self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(),
-            mixed_precision=self.precision,
-            gradient_accumulation_steps=self.training.gradient_accumulation,
-            step_scheduler_with_optimizer=False,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        )
+        self.best_metric = BestMetric.of(run)
+        self.accelerator = create_accelerator(run, accelerator_precision(self.training.precision))
+        # What Accelerate trains in: the recipe's, or with `auto` the one `accelerate launch` was told.
+        self.precision = self.accelerator.mixed_precision
+        self.reporter = Reporter(run, self.accelerator, console)
+        self.throughput = Throughput(self.accelerator)
         self.run_dir: Path = run.run_dir
         self.state = LoopState()
         self.last_eval: tuple[int, dict[str, Any]] | None = None
@@ -113,7 +103,15 @@ class TrainingLoop:
         steps_per_epoch = max(1, math.ceil(len(loader) / self.training.gradient_accumulation))
         total_steps = self.training.max_steps or max(1, math.ceil(self.training.epochs * steps_per_epoch))
         self.distiller.total_steps = self.total_steps = total_steps
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.training.warmup * total_steps), total_steps)
+        scheduler = learning_rate_schedule(optimizer, self.training.lr_schedule, self.training.warmup, total_steps)
+        self.reporter.start_trackers()
+        try:
+            return self._fit(distiller, optimizer, scheduler, loader, sampler, steps_per_epoch)
+        finally:
+            self.reporter.finish_trackers()
+
+    def _fit(self, distiller, optimizer, scheduler, loader, sampler, steps_per_epoch: int) -> dict[str, Any]:
+        accelerator, total_steps = self.accelerator, self.total_steps
         if self.resume:
             self.state, latest = load_latest_checkpoint(
                 self.run_dir / "checkpoints", accelerator.unwrap_model(distiller), optimizer, scheduler, accelerator.device
@@ -130,7 +128,8 @@ class TrainingLoop:
             self.distiller.compile_student(self.training.compile_backend)
 
         start = time.time()
-        progress = _Progress(self.training.progress and accelerator.is_main_process, total_steps, self.console)
+        self.throughput = Throughput(accelerator)
+        progress = _Progress(self.training.progress and accelerator.is_main_process, total_steps, self.console, self.throughput)
         progress.advance_to(self.state.step)
         try:
             with self.signals:
@@ -161,6 +160,7 @@ class TrainingLoop:
                     target.set_epoch(self.state.epoch)
             for batch in epoch_loader:
                 self.state.batch_in_epoch += 1
+                self.throughput.count(batch)
                 skipped = False
                 with accelerator.accumulate(distiller):
                     parts = distiller(batch)
@@ -197,8 +197,10 @@ class TrainingLoop:
                 last = step >= total_steps
                 if step % self.training.log_every == 0 or last:
                     averages = self._window_averages()
+                    rates = self.throughput.read()
                     progress.update(step, learning_rate, averages.get("loss"))
-                    record = {"step": step, "epoch": self.state.epoch, "learning_rate": learning_rate, **averages}
+                    record = {"step": step, "epoch": self.state.epoch, "learning_rate": learning_rate, **averages, **rates}
+                    record.update(self._teacher_cache_counts())
                     if guard.skip_batch:
                         record["skipped_batches"] = guard.skipped
                     self._log(record)
@@ -330,39 +332,75 @@ class TrainingLoop:
     def _evaluate_and_keep_best(self) -> None:
         # A diverged student is neither evaluated nor kept as the best.
         self._check()
-        metrics = self.distiller.evaluate(self.accelerator)
-        self.last_eval = (self.state.step, metrics)
-        primary = metrics[self.run.task.primary_metric]
-        self._log({"step": self.state.step, "eval": metrics})
-        better = self.state.best_metric is None or (
-            primary > self.state.best_metric if self.run.task.greater_is_better else primary < self.state.best_metric
-        )
-        self.state.history.append({"step": self.state.step, **metrics})
-        if better:
-            self.state.best_metric = primary
-            self.state.best_step = self.state.step
-            self._refuse_non_finite_weights(self.run_dir / "best")
-            if self.accelerator.is_main_process:
-                self._save_student(self.run_dir / "best")
+        with self.throughput.paused():
+            step, best = self.state.step, self.best_metric
+            metrics = self.distiller.evaluate(self.accelerator)
+            self.last_eval = (step, metrics)
+            self._log({"step": step, "eval": metrics})
+            value = best.value(metrics)
+            self.state.history.append({"step": step, **metrics})
+            if best.better(value, self.state.best_metric):
+                self.state.best_metric = value
+                self.state.best_step = step
+                self._refuse_non_finite_weights(self.run_dir / "best")
+                if self.accelerator.is_main_process:
+                    self._save_student(self.run_dir / "best")
+            self.reporter.evaluation(
+                step,
+                self.total_steps,
+                best.name,
+                value,
+                self.state.best_metric,
+                self.state.best_step,
+                self.throughput.running_examples_per_s(),
+            )
 
-    def _finish(self, wall_time: float) -> dict[str, Any]:
+    def check_metric_for_best(self, metrics: dict[str, Any] | None, whose: str) -> None:
+        """Before training: `training.metric_for_best` is among the metrics an evaluation of this
+        task reports (the teacher's, evaluated first), so a misspelt name stops the run at once."""
+        if metrics is not None:
+            self.best_metric.value(metrics, whose)
+
+    def _finish(self, train_time: float) -> dict[str, Any]:
         self._check()
-        student_metrics = None
+        state, name = self.state, self.best_metric.name
+        last_metrics = None
         if self.run.data.eval is not None:
             # The last step was evaluated already unless the run resumed from its final checkpoint.
-            if self.last_eval is not None and self.last_eval[0] == self.state.step:
-                student_metrics = self.last_eval[1]
+            if self.last_eval is not None and self.last_eval[0] == state.step:
+                last_metrics = self.last_eval[1]
             else:
-                student_metrics = self.distiller.evaluate(self.accelerator)
-        self._refuse_non_finite_weights(self.run_dir / "final")
-        if self.accelerator.is_main_process:
-            self._save_student(self.run_dir / "final")
+                last_metrics = metrics_at(state.history, state.step) or self.distiller.evaluate(self.accelerator)
+        best_metrics = metrics_at(state.history, state.best_step)
+        # Trainer's load_best_at_end: final/ is the best checkpoint's student (best/, copied).
+        from_best = (
+            self.training.load_best_at_end
+            and best_metrics is not None
+            and state.best_step != state.step
+            and (self.run_dir / "best").is_dir()
+        )
+        if from_best:
+            if self.accelerator.is_main_process:
+                copy_to_final(self.run_dir / "best", self.run_dir / "final", self.run_dir)
+            self.accelerator.wait_for_everyone()
+        else:
+            self._refuse_non_finite_weights(self.run_dir / "final")
+            if self.accelerator.is_main_process:
+                self._save_student(self.run_dir / "final")
         return {
-            "student_metrics": student_metrics,
-            "best": {"step": self.state.best_step, "metric": self.state.best_metric},
-            "steps": self.state.step,
+            "metric": name,
+            "student_metrics": best_metrics if from_best else last_metrics,
+            "best": {"step": state.best_step, "metric": name, "value": state.best_metric, "metrics": best_metrics},
+            "last": {"step": state.step, "metrics": last_metrics},
+            "final": {
+                "step": state.best_step if from_best else state.step,
+                "is_best": from_best or state.best_step == state.step,
+            },
+            "steps": state.step,
             "skipped_batches": self.guard.skipped,
-            "wall_time_s": wall_time,
+            "train_time_s": train_time,
+            "throughput": self.throughput.summary(),
+            "threads": torch.get_num_threads(),
             "precision": self.precision,
             "processes": self.accelerator.num_processes,
         }
@@ -370,11 +408,15 @@ class TrainingLoop:
     # -- output ---------------------------------------------------------------------------------
 
     def _log(self, record: dict[str, Any]) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        line = json_line({"time": round(time.time(), 3), **record})
-        # Guarded: a full disk ends the run with a clear error, never half a line.
-        append_line(self.run_dir / "metrics.jsonl", line, self.run_dir)
+        self.reporter.log(record)
+
+    def _teacher_cache_counts(self) -> dict[str, int]:
+        """The teacher-output cache's answers so far (this process's: metrics.jsonl is the main
+        process's view; summary.json sums the processes)."""
+        cache = self.distiller.teacher_cache
+        if cache is None:
+            return {}
+        return {"teacher_cache_hits": cache.counts.hits, "teacher_cache_misses": cache.counts.misses}
 
     def _save_student(self, directory: Path) -> None:
         # Guarded: a full disk removes the partial export and ends the run with a clear error.
@@ -382,6 +424,10 @@ class TrainingLoop:
         export_guarded(directory, distiller.export_student, distiller.student, self.run_dir)
 
     def _save_checkpoint(self, optimizer, scheduler) -> None:
+        with self.throughput.paused():
+            self._write_checkpoint(optimizer, scheduler)
+
+    def _write_checkpoint(self, optimizer, scheduler) -> None:
         # The last good checkpoint stays: a refusal comes before anything is written or rotated out.
         self._check()
         self._refuse_non_finite_weights(self.run_dir / "checkpoints" / f"step-{self.state.step}")
@@ -405,40 +451,3 @@ def _non_finite(parts: list[str], gradient: bool) -> str:
     what = [f"loss part{'s' if len(parts) > 1 else ''} {', '.join(parts)}"] if parts else []
     what += ["the gradient norm"] if gradient else []
     return " and ".join(what) or "values on another process"
-
-
-class _Progress:
-    """A rich progress bar with loss, learning rate and ETA; silent off the main process."""
-
-    def __init__(self, enabled: bool, total: int, console: Any):
-        self.enabled = enabled
-        if not enabled:
-            return
-        self.bar = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TextColumn("lr {task.fields[lr]:.2e}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self.bar.start()
-        self.task = self.bar.add_task("train", total=total, loss=float("nan"), lr=0.0)
-
-    def advance_to(self, step: int) -> None:
-        if self.enabled:
-            self.bar.update(self.task, completed=step)
-
-    def update(self, step: int, learning_rate: float, loss: float | None = None) -> None:
-        """`loss`: the average of the last logged steps; None keeps the one shown."""
-        if self.enabled:
-            fields = {"lr": learning_rate} if loss is None else {"lr": learning_rate, "loss": loss}
-            self.bar.update(self.task, completed=step, **fields)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.bar.stop()

@@ -261,8 +261,46 @@ class quiet_transformers:
         return False
 
 
+# RoBERTa-style embeddings number a token's position from padding_idx + 1 (padding_idx is the pad
+# token's id, 1 in RoBERTa's vocabulary): the table's first pad_token_id + 1 rows never hold a token,
+# so the longest input is max_position_embeddings − 2 with RoBERTa's own vocabulary.
+PADDING_OFFSET_TYPES = ("roberta", "camembert", "xlm-roberta")
+
+
+def position_limit(config: Any, pad_token_id: int | None = None) -> tuple[int, int] | None:
+    """(the most tokens an input may have, the positions reserved before the first) for a model
+    with absolute position embeddings; None without them (DeBERTa-v3: relative positions only).
+    `pad_token_id` stands in for the config's when a tokenizer will set it."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or getattr(config, "position_biased_input", True) is False:
+        return None
+    pad = getattr(config, "pad_token_id", None) if pad_token_id is None else pad_token_id
+    reserved = (pad or 0) + 1 if getattr(config, "model_type", None) in PADDING_OFFSET_TYPES else 0
+    return positions - reserved, reserved
+
+
+def save_tokenizer(tokenizer: Any, config: Any, directory: Path) -> None:
+    """`tokenizer.save_pretrained(directory)` with `model_max_length` the most tokens the model
+    reads (its position limit), so that `pipeline(…, truncation=True)` and `tokenizer(…,
+    truncation=True)` cut a long text where the model stops instead of feeding it positions it does
+    not have. A smaller value the tokenizer already carries is kept; transformers' "unknown"
+    (VERY_LARGE_INTEGER, 1e30) is larger than any limit, so it is replaced. The tokenizer object is
+    left as it was: the run (and a teacher sharing it) keep tokenizing as before."""
+    limit = position_limit(config)
+    current = getattr(tokenizer, "model_max_length", None)
+    if limit is None or not isinstance(current, int):
+        tokenizer.save_pretrained(directory)
+        return
+    tokenizer.model_max_length = min(current, limit[0]) if current > 0 else limit[0]
+    try:
+        tokenizer.save_pretrained(directory)
+    finally:
+        tokenizer.model_max_length = current
+
+
 def save_model_dir(model: Any, tokenizer: Any, directory: Path) -> None:
-    """save_pretrained into `directory` atomically: written beside it, then renamed into place."""
+    """save_pretrained into `directory` atomically: written beside it, then renamed into place.
+    The tokenizer goes with it, its `model_max_length` set to the model's positions (save_tokenizer)."""
 
     directory = Path(directory)
     temporary = directory.with_name(directory.name + ".tmp")
@@ -270,7 +308,7 @@ def save_model_dir(model: Any, tokenizer: Any, directory: Path) -> None:
         shutil.rmtree(temporary)
     model.save_pretrained(temporary, safe_serialization=True)
     if tokenizer is not None:
-        tokenizer.save_pretrained(temporary)
+        save_tokenizer(tokenizer, model.config, temporary)
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
         if old.exists():

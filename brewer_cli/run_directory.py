@@ -7,7 +7,11 @@ releases the lock when that process dies, so a lock file left by a killed run bl
 Then, before any write: a directory that holds a run is continued only with --resume, and only
 with a recipe that computes the same thing (settings that only say how often to evaluate, save
 or log may change, and are recorded); a directory holding nothing but a partial first checkpoint
-counts as not started; there must be room on the disk for a checkpoint and the exports."""
+counts as not started; there must be room on the disk for a checkpoint and the exports.
+
+A finished run's model reused by a later command (a teacher trained by `teacher.train`) is checked
+the same way: the settings that change what it learned must be those the run recorded
+(`result_changes`); `move_aside` keeps an earlier run under a new name instead of deleting it."""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from typing import Any
 
 import yaml
 from accelerate.utils import broadcast_object_list
+from pydantic import ValidationError
 
 from brewer_cli.checkpoints import (
     append_line,
@@ -51,6 +56,7 @@ SAFE_ON_RESUME = (
     "eval_batch_size",
     "on_nan",
     "nan_patience",
+    "report_to",  # where the records also go, not what they are
 )
 # What a run that stopped before its first complete checkpoint may have left (all of it redone).
 LEFTOVERS = ("checkpoints", "best", "best.tmp", "best.old", "final.tmp", "final.old", "metrics.jsonl", "summary.json.tmp")
@@ -176,15 +182,9 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, state: Any, con
     """Every process checks (they all read the same directory, so they agree): a refusal raised on
     the main process alone would leave the others waiting for it at the next barrier. Only the
     main process writes, and only once every check passed."""
-    started = run_started(run_dir)
-    if started and not resume:
-        complete = (run_dir / "summary.json").exists()
-        raise RunDirectoryError(
-            f"{run_dir}: the run directory already exists{' and holds a finished run' if complete else ''} — "
-            f"continue it with --resume, choose another name with --set name=…, or another --output-dir; "
-            f"brewer never overwrites checkpoints"
-        )
-    if resume and not started:
+    if not resume:
+        refuse_started(run_dir)
+    if resume and not run_started(run_dir):
         partial = partial_checkpoints(run_dir / "checkpoints")
         if partial:
             raise RunDirectoryError(
@@ -207,6 +207,17 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, state: Any, con
     record_recipe(run_dir, recipe, changes, console)
 
 
+def refuse_started(run_dir: Path) -> None:
+    """A run without --resume starts in a directory that holds no started run."""
+    if run_started(run_dir):
+        complete = (run_dir / "summary.json").exists()
+        raise RunDirectoryError(
+            f"{run_dir}: the run directory already exists{' and holds a finished run' if complete else ''} — "
+            f"continue it with --resume, choose another name with --set name=…, or another --output-dir; "
+            f"brewer never overwrites checkpoints"
+        )
+
+
 def run_started(run_dir: Path) -> bool:
     """A run has started once it completed a checkpoint (or finished); a directory with nothing
     but a partial first checkpoint has not."""
@@ -220,31 +231,90 @@ def resume_changes(run_dir: Path, recipe: Recipe) -> dict[str, tuple[Any, Any]]:
     stored_path = run_dir / "recipe.yaml"
     if not stored_path.is_file():
         return {}
-    try:
-        stored = yaml.safe_load(stored_path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise RunDirectoryError(
-            f"{stored_path}: the recipe this run started with cannot be read ({error.__class__.__name__}), so --resume "
-            f"cannot check that this recipe computes the same run — restore the file, or start a new run"
-        ) from None
-    # Through YAML like the stored one, so that both hold the same types (lists, not tuples).
-    new = yaml.safe_load(yaml.safe_dump(resolved_mapping(recipe), sort_keys=False))
-    old_values, new_values = _flattened(stored), _flattened(new)
-    changes = {
-        path: (old_values.get(path, _MISSING), new_values.get(path, _MISSING))
-        for path in list(old_values) + [path for path in new_values if path not in old_values]
-        if old_values.get(path, _MISSING) != new_values.get(path, _MISSING)
-    }
+    changes = _changes(stored_path, recipe, "--resume cannot check that this recipe computes the same run")
     refused = {path: pair for path, pair in changes.items() if not _safe_on_resume(path)}
     if refused:
-        lines = "\n".join(f"  {path}: {_shown(old)} → {_shown(value)}" for path, (old, value) in refused.items())
+        lines = change_lines(refused)
         raise RunDirectoryError(
             f"{recipe.path or 'the recipe'}: --resume would continue {run_dir} with settings that change what it "
             f"computes (stored in {stored_path} → this recipe):\n{lines}\n"
             f"Resume with the recipe the run started with, or start a new run under another name (--set name=…) "
-            f"or --output-dir. Only training.{', training.'.join(SAFE_ON_RESUME)} may change on resume."
+            f"or --output-dir. Only training.{', training.'.join(SAFE_ON_RESUME)} and hub may change on resume."
         )
     return changes
+
+
+def result_changes(run_dir: Path, recipe: Recipe) -> dict[str, tuple[Any, Any]] | None:
+    """Before reusing the model a finished run left (a teacher a recipe would otherwise train):
+    the settings in which `recipe` differs from the one the run recorded (<run>/recipe.yaml), by
+    dotted path as (recorded, now), leaving out those that do not change the trained model (the
+    ones SAFE_ON_RESUME names). None when the directory records no recipe: not a brewer run."""
+    stored_path = run_dir / "recipe.yaml"
+    if not stored_path.is_file():
+        return None
+    changes = _changes(stored_path, recipe, "brewer cannot check that the model there was trained with this recipe's settings")
+    return {path: pair for path, pair in changes.items() if not _safe_on_resume(path)}
+
+
+def change_lines(changes: dict[str, tuple[Any, Any]], field_of: Callable[[str], str] = str) -> str:
+    """`  dotted.path: stored → new`, one line each; `field_of` names a path as the user's file does."""
+    return "\n".join(f"  {field_of(path)}: {_shown(old)} → {_shown(new)}" for path, (old, new) in changes.items())
+
+
+def _changes(stored_path: Path, recipe: Recipe, purpose: str) -> dict[str, tuple[Any, Any]]:
+    """Every setting, by dotted path, in which `recipe` differs from the recipe stored at `stored_path`."""
+    try:
+        stored = yaml.safe_load(stored_path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise RunDirectoryError(
+            f"{stored_path}: the recipe this run started with cannot be read ({error.__class__.__name__}), so {purpose} "
+            f"— restore the file, or start a new run"
+        ) from None
+    # The stored recipe with today's defaults filled in, so that a field added to brewer after the
+    # run started counts as unchanged when the recipe leaves it at its default. A stored recipe the
+    # schema no longer reads is compared as it is.
+    if isinstance(stored, dict):
+        try:
+            stored = resolved_mapping(Recipe.model_validate(stored))
+        except ValidationError:
+            pass
+    # Both through YAML, so that they hold the same types (lists, not tuples).
+    old_values = _flattened(yaml.safe_load(yaml.safe_dump(stored, sort_keys=False)))
+    new_values = _flattened(yaml.safe_load(yaml.safe_dump(resolved_mapping(recipe), sort_keys=False)))
+    return {
+        path: (old_values.get(path, _MISSING), new_values.get(path, _MISSING))
+        for path in list(old_values) + [path for path in new_values if path not in old_values]
+        if old_values.get(path, _MISSING) != new_values.get(path, _MISSING)
+    }
+
+
+def move_aside(run_dir: Path, state: Any) -> Path:
+    """Rename a run directory to <name>.replaced-<date-time> beside it (never deleted), once no
+    other process writes it; returns the new path. Only the main process moves it."""
+    moved = [run_dir]
+
+    def move() -> None:
+        descriptor, _ = _take_lock(run_dir)
+        try:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            target = run_dir.with_name(f"{run_dir.name}.replaced-{stamp}")
+            number = 1
+            while target.exists():
+                number += 1
+                target = run_dir.with_name(f"{run_dir.name}.replaced-{stamp}-{number}")
+            try:
+                run_dir.rename(target)
+            except OSError as error:
+                raise ResourceError(
+                    f"{run_dir}: cannot be moved aside to {target.name} ({error.strerror}) — move or delete it yourself"
+                ) from None
+            moved[0] = target
+        finally:
+            (moved[0] / LOCK_FILE).unlink(missing_ok=True)
+            os.close(descriptor)
+
+    decided_by_main(state, move)
+    return moved[0]
 
 
 def record_recipe(run_dir: Path, recipe: Recipe, changes: dict[str, tuple[Any, Any]], console: Any = None) -> None:
@@ -291,7 +361,8 @@ def _remove(path: Path) -> None:
 
 def _safe_on_resume(path: str) -> bool:
     parts = path.split(".")
-    return len(parts) >= 2 and parts[-2] == "training" and parts[-1] in SAFE_ON_RESUME
+    # Where the finished run is pushed (`hub`) changes nothing it computes.
+    return (len(parts) >= 2 and parts[-2] == "training" and parts[-1] in SAFE_ON_RESUME) or parts[0] == "hub"
 
 
 def _flattened(value: Any, prefix: str = "") -> dict[str, Any]:

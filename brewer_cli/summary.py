@@ -6,26 +6,36 @@ from __future__ import annotations
 
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as distributed
 from rich.table import Table
+from rich.text import Text
 
+from brewer_cli.best_checkpoint import flat_metrics
 from brewer_cli.families import parameter_count
 from brewer_cli.recipe import Recipe, stage_directory
 from brewer_cli.run import Run
 from brewer_cli.size_report import summary_figures
 
 
-def run_summary(run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any] | None, device: Any) -> dict[str, Any]:
-    """summary.json of one run; `result` is what the loop returns."""
+def run_summary(
+    run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any] | None, device: Any, started: float | None = None
+) -> dict[str, Any]:
+    """summary.json of one run; `result` is what the loop returns, `started` the time.monotonic()
+    when the command began this run (building its models), for `total_time_s`.
+
+    `metric` is the one that picks the best checkpoint (training.metric_for_best, by default the
+    task's primary metric); with load_best_at_end the student's figures are the best checkpoint's,
+    which final/ holds, and `last` keeps the last step's."""
     distiller = run.distiller
-    metric = run.task.primary_metric
+    metric = result.get("metric") or run.task.primary_metric
     student_metrics = result["student_metrics"] or {}
     student = {
-        "metric": student_metrics.get(metric),
+        "metric": flat_metrics(student_metrics).get(metric),
         "metrics": student_metrics,
         "parameters": parameter_count(run.student.model),
         "checkpoint": str(run.run_dir / "final"),
@@ -39,7 +49,7 @@ def run_summary(run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any
     if run.teacher is None:
         summary["model"] = student
     else:
-        teacher_value = (teacher_metrics or {}).get(metric)
+        teacher_value = flat_metrics(teacher_metrics).get(metric)
         summary["teacher"] = {
             "metric": teacher_value,
             "metrics": teacher_metrics,
@@ -57,11 +67,23 @@ def run_summary(run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any
         summary["data"] = run.data.extra["summary"]
     summary.update(
         {
+            # best: {step, metric, value, metrics}; last: {step, metrics}; final: {step, is_best}.
             "best": result["best"],
+            "last": result["last"],
+            "final": result["final"],
             "steps": result["steps"],
             # training.on_nan: skip_batch — optimizer steps not taken because of non-finite values.
             "skipped_batches": result["skipped_batches"],
-            "wall_time_s": round(result["wall_time_s"], 2),
+            # The loop alone (steps, evaluations, checkpoints) …
+            "train_time_s": round(result["train_time_s"], 2),
+            # … and the whole command for this run: models built (extraction), teacher evaluated,
+            # data tokenized, the loop, the exports and these figures.
+            "total_time_s": round(time.monotonic() - started, 2) if started is not None else None,
+            # The loop's time under its former name, which the benchmark scripts and stage summaries read.
+            "wall_time_s": round(result["train_time_s"], 2),
+            # Training steps only (evaluations and checkpoint writes left out), over all processes.
+            "throughput": result["throughput"],
+            "threads": result["threads"],
             "precision": result["precision"],
             "processes": result["processes"],
             "peak_memory_bytes": _peak_memory(device),
@@ -72,6 +94,12 @@ def run_summary(run: Run, result: dict[str, Any], teacher_metrics: dict[str, Any
     if distiller.teacher_cache is not None:
         summary["teacher_cache"] = _teacher_cache_report(distiller.teacher_cache, device)
     distiller.update_summary(summary, teacher_metrics)
+    if metric != run.task.primary_metric and "teacher" in summary and teacher_metrics is not None:
+        # A kind's summary may fill the teacher in by the primary metric: the ratio is the chosen one's.
+        teacher_value = flat_metrics(teacher_metrics).get(metric)
+        summary["teacher"]["metric"] = teacher_value
+        student_value = summary["student"]["metric"]
+        summary["student_to_teacher"] = student_value / teacher_value if teacher_value and student_value is not None else None
     return summary
 
 
@@ -122,7 +150,14 @@ def _across_processes(device: Any, values: list[int], operation: str) -> list[in
 
 def print_summary(summary: dict[str, Any], console: Any, run: Run) -> None:
     metric = summary["metric"]
-    table = Table(title=f"{summary['name']} ({summary['kind']}, {summary['steps']} steps, {summary['wall_time_s']:.0f} s)")
+    final = summary.get("final") or {}
+    best = summary.get("best") or {}
+    # The table's student is final/'s: the best checkpoint's (by `metric`) unless load_best_at_end is off.
+    chosen = f", best {metric} at step {final['step']}" if final.get("is_best") and best.get("step") is not None else ""
+    timing = f"train {summary['train_time_s']:.0f} s"
+    if summary.get("total_time_s") is not None:
+        timing += f" of {summary['total_time_s']:.0f} s"
+    table = Table(title=Text(f"{summary['name']} ({summary['kind']}, {summary['steps']} steps{chosen}, {timing})"))
     table.add_column("model")
     table.add_column("parameters", justify="right")
     table.add_column(metric, justify="right")
@@ -131,7 +166,10 @@ def print_summary(summary: dict[str, Any], console: Any, run: Run) -> None:
     def row(label: str, entry: dict[str, Any], share: float | None = None) -> None:
         value = entry["metric"]
         table.add_row(
-            label, f"{entry['parameters']:,}", "" if value is None else f"{value:.4f}", "" if share is None else f"{share:.1%}"
+            Text(label),
+            f"{entry['parameters']:,}",
+            "" if value is None else f"{value:.4f}",
+            "" if share is None else f"{share:.1%}",
         )
 
     # Several teachers (multi_teacher): each, then their ensemble as "teacher".
@@ -150,6 +188,15 @@ def print_summary(summary: dict[str, Any], console: Any, run: Run) -> None:
         row(f"{name}: teacher ({entry['metric']})", entry["teacher"])
         row(f"{name}: student ({entry['metric']})", entry["student"], entry.get("student_to_teacher"))
     console.print(table)
+    last = summary.get("last") or {}
+    if final.get("step") is not None and final["step"] != last.get("step"):
+        last_value = flat_metrics(last.get("metrics")).get(metric)
+        shown = "n/a" if last_value is None else f"{last_value:.4f}"
+        console.print(
+            f"final/ holds the best checkpoint (step {final['step']} by {metric}); the last step ({last['step']}) had "
+            f"{metric} {shown} (training.load_best_at_end: false keeps the last step)",
+            markup=False,
+        )
     if summary.get("skipped_batches"):
         console.print(f"skipped {summary['skipped_batches']} batches with non-finite values (training.on_nan: skip_batch)")
     written = (
@@ -157,7 +204,7 @@ def print_summary(summary: dict[str, Any], console: Any, run: Run) -> None:
         if run.distiller.exports_several_students
         else "final (a transformers model directory)"
     )
-    console.print(f"written: {run.run_dir}/{written}, summary.json, metrics.jsonl")
+    console.print(f"written: {run.run_dir}/{written}, summary.json, metrics.jsonl", markup=False)
 
 
 def staged_summary(
@@ -188,6 +235,9 @@ def staged_summary(
         "parameters_ratio": last.get("parameters_ratio"),
         "steps": sum(entry["steps"] for entry in entries),
         "wall_time_s": round(sum(entry["wall_time_s"] for entry in entries), 2),
+        # A stage finished by an earlier brewer may lack the two: its loop time stands in.
+        "train_time_s": round(sum(summary.get("train_time_s", summary["wall_time_s"]) for summary in summaries), 2),
+        "total_time_s": round(sum(summary.get("total_time_s") or summary["wall_time_s"] for summary in summaries), 2),
     }
     if recipe.data is not None:
         # The augmented file when `data.augment` made one.
@@ -198,14 +248,19 @@ def staged_summary(
 def print_stages(summary: dict[str, Any], console: Any) -> None:
     metric = summary["metric"]
     table = Table(
-        title=f"{summary['name']} ({len(summary['stages'])} stages, {summary['steps']} steps, {summary['wall_time_s']:.0f} s)"
+        title=Text(
+            f"{summary['name']} ({len(summary['stages'])} stages, {summary['steps']} steps, {summary['wall_time_s']:.0f} s)"
+        )
     )
     for column, justify in (("stage", "left"), ("kind", "left"), ("steps", "right"), (f"student {metric}", "right")):
         table.add_column(column, justify=justify)
     for entry in summary["stages"]:
         value = entry["student_metric"]
         table.add_row(
-            f"{entry['stage']}: {entry['name']}", entry["kind"], str(entry["steps"]), "" if value is None else f"{value:.4f}"
+            Text(f"{entry['stage']}: {entry['name']}"),
+            entry["kind"],
+            str(entry["steps"]),
+            "" if value is None else f"{value:.4f}",
         )
     console.print(table)
     teacher = (summary.get("teacher") or {}).get("metric")
@@ -214,26 +269,38 @@ def print_stages(summary: dict[str, Any], console: Any) -> None:
             f"teacher {metric}: {teacher:.4f}; final student: {summary['student']['metric']:.4f} "
             f"({summary['student_to_teacher']:.1%} of the teacher)"
         )
-    console.print(f"written: {summary['student']['checkpoint']} (→ the last stage's final/), summary.json")
+    console.print(f"written: {summary['student']['checkpoint']} (→ the last stage's final/), summary.json", markup=False)
 
 
 def print_eval(report: dict[str, Any], console: Any, output: Path) -> None:
-    table = Table(title=f"evaluation ({report['examples']} examples)")
-    names = list(report["model"]["metrics"])
-    table.add_column("model")
-    table.add_column("parameters", justify="right")
+    """`brewer eval`'s table: one row per metric (NER reports one per entity type), one column per
+    model, so that it fits 80 columns; names, paths and values are text, never rich markup."""
+    roles = [role for role in ("model", "teacher") if role in report]
+    metric = report["metric"]
+    names = [metric] + [name for name in report["model"]["metrics"] if name != metric]
+    table = Table(title=Text(f"evaluation on {report['data']['name']}: {report['examples']:,} examples"))
+    table.add_column("metric")
+    for role in roles:
+        table.add_column(role, justify="right")
+    if "teacher" in report:
+        table.add_column("model ÷ teacher", justify="right")
     for name in names:
-        table.add_column(name, justify="right")
-    for role in ("teacher", "model"):
-        if role in report:
-            entry = report[role]
-            table.add_row(
-                f"{role} ({entry['checkpoint']})", f"{entry['parameters']:,}", *(_format(entry["metrics"].get(n)) for n in names)
-            )
+        values = [report[role]["metrics"].get(name) for role in roles]
+        cells = [Text(name), *(Text(_format(value)) for value in values)]
+        if "teacher" in report:
+            model, teacher = values
+            share = model / teacher if isinstance(model, float) and isinstance(teacher, float) and teacher else None
+            cells.append(Text("" if share is None else f"{share:.1%}"))
+        table.add_row(*cells)
+    table.add_row("parameters", *(f"{report[role]['parameters']:,}" for role in roles), *([""] if "teacher" in report else []))
     console.print(table)
-    if report.get("model_to_teacher") is not None:
-        console.print(f"model / teacher {report['metric']}: {report['model_to_teacher']:.1%}")
-    console.print(f"written: {output}")
+    for role in roles:
+        console.print(Text(f"{role}: {report[role]['given']} ({report[role]['checkpoint']})"))
+    source = report["data"]["source"]
+    place = source.get("path") or source.get("hub") or source.get("synthetic")
+    shown_format = f", {report['data']['format']}" if report["data"].get("format") else ""
+    console.print(Text(f"data: {place}{shown_format}"))
+    console.print(Text(f"written: {output}"))
 
 
 def _format(value: Any) -> str:

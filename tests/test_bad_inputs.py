@@ -335,7 +335,7 @@ def eval_on_a_missing_run(c: Case):
 
 
 def eval_checkpoint_without_recipe(c: Case):
-    return ["eval", str(c.models.teacher)], [f"{c.models.teacher}: no recipe.yaml found beside this checkpoint — pass --recipe"]
+    return ["eval", str(c.models.teacher)], [f"{c.models.teacher}: no recipe.yaml found beside this model — pass --recipe"]
 
 
 def eval_data_not_utf8(c: Case):
@@ -494,7 +494,8 @@ def data_directory_given_as_csv(c: Case):
 
 def text_column_missing(c: Case):
     return c.classification_data("train.csv", "sentence,label\ngood,1\n"), [
-        "recipe.yaml: data.train: text column 'text' not found — columns found: sentence, label"
+        "recipe.yaml: data.text: text column 'text' is not in data.train (",
+        "train.csv) — columns found: sentence, label; set data.text to one of them",
     ]
 
 

@@ -119,7 +119,8 @@ def test_label_column_missing_lists_columns(tmp_path, teacher_dir):
     path = write_recipe(tmp_path, raw)
     assert_clean_error(
         invoke("distill", path, "--output-dir", tmp_path / "out"),
-        f"{path}: data.train: label column 'label' not found — columns found: sentence, polarity",
+        f"{path}: data.label: label column 'label' is not in data.train ({tmp_path / 'train.tsv'}) — columns found: "
+        f"sentence, polarity; set data.label to one of them",
     )
 
 

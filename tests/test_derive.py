@@ -60,6 +60,8 @@ def multi_task_recipe(directory: Path) -> Recipe:
         "training": {"epochs": 2, "batch_size": 4},
         "distillation": {"kind": "multi_task", "temperature": 2.0, "hard_label_weight": 0.5, "sampling_temperature": 0.5},
     }
+    # load_recipe checks the data files a recipe names (and their columns).
+    (directory / "topics.tsv").write_text("text\tlabel\nsome text\ta\n")
     return load_recipe(write_recipe(directory, raw))
 
 
@@ -121,7 +123,7 @@ def test_teacher_training_recipe(tmp_path, monkeypatch):
 def test_teacher_training_recipe_leaves_augmentation_and_stages_behind():
     recipe = load_recipe(STAGED)
     trainer = teacher_training_recipe(recipe)
-    assert trainer.name == "sst2-minilm-teacher"
+    assert trainer.name == "sst2-minilm-teacher-1k"
     assert trainer.data.augment is None
     assert trainer.data.train == recipe.data.train
     assert trainer.stages is None and trainer.distillation.kind == "trainer"

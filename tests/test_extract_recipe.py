@@ -139,7 +139,9 @@ def test_extract_command_writes_a_loadable_model_and_extraction_json(tmp_path, t
 
 @pytest.mark.parametrize("command", ["distill", "extract"])
 def test_size_above_the_teachers_exits_2_naming_the_field_and_file(tmp_path, teacher, command):
-    path = write_recipe(tmp_path, extract_recipe(teacher, hidden=64, heads=None))
+    raw = extract_recipe(teacher, hidden=64)
+    del raw["student"]["init"]["extract"]["heads"]  # heads follow the teacher's head size
+    path = write_recipe(tmp_path, raw)
     arguments = [command, str(path)] + (["--dry-run"] if command == "distill" else ["--output", str(tmp_path / "x")])
     result = runner.invoke(app, arguments)
     assert result.exit_code == 2, result.output

@@ -189,7 +189,7 @@ def test_multi_task_run_exports_one_model_per_task(tmp_path, two_tasks, quiet_co
 
     result = runner.invoke(app, ["eval", str(run_dir / "final" / "ner")])
     assert result.exit_code == 0, result.output
-    report = json.loads((run_dir / "final" / "ner" / "eval.json").read_text())
+    report = json.loads((run_dir / "eval-ner.json").read_text())
     assert report["model"]["metrics"]["f1"] == pytest.approx(summary["tasks"]["ner"]["student"]["metric"])
     result = runner.invoke(app, ["eval", str(run_dir)])
     assert result.exit_code == 2

@@ -421,9 +421,11 @@ def test_distill_and_brewer_eval_end_to_end(tmp_path, word_tokenizer):
     assert report["examples"] == 12  # questions (2 articles × 6), not the windows long contexts are split into
     assert report["model"]["metrics"]["f1"] == pytest.approx(summary["student"]["metrics"]["f1"])
     assert report["teacher"]["metrics"]["f1"] == pytest.approx(summary["teacher"]["metrics"]["f1"])
-    predictions = json.loads((run_dir / "final" / "predictions.json").read_text())
+    # Beside the eval file, one folder per model: never inside final/ or the teacher's checkpoint.
+    predictions = json.loads((run_dir / "eval-predictions" / "model" / "predictions.json").read_text())
     assert len(predictions) == 12 and all(isinstance(text, str) for text in predictions.values())
-    assert (teacher / "predictions.json").is_file()
+    assert (run_dir / "eval-predictions" / "teacher" / "predictions.json").is_file()
+    assert not (run_dir / "final" / "predictions.json").exists() and not (teacher / "predictions.json").exists()
 
 
 def test_teacher_training_on_qa_learns_the_task(tmp_path, word_tokenizer):

@@ -85,3 +85,39 @@ def test_generated_entity_sentences_are_iob2_and_need_context():
     # The same word is a person in some sentences and a place in others.
     jordan = {tag for row in rows for word, tag in zip(row["tokens"], row["tags"]) if word == "jordan"}
     assert jordan == {"B-PER", "B-LOC"}
+
+
+def _teacher_trainings():
+    """(recipe file, teacher checkpoint, its teacher-training recipe) for every shipped recipe and
+    stage that trains a teacher when it is missing."""
+    from brewer_cli.build import teacher_slots
+    from brewer_cli.recipe import load_recipe, stage_recipes, teacher_training_recipe
+
+    for path in RECIPES:
+        recipe = load_recipe(path, check_inputs=False)
+        recipes = (
+            [recipe] if recipe.stages is None else [staged for _, staged in stage_recipes(recipe, Path("runs") / recipe.name)]
+        )
+        for each in recipes:
+            for slot in teacher_slots(each):
+                if slot.spec.train is not None:
+                    yield path, slot.spec.checkpoint, teacher_training_recipe(slot.recipe, slot.spec)
+
+
+def test_recipes_that_share_a_teacher_train_it_alike(tmp_path):
+    """brewer refuses to reuse a teacher trained with other settings than a recipe's `teacher.train`
+    (brewer_cli.build.teachers): two shipped recipes naming one teacher checkpoint must train it alike,
+    or running one after the other would stop with that refusal."""
+    from brewer_cli.recipe import resolved_mapping
+    from brewer_cli.run_directory import result_changes
+
+    first: dict[str, tuple[Path, object]] = {}
+    for path, checkpoint, trainer in _teacher_trainings():
+        if checkpoint not in first:
+            first[checkpoint] = (path, trainer)
+            continue
+        reference_path, reference = first[checkpoint]
+        recorded = tmp_path / checkpoint.replace("/", "_")
+        recorded.mkdir(exist_ok=True)
+        (recorded / "recipe.yaml").write_text(yaml.safe_dump(resolved_mapping(reference), sort_keys=False))
+        assert result_changes(recorded, trainer) == {}, f"{path} and {reference_path} train {checkpoint} differently"

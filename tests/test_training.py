@@ -274,7 +274,11 @@ def test_eval_command_on_run_and_with_other_data(tmp_path, teacher_dir, quiet_co
     (tmp_path / "other.tsv").write_text("text\tlabel\nthe movie was great\tpositive\nthe movie was not great\tnegative\n")
     result = runner.invoke(app, ["eval", str(run_dir / "final"), "--data", str(tmp_path / "other.tsv")])
     assert result.exit_code == 0, result.output
-    assert json.loads((run_dir / "final" / "eval.json").read_text())["examples"] == 2
+    # One file per data set, beside the run (not inside final/): the recipe's eval split keeps its own.
+    other = json.loads((run_dir / "eval-other.json").read_text())
+    assert other["examples"] == 2 and other["data"]["source"]["path"].endswith("other.tsv")
+    assert json.loads((run_dir / "eval.json").read_text())["examples"] == 32
+    assert not (run_dir / "final" / "eval.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,9 @@ def with_augmented_data(recipe: Recipe, console: Any = None) -> Recipe:
     result = augment_recipe_data(recipe, console=console)
     if console is not None:
         state = "found in the cache" if result.cached else f"written in {result.seconds:.0f} s"
-        console.print(f"augmented training data: {result.examples:,} examples → {result.rows:,} rows, {state}: {result.path}")
+        console.print(
+            f"augmented training data: {result.examples:,} examples → {result.rows:,} rows, {state}: {result.path}", markup=False
+        )
     return on_augmented_data(recipe, result.path)
 
 
@@ -314,7 +316,8 @@ def augment_command(
     state = "found in the cache (same data, models and settings)" if result.cached else f"written in {result.seconds:.1f} s"
     console.print(
         f"{result.examples:,} examples → {result.rows:,} rows (originals and up to {spec.variants} variants "
-        f"each), {state}: {result.path}"
+        f"each), {state}: {result.path}",
+        markup=False,
     )
     return result
 

@@ -16,7 +16,7 @@ from brewer_cli.distillers import DISTILLERS
 from brewer_cli.errors import ModelError, RecipeError
 from brewer_cli.families.registered import registered_model_types, unknown_model_type_message
 from brewer_cli.models import first_line, read_config_spec
-from brewer_cli.recipe import ModelSpec, Recipe, stage_recipes
+from brewer_cli.recipe import ModelSpec, Recipe, in_user_terms, stage_recipes
 from brewer_cli.tasks import TASKS
 
 
@@ -103,12 +103,10 @@ def check_before_training_teachers(recipe: Recipe) -> None:
 
 def _stage_problems(recipe: Recipe) -> list[str]:
     problems: list[str] = []
-    for index, (_, stage_recipe) in enumerate(stage_recipes(recipe, Path("runs") / recipe.name)):
+    for _, stage_recipe in stage_recipes(recipe, Path("runs") / recipe.name):
         try:
             check_names(stage_recipe)
         except RecipeError as error:
-            for line in error.problems:
-                line = line.replace(f"{recipe.path}: distillation", f"{recipe.path}: stages.{index}.distillation", 1)
-                if line not in problems:
-                    problems.append(line)
+            # Each line names the field in the user's file: stages.N.distillation.…, stages.N.data.…
+            problems.extend(line for line in in_user_terms(error.problems, stage_recipe) if line not in problems)
     return problems

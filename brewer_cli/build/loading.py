@@ -5,6 +5,7 @@ for every token id)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from transformers import AutoModelForMaskedLM
 
 from brewer_cli.augment.masked_lm import missing_head_weights
 from brewer_cli.errors import BrewerError, ModelError, RecipeError
-from brewer_cli.extract import FIELD, ExtractPlan, extract_student
+from brewer_cli.extract import FIELD, ExtractPlan, ExtractResult, extract_student
 from brewer_cli.extract.objectives import PretrainingObjective
 from brewer_cli.families import family_for
 from brewer_cli.families.loading import LoadedModel, load_checkpoint, model_from_config
@@ -21,6 +22,7 @@ from brewer_cli.models import (
     checkpoint_location,
     first_line,
     load_pretrained,
+    position_limit,
     quiet_transformers,
     read_config_spec,
     recipe_prefix,
@@ -28,6 +30,17 @@ from brewer_cli.models import (
 from brewer_cli.recipe import ModelSpec, Recipe, TeacherSpec
 from brewer_cli.tasks import PreparedData, Task
 from brewer_cli.tokenizers import build_tokenizer, load_tokenizer_dir
+
+
+@dataclass
+class UntrainedTeacher(LoadedModel):
+    """A dry run's stand-in for a teacher that will be trained first: the teacher run's model as
+    built, before any step. Its outputs carry nothing learned yet, so nothing is scored on it: an
+    ETD student is cut to the recipe's shape without importance scores (`extract_from_teacher`)."""
+
+    @classmethod
+    def of(cls, model: LoadedModel) -> UntrainedTeacher:
+        return cls(model.model, model.tokenizer, model.family, "teacher", f"{model.source} (untrained in this plan)")
 
 
 def load_teacher(
@@ -131,6 +144,8 @@ def extract_from_teacher(recipe: Recipe, task: Task, teacher: LoadedModel, data:
     importance, the teacher is scored on the first `examples` training examples."""
     spec = recipe.student.init.extract
     plan = extraction_plan(recipe)
+    if plan.strategy == "importance" and isinstance(teacher, UntrainedTeacher):
+        return _extract_before_scoring(recipe, teacher, plan)
     batches = None
     objective = None
     if plan.strategy == "importance":
@@ -156,6 +171,40 @@ def extract_from_teacher(recipe: Recipe, task: Task, teacher: LoadedModel, data:
         "student",
         f"the teacher's weights (ETD extraction, {plan.strategy})",
         extraction=result,
+    )
+
+
+def _extract_before_scoring(recipe: Recipe, teacher: UntrainedTeacher, plan: ExtractPlan) -> LoadedModel:
+    """The plan's view of an importance extraction from a teacher not trained yet: the recipe's
+    shape cut without scores (uniform, seeded, the way `random` cuts), said to be so. Explicit
+    sizes are the student's; for a `target` the sizes are chosen from the trained teacher's scores,
+    so the plan shows the uniform shape that meets the target and says what it does not know."""
+    with torch.random.fork_rng():
+        try:
+            result = extract_student(teacher.model, replace(plan, strategy="random"))
+        except BrewerError as error:
+            raise _extraction_error(recipe, error) from None
+    kept = {**result.kept, "strategy": "importance, scored once the teacher is trained — not on this plan's untrained stand-in"}
+    if "budget" in kept:
+        kept["budget"] = {
+            **kept["budget"],
+            "rule": (
+                "made once the teacher is trained, from its importance scores: the shape keeping the most importance "
+                "per unit of the target among those within it. Known now: the target and the teacher's size; not known: "
+                "the layers, widths and heads chosen, nor which are kept. Shown: the uniform shape that meets the target "
+                "(the choice without scores)"
+            ),
+        }
+    model = result.model
+    model.train()
+    return LoadedModel(
+        model,
+        teacher.tokenizer,
+        family_for(model.config),
+        "student",
+        "the teacher's weights (ETD extraction, importance: scored after the teacher is trained; shown here: the recipe's "
+        "shape, cut without scores)",
+        extraction=ExtractResult(model=model, kept=kept, importance_summary=None),
     )
 
 
@@ -230,24 +279,6 @@ def check_vocabularies(recipe: Recipe, teacher: LoadedModel, student: LoadedMode
             f"tokenizer; use a student with the teacher's vocabulary, or build it from a config (`student.config`), "
             f"which takes the teacher's tokenizer"
         )
-
-
-# RoBERTa-style embeddings number a token's position from padding_idx + 1 (padding_idx is the pad
-# token's id, 1 in RoBERTa's vocabulary): the table's first pad_token_id + 1 rows never hold a token,
-# so the longest input is max_position_embeddings − 2 with RoBERTa's own vocabulary.
-PADDING_OFFSET_TYPES = ("roberta", "camembert", "xlm-roberta")
-
-
-def position_limit(config: Any, pad_token_id: int | None = None) -> tuple[int, int] | None:
-    """(the most tokens an input may have, the positions reserved before the first) for a model
-    with absolute position embeddings; None without them (DeBERTa-v3: relative positions only).
-    `pad_token_id` stands in for the config's when a tokenizer will set it."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if not isinstance(positions, int) or getattr(config, "position_biased_input", True) is False:
-        return None
-    pad = getattr(config, "pad_token_id", None) if pad_token_id is None else pad_token_id
-    reserved = (pad or 0) + 1 if getattr(config, "model_type", None) in PADDING_OFFSET_TYPES else 0
-    return positions - reserved, reserved
 
 
 def max_lengths(recipe: Recipe) -> list[tuple[str, int]]:

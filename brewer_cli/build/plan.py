@@ -8,6 +8,7 @@ import os
 from brewer_cli.extract import describe
 from brewer_cli.families import parameter_count
 from brewer_cli.loop import resolve_precision
+from brewer_cli.recipe import Recipe, data_columns, origins_of, written_at
 from brewer_cli.run import Run
 from brewer_cli.teacher_cache import plan_cache
 
@@ -36,6 +37,8 @@ def plan_lines(run: Run) -> list[str]:
         f"data: {len(run.data.train):,} training examples, "
         f"{len(run.data.eval) if run.data.eval is not None else 0:,} eval examples{labels}"
     )
+    # The columns each split reads, so a column the recipe names wrongly (or not at all) shows here.
+    lines.extend(f"  columns of {line}" for line in _column_lines(run.recipe))
     # What the task found while reading the data (e.g. the NER tagging scheme and its conversion).
     lines.extend(f"  {line}" for line in run.data.extra.get("plan_lines", ()))
     lines.append(
@@ -57,3 +60,14 @@ def plan_lines(run: Run) -> list[str]:
             f"{training.compile_backend}) before step 1"
         )
     return lines
+
+
+def _column_lines(recipe: Recipe) -> list[str]:
+    """`data.train (train.tsv): text 'sentence', label 'label'` per split (per task's split), each
+    named where the user wrote it."""
+    if recipe.tasks is not None:
+        parts = [(entry.data, entry.task, f"tasks.{name}.data") for name, entry in recipe.tasks.items()]
+    else:
+        parts = [(recipe.data, recipe.task, "data")]
+    origins = origins_of(recipe)
+    return [line for data, task, prefix in parts for line in data_columns(data, task, written_at(origins, prefix))]

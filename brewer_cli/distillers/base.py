@@ -57,6 +57,9 @@ class Distiller(nn.Module, ABC):
     # Declared differences, read through the registry by build and commands.
     needs_teacher: ClassVar[bool] = True  # False: supervised training of one model (teacher fine-tuning)
     exports_several_students: ClassVar[bool] = False  # final/<task>/ per task instead of one final/
+    # Some student parameters may get no gradient on a step (a head no loss reads, another task's
+    # head): DDP must then look for unused parameters, which costs every step and warns on launch.
+    leaves_parameters_unused: ClassVar[bool] = False
 
     def __init__(self, inputs: DistillerInputs):
         super().__init__()

@@ -18,6 +18,9 @@ from brewer_cli.recipe import Recipe
 
 class GeneralDistiller(BasicDistiller):
     kind = "general"
+    # Matches may read only some layers, and with kd_weight 0 (or an encoder without a head, in
+    # general distillation) the classifier and pooler get no gradient.
+    leaves_parameters_unused = True
 
     def __init__(self, inputs: DistillerInputs, logit_kd: LogitKD, matches: list[ResolvedMatch], match_teacher: int = 0):
         """`matches`: resolved by the build step against the loaded models; they read

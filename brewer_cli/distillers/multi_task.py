@@ -142,6 +142,8 @@ class TaskGroup:
 class MultiTaskDistiller(BasicDistiller):
     kind = "multi_task"
     exports_several_students = True
+    # Each batch is one task's: the other tasks' heads get no gradient on that step.
+    leaves_parameters_unused = True
 
     def __init__(
         self,

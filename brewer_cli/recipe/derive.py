@@ -10,6 +10,7 @@ relative paths and messages read).
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from brewer_cli.paths import resolve_path
@@ -19,20 +20,25 @@ from brewer_cli.recipe.distillation import (
     kind_of,
 )
 from brewer_cli.recipe.load import resolved_mapping, section_mapping, validate_recipe
+from brewer_cli.recipe.origins import derived_origins, located, speaking_of
 from brewer_cli.recipe.schema import Recipe
 from brewer_cli.recipe.sections import DataSource, TeacherSpec
 
 
-def derive(recipe: Recipe, changes: dict[str, Any]) -> Recipe:
+def derive(recipe: Recipe, changes: dict[str, Any], origins: dict[str, str | None] | None = None) -> Recipe:
     """`recipe` with the top-level fields in `changes` replaced (given as mappings, as in a recipe
-    file); a value of None removes the field."""
+    file); a value of None removes the field. `origins`: where the user wrote the replaced parts,
+    as paths of `recipe` (`model` → `teacher.train.model`; None: written by brewer), so that
+    messages about the derived recipe name the user's fields (brewer_cli.recipe.origins)."""
     raw = resolved_mapping(recipe)
     for field, value in changes.items():
         if value is None:
             raw.pop(field, None)
         else:
             raw[field] = value
-    return validate_recipe(raw, recipe.path)
+    derived = located(recipe.path, derived_origins(recipe, origins or {}))
+    with speaking_of(SimpleNamespace(path=derived)):
+        return validate_recipe(raw, derived)
 
 
 def _data_with(recipe: Recipe, **fields: Any) -> dict[str, Any]:
@@ -69,8 +75,23 @@ def teacher_training_recipe(recipe: Recipe, teacher: TeacherSpec | None = None) 
             "tasks": None,
             "student": None,
             "stages": None,
+            # The teacher's run is a step of this one: only the recipe's own result is pushed.
+            "hub": None,
+        },
+        {
+            "model": f"{_teacher_field(recipe, teacher)}.train.model",
+            "training": f"{_teacher_field(recipe, teacher)}.train.training",
+            **dict.fromkeys(("distillation", "teacher", "teachers", "tasks", "student", "stages")),
         },
     )
+
+
+def _teacher_field(recipe: Recipe, teacher: TeacherSpec) -> str:
+    """Where `teacher` is in `recipe`: `teacher`, or `teachers.<index>` for one of several."""
+    for index, spec in enumerate(recipe.teachers or ()):
+        if spec == teacher:
+            return f"teachers.{index}"
+    return "teacher"
 
 
 def teacher_run_parent(recipe: Recipe, teacher: TeacherSpec | None = None) -> Path:
@@ -99,7 +120,9 @@ def task_recipe(recipe: Recipe, name: str) -> Recipe:
             "teacher": section_mapping(entry.teacher),
             "tasks": None,
             "distillation": settings,
+            "hub": None,
         },
+        {section: f"tasks.{name}.{section}" for section in ("task", "data", "teacher")},
     )
 
 
@@ -123,14 +146,22 @@ def stage_recipes(recipe: Recipe, parent: Path) -> list[tuple[str, Recipe]]:
             "training": {**training, **stage.training},
             "distillation": section_mapping(stage.distillation),
             "stages": None,
+            # The staged run pushes its final student once, after the last stage (commands._train_stages).
+            "hub": None,
         }
+        # Where the user wrote each part, for messages: stages.<index − 1>.… (0-based, as dotted paths count).
+        written = f"stages.{index - 1}"
+        origins: dict[str, str | None] = {"distillation": f"{written}.distillation", "stages": None}
+        origins.update({f"training.{field}": f"{written}.training.{field}" for field in stage.training})
         # A stage may bring its own task, data and teacher (ETD: unlabeled text, then the task).
         for section in ("task", "data", "teacher"):
             if getattr(stage, section) is not None:
                 changes[section] = section_mapping(getattr(stage, section))
+                origins[section] = f"{written}.{section}"
         if index > 1:
             changes["student"] = {"checkpoint": str((stage_directory(parent, index - 1) / "final").resolve())}
-        result.append((stage.name or f"stage {index}", derive(recipe, changes)))
+            origins["student"] = None
+        result.append((stage.name or f"stage {index}", derive(recipe, changes, origins)))
     return result
 
 
@@ -161,11 +192,17 @@ def on_augmented_data(recipe: Recipe, path: Path) -> Recipe:
     return derive(recipe, {"data": _data_with(recipe, train=section_mapping(source), augment=None)})
 
 
-def with_eval_source(recipe: Recipe, source: DataSource) -> Recipe:
-    """The recipe evaluating on `source`."""
-    return derive(recipe, {"data": _data_with(recipe, eval=section_mapping(source))})
+def with_eval_source(recipe: Recipe, source: DataSource, given_by: str | None = None) -> Recipe:
+    """The recipe evaluating on `source`; `given_by`: the command-line option that gave it (`--data`),
+    which messages about it then name instead of `data.eval`."""
+    origins = {"data.eval": given_by} if given_by is not None else {}
+    return derive(recipe, {"data": _data_with(recipe, eval=section_mapping(source))}, origins)
 
 
 def eval_only(recipe: Recipe) -> Recipe:
     """Evaluation reads only the eval split: the train source is replaced by it."""
-    return derive(recipe, {"data": _data_with(recipe, train=section_mapping(recipe.data.eval))})
+    return derive(
+        recipe,
+        {"data": _data_with(recipe, train=section_mapping(recipe.data.eval))},
+        {"data.train": "data.eval"},
+    )

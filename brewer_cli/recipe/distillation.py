@@ -13,10 +13,18 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from brewer_cli.recipe.base import Strict
+from brewer_cli.recipe.names import (
+    KDLossName,
+    MatchLossName,
+    PresetName,
+    ProjectionName,
+    TemperatureScheduleName,
+    WeightScheduleName,
+)
 
 
 class ScheduleSpec(Strict):
-    kind: str = "constant"
+    kind: TemperatureScheduleName = "constant"
     beta: float | None = None
     gamma: float | None = None
 
@@ -30,9 +38,9 @@ class MatchSpec(Strict):
     student_layer: int | tuple[int, int]
     # None: the feature the loss reads (hidden, attention or attention_inputs).
     feature: Literal["hidden", "attention", "attention_inputs", "embedding"] | None = None
-    loss: str = "hidden_mse"
+    loss: MatchLossName = "hidden_mse"
     weight: float = Field(default=1.0, ge=0)
-    projection: str | None = Field(default=None, description="linear | relu | tanh; sizes come from the models")
+    projection: ProjectionName | None = Field(default=None, description="linear | relu | tanh; sizes come from the models")
     relation_heads: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="before")
@@ -48,10 +56,10 @@ class UniformMatches(Strict):
     """Generate one match per student layer j against teacher layer round(j·N/M)."""
 
     uniform: Literal[True] = True
-    loss: str = "hidden_mse"
+    loss: MatchLossName = "hidden_mse"
     feature: Literal["hidden", "attention", "attention_inputs"] | None = None
     weight: float = Field(default=1.0, ge=0)
-    projection: str | None = None
+    projection: ProjectionName | None = None
     relation_heads: int | None = Field(default=None, ge=1)
     include_embeddings: bool = Field(default=False, description="also match the embeddings (layer 0 ↔ 0)")
 
@@ -68,7 +76,7 @@ def _match_entry_kind(value: Any) -> str:
 
 # Tagged so that a bad entry is reported against the one shape it was meant as, not all three.
 MatchEntry = Annotated[
-    Annotated[str, Tag("preset-name")]
+    Annotated[PresetName, Tag("preset-name")]
     | Annotated[MatchSpec, Tag("match-entry")]
     | Annotated[UniformMatches, Tag("uniform-entry")],
     Discriminator(_match_entry_kind),
@@ -105,11 +113,11 @@ class BasicDistillation(DistillationSpec):
     temperature: float = Field(default=4.0, gt=0)
     temperature_schedule: ScheduleSpec = ScheduleSpec()
     temperature_squared: bool = Field(default=False, description="multiply KD by τ² (Hinton)")
-    kd_loss: str = "ce"
+    kd_loss: KDLossName = "ce"
     kd_weight: float = Field(default=1.0, ge=0)
-    kd_weight_schedule: str = "constant"
+    kd_weight_schedule: WeightScheduleName = "constant"
     hard_label_weight: float = Field(default=0.0, ge=0)
-    hard_label_weight_schedule: str = "constant"
+    hard_label_weight_schedule: WeightScheduleName = "constant"
     probability_shift: bool = False
     teacher_cache: Literal["auto", "off", "memory", "disk"] = Field(
         default="auto",

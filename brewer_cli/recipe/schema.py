@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, PrivateAttr, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from brewer_cli.recipe.base import CrossFieldProblems, Strict, did_you_mean
 from brewer_cli.recipe.distillation import STAGE_KINDS, Distillation, distillation_spec
@@ -31,6 +32,32 @@ class _Required:
 
 
 REQUIRED = _Required()
+
+
+# A Hub repository id: `name` or `namespace/name` of letters, digits, `-`, `_` and `.` (huggingface_hub's
+# validate_repo_id also refuses `--`, `..` and a name that starts or ends with `-` or `.`).
+REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class HubSpec(Strict):
+    """Push the finished run's final/ (model, tokenizer, model card) to the Hugging Face Hub at the
+    end of `brewer distill` (brewer_cli/hub.py), as `brewer push RUN --repo-id …` does. The token is
+    HF_TOKEN or the one `hf auth login` stored; a failed push leaves the run complete locally."""
+
+    repo_id: str = Field(description="the model repository, e.g. your-name/sst2-student (created when missing)")
+    private: bool = Field(default=False, description="create the repository private (an existing one keeps its visibility)")
+    revision: str | None = Field(default=None, description="the branch to push to, created when missing (default: main)")
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_id(cls, value: str) -> str:
+        parts = value.split("/")
+        if not REPO_ID.match(value) or len(value) > 96 or any("--" in part or ".." in part or part[-1] in "-." for part in parts):
+            raise ValueError(
+                f"{value!r} is not a Hub repository id — write NAMESPACE/NAME (your user or organisation, then the model's "
+                f"name: letters, digits, '-', '_' and '.', at most 96 characters, no '--' or '..', not ending in '-' or '.')"
+            )
+        return value
 
 
 class StageSpec(Strict):
@@ -64,6 +91,7 @@ class Recipe(Strict):
     stages: tuple[StageSpec, ...] | None = Field(
         default=None, min_length=1, description="run these stages in order (brewer_cli.commands)"
     )
+    hub: HubSpec | None = Field(default=None, description="push final/ to the Hugging Face Hub when the run ends")
 
     _path: Path | None = PrivateAttr(default=None)
 

@@ -10,12 +10,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from brewer_cli.recipe.base import Strict, did_you_mean
+from brewer_cli.recipe.names import SyntheticDatasetName, TaskKind
 
 # ----------------------------------------------------------------------------- task and data
 
 
 class TaskSpec(Strict):
-    kind: str = Field(description="registered task, see `brewer catalog`")
+    kind: TaskKind = Field(description="registered task, see `brewer catalog`")
     num_labels: int | None = Field(default=None, ge=1, description="classes; 1 means regression")
     labels: tuple[str, ...] | None = Field(default=None, description="label names in id order")
     # Token classification / QA settings live here too, read by their task only.
@@ -35,7 +36,7 @@ class DataSource(Strict):
     path: str | None = None
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "disk", "conll", "squad"] = "auto"
     quoting: bool = Field(default=False, description="TSV: honour CSV quoting (off: plain tab split)")
-    synthetic: str | None = Field(default=None, description="a generator registered in brewer_cli.synthetic")
+    synthetic: SyntheticDatasetName | None = Field(default=None, description="a generator registered in brewer_cli.synthetic")
     examples: int | None = Field(default=None, ge=1, description="synthetic: how many examples")
     seed: int = 0
     limit: int | None = Field(default=None, ge=1, description="keep only the first N examples")
@@ -248,6 +249,15 @@ class ModelSpec(Strict):
 
 # torch.compile backends `training.compile` may name (`true` means inductor).
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
+# Experiment trackers `training.report_to` may name: Accelerate's tracker names
+# (accelerate.tracking.LOGGER_TYPE_TO_CLASS, checked by tests/test_tracking_and_logs.py), kept here
+# because the recipe layer imports neither accelerate nor torch.
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+# Learning-rate schedules `training.lr_schedule` may name: transformers' SchedulerType values that
+# get_scheduler builds from the warmup and total steps alone (tests/test_tracking_and_logs.py lists
+# the ones left out and why: reduce_lr_on_plateau and greedy step on a metric, cosine_with_min_lr and
+# cosine_warmup_with_min_lr need a minimum rate, warmup_stable_decay its decay steps).
+LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
 
 
 class TrainingSpec(Strict):
@@ -258,6 +268,10 @@ class TrainingSpec(Strict):
     learning_rate: float = Field(default=5.0e-5, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup: float = Field(default=0.1, ge=0, le=1, description="fraction of steps with linear warmup")
+    lr_schedule: Literal[LR_SCHEDULES] = Field(
+        default="linear",
+        description="the learning rate after warmup, by transformers.get_scheduler: " + ", ".join(LR_SCHEDULES),
+    )
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     on_nan: Literal["stop", "skip_batch"] = Field(
         default="stop",
@@ -274,12 +288,42 @@ class TrainingSpec(Strict):
     log_every: int = Field(default=10, ge=1)
     group_by_length: bool = False
     progress: bool = True
+    report_to: tuple[Literal[TRACKERS], ...] = Field(
+        default=(),
+        description="experiment trackers that get every metrics.jsonl record, through Accelerate: "
+        + ", ".join(TRACKERS)
+        + ' (install one with pip install "brewer[tensorboard]", "brewer[wandb]", …)',
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch intra-op threads per process (default: the cores this process may use, divided among "
+        "the processes started on this machine)",
+    )
+    metric_for_best: str | None = Field(
+        default=None,
+        description="the eval metric that picks the best checkpoint (default: the task's primary metric); any "
+        "metric the task reports, e.g. f1 — a multi-task run's per-task ones as <task>.<metric>",
+    )
+    load_best_at_end: bool = Field(
+        default=True,
+        description="final/, the printed table and summary.json's student are the best checkpoint's (by "
+        "metric_for_best) when there is an eval split; false: the last step's",
+    )
     compile: bool | str = Field(
         default=False,
         description="torch.compile the student in place (true = inductor, or a backend by name: "
         f"{', '.join(COMPILE_BACKENDS)}): slow first steps (and one recompile per new batch shape until shapes go "
         "dynamic), faster steps after, mostly on GPUs",
     )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_or_several(cls, value: Any) -> Any:
+        # Trainer's spelling: a single name, or "none".
+        if value == "none":
+            return ()
+        return (value,) if isinstance(value, str) else value
 
     @field_validator("compile", mode="before")
     @classmethod

@@ -28,13 +28,20 @@ Figures and their definitions:
   warm-up, on random token ids of length `seq_len` without padding, under `torch.inference_mode`
   with the model in eval mode; throughput is examples per second at the median.
 
+- The sequence length is `--seq-len`, else the target run's `data.max_length` (its recipe.yaml),
+  else 128 — capped by the fewest positions a reported model has.
+- A run's metric is its summary.json's (the student's; for the teacher, as the student's run
+  measured it when that run's teacher is the model given), shown beside size and latency and
+  plotted against them.
+
 Modules: targets.py (resolving what the user points at), figures.py (architecture, parameters by
-part, FLOPs), latency.py, report.py (the report and `run`), rendering.py (table, JSON, Markdown,
-plot). Parameters are counted, and parts told apart, by brewer_cli/families.
+part, FLOPs), latency.py, runs.py (what a run directory adds: sequence length, metric, name),
+report.py (the report and `run`), rendering.py (table, JSON, Markdown, plot). Parameters are
+counted, and parts told apart, by brewer_cli/families.
 """
 
 from brewer_cli.families import parameter_counts_by_part as count_parameters
-from brewer_cli.size_report.figures import analytic_flops, architecture_summary, model_figures, summary_figures
+from brewer_cli.size_report.figures import analytic_flops, architecture_summary, model_figures, summary_figures, usable_positions
 from brewer_cli.size_report.latency import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_SEQ_LEN,
@@ -43,8 +50,9 @@ from brewer_cli.size_report.latency import (
     measure_latency,
     percentile,
 )
-from brewer_cli.size_report.rendering import plot, render_table, to_json, to_markdown
+from brewer_cli.size_report.rendering import PlotPoint, plot, plot_points, render_table, to_json, to_markdown
 from brewer_cli.size_report.report import build_report, compare, run
+from brewer_cli.size_report.runs import choose_seq_len
 from brewer_cli.size_report.targets import SizeTarget, resolve_target
 
 # The percentile definition is pinned by a test that reads it under this name.
@@ -54,21 +62,25 @@ __all__ = [
     "DEFAULT_BATCH_SIZES",
     "DEFAULT_SEQ_LEN",
     "WARMUP_RUNS",
+    "PlotPoint",
     "SizeTarget",
     "analytic_flops",
     "architecture_summary",
     "build_report",
     "check_device",
+    "choose_seq_len",
     "compare",
     "count_parameters",
     "measure_latency",
     "model_figures",
     "percentile",
     "plot",
+    "plot_points",
     "render_table",
     "resolve_target",
     "run",
     "summary_figures",
     "to_json",
     "to_markdown",
+    "usable_positions",
 ]

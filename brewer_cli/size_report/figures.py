@@ -140,7 +140,7 @@ def _matmul_shape(module: nn.Module) -> tuple[int, int] | None:
 def _check_seq_len(model: nn.Module, seq_len: int) -> None:
     if seq_len < 1:
         raise BrewerError(f"seq_len must be at least 1, got {seq_len}.")
-    usable = _usable_positions(model)
+    usable = usable_positions(model)
     if usable is not None and seq_len > usable:
         raise ModelError(
             f"seq_len {seq_len} is longer than the {usable} positions {type(model).__name__} has "
@@ -148,7 +148,7 @@ def _check_seq_len(model: nn.Module, seq_len: int) -> None:
         )
 
 
-def _usable_positions(model: nn.Module) -> int | None:
+def usable_positions(model: nn.Module) -> int | None:
     """How many tokens the learned position table covers; None when there is no such table.
 
     Only a learned table is a hard limit (rotary models merely degrade beyond their nominal

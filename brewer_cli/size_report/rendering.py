@@ -1,13 +1,16 @@
-"""Rendering a report: a rich table, JSON, Markdown, and a parameters-against-latency plot
-(matplotlib, an optional dependency, is imported only when a plot is asked for)."""
+"""Rendering a report: a rich table, JSON, Markdown, and a plot of the runs' metric against
+latency and parameters (matplotlib, an optional dependency, is imported only when a plot is asked
+for). Names, paths and values are printed as text, never read as rich markup."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from brewer_cli.errors import BrewerError
 
@@ -49,6 +52,19 @@ def _format_value(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
+def metric_name(report: dict[str, Any]) -> str | None:
+    """The metric the report shows: the target's, else the first model's that has one."""
+    found = [model["metric"] for model in report["models"] if model.get("metric")]
+    return found[0]["name"] if found else None
+
+
+def _format_metric(metric: dict[str, Any] | None, name: str) -> str:
+    if metric is None:
+        return "—"
+    # A model reporting another metric than the row's shows which.
+    return f"{metric['value']:.4f}" if metric["name"] == name else f"{metric['name']} {metric['value']:.4f}"
+
+
 def _rows(report: dict[str, Any]) -> list[list[str]]:
     """Label, one cell per model and (with a teacher) the ratio cell, for table and markdown."""
     models = report["models"]
@@ -59,6 +75,16 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
         rows.append([label, *cells] + ([ratio] if comparison else []))
 
     add("source", [f"{model['source']}: {model['location']}" for model in models])
+    if any(model.get("run", model["name"]) != model["name"] for model in models):
+        add("run", [model.get("run", model["name"]) for model in models])
+    name = metric_name(report)
+    if name is not None:
+        share = (comparison or {}).get("metric_of_teacher")
+        add(
+            f"{name} (summary.json)",
+            [_format_metric(model.get("metric"), name) for model in models],
+            "" if share is None else f"{share:.1%} of teacher",
+        )
     architectures = [model["architecture"] for model in models]
     add("model class", [architecture["model_class"] for architecture in architectures])
     add("family", [_format_value(architecture["family"]) for architecture in architectures])
@@ -127,11 +153,11 @@ def _headers(report: dict[str, Any]) -> list[str]:
 
 def render_table(report: dict[str, Any], console) -> None:
     """Print the report as a rich table followed by the definitions behind its figures."""
-    table = Table(title=f"size report (sequence length {report['seq_len']}, {report['device']})")
+    table = Table(title=Text(f"size report (sequence length {report['seq_len']}, {report['device']})"))
     for index, header in enumerate(_headers(report)):
-        table.add_column(header, justify="left" if index == 0 else "right", overflow="fold")
+        table.add_column(Text(header), justify="left" if index == 0 else "right", overflow="fold")
     for row in _rows(report):
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     console.print(table)
     for note in report["notes"]:
         console.print(f"• {note}", markup=False, highlight=False)
@@ -156,16 +182,21 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict[str, Any], path: str | Path) -> Path:
-    """Parameters (x) against median latency at batch size 1 (y), one labelled point per model."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise BrewerError(
-            "the size-report plot needs matplotlib, which is not installed; install it with "
-            "pip install 'brewer[plot]' (or pip install matplotlib)."
-        ) from error
+@dataclass(frozen=True)
+class PlotPoint:
+    """One model in the plot: labelled by its run's name, at its parameters (millions), its median
+    latency at batch size 1 (ms) and its run's metric (None when it has none, or another one)."""
+
+    label: str
+    role: str
+    parameters_millions: float
+    latency_ms: float
+    metric: float | None
+
+
+def plot_points(report: dict[str, Any]) -> list[PlotPoint]:
+    """What the plot draws, one point per model of the report (target, teacher, `--also` runs)."""
+    name = metric_name(report)
     points = []
     for model in report["models"]:
         batch_one = next((entry for entry in model["latency"] or [] if entry["batch_size"] == 1), None)
@@ -174,23 +205,60 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
                 f"the plot shows latency at batch size 1, which was not measured for {model['name']}; "
                 "measure it with runs > 0 and 1 among the batch sizes."
             )
-        label = model["name"] + (" (random weights)" if model["random_weights"] else "")
-        points.append((model["parameters"]["total"] / 1e6, batch_one["median_ms"], label))
+        metric = model.get("metric")
+        points.append(
+            PlotPoint(
+                label=model.get("run", model["name"]) + (" (random weights)" if model["random_weights"] else ""),
+                role=model["role"],
+                parameters_millions=model["parameters"]["total"] / 1e6,
+                latency_ms=batch_one["median_ms"],
+                metric=metric["value"] if metric and metric["name"] == name else None,
+            )
+        )
+    return points
 
+
+def plot(report: dict[str, Any], path: str | Path) -> Path:
+    """The runs' metric against median latency at batch size 1 and against parameters, one
+    labelled point per model; when no model has a metric (checkpoints outside a run), parameters
+    against latency."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise BrewerError(
+            "the size-report plot needs matplotlib, which is not installed; install it with "
+            "pip install 'brewer[plot]' (or pip install matplotlib)."
+        ) from error
+    points = plot_points(report)
+    name = metric_name(report)
+    measured = [point for point in points if point.metric is not None]
+    latency_label = "latency at batch size 1 (ms, median)"
+    parameters_label = "parameters (millions)"
     # Figure + Agg canvas instead of pyplot: no global backend state, no display needed.
-    figure = Figure(figsize=(6.4, 4.8))
-    FigureCanvasAgg(figure)
-    axes = figure.subplots()
-    for parameters, latency, label in points:
-        axes.scatter([parameters], [latency])
-        axes.annotate(label, (parameters, latency), textcoords="offset points", xytext=(6, 6))
-    axes.set_xlabel("parameters (millions)")
-    axes.set_ylabel("latency at batch size 1 (ms, median)")
-    axes.set_title(f"sequence length {report['seq_len']} on {report['device']}")
-    # Start both axes at zero so distances read as ratios; leave room for the labels.
-    axes.set_xlim(0, max(point[0] for point in points) * 1.3)
-    axes.set_ylim(0, max(point[1] for point in points) * 1.3)
-    axes.grid(True, alpha=0.3)
+    if measured:
+        figure = Figure(figsize=(11, 4.8))
+        FigureCanvasAgg(figure)
+        by_latency, by_parameters = figure.subplots(1, 2, sharey=True)
+        _scatter(by_latency, [(point.latency_ms, point.metric, point.label) for point in measured], latency_label, name)
+        _scatter(
+            by_parameters, [(point.parameters_millions, point.metric, point.label) for point in measured], parameters_label, None
+        )
+        missing = [point.label for point in points if point.metric is None]
+        title = f"{name} against latency and size, sequence length {report['seq_len']} on {report['device']}"
+        figure.suptitle(title + (f" (no {name}: {', '.join(missing)})" if missing else ""))
+    else:
+        figure = Figure(figsize=(6.4, 4.8))
+        FigureCanvasAgg(figure)
+        axes = figure.subplots()
+        _scatter(
+            axes,
+            [(point.parameters_millions, point.latency_ms, point.label) for point in points],
+            parameters_label,
+            latency_label,
+        )
+        axes.set_title(f"sequence length {report['seq_len']} on {report['device']}")
+        axes.set_ylim(0, max(point.latency_ms for point in points) * 1.3)
     output = Path(path)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -198,3 +266,15 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
     except (ValueError, OSError) as error:
         raise BrewerError(f"could not write the plot to {output}: {error}") from error
     return output
+
+
+def _scatter(axes: Any, points: list[tuple[float, float, str]], x_label: str, y_label: str | None) -> None:
+    for x, y, label in points:
+        axes.scatter([x], [y])
+        axes.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6))
+    axes.set_xlabel(x_label)
+    if y_label is not None:
+        axes.set_ylabel(y_label)
+    # The x axis starts at zero so that distances read as ratios; room is left for the labels.
+    axes.set_xlim(0, max(point[0] for point in points) * 1.3)
+    axes.grid(True, alpha=0.3)

@@ -1,5 +1,6 @@
-"""The report: figures of the target (and of its teacher, `against`), their ratios, the notes
-that define them, and `run`, which prints it in the chosen format."""
+"""The report: figures of the target (and of its teacher, `against`, and any `also` runs), the
+runs' metrics, their ratios, the notes that define them, and `run`, which prints it in the chosen
+format."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from rich.console import Console
 
 from brewer_cli.errors import BrewerError
 from brewer_cli.size_report.figures import model_figures
-from brewer_cli.size_report.latency import DEFAULT_BATCH_SIZES, DEFAULT_SEQ_LEN, WARMUP_RUNS, check_device
+from brewer_cli.size_report.latency import DEFAULT_BATCH_SIZES, WARMUP_RUNS, check_device
 from brewer_cli.size_report.rendering import plot, render_table, to_json, to_markdown
+from brewer_cli.size_report.runs import choose_seq_len, run_metric, run_name, teacher_metric
 from brewer_cli.size_report.targets import SizeTarget, resolve_target
 
 
@@ -36,6 +38,7 @@ def _target_figures(
     )
     return {
         "name": size_target.target,
+        "run": run_name(size_target),
         "role": role,
         "source": size_target.kind,
         "location": size_target.location,
@@ -63,7 +66,11 @@ def compare(student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
                     "throughput_ratio": _ratio(entry["examples_per_second"], other["examples_per_second"]),
                 }
             )
+    student_metric, teacher_metric_found = student.get("metric"), teacher.get("metric")
+    same_metric = student_metric and teacher_metric_found and student_metric["name"] == teacher_metric_found["name"]
     return {
+        # The student's metric as a share of the teacher's (bigger = better student).
+        "metric_of_teacher": _ratio(student_metric["value"], teacher_metric_found["value"]) if same_metric else None,
         "parameters_smaller_by": _ratio(teacher["parameters"]["total"], student["parameters"]["total"]),
         "excluding_output_layers_smaller_by": _ratio(
             teacher["parameters"]["excluding_output_layers"], student["parameters"]["excluding_output_layers"]
@@ -82,6 +89,7 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def _notes(report: dict[str, Any]) -> list[str]:
     notes = [
+        f"Sequence length {report['seq_len']}: {report['seq_len_source']}.",
         "Excluding output layers = embeddings + encoder (no pooler, no task head), the figure TextBrewer's Table 3 reports.",
         f"FLOPs per example at {report['seq_len']} tokens = 2 × multiply-adds of every matrix "
         "product (Q/K/V/O, QKᵀ, attention·V, feed-forward, factorized-embedding projection, head); "
@@ -108,19 +116,24 @@ def _notes(report: dict[str, Any]) -> list[str]:
                 f"{model['name']}: {model['parameters']['shared_counted_once']:,} tied or shared "
                 "parameter values are counted once."
             )
+        if model["metric"] is not None:
+            metric = model["metric"]
+            notes.append(f"{model['name']}: {metric['name']} {metric['value']:.4f} from {metric['source']}.")
     return notes
 
 
 def build_report(
     target: str,
     against: str | None = None,
-    seq_len: int = DEFAULT_SEQ_LEN,
+    seq_len: int | None = None,
     runs: int = 10,
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
     device: str = "cpu",
+    also: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The report as a JSON-ready dict, without printing anything."""
-    if seq_len < 1:
+    """The report as a JSON-ready dict, without printing anything. `seq_len` None: the run's
+    `data.max_length`, capped by the models' positions (runs.choose_seq_len)."""
+    if seq_len is not None and seq_len < 1:
         raise BrewerError(f"--seq-len must be at least 1, got {seq_len}.")
     if runs < 0:
         raise BrewerError(f"--runs must be 0 (skip latency) or more, got {runs}.")
@@ -130,18 +143,27 @@ def build_report(
     if any(size < 1 for size in batch_sizes):
         raise BrewerError(f"batch sizes must be positive, got {list(batch_sizes)}.")
     check_device(device)
-    # Resolve both before building either, so a misspelled teacher fails before any loading.
+    # Resolve every target before building any, so a misspelled teacher fails before any loading.
     targets = [(resolve_target(target), "target")]
     if against is not None:
         targets.append((resolve_target(against), "against"))
+    targets += [(resolve_target(run), "also") for run in also]
+    # Module trees on the meta device: their position tables, without memory or weights.
+    seq_len, seq_len_source = choose_seq_len(
+        seq_len, [size_target for size_target, _ in targets], [size_target.build("meta") for size_target, _ in targets]
+    )
     models = [_target_figures(size_target, role, seq_len, runs, batch_sizes, device) for size_target, role in targets]
+    student = targets[0][0]
+    for model, (size_target, role) in zip(models, targets):
+        model["metric"] = teacher_metric(student, size_target) if role == "against" else run_metric(size_target)
     report: dict[str, Any] = {
         "seq_len": seq_len,
+        "seq_len_source": seq_len_source,
         "runs": runs,
         "batch_sizes": list(batch_sizes) if runs > 0 else [],
         "device": device,
         "models": models,
-        "comparison": compare(models[0], models[1]) if len(models) == 2 else None,
+        "comparison": compare(models[0], models[1]) if against is not None else None,
     }
     report["notes"] = _notes(report)
     return report
@@ -150,7 +172,7 @@ def build_report(
 def run(
     target: str,
     against: str | None = None,
-    seq_len: int = DEFAULT_SEQ_LEN,
+    seq_len: int | None = None,
     runs: int = 10,
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
     device: str = "cpu",
@@ -158,8 +180,10 @@ def run(
     markdown: bool = False,
     plot_path: str | None = None,
     console=None,
+    also: Sequence[str] = (),
 ) -> dict:
-    """Build the report for `target` (and `against`, its teacher), print it and return it."""
+    """Build the report for `target` (and `against`, its teacher, and the `also` runs), print it
+    and return it."""
     if as_json and markdown:
         raise BrewerError("choose one output format: --json or --markdown, not both.")
     if plot_path is not None and runs == 0:
@@ -168,7 +192,7 @@ def run(
         raise BrewerError("the plot shows latency at batch size 1; include 1 among the batch sizes.")
     if console is None:
         console = Console()
-    report = build_report(target, against, seq_len=seq_len, runs=runs, batch_sizes=batch_sizes, device=device)
+    report = build_report(target, against, seq_len=seq_len, runs=runs, batch_sizes=batch_sizes, device=device, also=also)
     if as_json:
         _print_plain(console, to_json(report))
     elif markdown:

@@ -1,6 +1,7 @@
-"""What `brewer size-report` points at — a run directory, a checkpoint directory, a config file
-or a Hugging Face Hub id — resolved to a config, a model class and where the weights are, before
-any weight is read."""
+"""What `brewer size-report` points at — a run directory, a checkpoint directory, a config file,
+`python-package:NAME` or a Hugging Face Hub id — resolved to a config, a model class and where the
+weights are, before any weight is read. Packages and hub ids resolve through the functions a
+recipe's checkpoints go through (brewer_cli.models), so both commands accept the same references."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from brewer_cli.errors import BrewerError, CheckpointError, ModelError
-from brewer_cli.models import load_pretrained, refuse_pickles_only
+from brewer_cli.models import PACKAGE_PREFIX, checkpoint_location, load_config, load_pretrained, refuse_pickles_only
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 # Safetensors only: a checkpoint whose weights are pickles is refused (models.refuse_pickles_only).
@@ -30,7 +31,8 @@ class SizeTarget:
 
     `kind` is "run", "checkpoint", "config" or "hub". `weights_source` is what `from_pretrained`
     reads (a directory or a hub id); None means the target has only a config, so figures come
-    from a model built from it and latency, if measured, runs on random weights.
+    from a model built from it and latency, if measured, runs on random weights. `run_dir` is the
+    run the model belongs to (its recipe.yaml and summary.json), when it is one's.
     """
 
     target: str
@@ -39,6 +41,7 @@ class SizeTarget:
     config: Any
     model_class: type
     weights_source: str | None
+    run_dir: Path | None = None
 
     @property
     def has_weights(self) -> bool:
@@ -80,6 +83,9 @@ def resolve_target(target: str) -> SizeTarget:
     A run directory is reported through `final/` (or `best/` when the run has no `final/`).
     Only the config is read here; weights are read by `SizeTarget.build` when latency needs them.
     """
+    if target.startswith(PACKAGE_PREFIX):
+        # The package's model directory, found as a recipe's `python-package:NAME` is.
+        return _checkpoint_target(target, Path(checkpoint_location(target, None, "size-report target")), kind="checkpoint")
     path = Path(target).expanduser()
     if path.is_dir():
         return _resolve_directory(target, path)
@@ -141,7 +147,17 @@ def _checkpoint_target(target: str, directory: Path, kind: str) -> SizeTarget:
         config=config,
         model_class=_model_class_for(config),
         weights_source=str(directory) if has_weights else None,
+        run_dir=run_directory_of(directory),
     )
+
+
+def run_directory_of(directory: Path) -> Path | None:
+    """The run a model directory belongs to: the nearest directory, itself or up to three above
+    (final/, best/, final/<task>/, checkpoints/step-N/student), that holds a run's recipe.yaml."""
+    for candidate in [directory, *directory.parents][:4]:
+        if (candidate / "recipe.yaml").is_file():
+            return candidate
+    return None
 
 
 def _resolve_config_file(target: str, path: Path) -> SizeTarget:
@@ -187,13 +203,14 @@ def _load_config_dict(target: str, path: Path):
 
 def _resolve_hub_id(target: str) -> SizeTarget:
     try:
-        config = AutoConfig.from_pretrained(target)
-    except (OSError, ValueError) as error:
+        # The config loader a recipe's hub checkpoint goes through.
+        config = load_config(checkpoint_location(target, None, "size-report target"), None, "size-report target")
+    except ModelError as error:
         raise ModelError(
             f"size-report target {target!r} is not a file or directory here, and loading it as a "
             "Hugging Face Hub id failed (offline, misspelled, or a private repository without a "
             f"token): {_one_line(error)}"
-        ) from error
+        ) from None
     return SizeTarget(
         target=target,
         kind="hub",

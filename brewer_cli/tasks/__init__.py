@@ -13,7 +13,7 @@ TASKS: Registry[type[Task]] = Registry("task")
 TASKS.add(
     "sequence_classification",
     SequenceClassification,
-    "one label per text or text pair (`data.text_pair`); num_labels: 1 is regression. Metrics: accuracy, F1 (binary), Pearson/Spearman",
+    "one label per text or text pair (`data.text_pair`); num_labels: 1 is regression. Metrics (scikit-learn, scipy): accuracy, F1 (binary), macro F1, Matthews correlation; regression Pearson/Spearman",
 )
 TASKS.add(
     "token_classification",

@@ -98,6 +98,8 @@ class Task(ABC):
     # ETD importance is scored with the teacher's own pre-training objective (masked LM, or masked
     # hidden-state reconstruction) instead of the task's loss: unlabeled text for general distillation.
     scored_by_pretraining_objective: bool = False
+    # compute_metrics writes its predictions into the `output_dir` it is given (QA's predictions.json).
+    writes_predictions: bool = False
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
@@ -113,6 +115,11 @@ class Task(ABC):
     @abstractmethod
     def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
         """Read and tokenize the recipe's splits."""
+
+    @abstractmethod
+    def prepare_eval(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+        """Read and tokenize only the eval split (`brewer eval`: the labels are the trained model's);
+        the train split is left empty, so it is neither read nor reported on."""
 
     def tokenizer_texts(self, recipe: Recipe) -> list[str]:
         """The training split's text, for a WordPiece vocabulary trained on it (`train_wordpiece`)."""

@@ -129,6 +129,12 @@ def _json_kind(value: Any) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
+def source_format(source: DataSource, path: Path) -> str | None:
+    """The format a local source is read as: its `format`, else the one its name tells (None when
+    the name tells none)."""
+    return _format_from_path(path) if source.format == "auto" else source.format
+
+
 def _format_from_path(path: Path) -> str | None:
     if path.is_dir():
         return "disk"

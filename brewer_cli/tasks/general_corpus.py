@@ -91,6 +91,9 @@ class GeneralCorpus(Task):
             evaluation = self._tokenize(read_texts(data.eval, recipe, "data.eval"), tokenizer, data.max_length)
         return PreparedData(train=train, eval=evaluation, label_names=None)
 
+    def prepare_eval(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+        raise _no_metric_of_its_own(self.name)
+
     def tokenizer_texts(self, recipe: Recipe) -> list[str]:
         return read_texts(recipe.data.train, recipe, "data.train")
 

@@ -88,6 +88,7 @@ class QuestionAnswering(Task):
     name = "question_answering"
     auto_class_name = "AutoModelForQuestionAnswering"
     primary_metric = "f1"
+    writes_predictions = True
 
     @property
     def version_2(self) -> bool:
@@ -130,6 +131,20 @@ class QuestionAnswering(Task):
             label_names=None,
             eval_examples=[vars(example) for example in eval_examples] if eval_examples is not None else None,
             extra={"answer_alignment": alignment, "eval_question_examples": eval_examples},
+        )
+
+    def prepare_eval(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+        check_fast_tokenizer(tokenizer, recipe)
+        data = recipe.data
+        examples = self.read_examples(data.eval, recipe, "data.eval")
+        stride = self.doc_stride(recipe)
+        evaluation = self.windows(examples, tokenizer, data.max_length, stride, recipe, "data.eval", for_eval=True)
+        return PreparedData(
+            train=TokenizedDataset({}),
+            eval=evaluation,
+            label_names=None,
+            eval_examples=[vars(example) for example in examples],
+            extra={"eval_question_examples": examples},
         )
 
     def tokenizer_texts(self, recipe: Recipe) -> list[str]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from brewer_cli.errors import DataError, ModelError
 from brewer_cli.recipe import Recipe
@@ -48,6 +49,15 @@ class SequenceClassification(Task):
             self._tokenize(eval_rows, recipe, "data.eval", data.eval, tokenizer, names) if eval_rows is not None else None
         )
         return PreparedData(train=train, eval=evaluation, label_names=names, eval_examples=eval_rows)
+
+    def prepare_eval(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+        data = recipe.data
+        rows = read_source(data.eval, recipe, "data.eval")
+        names = list(self.spec.labels) if self.spec.labels else label_names
+        if not self.is_regression and names is None:
+            names = self._label_names_from(rows, data.eval.label or data.label, recipe, "data.eval")
+        evaluation = self._tokenize(rows, recipe, "data.eval", data.eval, tokenizer, names)
+        return PreparedData(train=TokenizedDataset({}), eval=evaluation, label_names=names, eval_examples=rows)
 
     def _label_names_from(self, rows, label_column: str, recipe: Recipe, field: str) -> list[str] | None:
         values = column(rows, label_column, f"{recipe.path}: {field}", "label")
@@ -130,39 +140,33 @@ class SequenceClassification(Task):
         logits = torch.cat(predictions).numpy()
         labels = np.asarray([data.eval.columns["labels"][i] for i in indices])
         if self.is_regression:
-            scores = logits.reshape(-1)
-            return {
-                "pearson": _pearson(scores, labels),
-                "spearman": _pearson(_ranks(scores), _ranks(labels)),
-                "mse": float(np.mean((scores - labels) ** 2)),
-            }
-        predicted = logits.argmax(-1)
-        metrics = {"accuracy": float((predicted == labels).mean())}
-        if logits.shape[-1] == 2:
-            true_positive = float(((predicted == 1) & (labels == 1)).sum())
-            precision = true_positive / max(float((predicted == 1).sum()), 1.0)
-            recall = true_positive / max(float((labels == 1).sum()), 1.0)
-            metrics["f1"] = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-        return metrics
+            return regression_metrics(logits.reshape(-1), labels)
+        return classification_metrics(logits.argmax(-1), labels, logits.shape[-1])
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x = x.astype(np.float64) - x.mean()
-    y = y.astype(np.float64) - y.mean()
-    denominator = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
-    return float((x * y).sum() / denominator) if denominator > 0 else 0.0
+def classification_metrics(predicted: np.ndarray, labels: np.ndarray, classes: int) -> dict[str, float]:
+    """Accuracy, macro F1 and Matthews correlation (CoLA's metric) from scikit-learn, and with two
+    classes the F1 of class 1 (GLUE's F1 for MRPC and QQP, where 1 means paraphrase / duplicate)."""
+    metrics = {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        # The mean over the classes that occur in the labels or the predictions (scikit-learn's).
+        "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        "matthews_correlation": float(matthews_corrcoef(labels, predicted)),
+    }
+    if classes == 2:
+        metrics["f1"] = float(f1_score(labels, predicted, pos_label=1, average="binary", zero_division=0))
+    return metrics
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Average ranks, ties sharing their mean rank (what Spearman's rho is defined on)."""
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
-    sorted_values = values[order]
-    start = 0
-    while start < len(values):
-        end = start
-        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2.0
-        start = end + 1
-    return ranks
+def regression_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Pearson and Spearman correlations (scipy; Spearman ranks ties by their mean rank) and the
+    mean squared error. A constant prediction or label column has no correlation: it is reported as
+    0.0, not NaN, so that the metric stays comparable for the best checkpoint and writable as JSON."""
+    scores = scores.astype(np.float64)
+    labels = labels.astype(np.float64)
+    constant = bool(np.ptp(scores) == 0 or np.ptp(labels) == 0)
+    return {
+        "pearson": 0.0 if constant else float(pearsonr(scores, labels).statistic),
+        "spearman": 0.0 if constant else float(spearmanr(scores, labels).statistic),
+        "mse": float(np.mean((scores - labels) ** 2)),
+    }

@@ -71,23 +71,31 @@ class TokenClassification(Task):
     # -- data -----------------------------------------------------------------------------------
 
     def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+        return self._prepare(recipe, tokenizer, label_names, with_train=True)
+
+    def prepare_eval(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+        return self._prepare(recipe, tokenizer, label_names, with_train=False)
+
+    def _prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, with_train: bool) -> PreparedData:
         data = recipe.data
         check_fast_tokenizer(tokenizer, recipe)
         given = list(self.spec.labels) if self.spec.labels else label_names
         self.dataset_tag_names = None
-        train = self.read_sentences(data.train, recipe, "data.train", given)
+        train = self.read_sentences(data.train, recipe, "data.train", given) if with_train else []
         # A hub dataset that names its tag ids (ClassLabel) fixes the list and its order.
         dataset_names = self.dataset_tag_names
         evaluation = self.read_sentences(data.eval, recipe, "data.eval", given) if data.eval is not None else None
+        # Evaluating alone: the tag list comes from the model, else from the eval split.
+        dataset_names = dataset_names if with_train else self.dataset_tag_names
         # Entity tags are trained and scored in IOB2 whatever scheme the files use (tag_schemes.py).
-        train, train_conversion = in_iob2(train)
+        train, train_conversion = in_iob2(train) if with_train else ([], None)
         evaluation, eval_conversion = in_iob2(evaluation) if evaluation is not None else (None, None)
         conversions = {"data.train": train_conversion, "data.eval": eval_conversion}
         converted = {field: found for field, found in conversions.items() if found is not None and found.scheme != IOB2}
         if dataset_names and converted:
             used = [tags for _, tags, _ in train + (evaluation or [])]
             dataset_names = iob2_tag_list(dataset_names, used)
-        names = given or dataset_names or tag_list_from([tags for _, tags, _ in train])
+        names = given or dataset_names or tag_list_from([tags for _, tags, _ in (train if with_train else evaluation)])
         if self.spec.num_labels is not None and len(names) != self.spec.num_labels:
             field = "task.labels" if self.spec.labels else "task.num_labels"
             raise DataError(
@@ -97,11 +105,11 @@ class TokenClassification(Task):
         origin = (
             "task.labels"
             if self.spec.labels
-            else "the teacher's labels"
+            else ("the teacher's labels" if with_train else "the model's labels")
             if label_names
             else "the dataset's tag names"
             if dataset_names
-            else "the training data's tags"
+            else ("the training data's tags" if with_train else "the eval data's tags")
         )
         if given and converted:
             check_iob2_list(names, recipe, origin, next(iter(converted.items())))
@@ -109,7 +117,9 @@ class TokenClassification(Task):
         if evaluation is not None:
             check_tags(evaluation, names, recipe, "data.eval", origin, eval_conversion)
         self.entity_tags = all(is_iob2(tag) for tag in names)
-        train_set = self.tokenize(train, names, tokenizer, data.max_length, recipe, "data.train")
+        train_set = (
+            self.tokenize(train, names, tokenizer, data.max_length, recipe, "data.train") if with_train else TokenizedDataset({})
+        )
         eval_set = (
             self.tokenize(evaluation, names, tokenizer, data.max_length, recipe, "data.eval") if evaluation is not None else None
         )
@@ -378,7 +388,11 @@ def align_labels(
 
 def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
     """Entity-level precision, recall and F1 with strict IOB2 matching, and F1 per entity type."""
-
+    # brewer's one NER scorer is seqeval, not a hand-written strict IOB2 matcher: seqeval is the
+    # maintained library behind Hugging Face's `seqeval` metric (what Trainer examples report), its
+    # strict IOB2 mode is the CoNLL-2003 entity definition, and on tags converted to IOB2
+    # (tag_schemes.py, conlleval's chunk rules) it gives conlleval's scores on the original file —
+    # so a second scorer could only disagree with the numbers users compare against.
     options = {"mode": "strict", "scheme": STRICT_IOB2, "zero_division": 0}
     scores = {
         "precision": float(precision_score(gold, predicted, **options)),

@@ -1,0 +1,297 @@
+"""The results table (issue 13): how much of its teacher a smaller, faster student keeps on real
+tasks, and what it cost — run from the recipes in recipes/, one job at a time.
+
+Rows (`--list` prints them with their estimated cost):
+
+- SST-2 (../shared/data/sst2: 67,349 train / 872 dev): the MiniLM-L6-H384 teacher fine-tuned on the
+  whole training set, and 3-layer students of one shape (3 × 384, FFN 768): (a) labels only, no
+  teacher; (b) random init + basic KD; (c) ETD-Rand + basic; (d) ETD-Impt + basic; (e) ETD-Impt +
+  general (hidden and attention matches); (f) a 4 × 312 TinyBERT-shaped ETD-Impt student. (b)-(e)
+  run once per seed (`--seeds`, default 42,43,44).
+- RTE (2,490 / 277): teacher, the SST-2 method (e), and (e) on TinyBERT-augmented data.
+- SQuAD v1.1 split by article (38 train / 10 eval articles): teacher, ETD-Impt 3-layer student.
+- `--scale full`: BERT-base teachers from the hub → T6 and T4-tiny students on GLUE SST-2, MRPC and
+  SQuAD v1.1, for a machine with a GPU and the hub (`--device cuda --precision bf16`).
+
+Each run is `brewer distill RECIPE --output-dir OUTPUT/runs --set …` in a subprocess, never two at
+once. A run whose directory holds summary.json is skipped; one with checkpoints is continued with
+`--resume`; a row's teacher row runs first when it has not finished. After each run the driver
+writes OUTPUT/results.json (one record per run) and OUTPUT/results.md; `--record` also writes the
+table into benchmarks/RESULTS.md and README.md between `<!-- results-table:start -->` and
+`<!-- results-table:end -->`. The table's per-run figures come from `brewer compare`
+(brewer_cli.compare), latency included (measured after each run, alone on the machine).
+
+Whether other jobs shared the machine is measured, not assumed: the CPU time the whole machine
+spent during the run (/proc/stat) minus the run's own (its process) and the driver's, as a share of
+all cores over the run's wall time; over 5% counts as "other jobs beside it".
+
+Estimated hours assume the machine alone and the step costs below (seconds per optimizer step),
+from the FLOPs of each step (forward + backward of the student, the teacher's forward until its
+outputs are cached) at about 45 GFLOP/s, the rate brewer's 3 × 192 fine-tuning steps showed on this
+2-core machine (benchmarks/RESULTS.md, "Distillation step vs fine-tuning step": 80-91 ms for about
+4 GFLOP), plus the evaluations. Full-scale estimates are for one recent data-centre GPU in bf16.
+
+    python benchmarks/results_table.py --list
+    python benchmarks/results_table.py                      # every CPU row
+    python benchmarks/results_table.py --rows sst2-teacher,sst2-d --seeds 42
+    python benchmarks/results_table.py --dry-run            # validate every row's recipe (brewer distill --dry-run)
+    python benchmarks/results_table.py --record             # also write RESULTS.md and README.md
+    python benchmarks/results_table.py --scale full --device cuda --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from results_report import load_results, record_for, record_tables, results_markdown, save_results
+from results_rows import (
+    DEFAULT_OUTPUT,
+    DEFAULT_SEEDS,
+    OTHERS_THRESHOLD,
+    README,
+    RESULTS_MD,
+    ROOT,
+    ROWS,
+    PlannedRun,
+    Row,
+    Settings,
+    catalogue,
+    decide,
+    estimated_hours,
+    plan_runs,
+    select,
+)
+
+from brewer_cli.compare.rows import LatencyMeter
+
+# ============================================================================= running
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = models[0] if models else cpu
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat), None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(value) for value in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass
+class LoadWatch:
+    """What else ran during a run: the machine's busy CPU time minus the driver's and its children's."""
+
+    cores: int
+    started: float = field(default_factory=time.monotonic)
+    busy_before: float | None = field(default_factory=_machine_busy_seconds)
+    own_before: float = field(default_factory=_own_cpu_seconds)
+    load_before: tuple[float, ...] = field(default_factory=os.getloadavg)
+
+    def report(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.started
+        busy_after = _machine_busy_seconds()
+        own = _own_cpu_seconds() - self.own_before
+        report: dict[str, Any] = {
+            "wall_s": round(wall, 1),
+            "own_cpu_s": round(own, 1),
+            "load_average_before": [round(value, 2) for value in self.load_before],
+            "load_average_after": [round(value, 2) for value in os.getloadavg()],
+        }
+        if self.busy_before is None or busy_after is None or wall <= 0:
+            report.update(others_cpu_share=None, others_beside=None)
+            return report
+        others = max(0.0, busy_after - self.busy_before - own)
+        share = others / (wall * self.cores)
+        report.update(others_cpu_s=round(others, 1), others_cpu_share=round(share, 4), others_beside=share > OTHERS_THRESHOLD)
+        return report
+
+
+def run_one(run: PlannedRun, settings: Settings, log_dir: Path, dry_run: bool = False) -> tuple[int, dict[str, Any], str]:
+    """`brewer distill` for one run in a subprocess (output to the console and a log file);
+    returns its exit code, the load report and the command line as a user would type it."""
+    extra = ["--dry-run"] if dry_run else (["--resume"] if decide(run.run_dir) == "resume" else [])
+    command = run.command(*extra)
+    shown = shlex.join(command)
+    print(f"\n$ {shown}", flush=True)
+    environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if settings.device == "cpu":
+        environment["CUDA_VISIBLE_DEVICES"] = ""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{run.name}{'.dry-run' if dry_run else ''}.log"
+    watch = LoadWatch(cores=machine_cores())
+    with (
+        log.open("a", encoding="utf-8") as handle,
+        subprocess.Popen(
+            [sys.executable, "-m", "brewer_cli", *command[1:]],
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        ) as process,
+    ):
+        handle.write(f"$ {shown}\n")
+        # A reader thread: the driver waits on the process, so Ctrl-C reaches both and brewer checkpoints.
+        reader = threading.Thread(target=_copy_lines, args=(process.stdout, handle), daemon=True)
+        reader.start()
+        try:
+            returncode = process.wait()
+        except KeyboardInterrupt:
+            returncode = process.wait()
+        reader.join()
+    return returncode, watch.report(), shown
+
+
+def _copy_lines(stream: Any, handle: Any) -> None:
+    for line in stream:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        handle.write(line)
+        handle.flush()
+
+
+def machine_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# ============================================================================= the command line
+
+
+def print_list(planned: Sequence[PlannedRun]) -> None:
+    print(f"{'row':<24} {'run':<52} {'steps':>7} {'s/step':>7} {'hours':>6}  {'status':<12} recipe")
+    total = 0.0
+    for run in planned:
+        hours = estimated_hours(run)
+        total += hours
+        status = {"skip": "finished", "resume": "started", "fresh": "not started"}[decide(run.run_dir)]
+        hub = (
+            " (hub)"
+            if "Needs the Hugging Face Hub" in (ROOT / run.row.recipe).read_text(encoding="utf-8").splitlines()[0]
+            else ""
+        )
+        print(
+            f"{run.row.id:<24} {run.name:<52} {run.steps:>7} {run.row.seconds_per_step:>7.2f} {hours:>6.1f}  {status:<12} {run.row.recipe}{hub}"
+        )
+    scale = "one recent GPU" if any(run.row.scale == "full" for run in planned) else "2 CPU cores, the machine alone"
+    print(f"\n{len(planned)} runs, about {total:.1f} hours in all ({scale}; estimates, see the module docstring).")
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", help="comma-separated row ids (default: every row of --scale); see --list")
+    parser.add_argument("--list", action="store_true", help="list the rows, their runs, estimated hours and status")
+    parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="seeds of the seeded rows (default 42,43,44)")
+    parser.add_argument(
+        "--output-dir", default=str(DEFAULT_OUTPUT), help="working folder: runs/, logs/, results.json, results.md"
+    )
+    parser.add_argument(
+        "--scale", choices=("cpu", "full"), default="cpu", help="cpu: the offline rows; full: BERT-base from the hub"
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="cuda: require a GPU; cpu: hide any GPU from the runs")
+    parser.add_argument("--precision", choices=("no", "bf16", "fp16"), help="passed as --set training.precision=…")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="brewer distill --dry-run per run: every recipe valid, nothing trained"
+    )
+    parser.add_argument("--record", action="store_true", help="also write the table into benchmarks/RESULTS.md and README.md")
+    parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True, help="measure speed-ups (default on)")
+    return parser.parse_args(argv)
+
+
+def main(
+    argv: Sequence[str] | None = None, rows: Sequence[Row] = ROWS, results_md: Path = RESULTS_MD, readme: Path = README
+) -> int:
+    args = parse(argv)
+    try:
+        seeds = tuple(int(part) for part in args.seeds.split(",") if part.strip())
+    except ValueError:
+        raise SystemExit(f"--seeds {args.seeds!r}: expected comma-separated whole numbers, e.g. 42,43,44") from None
+    settings = Settings(output=Path(args.output_dir).resolve(), seeds=seeds, device=args.device, precision=args.precision)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device cuda: torch {torch.__version__} sees no GPU on this machine — run without --device cuda")
+    catalog = catalogue(args.scale, rows)
+    planned = plan_runs(select(catalog, args.rows), settings, catalog)
+    if args.list:
+        print_list(planned)
+        return 0
+    logs = settings.output / "logs"
+    if args.dry_run:
+        failed = [run.name for run in planned if run_one(run, settings, logs, dry_run=True)[0] != 0]
+        print(
+            f"\ndry run: {len(planned) - len(failed)} of {len(planned)} runs valid"
+            + (f"; failed: {', '.join(failed)}" if failed else "")
+        )
+        return 1 if failed else 0
+    results_path = settings.output / "results.json"
+    records = load_results(results_path)
+    meter = LatencyMeter(runs=10) if args.latency else None
+    machine_info = machine()
+    for run in planned:
+        if decide(run.run_dir) == "skip":
+            print(f"{run.name}: finished already ({run.run_dir / 'summary.json'}) — skipped")
+            if run.name not in records:
+                records[run.name] = record_for(run, meter, None, None, shlex.join(run.command()))
+        else:
+            returncode, load, command = run_one(run, settings, logs)
+            if returncode != 0:
+                save_results(results_path, records, planned, settings)
+                again = "run the driver again to resume it" if returncode in (130, 143) else "fix it and run the driver again"
+                raise SystemExit(
+                    f"{run.name}: brewer exited with {returncode} — log: {logs / (run.name + '.log')}; {again} "
+                    f"(finished runs are skipped, a started one resumes from its checkpoints)"
+                )
+            records[run.name] = record_for(run, meter, machine_info, load, command)
+        save_results(results_path, records, planned, settings)
+        ordered = json.loads(results_path.read_text(encoding="utf-8"))["records"]
+        (settings.output / "results.md").write_text(results_markdown(ordered, settings), encoding="utf-8")
+    ordered = json.loads(results_path.read_text(encoding="utf-8"))["records"] if results_path.exists() else []
+    print(f"\nwritten: {results_path} and {settings.output / 'results.md'}")
+    if args.record:
+        record_tables(ordered, settings, results_md, readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
