@@ -61,6 +61,13 @@ def _run(action: Callable[[], object]) -> None:
     from brewer_cli.errors import BrewerError
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        # OpenMP threads that spin while they wait take the cores of every other job on the
+        # machine: two brewer jobs on 2 cores ran 2.35× longer together than one after the other,
+        # 0.71× with passive waits, which cost one job alone about 15% (benchmarks/threads.py,
+        # RESULTS.md). Read by OpenMP when torch loads, which is after this line; a policy the
+        # user sets (OMP_WAIT_POLICY=ACTIVE for a machine of one's own) is kept.
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     # Per-file progress bars of transformers ("Loading weights", "Writing model shards") would
     # drown brewer's own progress bar and tables. transformers reads this when it is first
     # imported — after the recipe is checked, which must not wait 1–2 s for that import.

@@ -33,7 +33,7 @@ from brewer_cli.distillers import DISTILLERS
 from brewer_cli.errors import BrewerError, ModelError
 from brewer_cli.extract import describe
 from brewer_cli.families.loading import LoadedModel
-from brewer_cli.hub import push_finished_run
+from brewer_cli.hub import check_push_possible, push_finished_run
 from brewer_cli.loop import TrainingLoop
 from brewer_cli.model_card import write_model_cards
 from brewer_cli.models import save_model_dir
@@ -79,6 +79,9 @@ def distill(
     earlier run of it is moved aside to <name>.replaced-<date-time>, never deleted."""
     console = console or Console()
     output_dir = Path(output_dir)
+    if recipe.hub is not None and not dry_run:
+        # A push that cannot happen is refused before training, not after it.
+        check_push_possible(recipe.hub, recipe.path)
     if retrain_teacher:
         _move_teachers_aside(recipe, output_dir, resume, dry_run, console)
     # A dry run moves nothing: the teachers it would retrain are planned as missing ones.

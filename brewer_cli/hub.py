@@ -101,6 +101,23 @@ def push_finished_run(run_dir: Path, hub: Any, recipe_path: Path | None, console
         ) from error
 
 
+def check_push_possible(hub: Any, recipe_path: Path | None) -> None:
+    """Before a run whose recipe says `hub:` starts: a push that cannot happen (offline mode, no
+    token) is refused now, not after hours of training. Reads local settings only: whether the
+    Hub accepts the token is known at the push itself."""
+    where = f"{recipe_path or 'the recipe'}: hub.repo_id: the run would push to {hub.repo_id} when it ends, but "
+    remedy = "; or remove `hub:` and push later with `brewer push RUN --repo-id …`"
+    if constants.HF_HUB_OFFLINE:
+        raise HubError(
+            where + "offline mode is on (HF_HUB_OFFLINE is set) — unset it where the network reaches huggingface.co" + remedy
+        )
+    if get_token() is None:
+        raise HubError(
+            where + "brewer is not logged in to the Hugging Face Hub (no token in HF_TOKEN and none stored by "
+            "`hf auth login`) — log in with `hf auth login` (a token with write access) or set HF_TOKEN" + remedy
+        )
+
+
 def _check_login(api: HfApi, folder: Path, repo_id: str) -> None:
     """A token is there and the Hub accepts it — checked before anything is created."""
     if get_token() is None:

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from brewer_cli.errors import ModelError
-from brewer_cli.models import checkpoint_location, first_line, recipe_prefix
+from brewer_cli.models import PACKAGE_PREFIX, checkpoint_location, first_line, recipe_prefix
 from brewer_cli.paths import looks_like_hub_id, resolve_path
 from brewer_cli.recipe import Recipe, TokenizerSpec, WordPieceTraining
 
@@ -52,6 +52,9 @@ def own_student_tokenizer(recipe: Recipe, texts: Callable[[], list[str]]) -> Any
 
 
 def checkpoint_location_for_tokenizer(value: str, recipe: Recipe, field: str) -> str:
+    if value.startswith(PACKAGE_PREFIX):
+        # A tokenizer shipped with a checkpoint in an installed package, named as models are.
+        return checkpoint_location(value, recipe, field)
     path = resolve_path(value, recipe)
     if path.exists() or looks_like_hub_id(value):
         return str(path) if path.exists() else value

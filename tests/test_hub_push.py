@@ -37,6 +37,8 @@ def hub(monkeypatch) -> dict[str, Any]:
     """A logged-in user and a Hub that records what it is sent (folder contents read at upload time)."""
     sent: dict[str, Any] = {"calls": []}
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    # The recording Hub below stands for a reachable one (tests/conftest.py turns offline mode on).
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
     def whoami(self, token=None, **kwargs):
         sent["calls"].append("whoami")
@@ -186,9 +188,35 @@ def test_distill_pushes_at_the_end_after_summary_and_cards(tmp_path, tokenizer_d
     assert student == summary["student"]["metrics"]
 
 
-def test_a_failed_push_at_the_end_keeps_the_run_and_says_how_to_retry(tmp_path, tokenizer_dir, monkeypatch):
+def test_a_push_that_cannot_happen_is_refused_before_training(tmp_path, tokenizer_dir, monkeypatch):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    path = hub_recipe(tmp_path, tokenizer_dir)
+    result = runner.invoke(app, ["distill", str(path), "--output-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert (
+        f"error (hub): {path}: hub.repo_id: the run would push to me/tiny-student when it ends, but brewer is not "
+        f"logged in to the Hugging Face Hub (no token in HF_TOKEN and none stored by `hf auth login`)"
+    ) in flat(result.output)
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    result = runner.invoke(app, ["distill", str(path), "--output-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "offline mode is on (HF_HUB_OFFLINE is set)" in flat(result.output)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_push_at_the_end_keeps_the_run_and_says_how_to_retry(tmp_path, tokenizer_dir, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+    def no_network(self, *arguments, **options):
+        # The network boundary: huggingface_hub's HTTP client could not connect.
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", no_network)
     path = hub_recipe(tmp_path, tokenizer_dir, revision="v1")
     result = runner.invoke(app, ["distill", str(path), "--output-dir", str(tmp_path / "runs")])
     run_dir = tmp_path / "runs" / "tiny"

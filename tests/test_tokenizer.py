@@ -66,3 +66,30 @@ def test_the_trained_tokenizer_encodes_like_bert():
     ]
     assert encoded["token_type_ids"] == [0, 0, 0, 0, 0, 0, 1, 1, 1]
     assert tokenizer.convert_ids_to_tokens(tokenizer("unseen")["input_ids"]) == ["[CLS]", "[UNK]", "[SEP]"]
+
+
+def test_a_tokenizer_path_may_name_an_installed_package(tmp_path):
+    """`tokenizer: {path: python-package:NAME}` resolves as a model checkpoint does: through the
+    installed distributions, with the same message when the package is not installed."""
+    import pytest
+
+    from brewer_cli.errors import ModelError
+    from brewer_cli.recipe import validate_recipe
+    from brewer_cli.tokenizers import checkpoint_location_for_tokenizer
+
+    recipe = validate_recipe(
+        {
+            "name": "x",
+            "task": {"kind": "sequence_classification", "num_labels": 2},
+            "data": {"train": {"synthetic": "negation_sentiment", "examples": 8}},
+            "model": {"config": "configs/quickstart/student.json"},
+            "distillation": {"kind": "trainer"},
+        },
+        tmp_path / "recipe.yaml",
+    )
+    with pytest.raises(ModelError) as error:
+        checkpoint_location_for_tokenizer("python-package:brewernotinstalled", recipe, "model.tokenizer.path")
+    assert (
+        "model.tokenizer.path: 'python-package:brewernotinstalled' names the Python package 'brewernotinstalled', which is not installed"
+        in str(error.value)
+    )

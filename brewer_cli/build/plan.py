@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from brewer_cli.extract import describe
 from brewer_cli.families import parameter_count
 from brewer_cli.loop import resolve_precision
@@ -44,6 +46,14 @@ def plan_lines(run: Run) -> list[str]:
     lines.append(
         f"steps: {total:,} ({steps_per_epoch:,} per epoch, batch {training.batch_size} × accumulation "
         f"{training.gradient_accumulation}), precision {resolve_precision(training.precision)}"
+    )
+    # The settings a Trainer user looks for: the schedule, the threads, the metric that picks final/.
+    best = training.metric_for_best or run.task.primary_metric
+    keep = f"final/ = the best {best}" if training.load_best_at_end and run.data.eval is not None else "final/ = the last step"
+    trackers = ", ".join(training.report_to) if training.report_to else "none (metrics.jsonl only)"
+    lines.append(
+        f"  learning rate {training.learning_rate:g}, {training.lr_schedule} schedule with {training.warmup:.0%} warm-up; "
+        f"{torch.get_num_threads()} threads; {keep}; trackers {trackers}"
     )
     if student.extraction is not None:
         lines.extend(f"  {line}" for line in describe(student.extraction).splitlines())

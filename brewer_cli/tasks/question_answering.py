@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from brewer_cli.errors import DataError
-from brewer_cli.recipe import DataSource, Recipe
+from brewer_cli.recipe import DataSource, Recipe, origins_of, written_at
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
 from brewer_cli.tasks.data import column, read_source
 from brewer_cli.tasks.formats import answer_start
@@ -299,7 +299,7 @@ class QuestionAnswering(Task):
                 "%s: %s: %d questions are longer than %d tokens and were cut to fit windows of data.max_length=%d "
                 "sharing task.doc_stride=%d tokens",
                 recipe.path,
-                field,
+                written_at(origins_of(recipe), field),  # as the user wrote it: --data for `brewer eval --data`
                 cut,
                 room,
                 max_length,
