@@ -99,3 +99,15 @@ def quiet_console():
     from rich.console import Console
 
     return Console(file=open(os.devnull, "w"), width=120)
+
+
+# The real data the shipped recipes read (../shared/data beside the project). A clean clone elsewhere
+# (CI) may not have it: shipped recipes are then checked without their input files.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load_shipped(path, overrides=()):
+    """A shipped recipe, its data files and columns checked where ../shared/data is present."""
+    from brewer_cli.recipe import load_recipe
+
+    return load_recipe(path, overrides, check_inputs=SHARED_DATA.is_dir())

@@ -209,7 +209,7 @@ def test_plot_needs_matplotlib(runs, monkeypatch):
     for name in [name for name in sys.modules if name == "matplotlib" or name.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(BrewerError, match=r"--plot needs matplotlib.*pip install 'brewer\[plot\]'"):
+    with pytest.raises(BrewerError, match=r"--plot unused.png: the plot needs matplotlib.*pip install 'brewer\[plot\]'"):
         compare.plot([row], "unused.png")
 
 

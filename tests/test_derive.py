@@ -27,7 +27,7 @@ from brewer_cli.recipe import (
     with_student_of,
     without_augment,
 )
-from tests.conftest import write_recipe
+from tests.conftest import load_shipped, write_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 QUICKSTART = RECIPES / "quickstart.yaml"
@@ -67,7 +67,7 @@ def multi_task_recipe(directory: Path) -> Recipe:
 
 @pytest.mark.parametrize("path", sorted(RECIPES.rglob("*.yaml")), ids=lambda path: str(path.relative_to(RECIPES)))
 def test_deriving_nothing_gives_the_recipe_back(path):
-    recipe = load_recipe(path)
+    recipe = load_shipped(path)
     derived = derive(recipe, {})
     assert derived == recipe
     assert derived.path == recipe.path == path
@@ -79,7 +79,7 @@ def test_deriving_nothing_keeps_multi_task_recipes(tmp_path):
 
 
 def test_derive_replaces_and_removes_top_level_fields():
-    recipe = load_recipe(QUICKSTART)
+    recipe = load_shipped(QUICKSTART)
     derived = derive(
         recipe,
         {
@@ -100,14 +100,14 @@ def test_derive_replaces_and_removes_top_level_fields():
 
 
 def test_a_null_chosen_over_a_default_survives():
-    recipe = load_recipe(QUICKSTART, ["training.max_grad_norm=null"])
+    recipe = load_shipped(QUICKSTART, ["training.max_grad_norm=null"])
     assert recipe.training.max_grad_norm is None
     assert resolved_mapping(recipe)["training"]["max_grad_norm"] is None
     assert derive(recipe, {}) == recipe
 
 
 def test_teacher_training_recipe(tmp_path, monkeypatch):
-    recipe = load_recipe(QUICKSTART)
+    recipe = load_shipped(QUICKSTART)
     trainer = teacher_training_recipe(recipe)
     assert trainer.name == "quickstart-teacher"
     assert trainer.distillation.kind == "trainer"
@@ -121,7 +121,7 @@ def test_teacher_training_recipe(tmp_path, monkeypatch):
 
 
 def test_teacher_training_recipe_leaves_augmentation_and_stages_behind():
-    recipe = load_recipe(STAGED)
+    recipe = load_shipped(STAGED)
     trainer = teacher_training_recipe(recipe)
     assert trainer.name == "sst2-minilm-teacher-1k"
     assert trainer.data.augment is None
@@ -131,7 +131,7 @@ def test_teacher_training_recipe_leaves_augmentation_and_stages_behind():
 
 
 def test_teacher_training_recipe_of_one_of_several_teachers(tmp_path):
-    recipe = load_recipe(
+    recipe = load_shipped(
         RECIPES / "quickstart-multi-teacher.yaml",
         ["teachers.1.train.model.config=configs/quickstart/teacher.json", "teachers.1.train.training.seed=2"],
     )
@@ -158,7 +158,7 @@ def test_task_recipe(tmp_path):
 
 
 def test_stage_recipes():
-    recipe = load_recipe(STAGED)
+    recipe = load_shipped(STAGED)
     parent = Path("runs") / recipe.name
     stages = stage_recipes(recipe, parent)
     assert [label for label, _ in stages] == ["intermediate", "prediction"]
@@ -183,7 +183,7 @@ def test_a_stage_may_bring_its_own_task_data_and_teacher():
     """ETD's pipeline: stage 1 distills on unlabeled text from the pre-trained teacher, stage 2
     trains the task from the recipe's fine-tuned teacher."""
     path = RECIPES / "etd" / "minilm-local.yaml"
-    recipe = load_recipe(path)
+    recipe = load_shipped(path)
     parent = Path("runs") / recipe.name
     (label_1, general), (label_2, task) = stage_recipes(recipe, parent)
     assert (label_1, label_2) == ("general", "task")
@@ -196,7 +196,7 @@ def test_a_stage_may_bring_its_own_task_data_and_teacher():
 
 
 def test_without_augment_matches_a_copy_without_it():
-    recipe = load_recipe(STAGED)
+    recipe = load_shipped(STAGED)
     plain = without_augment(recipe)
     assert plain.data.augment is None
     assert plain == recipe.model_copy(update={"data": recipe.data.model_copy(update={"augment": None})})
@@ -204,7 +204,7 @@ def test_without_augment_matches_a_copy_without_it():
 
 
 def test_on_augmented_data():
-    recipe = load_recipe(STAGED)
+    recipe = load_shipped(STAGED)
     augmented = on_augmented_data(recipe, Path("/cache/augmented.jsonl"))
     assert augmented.data.train == DataSource(path="/cache/augmented.jsonl", format="jsonl")
     assert augmented.data.augment is None
@@ -214,7 +214,7 @@ def test_on_augmented_data():
 
 
 def test_evaluation_recipes():
-    recipe = load_recipe(EXTRACTED)
+    recipe = load_shipped(EXTRACTED)
     assert recipe.student.init is not None
     only = eval_only(recipe)
     assert only.data.train == recipe.data.eval == only.data.eval

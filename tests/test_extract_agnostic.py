@@ -25,7 +25,7 @@ from brewer_cli.extract.objectives import (
     PretrainingObjective,
 )
 from brewer_cli.recipe import load_recipe
-from tests.conftest import write_recipe
+from tests.conftest import load_shipped, write_recipe
 from tests.test_augment import save_masked_lm
 from tests.test_tinybert import general_recipe
 
@@ -297,7 +297,7 @@ def test_etd_recipes_chain_general_distillation_into_a_task_stage(path, monkeypa
     """One staged recipe each: ETD-Impt from the pre-trained teacher and general distillation on
     unlabeled text (the stage's own task, data and teacher), then the SST-2 task stages."""
     monkeypatch.chdir(ROOT)
-    recipe = load_recipe(path)
+    recipe = load_shipped(path)
     check_names(recipe)
     local = path.stem.endswith("-local")
     general = recipe.stages[0]
@@ -324,7 +324,7 @@ def test_etd_recipes_chain_general_distillation_into_a_task_stage(path, monkeypa
 def test_general_stage_matches_stay_inside_the_extracted_student():
     # The MiniLM losses read the last layer of each model: the student's is the extraction's count.
     for path in ETD_RECIPES:
-        recipe = load_recipe(path)
+        recipe = load_shipped(path)
         if path.stem.startswith("minilm"):
             layers = recipe.student.init.extract.layers
             assert {match.student_layer for match in recipe.stages[0].distillation.matches} == {layers}, path.name

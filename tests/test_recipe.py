@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from brewer_cli.errors import RecipeError
 from brewer_cli.recipe import Recipe, load_recipe, resolved_mapping
-from tests.conftest import distill_recipe, write_recipe
+from tests.conftest import distill_recipe, load_shipped, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,5 +171,5 @@ def test_every_shipped_recipe_validates(path, monkeypatch):
     from brewer_cli.build import check_names
 
     monkeypatch.chdir(ROOT)
-    recipe = load_recipe(ROOT / path)
+    recipe = load_shipped(ROOT / path)
     check_names(recipe)

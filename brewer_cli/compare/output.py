@@ -14,6 +14,7 @@ from rich.table import Table
 
 from brewer_cli.compare.rows import RunRow
 from brewer_cli.errors import BrewerError
+from brewer_cli.size_report import ScatterPanel, draw_scatter
 
 COLUMNS = (
     "run",
@@ -144,15 +145,7 @@ def to_markdown(rows: Sequence[RunRow]) -> str:
 
 def plot(rows: Sequence[RunRow], path: str | Path) -> Path:
     """Metric (y) against median latency at batch size 1 (x): one labelled point per run and one
-    per distinct teacher."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise BrewerError(
-            "--plot needs matplotlib, which is not installed; install it with pip install 'brewer[plot]' "
-            "(or pip install matplotlib), or leave out --plot"
-        ) from error
+    (a square) per distinct teacher, drawn by size-report's scatter routine."""
     points: list[tuple[float, float, str, bool]] = []
     teachers: dict[str, tuple[float, float]] = {}
     for row in rows:
@@ -166,22 +159,6 @@ def plot(rows: Sequence[RunRow], path: str | Path) -> Path:
         if entry.get("teacher_ms") is not None and row.teacher_value is not None:
             teachers[str(row.teacher_checkpoint)] = (entry["teacher_ms"], row.teacher_value)
     points += [(ms, value, f"teacher {Path(name).parent.name or name}", True) for name, (ms, value) in teachers.items()]
-    # Figure + Agg canvas instead of pyplot: no global backend state, no display needed.
-    figure = Figure(figsize=(7.2, 4.8))
-    FigureCanvasAgg(figure)
-    axes = figure.subplots()
-    for latency_ms, value, label, is_teacher in points:
-        axes.scatter([latency_ms], [value], marker="s" if is_teacher else "o")
-        axes.annotate(label, (latency_ms, value), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    metrics = sorted({row.metric for row in rows})
-    axes.set_xlabel("latency at batch size 1 (ms, median, CPU)")
-    axes.set_ylabel(" / ".join(metrics))
-    axes.set_xlim(0, max(point[0] for point in points) * 1.3)
-    axes.grid(True, alpha=0.3)
-    output = Path(path)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        figure.savefig(output, bbox_inches="tight")
-    except (ValueError, OSError) as error:
-        raise BrewerError(f"--plot {output}: could not write the plot: {error}") from error
-    return output
+    metrics = " / ".join(sorted({row.metric for row in rows}))
+    panel = ScatterPanel(points, "latency at batch size 1 (ms, median, CPU)", metrics)
+    return draw_scatter([panel], f"{metrics} against latency", path)

@@ -50,7 +50,16 @@ from brewer_cli.size_report.latency import (
     measure_latency,
     percentile,
 )
-from brewer_cli.size_report.rendering import PlotPoint, plot, plot_points, render_table, to_json, to_markdown
+from brewer_cli.size_report.rendering import (
+    PlotPoint,
+    ScatterPanel,
+    draw_scatter,
+    plot,
+    plot_points,
+    render_table,
+    to_json,
+    to_markdown,
+)
 from brewer_cli.size_report.report import build_report, compare, run
 from brewer_cli.size_report.runs import choose_seq_len
 from brewer_cli.size_report.targets import SizeTarget, resolve_target
@@ -76,6 +85,8 @@ __all__ = [
     "percentile",
     "plot",
     "plot_points",
+    "ScatterPanel",
+    "draw_scatter",
     "render_table",
     "resolve_target",
     "run",

@@ -222,59 +222,69 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
     """The runs' metric against median latency at batch size 1 and against parameters, one
     labelled point per model; when no model has a metric (checkpoints outside a run), parameters
     against latency."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise BrewerError(
-            "the size-report plot needs matplotlib, which is not installed; install it with "
-            "pip install 'brewer[plot]' (or pip install matplotlib)."
-        ) from error
     points = plot_points(report)
     name = metric_name(report)
     measured = [point for point in points if point.metric is not None]
     latency_label = "latency at batch size 1 (ms, median)"
     parameters_label = "parameters (millions)"
-    # Figure + Agg canvas instead of pyplot: no global backend state, no display needed.
     if measured:
-        figure = Figure(figsize=(11, 4.8))
-        FigureCanvasAgg(figure)
-        by_latency, by_parameters = figure.subplots(1, 2, sharey=True)
-        _scatter(by_latency, [(point.latency_ms, point.metric, point.label) for point in measured], latency_label, name)
-        _scatter(
-            by_parameters, [(point.parameters_millions, point.metric, point.label) for point in measured], parameters_label, None
-        )
         missing = [point.label for point in points if point.metric is None]
         title = f"{name} against latency and size, sequence length {report['seq_len']} on {report['device']}"
-        figure.suptitle(title + (f" (no {name}: {', '.join(missing)})" if missing else ""))
-    else:
-        figure = Figure(figsize=(6.4, 4.8))
-        FigureCanvasAgg(figure)
-        axes = figure.subplots()
-        _scatter(
-            axes,
-            [(point.parameters_millions, point.latency_ms, point.label) for point in points],
+        panels = [
+            ScatterPanel([(point.latency_ms, point.metric, point.label, False) for point in measured], latency_label, name),
+            ScatterPanel([(point.parameters_millions, point.metric, point.label, False) for point in measured], parameters_label),
+        ]
+        return draw_scatter(panels, title + (f" (no {name}: {', '.join(missing)})" if missing else ""), path)
+    title = f"sequence length {report['seq_len']} on {report['device']}"
+    panels = [
+        ScatterPanel(
+            [(point.parameters_millions, point.latency_ms, point.label, False) for point in points],
             parameters_label,
             latency_label,
         )
-        axes.set_title(f"sequence length {report['seq_len']} on {report['device']}")
-        axes.set_ylim(0, max(point.latency_ms for point in points) * 1.3)
+    ]
+    return draw_scatter(panels, title, path)
+
+
+@dataclass(frozen=True)
+class ScatterPanel:
+    """One panel of a plot: labelled points (x, y, label, drawn as a square: a teacher) and its axes."""
+
+    points: list[tuple[float, float, str, bool]]
+    x_label: str
+    y_label: str | None = None
+
+
+def draw_scatter(panels: list[ScatterPanel], title: str, path: str | Path) -> Path:
+    """Side-by-side labelled scatter panels sharing the y axis, written to `path` (PNG, SVG, … by
+    its suffix). The one drawing routine of size-report and compare."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise BrewerError(
+            f"--plot {path}: the plot needs matplotlib, which is not installed; install it with "
+            "pip install 'brewer[plot]' (or pip install matplotlib), or leave out --plot"
+        ) from error
+    # Figure + Agg canvas instead of pyplot: no global backend state, no display needed.
+    figure = Figure(figsize=(5.5 * len(panels) + 1, 4.8))
+    FigureCanvasAgg(figure)
+    axes_list = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for axes, panel in zip(axes_list, panels):
+        for x, y, label, square in panel.points:
+            axes.scatter([x], [y], marker="s" if square else "o")
+            axes.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        axes.set_xlabel(panel.x_label)
+        if panel.y_label is not None:
+            axes.set_ylabel(panel.y_label)
+        # The x axis starts at zero so that distances read as ratios; room is left for the labels.
+        axes.set_xlim(0, max(point[0] for point in panel.points) * 1.3)
+        axes.grid(True, alpha=0.3)
+    figure.suptitle(title)
     output = Path(path)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         figure.savefig(output, bbox_inches="tight")
     except (ValueError, OSError) as error:
-        raise BrewerError(f"could not write the plot to {output}: {error}") from error
+        raise BrewerError(f"--plot {output}: could not write the plot: {error}") from error
     return output
-
-
-def _scatter(axes: Any, points: list[tuple[float, float, str]], x_label: str, y_label: str | None) -> None:
-    for x, y, label in points:
-        axes.scatter([x], [y])
-        axes.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6))
-    axes.set_xlabel(x_label)
-    if y_label is not None:
-        axes.set_ylabel(y_label)
-    # The x axis starts at zero so that distances read as ratios; room is left for the labels.
-    axes.set_xlim(0, max(point[0] for point in points) * 1.3)
-    axes.grid(True, alpha=0.3)
