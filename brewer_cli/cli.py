@@ -62,12 +62,13 @@ def _run(action: Callable[[], object]) -> None:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        # OpenMP threads that spin while they wait take the cores of every other job on the
-        # machine: two brewer jobs on 2 cores ran 2.35× longer together than one after the other,
-        # 0.71× with passive waits, which cost one job alone about 15% (benchmarks/threads.py,
-        # RESULTS.md). Read by OpenMP when torch loads, which is after this line; a policy the
-        # user sets (OMP_WAIT_POLICY=ACTIVE for a machine of one's own) is kept.
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        # OpenMP threads spin while they wait (GNU OpenMP, which torch's Linux wheels use: 300,000
+        # spins before sleeping), taking the cores of every other job on the machine: two brewer jobs
+        # on 2 cores ran 2.35× longer together than one after the other. 10,000 spins: 0.93×, for
+        # 6% on the quickstart alone (fully passive waits: 0.71×, but 50% slower alone) —
+        # benchmarks/threads.py, RESULTS.md. Read when torch loads, after this line; a user's
+        # setting (OMP_WAIT_POLICY=ACTIVE on a machine of one's own) is kept.
+        os.environ["GOMP_SPINCOUNT"] = "10000"
     # Per-file progress bars of transformers ("Loading weights", "Writing model shards") would
     # drown brewer's own progress bar and tables. transformers reads this when it is first
     # imported — after the recipe is checked, which must not wait 1–2 s for that import.
