@@ -83,6 +83,9 @@ def task_overrides(arguments: argparse.Namespace, seed: int, stage: str) -> list
     pipeline, empty for a single-stage task recipe)."""
     return [
         f"teacher.checkpoint={TEACHER}",
+        # The teacher trained above on its own subset, used as it is (brewer would otherwise refuse a
+        # teacher whose recorded training data differ from this stage's).
+        "teacher.train=null",
         f"training.seed={seed}",
         f"{stage}training.max_steps={arguments.task_steps}",
         f"{stage}training.eval_every={max(1, arguments.task_steps // arguments.evaluations)}",

@@ -208,6 +208,7 @@ def main() -> None:
         eval_every = max(1, round(total_steps / arguments.evaluations))
         overrides = [
             f"teacher.checkpoint={teacher}",
+            "teacher.train=null",  # the given teacher, used as it is
             f"data.train.limit={arguments.train_examples}",
             f"training.epochs={arguments.epochs:g}",
             f"training.eval_every={eval_every}",
@@ -251,7 +252,7 @@ def main() -> None:
                     "wall_time_s": written["wall_time_s"],
                     "parameters": written["student"]["parameters"],
                     "best_step": written["best"]["step"],
-                    "best_metric": written["best"]["metric"],
+                    "best_metric": written["best"]["value"],
                     "final_metric": written["student"]["metric"],
                     "teacher_metric": written["teacher"]["metric"],
                     "extraction": written["student"].get("extraction"),

@@ -124,6 +124,7 @@ def main() -> None:
     augmented = output / f"sst2-{arguments.train_examples}-augmented.jsonl"
     task_overrides = [
         f"teacher.checkpoint={teacher}",
+        "teacher.train=null",  # the teacher sst2_minilm.py trained, used as it is
         f"student.checkpoint={general_dir / 'final'}",
         f"data.train.limit={arguments.train_examples}",
         f"data.augment.output={augmented}",
