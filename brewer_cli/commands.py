@@ -5,7 +5,6 @@ the one loop; a loop over steps, never a command calling itself."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -50,10 +49,12 @@ from brewer_cli.recipe import (
     without_augment,
 )
 from brewer_cli.run_directory import (
+    link_final,
     move_aside,
     prepare_run_dir,
     record_recipe,
     refuse_started,
+    refuse_started_stages,
     resume_changes,
     run_directory_lock,
     run_started,
@@ -79,18 +80,21 @@ def distill(
     earlier run of it is moved aside to <name>.replaced-<date-time>, never deleted."""
     console = console or Console()
     output_dir = Path(output_dir)
-    if recipe.hub is not None and not dry_run:
-        # A push that cannot happen is refused before training, not after it.
-        check_push_possible(recipe.hub, recipe.path)
+    if not dry_run:
+        _check_before_any_training(recipe)
     if retrain_teacher:
         _move_teachers_aside(recipe, output_dir, resume, dry_run, console)
     # A dry run moves nothing: the teachers it would retrain are planned as missing ones.
     retrained = retrain_teacher and dry_run
+    checked: frozenset[str] = frozenset()
     if recipe.data is not None and recipe.data.augment is not None:
+        # The teachers learn from the original data: _augment checks an existing one against that, and
+        # the recipe on the augmented file must not check it again (its data.train is the new file).
+        checked = frozenset(slot.spec.checkpoint for slot in teacher_slots(without_augment(recipe)))
         recipe = _augment(recipe, output_dir, resume, dry_run, console, retrained)
     if recipe.stages is None:
-        return _distill_one(recipe, output_dir, resume, dry_run, console, retrained=retrained)
-    return _run_stages(recipe, output_dir, resume, dry_run, console, retrained)
+        return _distill_one(recipe, output_dir, resume, dry_run, console, retrained=retrained, checked=checked)
+    return _run_stages(recipe, output_dir, resume, dry_run, console, retrained, checked)
 
 
 def train_teacher(
@@ -100,6 +104,8 @@ def train_teacher(
     A teacher that exists is checked against the settings it was trained with (reuse_note)."""
     console = console or Console()
     if not DISTILLERS.get(recipe.distillation.kind).needs_teacher:
+        if not dry_run:
+            _check_before_any_training(recipe)
         return _run(recipe, Path(output_dir), resume, dry_run, console)
     if recipe.teacher is not None:
         if recipe.teacher.train is None:
@@ -166,13 +172,22 @@ def extract(recipe: Recipe, output: str | Path | None = None, console: Any = Non
 # ============================================================================= the steps
 
 
+def _check_before_any_training(recipe: Recipe) -> None:
+    """What would fail only at the end, or in the student's run after its teachers trained for
+    hours, is refused first: a tracker that is not installed, a push that cannot happen."""
+    check_trackers(recipe.training, recipe.path)
+    if recipe.hub is not None:
+        check_push_possible(recipe.hub, recipe.path)
+
+
 def _augment(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, console: Any, retrained: bool) -> Recipe:
     """`data.augment`: the recipe on the augmented training file. The teacher learns from the
     original data (augmentation serves distillation only), so a missing one is trained first."""
+    original = without_augment(recipe)
+    # Teachers that cannot be trained, or were trained otherwise, are refused before augmenting.
+    to_train = _teachers_to_train(original, None, retrained, console)
     if not dry_run:
-        original = without_augment(recipe)
-        # Teachers that cannot be trained, or were trained otherwise, are refused before augmenting.
-        _train_teachers(_teachers_to_train(original, None, False, None), resume, False, console)
+        _train_teachers(to_train, resume, False, console)
         return with_augmented_data(recipe, console)
     path = augmented_output(recipe)
     cached = path.is_file() and path.with_name(path.name + ".fingerprint.json").is_file()
@@ -196,16 +211,18 @@ def _distill_one(
     written_as: dict[str, str] | None = None,
     retrained: bool = False,
     composite: bool = False,
+    checked: frozenset[str] = frozenset(),
 ) -> Summary | None:
     """One run, after training the teachers it is missing (dry run: planning them instead).
     `written_as`: where a stage's own sections are in the user's file (TeacherSlot.field_of);
     `retrained`: a dry run of --retrain-teacher; `composite`: one stage of several. In a composite
-    run (stages, or teachers trained first) --resume starts afresh a student without checkpoints."""
+    run (stages, or teachers trained first) --resume starts afresh a student without checkpoints. `checked`: teacher
+    checkpoints already checked against the settings they were trained with (before augmentation)."""
     stand_ins: dict[str, LoadedModel] = {}
     run_dir = output_dir / recipe.name
     if DISTILLERS.get(recipe.distillation.kind).needs_teacher:
         composite = composite or any(slot.trainable for slot in teacher_slots(recipe))
-        to_train = _teachers_to_train(recipe, written_as, retrained, console)
+        to_train = _teachers_to_train(recipe, written_as, retrained, console, checked)
         if to_train:
             check_before_training_teachers(recipe)
             if not dry_run and not resume:
@@ -225,7 +242,9 @@ def _distill_one(
     return _run(recipe, output_dir, resume, dry_run, console, stand_ins)
 
 
-def _teachers_to_train(recipe: Recipe, written_as: dict[str, str] | None, retrained: bool, console: Any) -> list[TeacherSlot]:
+def _teachers_to_train(
+    recipe: Recipe, written_as: dict[str, str] | None, retrained: bool, console: Any, checked: frozenset[str] = frozenset()
+) -> list[TeacherSlot]:
     """The recipe's teachers still to train (with `retrained`, every one with a `train` section).
     One that exists and has `train` is checked against the settings it was trained with, and
     what brewer does with it is printed; a missing one without `train` is refused."""
@@ -233,6 +252,8 @@ def _teachers_to_train(recipe: Recipe, written_as: dict[str, str] | None, retrai
     for slot in teacher_slots(recipe, written_as):
         if teacher_missing(slot.recipe, slot.spec) or (retrained and slot.trainable):
             to_train.append(slot)
+            continue
+        if slot.spec.checkpoint in checked:
             continue
         note = reuse_note(slot)
         if note is not None and console is not None:
@@ -301,7 +322,7 @@ def _move_teachers_aside(recipe: Recipe, output_dir: Path, resume: bool, dry_run
     if recipe.stages is None:
         refuse_started(parent)
     else:
-        _refuse_started_stages(parent, len(recipe.stages))
+        refuse_started_stages(parent, len(recipe.stages))
     state = PartialState(cpu=not torch.cuda.is_available())
     for slot in earlier:
         moved = move_aside(slot.run_directory, state)
@@ -315,7 +336,13 @@ def _move_teachers_aside(recipe: Recipe, output_dir: Path, resume: bool, dry_run
 
 
 def _run_stages(
-    recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, console: Any, retrained: bool = False
+    recipe: Recipe,
+    output_dir: Path,
+    resume: bool,
+    dry_run: bool,
+    console: Any,
+    retrained: bool = False,
+    checked: frozenset[str] = frozenset(),
 ) -> Summary | None:
     """Each stage as a run of its own in <run>/stage-k (brewer_cli.recipe.derive.stage_recipes);
     `final` links to the last stage's final/, summary.json holds every stage's figures."""
@@ -331,37 +358,26 @@ def _run_stages(
                     markup=False,
                 )
                 stage_recipe = with_student_of(stage_recipe, recipe)
-            _distill_one(stage_recipe, parent, False, True, console, stage_fields(recipe, index), retrained)
+            _distill_one(stage_recipe, parent, False, True, console, stage_fields(recipe, index), retrained, checked=checked)
         return None
     state = PartialState(cpu=not torch.cuda.is_available())
     # The staged run is one writer of its directory, for all its stages (each stage locks its own too).
     with run_directory_lock(parent, state):
-        return _train_stages(recipe, stages, parent, resume, console, state)
-
-
-def _refuse_started_stages(parent: Path, count: int) -> None:
-    """A staged run without --resume starts in a directory that holds no started stage."""
-    if (parent / "summary.json").exists():
-        raise BrewerError(
-            f"{parent}: the run directory already holds a finished staged run — choose another name "
-            f"with --set name=…, or another --output-dir; brewer never overwrites checkpoints"
-        )
-    started = [stage_directory(parent, index) for index in range(1, count + 1)]
-    started = [directory for directory in started if run_started(directory)]
-    if started:
-        raise BrewerError(
-            f"{parent}: the run directory holds a started staged run ({started[0].name} has checkpoints) — continue "
-            f"it with --resume, choose another name with --set name=…, or another --output-dir; brewer never "
-            f"overwrites checkpoints"
-        )
+        return _train_stages(recipe, stages, parent, resume, console, state, checked)
 
 
 def _train_stages(
-    recipe: Recipe, stages: list[tuple[str, Recipe]], parent: Path, resume: bool, console: Any, state: PartialState
+    recipe: Recipe,
+    stages: list[tuple[str, Recipe]],
+    parent: Path,
+    resume: bool,
+    console: Any,
+    state: PartialState,
+    checked: frozenset[str] = frozenset(),
 ) -> Summary:
     # Checked before anything is written, so that a refusal leaves the directory as it was.
     if not resume:
-        _refuse_started_stages(parent, len(stages))
+        refuse_started_stages(parent, len(stages))
     changes = resume_changes(parent, recipe) if resume else {}
     if state.is_main_process:
         (parent / "summary.json").unlink(missing_ok=True)
@@ -377,8 +393,12 @@ def _train_stages(
             continue
         # Each part of the stage (its teachers, its student) resumes from its checkpoints, or
         # starts afresh when it stopped before its first complete one.
-        summaries.append(_distill_one(stage_recipe, parent, resume, False, console, stage_fields(recipe, index), composite=True))
-    _link_final(parent, stage_directory(parent, len(stages)))
+        summaries.append(
+            _distill_one(
+                stage_recipe, parent, resume, False, console, stage_fields(recipe, index), composite=True, checked=checked
+            )
+        )
+    link_final(parent, stage_directory(parent, len(stages)))
     summary = staged_summary(recipe, stages, summaries, parent)
     write_json(parent / "summary.json", summary)
     print_stages(summary, console)
@@ -386,15 +406,6 @@ def _train_stages(
         # The last stage's final/ (its model card written by that stage's run).
         push_finished_run(parent, recipe.hub, recipe.path, console)
     return summary
-
-
-def _link_final(parent: Path, last: Path) -> None:
-    link = parent / "final"
-    if link.is_symlink() or link.is_file():
-        link.unlink()
-    elif link.exists():
-        raise BrewerError(f"{link}: a directory is in the way of the link to {last / 'final'} — remove it")
-    os.symlink(os.path.relpath(last / "final", parent), link)
 
 
 @about_recipe
@@ -437,9 +448,10 @@ def _train(run: Run, resume: bool, console: Any, state: PartialState, started: f
     result = loop.fit()
     summary = run_summary(run, result, teacher_metrics, loop.accelerator.device, started)
     if state.is_main_process:
-        write_json(run.run_dir / "summary.json", summary, run.run_dir)
-        # The model cards (README.md in final/ and best/) read summary.json's figures and recipe.yaml.
+        # The model cards (README.md in final/ and best/: summary's figures, recipe.yaml) come first:
+        # summary.json, written last, is what marks the run finished (and --resume skips it then).
         write_model_cards(run.run_dir, summary, losses=run.distiller.describe_losses())
+        write_json(run.run_dir / "summary.json", summary, run.run_dir)
         print_summary(summary, console, run)
         if run.recipe.hub is not None:
             push_finished_run(run.run_dir, run.recipe.hub, run.recipe.path, console)

@@ -114,12 +114,12 @@ def evaluate(
         raise BrewerError(
             f"{target}: no recipe.yaml found beside this model — pass --recipe RECIPE so brewer knows the task and data"
         )
-    recipe = load_recipe(recipe_file, list(overrides))
+    recipe = load_recipe(recipe_file, list(overrides), check_inputs=False)
     if recipe.tasks is not None:
         recipe = _one_task(recipe, Path(model.location))
     data_name = "data.eval"
     if data_path is not None:
-        recipe = with_eval_source(recipe, data_source(data_path, options))
+        recipe = with_eval_source(recipe, data_source(data_path, options), given_by="--data")
         data_name = f"--data {data_path}"
     if recipe.data.eval is None:
         raise BrewerError(f"{recipe_file}: data.eval: the recipe has no eval split — give --data FILE")

@@ -3,8 +3,8 @@ to the Hugging Face Hub with huggingface_hub — `HfApi.create_repo(exist_ok=Tru
 `revision` when it is missing, then `upload_folder`. The token is huggingface_hub's own: HF_TOKEN,
 or the one `hf auth login` stored.
 
-A push only reads the run directory: offline, without a token, with a refused token or without
-network it ends in one clear paragraph (exit 2) and everything local stays as it was."""
+A push writes nothing in the run but a missing model card: offline, without a token, with a refused
+token or without network it ends in one clear paragraph (exit 2) and everything local stays as it was."""
 
 from __future__ import annotations
 

@@ -413,7 +413,7 @@ def _results_section(figures: list[_Figures]) -> list[str]:
         lines += [
             title,
             "",
-            f"On the eval split ({dataset[1] if dataset else 'the recipe’s eval data'}); `{entry.metric}` is the task's main metric.",
+            f"On the eval split ({dataset[1] if dataset else 'the recipe’s eval data'}); `{entry.metric}` is the metric that chose the checkpoint.",
             "",
         ]
         lines += ["| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]

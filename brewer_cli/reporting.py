@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from brewer_cli.checkpoints import append_line
+from brewer_cli.errors import BrewerError
 from brewer_cli.guards import json_line
 from brewer_cli.recipe import resolved_mapping
 from brewer_cli.run import Run
@@ -55,15 +56,31 @@ class Reporter:
     def start_trackers(self) -> None:
         if self.tracking:
             recipe = self.run.recipe
-            self.accelerator.init_trackers(recipe.name, config=tracker_config(resolved_mapping(recipe)))
+            try:
+                self.accelerator.init_trackers(recipe.name, config=tracker_config(resolved_mapping(recipe)))
+            except Exception as error:  # each tracker library raises its own errors (not logged in, no server)
+                raise self._tracker_error("could not start", error) from error
 
     def finish_trackers(self) -> None:
         """Each tracker's `finish` (Accelerate's end_training would also end the process group,
-        which the summary and any later run of this command still use)."""
+        which the summary and any later run of this command still use). Called in a `finally`: a
+        tracker failing to finish is said in one line and never hides the run's own outcome."""
         if self.tracking:
             for tracker in self.accelerator.trackers:
-                tracker.finish()
+                try:
+                    tracker.finish()
+                except Exception as error:  # the run is over; its files are written already
+                    self.console.print(f"warning: tracker {tracker.name} did not finish cleanly: {error}", markup=False)
             self.accelerator.trackers = []
+
+    def _tracker_error(self, what: str, error: Exception) -> BrewerError:
+        names = ", ".join(self.run.recipe.training.report_to)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return BrewerError(
+            f"{self.run.recipe.path or 'the recipe'}: training.report_to: the tracker ({names}) {what}: "
+            f"{type(error).__name__}: {first} — set it up (e.g. `wandb login`, an MLflow server's address) or remove "
+            f"it from training.report_to; metrics.jsonl in {self.run.run_dir} holds every record either way"
+        )
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.accelerator.is_main_process:
@@ -75,7 +92,10 @@ class Reporter:
             # Exactly what the line holds (non-finite values are nulls there, so left out here too).
             values = tracked_values(json.loads(line))
             if values:
-                self.accelerator.log(values, step=record.get("step"))
+                try:
+                    self.accelerator.log(values, step=record.get("step"))
+                except Exception as error:  # each tracker library raises its own errors
+                    raise self._tracker_error("could not take a record", error) from error
 
     def evaluation(
         self,

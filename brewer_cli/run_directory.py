@@ -40,7 +40,7 @@ from brewer_cli.checkpoints import (
     write_text,
 )
 from brewer_cli.errors import BrewerError, ResourceError, RunDirectoryError
-from brewer_cli.recipe import Recipe, resolved_mapping
+from brewer_cli.recipe import Recipe, resolved_mapping, stage_directory
 
 LOCK_FILE = ".lock"
 # Settings a resumed run may change: they decide how often the run evaluates, saves and logs, how
@@ -387,3 +387,30 @@ def _shown(value: Any) -> str:
     if value is _MISSING:
         return "(not set)"
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def link_final(parent: Path, last: Path) -> None:
+    """A staged run's `final`: a relative link to its last stage's final/ (replaced on --resume)."""
+    link = parent / "final"
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.exists():
+        raise BrewerError(f"{link}: a directory is in the way of the link to {last / 'final'} — remove it")
+    os.symlink(os.path.relpath(last / "final", parent), link)
+
+
+def refuse_started_stages(parent: Path, count: int) -> None:
+    """A staged run without --resume starts in a directory that holds no started stage."""
+    if (parent / "summary.json").exists():
+        raise BrewerError(
+            f"{parent}: the run directory already holds a finished staged run — choose another name "
+            f"with --set name=…, or another --output-dir; brewer never overwrites checkpoints"
+        )
+    started = [stage_directory(parent, index) for index in range(1, count + 1)]
+    started = [directory for directory in started if run_started(directory)]
+    if started:
+        raise BrewerError(
+            f"{parent}: the run directory holds a started staged run ({started[0].name} has checkpoints) — continue "
+            f"it with --resume, choose another name with --set name=…, or another --output-dir; brewer never "
+            f"overwrites checkpoints"
+        )

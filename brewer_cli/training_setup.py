@@ -28,9 +28,9 @@ def resolve_precision(precision: str, environment: Mapping[str, str] | None = No
     (ACCELERATE_MIXED_PRECISION), else bf16 on a GPU that has it, fp16 on another GPU, none on CPU."""
     if precision != "auto":
         return precision
-    told = (os.environ if environment is None else environment).get(ACCELERATE_PRECISION)
+    told = _told_precision(environment)
     if told:
-        return told.lower()
+        return told
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "no"
@@ -39,8 +39,14 @@ def resolve_precision(precision: str, environment: Mapping[str, str] | None = No
 def accelerator_precision(precision: str, environment: Mapping[str, str] | None = None) -> str | None:
     """What the Accelerator is given: None when Accelerate was told a precision and the recipe says
     `auto`, so that Accelerate reads it itself (as `accelerate launch` means it)."""
-    told = (os.environ if environment is None else environment).get(ACCELERATE_PRECISION)
-    return None if precision == "auto" and told else resolve_precision(precision, environment)
+    return None if precision == "auto" and _told_precision(environment) else resolve_precision(precision, environment)
+
+
+def _told_precision(environment: Mapping[str, str] | None) -> str | None:
+    """The precision `accelerate launch --mixed_precision` (or its config) asked for. `accelerate
+    launch` without one exports "no": that is no choice, so `auto` still picks bf16 on a GPU."""
+    told = ((os.environ if environment is None else environment).get(ACCELERATE_PRECISION) or "").lower()
+    return told if told and told != "no" else None
 
 
 # ----------------------------------------------------------------------------- threads

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from brewer_cli.recipe import (
     DISTILLATION_KINDS,
@@ -241,3 +242,19 @@ def test_kinds_are_read_off_the_distillation_specs(tmp_path):
     assert recipe.distillation.trains_model
     assert not recipe.distillation.can_be_a_stage and not recipe.distillation.per_task
     assert recipe.distillation.teachers_section is None
+
+
+def test_a_stage_may_clear_a_training_field_with_null(tmp_path):
+    """`training: {max_steps: 100}` for the run, and one stage clearing it for epochs: a null a
+    stage writes on purpose is not the empty value a YAML comment leaves (refused in a user's file)."""
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    distillation = raw.pop("distillation")
+    raw["training"] = {**raw["training"], "max_steps": 100}
+    raw["stages"] = [
+        {"name": "a", "training": {"max_steps": None, "epochs": 1}, "distillation": distillation},
+        {"name": "b", "distillation": distillation},
+    ]
+    recipe = load_recipe(write_recipe(tmp_path, raw))
+    (_, first), (_, second) = stage_recipes(recipe, tmp_path / "runs" / recipe.name)
+    assert first.training.max_steps is None and first.training.epochs == 1.0
+    assert second.training.max_steps == 100

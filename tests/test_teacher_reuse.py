@@ -288,3 +288,21 @@ def test_dry_run_of_a_budget_says_what_is_known_before_the_teacher_is_trained(tm
     ):
         assert text in output, text
     assert "importance kept (share" not in output
+
+
+def test_a_recipe_with_augmentation_reuses_the_teacher_it_trained_on_the_original_data(tmp_path, tokenizer_dir, runs):
+    """The teacher learns from the original data; the student from the augmented file. The check
+    compares the teacher with the original data (before augmentation), once — not with the
+    augmented file, which would refuse every such recipe once its teacher exists."""
+    from tests.test_augment import save_masked_lm
+
+    masked_lm = save_masked_lm(tmp_path / "mlm", tokenizer_dir)
+    raw = teacher_recipe(tmp_path, tokenizer_dir)
+    raw["data"]["augment"] = {"model": str(masked_lm), "variants": 2, "output": str(tmp_path / "augmented.jsonl")}
+    raw["training"] = {**raw["training"], "max_steps": 2, "progress": False}
+    code, output = _brewer("distill", write_recipe(tmp_path, raw), "--output-dir", runs)
+    assert code == 0, output
+    teacher = runs / "tiny-teacher"
+    assert output.count(f"teacher: {teacher}/final was trained with the settings `teacher.train` gives") == 1
+    assert "trained with other settings" not in output
+    assert (runs / "tiny" / "summary.json").is_file()

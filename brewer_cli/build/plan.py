@@ -51,8 +51,10 @@ def plan_lines(run: Run) -> list[str]:
     best = training.metric_for_best or run.task.primary_metric
     keep = f"final/ = the best {best}" if training.load_best_at_end and run.data.eval is not None else "final/ = the last step"
     trackers = ", ".join(training.report_to) if training.report_to else "none (metrics.jsonl only)"
+    # transformers' `constant` schedule has no warm-up (constant_with_warmup has).
+    warmup = "no warm-up" if training.lr_schedule == "constant" else f"{training.warmup:.0%} warm-up"
     lines.append(
-        f"  learning rate {training.learning_rate:g}, {training.lr_schedule} schedule with {training.warmup:.0%} warm-up; "
+        f"  learning rate {training.learning_rate:g}, {training.lr_schedule} schedule with {warmup}; "
         f"{torch.get_num_threads()} threads; {keep}; trackers {trackers}"
     )
     if student.extraction is not None:

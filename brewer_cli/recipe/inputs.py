@@ -235,7 +235,8 @@ def _disk_columns(path: Path, split: str | None) -> list[str] | None:
     info = path / "dataset_info.json"
     if not info.is_file():
         return None
-    features = json.loads(info.read_text(encoding="utf-8")).get("features")
+    content = json.loads(info.read_text(encoding="utf-8"))
+    features = content.get("features") if isinstance(content, dict) else None
     return [str(name) for name in features] if isinstance(features, dict) else None
 
 

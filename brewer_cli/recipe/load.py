@@ -52,7 +52,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
         )
     raw = read_mapping(path)
     set_by = {apply_override(raw, override, path): override for override in overrides}
-    return validate_recipe(raw, path, set_by, check_inputs=check_inputs)
+    return validate_recipe(raw, path, set_by, check_inputs=check_inputs, user_written=True)
 
 
 def read_utf8(path: Path, error: type[BrewerError], where: str = "") -> str:
@@ -216,7 +216,9 @@ def _list_index(node: list, key: str, keys: list[str], path: Path) -> int:
     return int(key)
 
 
-def validate_recipe(raw: dict[str, Any], path: Path, set_by: dict[str, str] | None = None, check_inputs: bool = False) -> Recipe:
+def validate_recipe(
+    raw: dict[str, Any], path: Path, set_by: dict[str, str] | None = None, check_inputs: bool = False, user_written: bool = False
+) -> Recipe:
     """`set_by`: dotted path → the `--set` that wrote it, so that a bad value is blamed on that
     option rather than on the file. `check_inputs`: also check the data files and model configs
     the recipe names (`brewer_cli.recipe.inputs`), in the same pass, so that one error lists
@@ -227,7 +229,10 @@ def validate_recipe(raw: dict[str, Any], path: Path, set_by: dict[str, str] | No
         recipe = Recipe.model_validate(raw)
     except ValidationError as error:
         problems.extend(describe_validation_error(error, raw, path, set_by))
-    problems.extend(line for line in empty_optional_values(raw, path, set_by or {}) if line not in problems)
+    if user_written:
+        # A key left empty by a YAML comment (`text_pair: #2 …`) is the user's file only: a recipe brewer
+        # derives may hold a null on purpose (a stage clearing `training.max_steps` for itself).
+        problems.extend(line for line in empty_optional_values(raw, path, set_by or {}) if line not in problems)
     if check_inputs:
         for line in input_problems(raw, path):
             dotted = line.removeprefix(f"{path}: ").split(": ", 1)[0]
