@@ -277,6 +277,12 @@ def test_truncation_warning_prints_once_naming_the_eval_split(tmp_path, caplog):
     assert len(warnings) == 1, warnings
     assert ": data.eval: 6 of 6 sentences" in warnings[0] and "data.train" not in warnings[0]
     assert report["metric"] == "f1" and report["examples"] == 6
+    # The same file given with --data: the warning names the option, not the recipe's split.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        evaluate(str(run_dir), data_path=str(evaluation), console=quiet())
+    warnings = [record.getMessage() for record in caplog.records if "longer than data.max_length" in record.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("--data: 6 of 6 sentences"), warnings
 
 
 def test_general_corpus_has_no_metric_to_evaluate(tmp_path, tokenizer_dir):

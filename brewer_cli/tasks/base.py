@@ -15,7 +15,7 @@ import torch
 import transformers
 from torch.utils.data import Dataset
 
-from brewer_cli.recipe import Recipe, TaskSpec
+from brewer_cli.recipe import Recipe, TaskSpec, origins_of, written_at
 from brewer_cli.tasks.data import column, read_source
 
 
@@ -170,3 +170,10 @@ class Task(ABC):
     def prediction_of(self, logits: Any) -> Any:
         """What the eval loop keeps from a batch's logits (moved to CPU)."""
         return logits
+
+
+def split_as_written(recipe: Recipe, field: str) -> str:
+    """A split named as the user gave it, for warnings: `RECIPE: data.eval`, or `--data` alone for
+    `brewer eval --data FILE` (the split is not in the recipe file then)."""
+    written = written_at(origins_of(recipe), field)
+    return written if written.startswith("--") else f"{recipe.path}: {written}"

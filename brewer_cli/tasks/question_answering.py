@@ -51,8 +51,8 @@ from typing import Any
 import torch
 
 from brewer_cli.errors import DataError
-from brewer_cli.recipe import DataSource, Recipe, origins_of, written_at
-from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
+from brewer_cli.recipe import DataSource, Recipe
+from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset, split_as_written
 from brewer_cli.tasks.data import column, read_source
 from brewer_cli.tasks.formats import answer_start
 from brewer_cli.tasks.squad_metric import squad_scores
@@ -296,10 +296,9 @@ class QuestionAnswering(Task):
                 cut += 1
         if cut:
             logger.warning(
-                "%s: %s: %d questions are longer than %d tokens and were cut to fit windows of data.max_length=%d "
+                "%s: %d questions are longer than %d tokens and were cut to fit windows of data.max_length=%d "
                 "sharing task.doc_stride=%d tokens",
-                recipe.path,
-                written_at(origins_of(recipe), field),  # as the user wrote it: --data for `brewer eval --data`
+                split_as_written(recipe, field),
                 cut,
                 room,
                 max_length,

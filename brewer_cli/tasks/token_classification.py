@@ -41,8 +41,8 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 from seqeval.scheme import IOB2 as STRICT_IOB2
 
 from brewer_cli.errors import DataError, ModelError
-from brewer_cli.recipe import DataSource, Recipe, origins_of, written_at
-from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
+from brewer_cli.recipe import DataSource, Recipe
+from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset, split_as_written
 from brewer_cli.tasks.data import column, read_source
 from brewer_cli.tasks.formats import TAGS, TOKENS, hub_class_names
 from brewer_cli.tasks.tag_schemes import IOB2, TagConversion, convert_to_iob2, iob2_tag_list, to_iob2
@@ -224,10 +224,9 @@ class TokenClassification(Task):
                 truncated += 1
         if truncated:
             logger.warning(
-                "%s: %s: %d of %d sentences are longer than data.max_length=%d tokens; their last words are cut "
+                "%s: %d of %d sentences are longer than data.max_length=%d tokens; their last words are cut "
                 "off (and count as predicted O in the metric) — raise data.max_length to keep them",
-                recipe.path,
-                written_at(origins_of(recipe), field),  # as the user wrote it: --data for `brewer eval --data`
+                split_as_written(recipe, field),
                 truncated,
                 len(sentences),
                 max_length,
