@@ -153,6 +153,9 @@ def run_one(run: PlannedRun, settings: Settings, log_dir: Path, dry_run: bool = 
     shown = shlex.join(command)
     print(f"\n$ {shown}", flush=True)
     environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    # One job at a time on a machine kept free for it: OpenMP may spin as torch does by default
+    # (brewer's shorter spin serves machines shared by several jobs; benchmarks/threads.py).
+    environment.setdefault("OMP_WAIT_POLICY", "ACTIVE")
     if settings.device == "cpu":
         environment["CUDA_VISIBLE_DEVICES"] = ""
     log_dir.mkdir(parents=True, exist_ok=True)
