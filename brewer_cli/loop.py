@@ -51,7 +51,6 @@ class TrainingLoop:
         # What Accelerate trains in: the recipe's, or with `auto` the one `accelerate launch` was told.
         self.precision = self.accelerator.mixed_precision
         self.reporter = Reporter(run, self.accelerator, console)
-        self.throughput = Throughput(self.accelerator)
         self.run_dir: Path = run.run_dir
         self.state = LoopState()
         self.last_eval: tuple[int, dict[str, Any]] | None = None

@@ -162,16 +162,7 @@ def extract_from_teacher(recipe: Recipe, task: Task, teacher: LoadedModel, data:
         except BrewerError as error:
             # Sizes are checked against the teacher's config only now, once it is loaded.
             raise _extraction_error(recipe, error) from None
-    model = result.model
-    model.train()
-    return LoadedModel(
-        model,
-        teacher.tokenizer,
-        family_for(model.config),
-        "student",
-        f"the teacher's weights (ETD extraction, {plan.strategy})",
-        extraction=result,
-    )
+    return _extracted_student(result, teacher.tokenizer, f"the teacher's weights (ETD extraction, {plan.strategy})")
 
 
 def _extract_before_scoring(recipe: Recipe, teacher: UntrainedTeacher, plan: ExtractPlan) -> LoadedModel:
@@ -195,17 +186,18 @@ def _extract_before_scoring(recipe: Recipe, teacher: UntrainedTeacher, plan: Ext
                 "(the choice without scores)"
             ),
         }
-    model = result.model
-    model.train()
-    return LoadedModel(
-        model,
+    return _extracted_student(
+        ExtractResult(model=result.model, kept=kept, importance_summary=None),
         teacher.tokenizer,
-        family_for(model.config),
-        "student",
         "the teacher's weights (ETD extraction, importance: scored after the teacher is trained; shown here: the recipe's "
         "shape, cut without scores)",
-        extraction=ExtractResult(model=model, kept=kept, importance_summary=None),
     )
+
+
+def _extracted_student(result: ExtractResult, tokenizer: Any, source: str) -> LoadedModel:
+    """The student ETD cut out of the teacher, in training mode, with the teacher's tokenizer."""
+    result.model.train()
+    return LoadedModel(result.model, tokenizer, family_for(result.model.config), "student", source, extraction=result)
 
 
 # Checkpoint classes that carry a masked-LM head (BertForMaskedLM, BertForPreTraining, …); any
