@@ -361,16 +361,18 @@ def results_markdown(records: Sequence[dict], settings: Settings, brief: bool = 
     return "\n".join(parts) + "\n"
 
 
-def replace_between_markers(text: str, block: str, heading: str) -> str:
-    """`text` with everything between the results-table markers replaced by `block`; without the
-    markers, a new section `heading` holding them is appended."""
-    inner = f"{START_MARKER}\n{block.strip()}\n{END_MARKER}"
-    start, end = text.find(START_MARKER), text.find(END_MARKER)
+def replace_between_markers(
+    text: str, block: str, heading: str, start_marker: str = START_MARKER, end_marker: str = END_MARKER
+) -> str:
+    """`text` with everything between the markers (the results table's by default) replaced by
+    `block`; without the markers, a new section `heading` holding them is appended."""
+    inner = f"{start_marker}\n{block.strip()}\n{end_marker}"
+    start, end = text.find(start_marker), text.find(end_marker)
     if start != -1 and end > start:
-        return text[:start] + inner + text[end + len(END_MARKER) :]
+        return text[:start] + inner + text[end + len(end_marker) :]
     if start == -1 and end == -1:
         return text.rstrip("\n") + f"\n\n{heading}\n\n{inner}\n"
-    raise SystemExit(f"only one of {START_MARKER} and {END_MARKER} (or the end before the start) — fix the markers by hand")
+    raise SystemExit(f"only one of {start_marker} and {end_marker} (or the end before the start) — fix the markers by hand")
 
 
 def record_tables(records: Sequence[dict], settings: Settings, results_md: Path, readme: Path) -> None:

@@ -149,17 +149,24 @@ def run_one(run: PlannedRun, settings: Settings, log_dir: Path, dry_run: bool = 
     """`brewer distill` for one run in a subprocess (output to the console and a log file);
     returns its exit code, the load report and the command line as a user would type it."""
     extra = ["--dry-run"] if dry_run else (["--resume"] if decide(run.run_dir) == "resume" else [])
-    command = run.command(*extra)
+    log = log_dir / f"{run.name}{'.dry-run' if dry_run else ''}.log"
+    return run_brewer(run.command(*extra), log, settings.device)
+
+
+def run_brewer(command: Sequence[str], log: Path, device: str | None = None) -> tuple[int, dict[str, Any], str]:
+    """`brewer …` (any subcommand; `command` as a user types it, starting with "brewer") in a
+    subprocess, its output to the console and appended to `log`, the machine's load watched;
+    returns its exit code, the load report and the command line. Shared with the other drivers
+    (benchmarks/decoder_kd.py)."""
     shown = shlex.join(command)
     print(f"\n$ {shown}", flush=True)
     environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     # One job at a time on a machine kept free for it: OpenMP may spin as torch does by default
     # (brewer's shorter spin serves machines shared by several jobs; benchmarks/threads.py).
     environment.setdefault("OMP_WAIT_POLICY", "ACTIVE")
-    if settings.device == "cpu":
+    if device == "cpu":
         environment["CUDA_VISIBLE_DEVICES"] = ""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{run.name}{'.dry-run' if dry_run else ''}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     watch = LoadWatch(cores=machine_cores())
     with (
         log.open("a", encoding="utf-8") as handle,

@@ -25,6 +25,7 @@ from torch import nn
 
 from brewer_cli.errors import CheckpointError, ResourceError
 from brewer_cli.models import save_tokenizer
+from brewer_cli.sharding import is_sharded, load_full_optimizer_state, load_full_state
 
 
 @dataclass
@@ -202,18 +203,28 @@ def _resource_message(path: Path, code: int, needed: int | None, free: int, run_
 # ============================================================================= checkpoints
 
 
-def save_checkpoint(root: Path, distiller: nn.Module, optimizer: Any, scheduler: Any, state: LoopState, keep: int) -> None:
+def save_checkpoint(
+    root: Path,
+    distiller: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    state: LoopState,
+    keep: int,
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+) -> None:
     """checkpoints/step-N/: student (safetensors), extra modules (projections), optimizer,
     scheduler, RNG and loop state, written to a temporary directory and renamed, so a crash never
     leaves a checkpoint that looks complete; a failed write removes it (guarded_write). Keeps the
-    newest `keep`."""
+    newest `keep`. A sharded (FSDP) distiller's whole state comes gathered (brewer_cli.sharding):
+    `weights` (the distiller's state dict) and `optimizer_state` (by parameter name)."""
     final = root / f"step-{state.step}"
     temporary = root / f".step-{state.step}.tmp"
     with guarded_write(final, checkpoint_bytes(distiller), lambda: _remove(temporary), root.parent):
         root.mkdir(parents=True, exist_ok=True)
         _remove(temporary)
         temporary.mkdir()
-        _write_checkpoint(temporary, distiller, optimizer, scheduler, state)
+        _write_checkpoint(temporary, distiller, optimizer, scheduler, state, weights, optimizer_state)
         if final.exists():
             shutil.rmtree(final)
         temporary.rename(final)
@@ -235,22 +246,35 @@ def export_guarded(directory: Path, export: Callable[[Path], None], student: nn.
         export(directory)
 
 
-def _write_checkpoint(directory: Path, distiller: nn.Module, optimizer: Any, scheduler: Any, state: LoopState) -> None:
+def _write_checkpoint(
+    directory: Path,
+    distiller: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    state: LoopState,
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+) -> None:
     student = directory / "student"
-    distiller.student.save_pretrained(student, safe_serialization=True)
+    # Gathered weights (FSDP) are given; otherwise the modules' own are read.
+    if weights is None:
+        distiller.student.save_pretrained(student, safe_serialization=True)
+        weights = distiller.state_dict()
+    else:
+        distiller.student.save_pretrained(student, safe_serialization=True, state_dict=student_weights_of(weights))
     tokenizer = distiller.loaded_student.tokenizer
     if tokenizer is not None:
         # With its tokenizer, a checkpoint's student/ loads on its own (AutoTokenizer, pipeline(),
         # `brewer eval`) like final/; --resume reads only its safetensors.
         save_tokenizer(tokenizer, getattr(distiller.student, "config", None), student)
-    extra = {
-        name: tensor.detach().cpu().contiguous()
-        for name, tensor in distiller.state_dict().items()
-        if not name.startswith("student.")
-    }
+    extra = {name: tensor.detach().cpu().contiguous() for name, tensor in weights.items() if not name.startswith(STUDENT)}
     if extra:
         save_file(extra, str(directory / "extra_modules.safetensors"))
-    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    if optimizer_state is None:
+        torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    else:
+        # Keyed by parameter name (torch.distributed.checkpoint's form), not by position.
+        torch.save(optimizer_state, directory / OPTIMIZER_BY_NAME)
     torch.save(scheduler.state_dict(), directory / "scheduler.pt")
     torch.save(_rng_state(), directory / "rng.pt")
     (directory / "state.json").write_text(
@@ -269,6 +293,17 @@ def _write_checkpoint(directory: Path, distiller: nn.Module, optimizer: Any, sch
     )
 
 
+# The student's entries in the distiller's state dict; the rest are the extra modules (projections).
+STUDENT = "student."
+# A sharded (FSDP) run's optimizer state, keyed by parameter name (brewer_cli.sharding).
+OPTIMIZER_BY_NAME = "optimizer-by-name.pt"
+
+
+def student_weights_of(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The student's own state dict out of the distiller's."""
+    return {name.removeprefix(STUDENT): tensor for name, tensor in weights.items() if name.startswith(STUDENT)}
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -285,15 +320,31 @@ def load_latest_checkpoint(
         raise CheckpointError(f"--resume: no complete checkpoint in {root} — run without --resume to start fresh")
     latest = checkpoints[-1]
     student_weights = _student_weights(latest / "student")
-    missing, unexpected = distiller.student.load_state_dict(student_weights, strict=False)
+    extra_path = latest / "extra_modules.safetensors"
+    extra = load_file(str(extra_path)) if extra_path.exists() else {}
+    sharded = is_sharded(distiller)
+    if sharded:
+        # Every process reads the whole checkpoint and keeps its own shard of it.
+        expected = set(distiller.student.state_dict())
+        missing = [name for name in expected if name not in student_weights]
+        unexpected = [name for name in student_weights if name not in expected]
+    else:
+        missing, unexpected = distiller.student.load_state_dict(student_weights, strict=False)
     if unexpected or [name for name in missing if not _is_tied(distiller.student, name)]:
         raise CheckpointError(
             f"--resume: {latest} does not match this recipe's student (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    extra_path = latest / "extra_modules.safetensors"
-    if extra_path.exists():
-        distiller.load_state_dict(load_file(str(extra_path)), strict=False)
-    optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True, map_location=device))
+    if sharded:
+        load_full_state(distiller, {**{STUDENT + name: tensor for name, tensor in student_weights.items()}, **extra})
+    elif extra:
+        distiller.load_state_dict(extra, strict=False)
+    if (latest / OPTIMIZER_BY_NAME).is_file():
+        # Written by a sharded run; loads into a sharded or a whole distiller alike.
+        load_full_optimizer_state(distiller, optimizer, torch.load(latest / OPTIMIZER_BY_NAME, weights_only=True))
+    else:
+        # Several CPU processes run on device "cpu:0", which torch.load cannot map storages to.
+        location = "cpu" if torch.device(device).type == "cpu" else device
+        optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True, map_location=location))
     scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
     _set_rng_state(torch.load(latest / "rng.pt", weights_only=True))
     state = json.loads((latest / "state.json").read_text())

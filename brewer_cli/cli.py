@@ -295,6 +295,33 @@ def extract(
 
 
 @app.command()
+def capture(
+    recipe: Path = RecipeArgument,
+    set_: Optional[list[str]] = SetOption,
+    output: Optional[Path] = typer.Option(
+        None, "--output", help="the store's directory (default runs/<name>-teacher-store-k<K>)"
+    ),
+    top_k: int = typer.Option(64, "--top-k", help="token ids kept per position, with the log of the remaining mass"),
+    temperature: Optional[float] = typer.Option(
+        None, "--temperature", help="capture temperature (default: the recipe's distillation.temperature)"
+    ),
+    log_prob_dtype: str = typer.Option("float16", "--log-prob-dtype", help="float16 or float32 log-probabilities"),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", help="teacher batch (default: training.eval_batch_size, else twice batch_size)"
+    ),
+) -> None:
+    """Run a causal LM teacher once over the training data; store its top-k next-token log-probabilities for `teacher: {store: DIR}`."""
+
+    def action():
+        loaded = _load(recipe, set_)  # before torch is imported
+        from brewer_cli.capture_command import capture as run_capture
+
+        run_capture(loaded, output, top_k, temperature, log_prob_dtype, batch_size, console=_console())
+
+    _run(action)
+
+
+@app.command()
 def augment(
     target: str = typer.Argument(
         ..., help="recipe (its data.augment and training split) or data file (.tsv, .csv, .jsonl, .json)", show_default=False

@@ -32,6 +32,7 @@ from brewer_cli.distillers import DISTILLERS
 from brewer_cli.errors import BrewerError, ModelError
 from brewer_cli.extract import describe
 from brewer_cli.families.loading import LoadedModel
+from brewer_cli.families.placement import check_device
 from brewer_cli.hub import check_push_possible, push_finished_run
 from brewer_cli.loop import TrainingLoop
 from brewer_cli.model_card import write_model_cards
@@ -178,6 +179,8 @@ def _check_before_any_training(recipe: Recipe) -> None:
     check_trackers(recipe.training, recipe.path)
     if recipe.hub is not None:
         check_push_possible(recipe.hub, recipe.path)
+    for slot in teacher_slots(recipe):
+        check_device(slot.spec.device, f"{recipe.path}: {slot.field}.device")
 
 
 def _augment(recipe: Recipe, output_dir: Path, resume: bool, dry_run: bool, console: Any, retrained: bool) -> Recipe:
@@ -229,9 +232,9 @@ def _distill_one(
                 refuse_started(run_dir)  # refused now, not after training the teachers
             stand_ins = _train_teachers(to_train, resume, dry_run, console)[0]
             extract = recipe.student.init.extract if recipe.student and recipe.student.init else None
-            if stand_ins and extract is not None and extract.strategy == "importance":
+            if stand_ins and extract is not None and extract.strategy in ("importance", "activation"):
                 console.print(
-                    "student.init.extract: strategy importance scores the teacher's heads, neurons and channels once the "
+                    f"student.init.extract: strategy {extract.strategy} scores the teacher's heads, neurons and channels once the "
                     "teacher is trained — this plan does not score its untrained stand-in; the student below has the "
                     "recipe's shape, cut without scores",
                     markup=False,

@@ -67,9 +67,12 @@ def evaluate_outputs(
         for batch in _batches(setup, device, accelerator):
             index = batch["index"]
             for name, logits in outputs(batch).items():
+                # Reduced on each process first, so a language model gathers per-example sums, not
+                # (B, L, vocabulary) logits.
+                prediction = task.prediction_of(logits, batch)
                 if _distributed(accelerator):
-                    logits = _gather_logits(accelerator, logits)
-                predictions.setdefault(name, []).append(_to_cpu(task.prediction_of(logits)))
+                    prediction = _gather_predictions(accelerator, prediction)
+                predictions.setdefault(name, []).append(_to_cpu(prediction))
             if _distributed(accelerator):
                 index = accelerator.gather_for_metrics(index)
             indices.extend(int(i) for i in index.tolist())
@@ -120,18 +123,27 @@ def average_losses(
     return {name: totals[name] / max(examples, 1) for name in names}
 
 
-def _gather_logits(accelerator: Any, logits: Any) -> Any:
+def _gather_predictions(accelerator: Any, prediction: Any) -> Any:
     def one(tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.dim() > 2 or isinstance(logits, tuple):
-            # Token-level (B, L, C) and QA span (B, L) logits differ in length between processes'
-            # batches; the tasks read only each window's own length back.
-            tensor = accelerator.pad_across_processes(tensor, dim=1, pad_index=-1e4)
+        if tensor.dim() >= 2:
+            # Token-level arg-max (B, L) and QA span logits (B, L) differ in length between
+            # processes' batches; the tasks read only each window's own length back. Padding a
+            # second dimension of equal size everywhere ((B, C) class logits) changes nothing. The
+            # pad keeps the dtype (an int pad for arg-max ids), so every process gathers the same.
+            pad = -1e4 if tensor.is_floating_point() else -1
+            tensor = accelerator.pad_across_processes(tensor, dim=1, pad_index=pad)
         return accelerator.gather_for_metrics(tensor.contiguous())
 
-    return tuple(one(item) for item in logits) if isinstance(logits, tuple) else one(logits)
+    return tuple(one(item) for item in prediction) if isinstance(prediction, tuple) else one(prediction)
 
 
 def _to_cpu(value: Any) -> Any:
     if isinstance(value, tuple):
-        return tuple(item.detach().float().cpu() for item in value)
-    return value.detach().float().cpu()
+        return tuple(_one_to_cpu(item) for item in value)
+    return _one_to_cpu(value)
+
+
+def _one_to_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    # Half-precision logits become fp32; float64 sums (a language model's NLL) keep their precision.
+    tensor = tensor.detach()
+    return (tensor if tensor.dtype == torch.float64 else tensor.float()).cpu()

@@ -58,3 +58,18 @@ class FeatureNeeds:
             self.attention_scores or other.attention_scores,
             self.attention_inputs or other.attention_inputs,
         )
+
+
+@dataclass(frozen=True)
+class SparseLogits:
+    """A teacher's next-token distributions kept sparse (a store written by `brewer capture`):
+    per position the top-k token ids and their log-probabilities at the capture temperature, and
+    the log of the mass left to the other tokens, spread over them as `tail` says (`zero`: dropped,
+    `uniform`: evenly over the V − k others). Every token KD loss accepts it in place of dense
+    teacher logits; the temperature has been applied at capture."""
+
+    ids: torch.Tensor  # (B, L, k) long: the teacher's top-k token ids per position
+    log_probs: torch.Tensor  # (B, L, k) float: log p_T at the capture temperature
+    tail_log_mass: torch.Tensor  # (B, L) float: log(1 − Σ_top-k p_T); -inf when nothing remains
+    vocabulary_size: int
+    tail: str  # "zero" | "uniform"

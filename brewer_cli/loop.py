@@ -21,13 +21,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import DistributedType
 
 from brewer_cli.best_checkpoint import BestMetric, copy_to_final, metrics_at
-from brewer_cli.checkpoints import LoopState, complete_checkpoints, export_guarded, load_latest_checkpoint, save_checkpoint
-from brewer_cli.errors import DivergenceError, InterruptedRun
+from brewer_cli.checkpoints import (
+    LoopState,
+    complete_checkpoints,
+    export_guarded,
+    load_latest_checkpoint,
+    save_checkpoint,
+    student_weights_of,
+)
+from brewer_cli.errors import BrewerError, DivergenceError, InterruptedRun
+from brewer_cli.families.placement import place_teacher
 from brewer_cli.guards import DivergenceGuard, StopSignals
 from brewer_cli.reporting import Reporter, StepDisplay, Throughput
 from brewer_cli.run import Run
+from brewer_cli.sharding import full_optimizer_state, full_state, gathered_for_forward, is_sharded, weights_finite
 from brewer_cli.training_setup import accelerator_precision, create_accelerator, learning_rate_schedule, resolve_precision
 
 __all__ = ["TrainingLoop", "resolve_precision"]
@@ -94,10 +104,15 @@ class TrainingLoop:
         self._seed()
         loader, sampler = self.distiller.train_loader()
         for loaded in self.distiller.teachers:
-            loaded.model.to(accelerator.device)
-            loaded.model.eval()
-            loaded.model.requires_grad_(False)
+            # On its `teacher.device` (`auto`: the training device), frozen, in eval mode.
+            place_teacher(loaded, accelerator.device)
         optimizer = self._optimizer()
+        if accelerator.distributed_type == DistributedType.FSDP and not self.distiller.shards_with_fsdp:
+            raise BrewerError(
+                f"{self.run.recipe.path}: distillation.kind {self.distiller.kind} cannot train under FSDP (its export "
+                f"writes several models from the live modules) — launch it without the FSDP configuration"
+            )
+        # FSDP2 shards the distiller in place (the student and projections; teachers are outside it).
         distiller, optimizer, loader = accelerator.prepare(self.distiller, optimizer, loader)
         steps_per_epoch = max(1, math.ceil(len(loader) / self.training.gradient_accumulation))
         total_steps = self.training.max_steps or max(1, math.ceil(self.training.epochs * steps_per_epoch))
@@ -200,6 +215,7 @@ class TrainingLoop:
                     progress.update(step, learning_rate, averages.get("loss"))
                     record = {"step": step, "epoch": self.state.epoch, "learning_rate": learning_rate, **averages, **rates}
                     record.update(self._teacher_cache_counts())
+                    record.update(self.distiller.log_statistics())
                     if guard.skip_batch:
                         record["skipped_batches"] = guard.skipped
                     self._log(record)
@@ -228,7 +244,9 @@ class TrainingLoop:
         """The gradients' total norm, clipped to max_grad_norm when set. Without it the norm is
         still measured (clipping to infinity multiplies every gradient by exactly 1), since a
         non-finite gradient is divergence too; Accelerate unscales fp16 gradients first either way."""
-        return self.accelerator.clip_grad_norm_(distiller.parameters(), self.training.max_grad_norm or math.inf)
+        norm = self.accelerator.clip_grad_norm_(distiller.parameters(), self.training.max_grad_norm or math.inf)
+        # FSDP: a DTensor (the same on every process); the guard reads a plain tensor.
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     # -- divergence and stop signals ------------------------------------------------------------
 
@@ -263,13 +281,10 @@ class TrainingLoop:
 
     def _refuse_non_finite_weights(self, target: Path) -> None:
         """Right before best/, final/ or a checkpoint is written: one reduction on the device.
-        Every process checks (their weights are equal), so a refusal leaves none waiting."""
-        parameters = self.accelerator.unwrap_model(self.distiller).parameters()
-        # The largest |weight| of each tensor (NaN if it holds one), then of them all: one read.
-        largest = [
-            torch.linalg.vector_norm(parameter.detach(), math.inf).float() for parameter in parameters if parameter.numel()
-        ]
-        if not torch.isfinite(torch.stack(largest).max()):
+        Every process reaches the same verdict (their weights are equal; FSDP shards' verdicts are
+        summed over the processes), so a refusal leaves none waiting."""
+        # Sharded (FSDP) weights: each process reads its shard and the verdicts are summed.
+        if not weights_finite(self.accelerator.unwrap_model(self.distiller).parameters(), self.accelerator):
             raise DivergenceError(
                 f"{target}: not written — the {self.run.role}'s weights at step {self.state.step} are not finite "
                 f"(NaN or infinite); {self._kept_checkpoint()}. {self._fixes()}"
@@ -333,7 +348,7 @@ class TrainingLoop:
         self._check()
         with self.throughput.paused():
             step, best = self.state.step, self.best_metric
-            metrics = self.distiller.evaluate(self.accelerator)
+            metrics = self._evaluate()
             self.last_eval = (step, metrics)
             self._log({"step": step, "eval": metrics})
             value = best.value(metrics)
@@ -342,8 +357,7 @@ class TrainingLoop:
                 self.state.best_metric = value
                 self.state.best_step = step
                 self._refuse_non_finite_weights(self.run_dir / "best")
-                if self.accelerator.is_main_process:
-                    self._save_student(self.run_dir / "best")
+                self._save_student(self.run_dir / "best")
             self.reporter.evaluation(
                 step,
                 self.total_steps,
@@ -353,6 +367,11 @@ class TrainingLoop:
                 self.state.best_step,
                 self.throughput.running_examples_per_s(),
             )
+
+    def _evaluate(self) -> dict[str, Any]:
+        # The student is called outside the distiller's forward: under FSDP its group is gathered.
+        with gathered_for_forward(self.distiller):
+            return self.distiller.evaluate(self.accelerator)
 
     def check_metric_for_best(self, metrics: dict[str, Any] | None, whose: str) -> None:
         """Before training: `training.metric_for_best` is among the metrics an evaluation of this
@@ -369,7 +388,7 @@ class TrainingLoop:
             if self.last_eval is not None and self.last_eval[0] == state.step:
                 last_metrics = self.last_eval[1]
             else:
-                last_metrics = metrics_at(state.history, state.step) or self.distiller.evaluate(self.accelerator)
+                last_metrics = metrics_at(state.history, state.step) or self._evaluate()
         best_metrics = metrics_at(state.history, state.best_step)
         # Trainer's load_best_at_end: final/ is the best checkpoint's student (best/, copied).
         from_best = (
@@ -384,8 +403,7 @@ class TrainingLoop:
             self.accelerator.wait_for_everyone()
         else:
             self._refuse_non_finite_weights(self.run_dir / "final")
-            if self.accelerator.is_main_process:
-                self._save_student(self.run_dir / "final")
+            self._save_student(self.run_dir / "final")
         return {
             "metric": name,
             "student_metrics": best_metrics if from_best else last_metrics,
@@ -418,9 +436,12 @@ class TrainingLoop:
         return {"teacher_cache_hits": cache.counts.hits, "teacher_cache_misses": cache.counts.misses}
 
     def _save_student(self, directory: Path) -> None:
-        # Guarded: a full disk removes the partial export and ends the run with a clear error.
+        """Every process calls it (gathering FSDP shards is a collective); the main one writes.
+        Guarded: a full disk removes the partial export and ends the run with a clear error."""
         distiller = self.accelerator.unwrap_model(self.distiller)
-        export_guarded(directory, distiller.export_student, distiller.student, self.run_dir)
+        weights = student_weights_of(full_state(distiller)) if is_sharded(distiller) else None
+        if self.accelerator.is_main_process:
+            export_guarded(directory, lambda target: distiller.export_student(target, weights), distiller.student, self.run_dir)
 
     def _save_checkpoint(self, optimizer, scheduler) -> None:
         with self.throughput.paused():
@@ -433,14 +454,21 @@ class TrainingLoop:
         # Every process writes the teacher outputs it cached (teacher_cache/process-<rank>/).
         self.distiller.persist_teacher_cache()
         self.state.skipped_batches = self.guard.skipped
+        distiller = self.accelerator.unwrap_model(self.distiller)
+        # FSDP: the whole state gathered to the main process (every process joins); else read there.
+        sharded = is_sharded(distiller)
+        weights = full_state(distiller) if sharded else None
+        optimizer_state = full_optimizer_state(distiller, optimizer) if sharded else None
         if self.accelerator.is_main_process:
             save_checkpoint(
                 self.run_dir / "checkpoints",
-                self.accelerator.unwrap_model(self.distiller),
+                distiller,
                 optimizer,
                 scheduler,
                 self.state,
                 self.training.keep_checkpoints,
+                weights,
+                optimizer_state,
             )
         self.accelerator.wait_for_everyone()
 

@@ -298,15 +298,16 @@ def save_tokenizer(tokenizer: Any, config: Any, directory: Path) -> None:
         tokenizer.model_max_length = current
 
 
-def save_model_dir(model: Any, tokenizer: Any, directory: Path) -> None:
+def save_model_dir(model: Any, tokenizer: Any, directory: Path, state_dict: dict[str, Any] | None = None) -> None:
     """save_pretrained into `directory` atomically: written beside it, then renamed into place.
-    The tokenizer goes with it, its `model_max_length` set to the model's positions (save_tokenizer)."""
+    The tokenizer goes with it, its `model_max_length` set to the model's positions (save_tokenizer).
+    `state_dict`: the weights to write in place of the model's own (gathered from FSDP shards)."""
 
     directory = Path(directory)
     temporary = directory.with_name(directory.name + ".tmp")
     if temporary.exists():
         shutil.rmtree(temporary)
-    model.save_pretrained(temporary, safe_serialization=True)
+    model.save_pretrained(temporary, safe_serialization=True, **({} if state_dict is None else {"state_dict": state_dict}))
     if tokenizer is not None:
         save_tokenizer(tokenizer, model.config, temporary)
     old = directory.with_name(directory.name + ".old")

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from brewer_cli.best_checkpoint import flat_metrics
 from brewer_cli.families import parameter_count
+from brewer_cli.models import load_pretrained
 from brewer_cli.recipe import Recipe, stage_directory
 from brewer_cli.run import Run
 from brewer_cli.size_report import summary_figures
@@ -47,7 +48,9 @@ def run_summary(
         student["extraction"] = {"kept": extraction.kept, "importance": extraction.importance_summary}
     summary: dict[str, Any] = {"name": run.recipe.name, "kind": run.recipe.distillation.kind, "metric": metric}
     if run.teacher is None:
-        summary["model"] = student
+        # A student distilled from a teacher store (teacher.store) has no teacher model here: its
+        # distiller fills `teacher` in (Distiller.update_summary).
+        summary[run.role] = student
     else:
         teacher_value = flat_metrics(teacher_metrics).get(metric)
         summary["teacher"] = {
@@ -61,6 +64,11 @@ def run_summary(
             student["metric"] / teacher_value if teacher_value and student["metric"] is not None else None
         )
         summary["parameters_ratio"] = student["parameters"] / summary["teacher"]["parameters"]
+    if run.task.generates_text:
+        # Greedy completions of the same fixed eval prompts, by the student and by the teacher.
+        student["generations"] = _student_generations(run, result)
+        if run.teacher is not None and "teacher" in summary:
+            summary["teacher"]["generations"] = _generations(run, run.teacher.model, run.teacher.tokenizer)
     summary["size"] = _size_figures(run)
     if run.data.extra.get("summary"):
         # What the task found while reading the data (e.g. the NER tagging scheme and its conversion).
@@ -103,6 +111,20 @@ def run_summary(
     return summary
 
 
+def _student_generations(run: Run, result: dict[str, Any]) -> list[dict[str, str]]:
+    """The generations of final/'s student: the model in memory is the last step's, so when
+    load_best_at_end made final/ an earlier (best) checkpoint, that one is loaded to generate."""
+    if result["final"]["step"] == result["steps"]:
+        return _generations(run, run.student.model, run.student.tokenizer)
+    device = next(run.student.model.parameters()).device
+    final = load_pretrained(run.task.auto_class, str(run.run_dir / "final"), f"{run.run_dir / 'final'}: ").to(device)
+    return _generations(run, final, run.student.tokenizer)
+
+
+def _generations(run: Run, model: Any, tokenizer: Any) -> list[dict[str, str]]:
+    return run.task.generations(model, tokenizer or run.student.tokenizer, run.data)
+
+
 def _size_figures(run: Run) -> dict[str, Any]:
     """The size report's cheap figures (architecture, parameters by part, FLOPs at the run's
     max_length) for each model, so a summary says what the student saves."""
@@ -110,7 +132,7 @@ def _size_figures(run: Run) -> dict[str, Any]:
     # A multi-task recipe has one data section per task: the longest of their lengths.
     length = recipe.data.max_length if recipe.data is not None else max(entry.data.max_length for entry in recipe.tasks.values())
     figures = {"seq_len": length}
-    models = [("teacher", run.teacher), ("student" if run.teacher else "model", run.student)]
+    models = [("teacher", run.teacher), (run.role, run.student)]
     for role, loaded in models:
         if loaded is not None:
             figures[role] = summary_figures(loaded.model, seq_len=min(length, loaded.model.config.max_position_embeddings))

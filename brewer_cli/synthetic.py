@@ -99,6 +99,40 @@ GENERATORS.add(
 )
 
 
+def review_verdicts(examples: int, seed: int) -> list[dict]:
+    """The `negation_sentiment` reviews as prompt/completion pairs for a causal language model: the
+    prompt is the review, the completion its verdict and the clause it rests on (the one about the
+    film that "but" or the sentence's order makes count). A small decoder has to read the whole
+    review to complete it, and the completion is short enough to score by token accuracy; `text`
+    (prompt and completion) serves plain-text language modelling of the same data."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(examples):
+        positive = rng.random() < 0.5
+        main, _ = _clause(rng, rng.choice(TARGETS), positive)
+        form = rng.random()
+        if form < 0.4:
+            review = main
+        elif form < 0.7:
+            distractor, _ = _clause(rng, rng.choice(OTHERS), rng.random() < 0.5)
+            review = f"{distractor} but {main}" if rng.random() < 0.5 else f"{main} although {distractor}"
+        else:
+            claim, _ = _clause(rng, rng.choice(TARGETS), not positive, allow_negation=False)
+            review = f"{rng.choice(HEARSAY)} {claim} but {main}"
+        prompt = f"review : {review} . verdict :"
+        completion = f"{'positive' if positive else 'negative'} , because {main} ."
+        rows.append({"prompt": prompt, "completion": completion, "text": f"{prompt} {completion}"})
+    return rows
+
+
+GENERATORS.add(
+    "review_verdicts",
+    review_verdicts,
+    "the negation_sentiment reviews as prompt/completion pairs for causal LMs: prompt the review, completion its "
+    "verdict and the clause it rests on; `text` holds both",
+)
+
+
 # ----------------------------------------------------------------------------- named entities
 
 FIRST_NAMES = ["anna", "peter", "maria", "james", "lena", "omar", "sofia", "daniel", "chen", "laura", "ivan", "grace"]

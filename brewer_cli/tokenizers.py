@@ -29,11 +29,12 @@ def load_tokenizer_dir(location: str, recipe: Recipe | None, field: str, require
         ) from None
 
 
-def build_tokenizer(spec: TokenizerSpec, texts: list[str], recipe: Recipe, field: str) -> Any:
+def build_tokenizer(spec: TokenizerSpec, texts: list[str], recipe: Recipe, field: str, generates_text: bool = False) -> Any:
+    """`generates_text`: the tokenizer of a language model (task causal_lm), see `train_wordpiece`."""
     if spec.path is not None:
         location = checkpoint_location_for_tokenizer(spec.path, recipe, f"{field}.path")
         return load_tokenizer_dir(location, recipe, f"{field}.path")
-    return train_wordpiece(texts, spec.train_wordpiece)
+    return train_wordpiece(texts, spec.train_wordpiece, generates_text)
 
 
 def own_student_tokenizer(recipe: Recipe, texts: Callable[[], list[str]]) -> Any | None:
@@ -61,13 +62,17 @@ def checkpoint_location_for_tokenizer(value: str, recipe: Recipe, field: str) ->
     raise ModelError(f"{recipe_prefix(recipe)}{field}: tokenizer {value!r} not found (looked at {path})")
 
 
-def train_wordpiece(texts: list[str], settings: WordPieceTraining) -> Any:
+def train_wordpiece(texts: list[str], settings: WordPieceTraining, generates_text: bool = False) -> Any:
     """A BERT-style WordPiece tokenizer trained on the given texts, built locally (no hub).
 
     The vocabulary is learnt by `wordpiece_vocabulary`, not by `tokenizers`' WordPieceTrainer:
     that trainer breaks ties between equally frequent pairs by hash-map order, which is seeded
     afresh in every process, so the same texts gave a different vocabulary (and a different
-    model) from one run to the next."""
+    model) from one run to the next.
+
+    `generates_text`: for a language model, text is not wrapped in [CLS] … [SEP] (a decoder reads
+    plain text and learns where it ends), and [SEP] is the end-of-sequence token that closes each
+    document and completion and stops generation."""
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     normalizer = normalizers.BertNormalizer(lowercase=settings.lowercase)
@@ -81,13 +86,15 @@ def train_wordpiece(texts: list[str], settings: WordPieceTraining) -> Any:
     tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.add_special_tokens(special)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
+    if not generates_text:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
     tokenizer.decoder = decoders.WordPiece(prefix="##")
     return PreTrainedTokenizerFast(
+        **({"eos_token": "[SEP]"} if generates_text else {}),
         tokenizer_object=tokenizer,
         unk_token="[UNK]",
         pad_token="[PAD]",

@@ -16,6 +16,7 @@ from transformers import get_scheduler
 
 from brewer_cli.errors import BrewerError
 from brewer_cli.run import Run
+from brewer_cli.sharding import check_fsdp_active
 
 # What `accelerate launch --mixed_precision …` (or its config file) tells the processes it starts.
 ACCELERATE_PRECISION = "ACCELERATE_MIXED_PRECISION"
@@ -114,7 +115,7 @@ def create_accelerator(run: Run, precision: str | None) -> Accelerator:
     <run>/logs/), and DDP looking for unused parameters only for distillers that leave some."""
     training = run.recipe.training
     check_trackers(training, run.recipe.path)
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=precision,
         gradient_accumulation_steps=training.gradient_accumulation,
@@ -124,6 +125,9 @@ def create_accelerator(run: Run, precision: str | None) -> Accelerator:
         # Searching the graph for unused parameters costs every step and warns on every launch.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=run.distiller.leaves_parameters_unused)],
     )
+    # An FSDP configuration that Accelerate did not turn on (CPU processes) is refused, not ignored.
+    check_fsdp_active(accelerator)
+    return accelerator
 
 
 def tracker_config(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

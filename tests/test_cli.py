@@ -145,13 +145,15 @@ def test_empty_dataset(tmp_path, teacher_dir):
     assert_clean_error(invoke("distill", path, "--output-dir", tmp_path / "out"), f"{path}: data.train: the dataset is empty")
 
 
-def test_student_checkpoint_with_other_vocabulary(tmp_path, teacher_dir, tokenizer_dir):
+def test_student_checkpoint_with_padding_rows_past_the_tokenizer(tmp_path, teacher_dir, tokenizer_dir):
     student = save_tiny_model(
         tmp_path / "student", tokenizer_dir, config={**TINY_BERT, "hidden_size": 16, "num_attention_heads": 2}
     )
     config_path = student / "config.json"
     config = json.loads(config_path.read_text())
-    # Re-save with a larger vocabulary, as a student pre-trained with another tokenizer would be.
+    # Re-save with 7 rows past the tokenizer's ids, as checkpoints padded to a round size are
+    # (Qwen2: 151,936 vs 152,064): the same vocabulary, accepted. Smaller vocabularies are refused
+    # (tests/test_bad_inputs.py, tests/test_token_kd.py).
     from transformers import AutoModelForSequenceClassification, BertConfig
 
     config.pop("architectures", None)
@@ -159,10 +161,8 @@ def test_student_checkpoint_with_other_vocabulary(tmp_path, teacher_dir, tokeniz
     AutoModelForSequenceClassification.from_config(BertConfig(**config)).save_pretrained(student)
     raw = distill_recipe(teacher_dir, student={"checkpoint": str(student)})
     path = write_recipe(tmp_path, raw)
-    flat = assert_clean_error(
-        invoke("distill", path, "--output-dir", tmp_path / "out"), f"{path}: student.checkpoint: the student's vocabulary has"
-    )
-    assert "must share a tokenizer" in flat
+    result = invoke("distill", path, "--output-dir", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 0, result.output
 
 
 def test_run_directory_is_never_overwritten(tmp_path, teacher_dir):

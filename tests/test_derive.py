@@ -227,7 +227,7 @@ def test_evaluation_recipes():
 
 
 def test_kinds_are_read_off_the_distillation_specs(tmp_path):
-    assert DISTILLATION_KINDS == ("trainer", "basic", "general", "multi_teacher", "multi_task")
+    assert DISTILLATION_KINDS == ("trainer", "basic", "general", "multi_teacher", "multi_task", "sequence_kd", "on_policy")
     assert STAGE_KINDS == ("basic", "general")
     recipe = validate_recipe(
         {

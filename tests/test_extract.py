@@ -423,9 +423,11 @@ def test_albert_is_refused():
 
 
 def test_unknown_model_type_lists_supported_ones():
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4))
-    with pytest.raises(BrewerError, match="supported model types: bert, distilbert, electra, roberta, xlm-roberta"):
-        extract_student(gpt2, ExtractPlan(strategy="random"))
+    opt = transformers.OPTForCausalLM(
+        transformers.OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64)
+    )
+    with pytest.raises(BrewerError, match="supported model types: bert, distilbert, electra, gpt2, llama, roberta, xlm-roberta"):
+        extract_student(opt, ExtractPlan(strategy="random"))
 
 
 def test_describe_summarizes_what_was_kept():

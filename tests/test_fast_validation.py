@@ -156,7 +156,7 @@ def test_every_problem_of_a_recipe_in_one_error(tmp_path):
     raw["data"]["label"] = "quality"
     raw["per_device_train_batch_size"] = 16
     raw["distillation"] = {"kind": "general", "kd_loss": "kld", "matches": ["L4_hiden_mse", {"uniform": True, "loss": "mse"}]}
-    raw["student"] = {"config": {**TINY_STUDENT, "model_type": "gpt2"}}
+    raw["student"] = {"config": {**TINY_STUDENT, "model_type": "t5"}}
     path = write_recipe(tmp_path, raw)
     text = path.read_text().replace("text_pair: '#2 String'", "text_pair: #2 String")
     path.write_text(text)
@@ -180,9 +180,9 @@ def test_every_problem_of_a_recipe_in_one_error(tmp_path):
         f"#1 String, #2 String; set data.label to one of them",
         f"{path}: data.eval.path: data file 'missing.tsv' not found (looked at {Path.cwd() / 'missing.tsv'}) — check the "
         f"path; relative paths are read from the current directory or the recipe's folder",
-        f"{path}: student.config.model_type: model_type 'gpt2' has no registered family — registered: albert, bert, "
-        f"camembert, deberta-v2, distilbert, electra, roberta, xlm-roberta. Use a checkpoint or config of one of these "
-        f"architectures.",
+        f"{path}: student.config.model_type: model_type 't5' has no registered family — registered: albert, bert, "
+        f"camembert, deberta-v2, distilbert, electra, gpt2, llama, mistral, qwen2, qwen3, roberta, xlm-roberta. Use a "
+        f"checkpoint or config of one of these architectures.",
     ]
 
 

@@ -17,6 +17,7 @@ from brewer_cli.recipe import load_recipe
 from tests.conftest import TINY_BERT, distill_recipe, save_tiny_model, write_recipe
 from tests.test_multi_task import multi_task_recipe, two_tasks  # noqa: F401  (a fixture)
 from tests.test_multi_teacher import multi_recipe
+from tests.test_sequence_kd import policy_recipe
 
 MATCH = {"uniform": True, "loss": "hidden_mse", "projection": "linear", "include_embeddings": True}
 
@@ -49,6 +50,15 @@ def _multi_task(tmp_path: Path, tokenizer_dir: Path, tasks: dict) -> dict:
     return multi_task_recipe(tasks)
 
 
+def _sequence_kd(tmp_path: Path, tokenizer_dir: Path, tasks: dict) -> dict:
+    generation = {"max_new_tokens": 5, "sample": True}
+    return policy_recipe(tmp_path, {"kind": "sequence_kd", "generation": generation, "generation_cache": str(tmp_path / "cache")})
+
+
+def _on_policy(tmp_path: Path, tokenizer_dir: Path, tasks: dict) -> dict:
+    return policy_recipe(tmp_path, {"kind": "on_policy", "student_data_fraction": 0.5, "generation": {"max_new_tokens": 5}})
+
+
 # kind → (recipe, epochs, the checkpoint step the crash keeps)
 KINDS = {
     "trainer": (_trainer, 3, 5),
@@ -56,6 +66,8 @@ KINDS = {
     "general": (_general, 2, 3),
     "multi_teacher": (_multi_teacher, 2, 3),
     "multi_task": (_multi_task, 1, 4),
+    "sequence_kd": (_sequence_kd, 3, 4),
+    "on_policy": (_on_policy, 3, 4),
 }
 
 
@@ -124,4 +136,6 @@ CHECKPOINT_CONTENTS = {
     "general": _projections_saved,
     "multi_teacher": _student_only,
     "multi_task": _shared_encoder_once,
+    "sequence_kd": _student_only,
+    "on_policy": _student_only,
 }

@@ -313,7 +313,15 @@ def test_accelerate_launch_precision_is_honoured_when_the_recipe_says_auto(
 
 def test_only_distillers_that_leave_parameters_unused_make_ddp_look_for_them():
     declared = {kind: DISTILLERS.get(kind).leaves_parameters_unused for kind in DISTILLERS.names()}
-    assert declared == {"trainer": False, "basic": False, "general": True, "multi_teacher": True, "multi_task": True}
+    assert declared == {
+        "trainer": False,
+        "basic": False,
+        "general": True,
+        "multi_teacher": True,
+        "multi_task": True,
+        "sequence_kd": False,
+        "on_policy": False,
+    }
 
 
 def _unused_after_backward(run) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from transformers import set_seed
 
 from brewer_cli.build.checks import check_before_training_teachers, check_names
+from brewer_cli.build.generation import build_on_policy_run, build_sequence_kd_run
 from brewer_cli.build.loading import extraction_plan
 from brewer_cli.build.multi_task import build_multi_task_run
 from brewer_cli.build.multi_teacher import build_multi_teacher_run
@@ -32,6 +33,8 @@ BUILDERS.add("basic", build_basic_run, "one teacher, the student (checkpoint, co
 BUILDERS.add("general", build_general_run, "as basic, plus the matches checked against both models")
 BUILDERS.add("multi_teacher", build_multi_teacher_run, "several teachers with their own tokenizations, one student")
 BUILDERS.add("multi_task", build_multi_task_run, "a teacher per task, one student encoder with a head per task")
+BUILDERS.add("sequence_kd", build_sequence_kd_run, "as basic, for causal LMs: prompts to complete, room for the completions")
+BUILDERS.add("on_policy", build_on_policy_run, "as basic, for causal LMs: prompts to complete, room for the samples")
 
 
 def build_run(recipe: Recipe, output_dir: str | Path, stand_ins: dict[str, LoadedModel] | None = None) -> Run:

@@ -11,6 +11,7 @@ from typing import Any
 from transformers import AutoConfig
 
 from brewer_cli.build.loading import extraction_plan, max_lengths, shape_problems
+from brewer_cli.build.store import store_problems
 from brewer_cli.build.teachers import teacher_missing
 from brewer_cli.distillers import DISTILLERS
 from brewer_cli.errors import ModelError, RecipeError
@@ -36,6 +37,8 @@ def check_names(recipe: Recipe) -> None:
         if recipe.task is not None and recipe.task.kind in TASKS:
             problems.extend(TASKS.get(recipe.task.kind).recipe_problems(recipe))
         problems.extend(DISTILLERS.get(recipe.distillation.kind).recipe_problems(recipe))
+        # A teacher store (`teacher.store`) stands in for the teacher's logits only.
+        problems.extend(store_problems(recipe))
     if problems:
         raise RecipeError(problems)
     check_model_configs(recipe)

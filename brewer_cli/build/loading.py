@@ -18,6 +18,7 @@ from brewer_cli.extract import FIELD, ExtractPlan, ExtractResult, extract_studen
 from brewer_cli.extract.objectives import PretrainingObjective
 from brewer_cli.families import family_for
 from brewer_cli.families.loading import LoadedModel, load_checkpoint, model_from_config
+from brewer_cli.families.placement import check_device, load_dtype
 from brewer_cli.models import (
     checkpoint_location,
     first_line,
@@ -52,7 +53,19 @@ def load_teacher(
         raise ModelError(
             f"{recipe.path}: {field}.checkpoint: a teacher must be a trained checkpoint (a run's final/ directory or a hub id)"
         )
-    teacher = load_checkpoint(spec.checkpoint, task, label_names, recipe, f"{field}.checkpoint", "teacher", shape_head=False)
+    # A device this machine lacks is refused before any weight is read.
+    check_device(spec.device, f"{recipe.path}: {field}.device")
+    teacher = load_checkpoint(
+        spec.checkpoint,
+        task,
+        label_names,
+        recipe,
+        f"{field}.checkpoint",
+        "teacher",
+        shape_head=False,
+        dtype=load_dtype(spec.dtype),
+    )
+    teacher.device = spec.device
     if teacher.tokenizer is None:
         if spec.tokenizer is None:
             raise ModelError(
@@ -87,7 +100,7 @@ def trainer_tokenizer(recipe: Recipe, spec: ModelSpec, task: Task) -> Any:
     if spec.tokenizer is not None:
         # The task knows which columns hold text (sentences, words, questions and contexts).
         texts = task.tokenizer_texts(recipe) if spec.tokenizer.train_wordpiece is not None else []
-        return build_tokenizer(spec.tokenizer, texts, recipe, "model.tokenizer")
+        return build_tokenizer(spec.tokenizer, texts, recipe, "model.tokenizer", generates_text=task.generates_text)
     if spec.checkpoint is not None:
         location = checkpoint_location(spec.checkpoint, recipe, "model.checkpoint")
         return load_tokenizer_dir(location, recipe, "model.checkpoint")
@@ -121,6 +134,7 @@ def extraction_plan(recipe: Recipe) -> ExtractPlan:
             heads=spec.heads,
             head_dim=spec.head_dim,
             intermediate=spec.intermediate,
+            key_value_heads=spec.key_value_heads,
             strategy=spec.strategy,
             seed=spec.seed,
             hidden_scoring=spec.hidden_scoring,
@@ -144,17 +158,17 @@ def extract_from_teacher(recipe: Recipe, task: Task, teacher: LoadedModel, data:
     importance, the teacher is scored on the first `examples` training examples."""
     spec = recipe.student.init.extract
     plan = extraction_plan(recipe)
-    if plan.strategy == "importance" and isinstance(teacher, UntrainedTeacher):
+    if plan.strategy in ("importance", "activation") and isinstance(teacher, UntrainedTeacher):
         return _extract_before_scoring(recipe, teacher, plan)
     batches = None
     objective = None
-    if plan.strategy == "importance":
+    if plan.strategy in ("importance", "activation"):
         count = min(spec.examples, len(data.train))
         loader = DataLoader(Subset(data.train, range(count)), batch_size=16, collate_fn=task.collate(teacher.tokenizer))
         batches = [{name: tensor for name, tensor in batch.items() if name != "index"} for batch in loader]
         # A task without labels and heads (general distillation) scores the teacher with its own
         # pre-training objective (brewer_cli/extract/objectives.py).
-        if task.scored_by_pretraining_objective:
+        if plan.strategy == "importance" and task.scored_by_pretraining_objective:
             objective = pretraining_objective(recipe, teacher)
     with torch.random.fork_rng():
         try:
@@ -175,7 +189,10 @@ def _extract_before_scoring(recipe: Recipe, teacher: UntrainedTeacher, plan: Ext
             result = extract_student(teacher.model, replace(plan, strategy="random"))
         except BrewerError as error:
             raise _extraction_error(recipe, error) from None
-    kept = {**result.kept, "strategy": "importance, scored once the teacher is trained — not on this plan's untrained stand-in"}
+    kept = {
+        **result.kept,
+        "strategy": f"{plan.strategy}, scored once the teacher is trained — not on this plan's untrained stand-in",
+    }
     if "budget" in kept:
         kept["budget"] = {
             **kept["budget"],
@@ -195,7 +212,9 @@ def _extract_before_scoring(recipe: Recipe, teacher: UntrainedTeacher, plan: Ext
 
 
 def _extracted_student(result: ExtractResult, tokenizer: Any, source: str) -> LoadedModel:
-    """The student ETD cut out of the teacher, in training mode, with the teacher's tokenizer."""
+    """The student ETD cut out of the teacher, in training mode, with the teacher's tokenizer; in
+    fp32 whatever the teacher's `teacher.dtype` (the student trains with fp32 master weights)."""
+    result.model.to(torch.float32)
     result.model.train()
     return LoadedModel(result.model, tokenizer, family_for(result.model.config), "student", source, extraction=result)
 
@@ -264,13 +283,18 @@ def named_labels(model: Any) -> list[str] | None:
 def check_vocabularies(recipe: Recipe, teacher: LoadedModel, student: LoadedModel) -> None:
     teacher_vocab = teacher.model.config.vocab_size
     student_vocab = student.model.config.vocab_size
-    if teacher_vocab != student_vocab:
-        raise ModelError(
-            f"{recipe.path}: student.checkpoint: the student's vocabulary has {student_vocab} tokens but the "
-            f"teacher's has {teacher_vocab} — both read the same token ids in one batch, so they must share a "
-            f"tokenizer; use a student with the teacher's vocabulary, or build it from a config (`student.config`), "
-            f"which takes the teacher's tokenizer"
-        )
+    tokens = len(teacher.tokenizer)
+    # Sizes that differ only by padding rows past the tokenizer's ids (Qwen2: 151,936 vs 152,064 for
+    # 151,665 tokens) are one vocabulary: the KD losses compare the tokenizer's ids (trim_to_vocabulary).
+    if teacher_vocab == student_vocab or min(teacher_vocab, student_vocab) >= tokens:
+        return
+    raise ModelError(
+        f"{recipe.path}: student.checkpoint: the student's vocabulary has {student_vocab} tokens but the "
+        f"teacher's has {teacher_vocab}, and the teacher's tokenizer makes {tokens} token ids — both read the same "
+        f"token ids in one batch, so they must share a tokenizer (their sizes may differ only by padding rows past "
+        f"the tokenizer's {tokens} ids); use a student with the teacher's vocabulary, or build it from a config "
+        f"(`student.config`), which takes the teacher's tokenizer"
+    )
 
 
 def max_lengths(recipe: Recipe) -> list[tuple[str, int]]:

@@ -24,8 +24,11 @@ def plan_lines(run: Run) -> list[str]:
     for teacher in run.teachers:
         lines.append(
             f"teacher: {teacher.family.name} from {teacher.source} — {parameter_count(teacher.model):,} parameters, "
-            f"{teacher.model.config.num_hidden_layers} layers × {teacher.model.config.hidden_size}"
+            f"{teacher.model.config.num_hidden_layers} layers × {teacher.model.config.hidden_size}{_placement(teacher)}"
         )
+    store = run.distiller.inputs.teacher_store
+    if store is not None:
+        lines.append(store.describe())
     student = run.student
     lines.append(
         f"{run.role}: {student.family.name} from {student.source} — {parameter_count(student.model):,} parameters, "
@@ -66,6 +69,8 @@ def plan_lines(run: Run) -> list[str]:
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if run.teachers:
         lines.append(f"teacher cache: {plan_cache(distiller, total, steps_per_epoch, processes, run.run_dir).describe()}")
+    elif store is not None:
+        lines.append("teacher cache: off (the teacher's logits come from its store)")
     if training.compile_backend is not None:
         lines.append(
             f"compile: the student's forward is compiled in place (torch.compile, backend "
@@ -83,3 +88,11 @@ def _column_lines(recipe: Recipe) -> list[str]:
         parts = [(recipe.data, recipe.task, "data")]
     origins = origins_of(recipe)
     return [line for data, task, prefix in parts for line in data_columns(data, task, written_at(origins, prefix))]
+
+
+def _placement(teacher) -> str:
+    """`, on cpu in bfloat16`: a teacher's device and dtype where they are not the defaults (teacher.device,
+    teacher.dtype); nothing for a teacher that runs where training runs, in float32."""
+    dtype = str(next(teacher.model.parameters()).dtype).removeprefix("torch.")
+    parts = ([f"on {teacher.device}"] if teacher.device != "auto" else []) + ([f"in {dtype}"] if dtype != "float32" else [])
+    return f", {' '.join(parts)}" if parts else ""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from brewer_cli.build.loading import check_vocabularies, load_student, load_teacher, named_labels, student_of, trainer_tokenizer
 from brewer_cli.build.settings import resolve_logit_kd
+from brewer_cli.build.store import build_basic_store_run
 from brewer_cli.distillers import BasicDistiller, DistillerInputs, GeneralDistiller, TrainerDistiller
 from brewer_cli.families.loading import LoadedModel
 from brewer_cli.matches import resolve_matches
@@ -27,6 +28,9 @@ def build_trainer_run(recipe: Recipe, run_dir: Path, stand_ins: dict[str, Loaded
 
 
 def build_basic_run(recipe: Recipe, run_dir: Path, stand_ins: dict[str, LoadedModel]) -> Run:
+    if recipe.teacher is not None and recipe.teacher.store is not None:
+        # The teacher's logits from a store (brewer capture): no teacher model is loaded.
+        return build_basic_store_run(recipe, run_dir, distiller_inputs)
     task, data, teacher, student = _teacher_and_student(recipe, stand_ins)
     inputs = distiller_inputs(recipe, task, data, student, [teacher])
     return Run(recipe, run_dir, task, data, student, [teacher], BasicDistiller(inputs, resolve_logit_kd(recipe.distillation)))

@@ -9,6 +9,8 @@ from brewer_cli.distillers.basic import BasicDistiller, LogitKD
 from brewer_cli.distillers.general import GeneralDistiller
 from brewer_cli.distillers.multi_task import MultiTaskDistiller
 from brewer_cli.distillers.multi_teacher import MultiTeacherDistiller
+from brewer_cli.distillers.on_policy import OnPolicyDistiller
+from brewer_cli.distillers.sequence_kd import SequenceKDDistiller
 from brewer_cli.distillers.trainer import TrainerDistiller
 from brewer_cli.registry import Registry
 
@@ -29,6 +31,18 @@ DISTILLERS.add(
     "multi_task",
     MultiTaskDistiller,
     "one student encoder with a head per task, each task distilled from its own teacher; batches drawn per task ∝ |D_k|^τ",
+)
+DISTILLERS.add(
+    "sequence_kd",
+    SequenceKDDistiller,
+    "sequence-level KD for causal LMs (Kim & Rush): the student trains on the teacher's completions of the "
+    "training prompts (generated once, cached), cross-entropy + optional token KD",
+)
+DISTILLERS.add(
+    "on_policy",
+    OnPolicyDistiller,
+    "on-policy KD for causal LMs (GKD): with probability student_data_fraction (λ) a batch's completions are "
+    "sampled from the student and the teacher scores them, kd_loss on the sampled tokens; else token KD on the data",
 )
 
 __all__ = ["DISTILLERS", "Distiller", "DistillerInputs", "LogitKD"]

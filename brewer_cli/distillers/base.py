@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 
 from brewer_cli.evaluation import EvalSetup, average_losses, eval_batch_size, evaluate_model
 from brewer_cli.families.loading import LoadedModel
+from brewer_cli.families.placement import place_teacher, teacher_features
 from brewer_cli.features import FeatureNeeds, Features
 from brewer_cli.models import save_model_dir
 from brewer_cli.recipe import Recipe, TrainingSpec
@@ -48,6 +49,9 @@ class DistillerInputs:
     teacher_cache_mode: str = "off"  # distillation.teacher_cache
     max_length: int | None = None  # data.max_length: part of the teacher cache's fingerprint
     source: Path | None = None  # the recipe file, named in messages
+    # `teacher: {store: DIR}`: the teacher's sparse logits from a store (brewer_cli.logit_store), no
+    # teacher model in memory; `teachers` is then empty.
+    teacher_store: Any = None
 
 
 class Distiller(nn.Module, ABC):
@@ -60,6 +64,12 @@ class Distiller(nn.Module, ABC):
     # Some student parameters may get no gradient on a step (a head no loss reads, another task's
     # head): DDP must then look for unused parameters, which costs every step and warns on launch.
     leaves_parameters_unused: ClassVar[bool] = False
+    # Whether the student may be sharded with FSDP (brewer_cli/sharding.py): its export writes one
+    # model from the gathered state dict.
+    shards_with_fsdp: ClassVar[bool] = True
+    # The losses read nothing of the teacher but its logits, so a store of them (`teacher.store`)
+    # can stand in for the teacher model.
+    reads_teacher_store: ClassVar[bool] = False
 
     def __init__(self, inputs: DistillerInputs):
         super().__init__()
@@ -148,21 +158,46 @@ class Distiller(nn.Module, ABC):
             return losses
         return evaluate_model(self.eval_setup(), self.student, self.student_family, accelerator)
 
-    def export_student(self, directory: Path) -> None:
-        """Write the student as a `save_pretrained` directory with its tokenizer (best/, final/)."""
-        save_model_dir(self.student, self.loaded_student.tokenizer, directory)
+    def export_student(self, directory: Path, student_weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the student as a `save_pretrained` directory with its tokenizer (best/, final/).
+        `student_weights`: its state dict gathered from the processes' shards (FSDP)."""
+        save_model_dir(self.student, self.loaded_student.tokenizer, directory, student_weights)
 
     def evaluate_teachers(self, device: Any) -> dict[str, Any] | None:
         """The teacher's metrics on the eval split, reported beside the student's."""
+        store = self.inputs.teacher_store
+        if store is not None and store.load_teacher is not None and self.data.eval is not None:
+            # Loaded for its evaluation only, then let go: training reads the store.
+            teacher = store.load_teacher()
+            place_teacher(teacher, device)
+            return evaluate_model(self.eval_setup(), teacher.model, teacher.family)
         if not self.teachers or self.data.eval is None or self.task.measured_by_distillation_loss:
             # Without labels a teacher has no metric either (its distillation loss is 0 by definition).
             return None
         teacher = self.teachers[0]
-        teacher.model.to(device)
+        # Evaluated where it runs (teacher.device; `auto`: `device`); the batches follow it.
+        place_teacher(teacher, device)
         return evaluate_model(self.eval_setup(), teacher.model, teacher.family)
 
     def update_summary(self, summary: dict[str, Any], teacher_metrics: dict[str, Any] | None) -> None:
         """Add what this kind of distillation has to say to summary.json (several teachers, tasks)."""
+        store = self.inputs.teacher_store
+        if store is not None:
+            metric = self.task.primary_metric
+            summary["teacher"] = {
+                **store.summary(),
+                "metric": (teacher_metrics or {}).get(metric),
+                "metrics": teacher_metrics,
+            }
+            if teacher_metrics is None:
+                summary["teacher"]["metrics_unavailable"] = store.unavailable
+            student, teacher = summary["student"]["metric"], summary["teacher"]["metric"]
+            summary["student_to_teacher"] = student / teacher if teacher and student is not None else None
+
+    def log_statistics(self) -> dict[str, float]:
+        """Numbers this kind adds to each metrics.jsonl line, over the micro-batches since the last
+        line (on-policy: the share of sampled batches, their mean length); counting starts again."""
+        return {}
 
     # -- shared helpers -------------------------------------------------------------------------
 
@@ -182,14 +217,18 @@ class Distiller(nn.Module, ABC):
     ) -> Features:
         """A teacher's outputs on `batch` (`prefix`: the columns of a teacher with its own
         tokenization), from the teacher-output cache while training when the run keeps one."""
+        store = self.inputs.teacher_store
+        if store is not None and teacher is None:
+            if not self.training:
+                # Eval batches index the eval split; the store holds the training split only.
+                raise RuntimeError("a teacher store holds the training split's logits only; evaluation reads the student")
+            return store.features(batch, self.task.kd_mask(batch))
         teacher = teacher or self.teachers[0]
         needs = self.teacher_needs() if needs is None else needs
 
         def compute(examples: dict[str, torch.Tensor]) -> Features:
-            with torch.inference_mode():
-                features = teacher.family.features(teacher.model, view_batch(examples, prefix), needs, logits_of=self.task.logits)
-            # Inference tensors cannot be saved for backward; a clone outside inference mode can.
-            return _clone(features)
+            # On the teacher's device (teacher.device), returned on the student's.
+            return teacher_features(teacher, view_batch(examples, prefix), needs, logits_of=self.task.logits)
 
         # Only training batches: evaluation batches index the eval split, not the cached train split.
         if self.teacher_cache is None or not self.training:
@@ -243,16 +282,9 @@ class Distiller(nn.Module, ABC):
     def progress(self) -> float:
         return self.current_step / max(self.total_steps, 1)
 
-
-def _clone(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, tuple):
-        return tuple(_clone(item) for item in value)
-    if isinstance(value, list):
-        return [_clone(item) for item in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return type(value)(**{name: _clone(getattr(value, name)) for name in value.__dataclass_fields__})
-    if isinstance(value, dict):
-        return {key: _clone(item) for key, item in value.items()}
-    return value
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The student's layer classes, read by Accelerate's FSDP `fsdp_auto_wrap_policy:
+        TRANSFORMER_BASED_WRAP` (a transformers model declares them; the distiller around it does
+        not), so that each layer becomes its own shard unit without naming its class in the config."""
+        return list(getattr(self.student, "_no_split_modules", None) or [])

@@ -9,7 +9,7 @@ import torch
 
 from brewer_cli.distillers.base import Distiller, DistillerInputs
 from brewer_cli.features import Features
-from brewer_cli.losses import KD_LOSSES, SOFTMAX_KD_LOSSES, kd_loss, probability_shift
+from brewer_cli.losses import KD_LOSSES, SOFTMAX_KD_LOSSES, kd_loss, probability_shift, trim_to_vocabulary, vocabularies_differ
 from brewer_cli.recipe import Recipe
 from brewer_cli.schedulers import TEMPERATURE_SCHEDULES, WEIGHT_SCHEDULES
 
@@ -36,6 +36,7 @@ class LogitKD:
 
 class BasicDistiller(Distiller):
     kind = "basic"
+    reads_teacher_store = True
 
     def __init__(self, inputs: DistillerInputs, logit_kd: LogitKD):
         super().__init__(inputs)
@@ -89,10 +90,16 @@ class BasicDistiller(Distiller):
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         settings = self.logit_kd
         mask = self.task.kd_mask(batch)
+        student_logits = student.logits
+        if vocabularies_differ(student_logits, teacher_logits):
+            # Checkpoints padded past the tokenizer (151,936 vs 152,064 rows): compare the real tokens only.
+            student_logits, teacher_logits = trim_to_vocabulary(
+                student_logits, teacher_logits, len(self.loaded_student.tokenizer)
+            )
         if settings.probability_shift:
             teacher_logits = probability_shift(teacher_logits, self.task.labels(batch))
-        temperature = settings.temperature_of(student.logits, teacher_logits, mask)
-        kd = kd_loss(settings.loss, student.logits, teacher_logits, temperature, mask, settings.temperature_squared)
+        temperature = settings.temperature_of(student_logits, teacher_logits, mask)
+        kd = kd_loss(settings.loss, student_logits, teacher_logits, temperature, mask, settings.temperature_squared)
         return {"kd": kd}, settings.weight_at(self.current_step, self.total_steps) * kd
 
     def describe_losses(self) -> list[str]:

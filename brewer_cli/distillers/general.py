@@ -21,6 +21,8 @@ class GeneralDistiller(BasicDistiller):
     # Matches may read only some layers, and with kd_weight 0 (or an encoder without a head, in
     # general distillation) the classifier and pooler get no gradient.
     leaves_parameters_unused = True
+    # Matches read the teacher's hidden states and attention: a store of its logits cannot stand in.
+    reads_teacher_store = False
 
     def __init__(self, inputs: DistillerInputs, logit_kd: LogitKD, matches: list[ResolvedMatch], match_teacher: int = 0):
         """`matches`: resolved by the build step against the loaded models; they read

@@ -31,6 +31,7 @@ from brewer_cli.distillers.basic import BasicDistiller, LogitKD
 from brewer_cli.evaluation import EvalSetup, evaluate_model
 from brewer_cli.families import parameter_count
 from brewer_cli.families.loading import LoadedModel
+from brewer_cli.families.placement import place_teacher, teacher_features
 from brewer_cli.features import FeatureNeeds
 from brewer_cli.models import save_model_dir
 from brewer_cli.tasks import PreparedData, Task
@@ -134,6 +135,7 @@ class TaskGroup:
     primary_metric = TASK_MEAN
     greater_is_better = True
     measured_by_distillation_loss = False
+    generates_text = False
 
     def __init__(self, slots: list[TaskSlot]):
         self.slots = slots
@@ -141,9 +143,13 @@ class TaskGroup:
 
 class MultiTaskDistiller(BasicDistiller):
     kind = "multi_task"
+    # One teacher per task, each run live (build.store reads one teacher's store, kind basic).
+    reads_teacher_store = False
     exports_several_students = True
     # Each batch is one task's: the other tasks' heads get no gradient on that step.
     leaves_parameters_unused = True
+    # Its export writes one model per task from the live modules, not from a gathered state dict.
+    shards_with_fsdp = False
 
     def __init__(
         self,
@@ -167,16 +173,8 @@ class MultiTaskDistiller(BasicDistiller):
         slot = self.slots[int(batch["task"][0])]
         # logit_losses reads the task of the batch (its KD mask and labels) from self.task.
         self.task = slot.task
-        teacher = slot.teacher
-        with torch.inference_mode():
-            features = teacher.family.features(
-                teacher.model, view_batch(batch, slot.teacher_prefix), FeatureNeeds(), logits_of=slot.task.logits
-            )
-        # Inference tensors cannot be saved for backward; clones made outside inference mode can.
-        teacher_logits = features.logits
-        teacher_logits = (
-            tuple(item.clone() for item in teacher_logits) if isinstance(teacher_logits, tuple) else teacher_logits.clone()
-        )
+        # On the teacher's device (teacher.device), its logits returned on the student's.
+        teacher_logits = teacher_features(slot.teacher, view_batch(batch, slot.teacher_prefix), logits_of=slot.task.logits).logits
         labels = slot.task.labels(batch) if self.logit_kd.hard_label_weight > 0 else None
         student = self.student_family.features(slot.model, batch, FeatureNeeds(), labels=labels, logits_of=slot.task.logits)
         return self.logit_losses(batch, student, teacher_logits)
@@ -206,7 +204,8 @@ class MultiTaskDistiller(BasicDistiller):
         }
         return self._with_mean(results)
 
-    def export_student(self, directory: Path) -> None:
+    def export_student(self, directory: Path, student_weights: dict[str, torch.Tensor] | None = None) -> None:
+        # One model per task around a shared encoder: never sharded (shards_with_fsdp is False).
         self.student.export(directory, self.loaded_student.tokenizer)
 
     def evaluate_teachers(self, device: Any) -> dict[str, Any] | None:
@@ -214,7 +213,7 @@ class MultiTaskDistiller(BasicDistiller):
         for slot in self.slots:
             if slot.data.eval is None:
                 continue
-            slot.teacher.model.to(device)
+            place_teacher(slot.teacher, device)
             results[slot.name] = evaluate_model(slot.teacher_eval_setup(), slot.teacher.model, slot.teacher.family)
         return self._with_mean(results) if results else None
 

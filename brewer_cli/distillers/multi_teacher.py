@@ -22,6 +22,7 @@ from brewer_cli.distillers.basic import LogitKD
 from brewer_cli.distillers.general import GeneralDistiller
 from brewer_cli.evaluation import evaluate_outputs
 from brewer_cli.families import parameter_count
+from brewer_cli.families.placement import place_teacher, teacher_features
 from brewer_cli.features import FeatureNeeds
 from brewer_cli.matches import ResolvedMatch
 from brewer_cli.recipe import Recipe
@@ -99,12 +100,12 @@ class MultiTeacherDistiller(GeneralDistiller):
             # Without labels there is no metric of a teacher (nor of their ensemble).
             return None
         for teacher in self.teachers:
-            teacher.model.to(device)
-            teacher.model.eval()
+            place_teacher(teacher, device)
 
         def outputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+            # Each teacher on its own device (teacher.device); the logits meet on `device`.
             logits = [
-                teacher.family.features(teacher.model, view_batch(batch, prefix), logits_of=self.task.logits).logits
+                teacher_features(teacher, view_batch(batch, prefix), logits_of=self.task.logits).logits
                 for teacher, prefix in zip(self.teachers, self.prefixes)
             ]
             return {"ensemble": mean_logits(logits, self.weights), **dict(enumerate(logits))}

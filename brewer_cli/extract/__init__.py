@@ -72,7 +72,12 @@ is drawn (a random subset of a random subset is still uniform).
 
 Families: BERT, RoBERTa (and CamemBERT, which shares its layout), XLM-RoBERTa, ELECTRA (whose embedding size may differ from the hidden
 size: the embeddings then keep all their channels and the hidden channels are taken on the output
-side of `embeddings_project`) and DistilBERT, with any of their standard heads. ALBERT is refused:
+side of `embeddings_project`) and DistilBERT, with any of their standard heads; the decoders GPT-2
+(fused q|k|v Conv1D sliced block by block, pre-LN: the attention and FFN output projections and the
+tables write the residual stream, so they carry the hidden-channel Taylor score) and Llama /
+Mistral / Qwen2 / Qwen3 (grouped-query attention with whole heads and key/value groups, gated MLP,
+RMSNorm; grouped.py), with their LM and sequence-classification heads. Strategy `activation`
+(Minitron's activation magnitudes, activation.py) ranks every structure by forward passes alone. ALBERT is refused:
 all its layers share one block of weights, so per-layer head and neuron subsets cannot be applied.
 Which modules each family has, and the widths they span, is declared by its `Family`.
 The result is an ordinary `transformers` model of the teacher's class, built with `_from_config`
@@ -87,7 +92,8 @@ keeping the most importance per parameter (or per FLOP); without scores, the uni
 
 Modules: plan.py (the plan, the sizes and their validation), slicing.py (index sets, rules read from
 the family's layout in brewer_cli/families, building the student), scoring.py (importance scores),
-student.py (`extract_student`), report.py (the importance summary and `describe`), objectives.py
+student.py (`extract_student`), grouped.py (grouped-query attention), activation.py (activation
+scores), report.py (the importance summary and `describe`), objectives.py
 (the pre-training objectives), budget.py (choosing the sizes for a target), sizing.py (the exact
 parameters and FLOPs of the shapes it considers).
 """

@@ -16,12 +16,12 @@ from brewer_cli.families import Family
 FIELD = "student.init.extract"
 
 Selection = Literal["uniform", "first", "last"]
-Strategy = Literal["random", "importance"]
+Strategy = Literal["random", "importance", "activation"]
 HiddenScoring = Literal["taylor", "activation"]
 
 SIZE_FIELDS = ("layers", "hidden", "heads", "head_dim", "intermediate")
 _SELECTIONS = ("uniform", "first", "last")
-_STRATEGIES = ("random", "importance")
+_STRATEGIES = ("random", "importance", "activation")
 _HIDDEN_SCORINGS = ("taylor", "activation")
 
 
@@ -95,8 +95,11 @@ class ExtractPlan:
         numbers in increasing order (then `selection` is not used).
     hidden, heads, head_dim, intermediate: the student's sizes. heads × head_dim must equal hidden;
         fields left out are derived (see `resolve_sizes`), e.g. hidden 312 of a 768/12-head
-        teacher keeps 12 heads of size 26.
-    strategy: `random` (ETD-Rand) or `importance` (ETD-Impt, needs batches).
+        teacher keeps 12 heads of size 26. (Grouped-query families: see grouped.py.)
+    key_value_heads: grouped-query attention (Llama): the key/value groups kept (grouped.py).
+    strategy: `random` (ETD-Rand), `importance` (ETD-Impt: Taylor scores, needs batches) or
+        `activation` (Minitron: every structure ranked by its mean |activation| on the batches,
+        activation.py).
     hidden_scoring: how hidden channels are ranked under `importance`.
     rounds: shrink the width in this many equal steps, re-scoring in between.
     target: a budget (`Target`, or a dict of its fields) instead of sizes: extraction chooses
@@ -109,6 +112,7 @@ class ExtractPlan:
     heads: int | None = None
     head_dim: int | None = None
     intermediate: int | None = None
+    key_value_heads: int | None = None
     strategy: Strategy = "importance"
     seed: int = 0
     hidden_scoring: HiddenScoring = "taylor"
@@ -157,7 +161,7 @@ class ExtractPlan:
                 )
         elif layers is not None and not (_is_int(layers) and layers >= 1):
             problems.append(f"{FIELD}.layers: expected a layer count ≥ 1 or a list of 1-based layer numbers, got {layers!r}")
-        for name in ("hidden", "heads", "head_dim", "intermediate"):
+        for name in ("hidden", "heads", "head_dim", "intermediate", "key_value_heads"):
             value = getattr(self, name)
             if value is not None and not (_is_int(value) and value >= 1):
                 problems.append(f"{FIELD}.{name}: expected a positive integer, got {value!r}")
@@ -213,6 +217,8 @@ class Sizes:
     head_dim: int
     intermediate: int
     embedding: int  # equals hidden except for ELECTRA with a separate embedding_size
+    # Grouped-query attention (Llama): the key/value heads; None where every head has its own.
+    key_value_heads: int | None = None
 
     @property
     def embedding_tied(self) -> bool:
@@ -227,21 +233,25 @@ class Sizes:
             "head_dim": self.head_dim,
             "intermediate": self.intermediate,
             "embedding": self.embedding,
+            # Only grouped-query families have the field, so encoder reports stay as they were.
+            **({"key_value_heads": self.key_value_heads} if self.key_value_heads is not None else {}),
         }
 
 
 def read_sizes(family: Family, config: Any) -> Sizes:
     hidden = family.width(config)
     heads = family.heads(config)
-    if hidden % heads:
+    # Only where the head size is its own field (Llama) may heads × head size differ from hidden.
+    if family.head_dim_field is None and hidden % heads:
         raise ModelError(f"the teacher's hidden size {hidden} is not divisible by its {heads} attention heads")
     return Sizes(
         layers=family.depth(config),
         hidden=hidden,
         heads=heads,
-        head_dim=hidden // heads,
+        head_dim=family.head_dim(config),
         intermediate=family.ffn_width(config),
         embedding=int(family.embedding_size(config) or hidden),
+        key_value_heads=family.key_value_heads(config),
     )
 
 
@@ -253,6 +263,8 @@ def write_sizes(family: Family, config: Any, sizes: Sizes) -> None:
         heads=sizes.heads,
         intermediate=sizes.intermediate,
         embedding=sizes.embedding,
+        head_dim=sizes.head_dim,
+        key_value_heads=sizes.key_value_heads,
     )
 
 
@@ -297,7 +309,13 @@ def resolve_sizes(plan: ExtractPlan, teacher: Sizes) -> Sizes:
     - h only or d only: refused unless h × d equals the teacher's hidden, because keeping the
       teacher's hidden would need a head size (or count) the teacher does not have — set hidden too.
     Every derived value must divide exactly and stay within the teacher's heads and head size.
+    (Grouped-query teachers: grouped.resolve_grouped_sizes.)
     """
+    if plan.key_value_heads is not None:
+        raise BrewerError(
+            f"{FIELD}.key_value_heads: the teacher has no grouped-query attention (every head has its own keys and "
+            f"values), so there are no key/value groups to choose — remove key_value_heads and set heads"
+        )
     for name, value, teacher_value, what in (
         ("hidden", plan.hidden, teacher.hidden, "hidden size"),
         ("heads", plan.heads, teacher.heads, "number of attention heads"),

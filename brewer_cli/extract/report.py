@@ -38,7 +38,8 @@ def importance_summary(
         "loss": " + ".join(sorted(scores.losses)),
         "examples": scores.examples,
         "rounds": plan.rounds,
-        "hidden_scoring": plan.hidden_scoring,
+        # `activation` ranks hidden channels by activation too, whatever hidden_scoring says.
+        "hidden_scoring": "activation" if plan.strategy == "activation" else plan.hidden_scoring,
         "head_scores": [layer_scores.tolist() for layer_scores in scores.heads],
         "top_hidden_channels": [[int(index), float(scores.hidden[index])] for index in order],
         "retained": {
@@ -68,6 +69,10 @@ def describe(result: ExtractResult) -> str:
         f"  attention:    {student['heads']} heads × {student['head_dim']} (teacher {teacher['heads']} × {teacher['head_dim']})",
         f"  intermediate: {student['intermediate']} of {teacher['intermediate']} FFN neurons per layer",
     ]
+    if "key_value_heads" in teacher:  # grouped-query attention
+        lines.insert(
+            4, f"  key/value:    {student['key_value_heads']} groups of {teacher['key_value_heads']} (whole heads and groups)"
+        )
     if student["embedding"] != student["hidden"] or teacher["embedding"] != teacher["hidden"]:
         lines.append(f"  embedding:    {student['embedding']} (teacher {teacher['embedding']})")
     share = student["parameters"] / teacher["parameters"] if teacher["parameters"] else 0.0
@@ -80,6 +85,8 @@ def describe(result: ExtractResult) -> str:
         lines.append("  heads kept (0-based, per kept layer):")
         for layer, heads in zip(kept["layers"], kept["heads"]):
             lines.append(f"    layer {layer}: {' '.join(map(str, heads))}")
+        for layer, groups in zip(kept["layers"], kept.get("key_value_groups", [])):
+            lines.append(f"    layer {layer} key/value groups: {' '.join(map(str, groups))}")
     if kept.get("budget") is not None:
         lines.extend(describe_budget(kept["budget"]))
     summary = result.importance_summary

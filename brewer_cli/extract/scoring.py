@@ -24,9 +24,10 @@ from brewer_cli.extract.slicing import (
     SCORE_RESIDUAL,
     ParsedName,
     parse_name,
+    width_size,
 )
 from brewer_cli.families import Family
-from brewer_cli.families.layout import EMBEDDING, FFN, HIDDEN, VALUE
+from brewer_cli.families.layout import EMBEDDING, FFN, HIDDEN, QUERY_KEY, VALUE, blocks
 
 
 @dataclass
@@ -154,7 +155,7 @@ def score_model(
     scored: list[tuple[str, ParsedName]] = []
     for name, _ in model.named_parameters():
         parsed = parse_name(family, name, base_prefix)
-        if parsed.rule is not None and parsed.rule.score is not None:
+        if parsed.rule is not None and parsed.rule.scores:
             scored.append((name, parsed))
     if not scored:
         raise ModelError(f"extraction found no scorable parameters in {type(model).__name__}")
@@ -208,21 +209,21 @@ def score_model(
                     continue
                 product = (leaves[name].detach().double() * gradient.double()).cpu()
                 roles = parsed.rule.roles
-                kind = parsed.rule.score
-                if kind == SCORE_QUERY_KEY:
-                    query_key[parsed.layer] += _sum_except(product, 0)
-                elif kind == SCORE_ATTENTION_OUTPUT:
-                    value[parsed.layer] += _sum_except(product, roles.index(VALUE))
-                elif kind == SCORE_FFN_OUTPUT:
-                    ffn[parsed.layer] += _sum_except(product, roles.index(FFN))
-                elif kind == SCORE_RESIDUAL:
-                    hidden_dimensions = [
-                        dimension
-                        for dimension, role in enumerate(roles)
-                        if role == HIDDEN or (role == EMBEDDING and sizes.embedding_tied)
-                    ]
-                    if hidden_dimensions:
-                        hidden += _sum_except(product, hidden_dimensions[0])
+                for kind in parsed.rule.scores:
+                    if kind == SCORE_QUERY_KEY:
+                        query_key[parsed.layer] += _sum_width(product, roles, QUERY_KEY, sizes)
+                    elif kind == SCORE_ATTENTION_OUTPUT:
+                        value[parsed.layer] += _sum_except(product, roles.index(VALUE))
+                    elif kind == SCORE_FFN_OUTPUT:
+                        ffn[parsed.layer] += _sum_except(product, roles.index(FFN))
+                    elif kind == SCORE_RESIDUAL:
+                        hidden_dimensions = [
+                            dimension
+                            for dimension, role in enumerate(roles)
+                            if role == HIDDEN or (role == EMBEDDING and sizes.embedding_tied)
+                        ]
+                        if hidden_dimensions:
+                            hidden += _sum_except(product, hidden_dimensions[0])
             for layer in range(sizes.layers):
                 scores.heads[layer] += value[layer].view(sizes.heads, sizes.head_dim).sum(dim=1).abs()
                 scores.query_key[layer] += query_key[layer].abs()
@@ -249,6 +250,23 @@ def score_model(
         # Σ over hidden states of the mean |activation| per valid token.
         scores.hidden = activation_sum / max(token_count, 1)
     return scores
+
+
+def _sum_width(product: torch.Tensor, roles: tuple, width: str, sizes: Sizes) -> torch.Tensor:
+    """Per index of `width`: `product` summed over every other dimension, and over every block of
+    that width in a fused dimension (GPT-2's q|k|v: the q and k blocks both feed query/key scores)."""
+    dimension = next(index for index, role in enumerate(roles) if width in blocks(role))
+    summed = _sum_except(product, dimension)
+    if not isinstance(roles[dimension], tuple):
+        return summed
+    total, offset = None, 0
+    for block in roles[dimension]:
+        size = width_size(block, sizes)
+        if block == width:
+            piece = summed[offset : offset + size]
+            total = piece if total is None else total + piece
+        offset += size
+    return total
 
 
 def _sum_except(tensor: torch.Tensor, keep: int) -> torch.Tensor:

@@ -3,7 +3,9 @@ sliced weights.
 
 The rules come from the family's declared layout (brewer_cli/families): every module there states
 the widths its parameters span, and every dimension of a width is sliced with that width's index
-set. The Taylor score a parameter feeds follows from the same declaration (see `_score_kind`).
+set; a fused dimension (GPT-2's q|k|v) is sliced block by block, each block with its width's set
+shifted by the blocks before it. The Taylor scores a parameter feeds follow from the same
+declaration (see `_score_kinds`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 from brewer_cli.errors import ModelError
 from brewer_cli.extract.plan import Sizes, write_sizes
 from brewer_cli.families import FAMILIES, Family, registered_family
-from brewer_cli.families.layout import EMBEDDING, FFN, HIDDEN, QUERY_KEY, VALUE, Slot, Width
+from brewer_cli.families.layout import EMBEDDING, FFN, HIDDEN, KEY_VALUE, QUERY_KEY, VALUE, Slot, Width, blocks
 
 # What a parameter contributes to the Taylor importance scores.
 SCORE_QUERY_KEY = "query_key"  # Q/K rows: per query/key neuron
@@ -36,26 +38,28 @@ class Rule:
     """How one parameter depends on the sizes: the width of each dimension, and its score."""
 
     roles: tuple[Width, ...]
-    score: str | None = None
+    scores: tuple[str, ...] = ()
 
 
-def _score_kind(slot: Slot, parameter: str) -> str | None:
-    """Which Taylor score a parameter feeds (see the package docstring): the weights whose
-    zeroing removes a structure."""
+def _score_kinds(slot: Slot, parameter: str) -> tuple[str, ...]:
+    """Which Taylor scores a parameter feeds (see the package docstring): the weights whose
+    zeroing removes a structure. A pre-LN block's output projection writes the residual stream
+    and reads the heads (or FFN neurons), so it feeds both."""
+    kinds = []
     if slot.residual:
-        return SCORE_RESIDUAL
-    if slot.writes == QUERY_KEY:
-        return SCORE_QUERY_KEY
+        kinds.append(SCORE_RESIDUAL)
+    if QUERY_KEY in blocks(slot.writes):
+        kinds.append(SCORE_QUERY_KEY)
     if parameter == "weight" and slot.reads == VALUE:
-        return SCORE_ATTENTION_OUTPUT
+        kinds.append(SCORE_ATTENTION_OUTPUT)
     if parameter == "weight" and slot.reads == FFN:
-        return SCORE_FFN_OUTPUT
-    return None
+        kinds.append(SCORE_FFN_OUTPUT)
+    return tuple(kinds)
 
 
 def _rules(slots: tuple[Slot, ...]) -> dict[str, Rule]:
     return {
-        f"{slot.path}.{parameter}": Rule(roles, _score_kind(slot, parameter))
+        f"{slot.path}.{parameter}": Rule(roles, _score_kinds(slot, parameter))
         for slot in slots
         for parameter, roles in slot.parameter_widths().items()
     }
@@ -129,16 +133,24 @@ class IndexSets:
     query_key: list[torch.Tensor]  # flattened over heads × head size
     value: list[torch.Tensor]
     ffn: list[torch.Tensor]
+    # Grouped-query attention: the key/value groups' neurons (whole groups); else the value set.
+    key_value: list[torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.key_value is None:
+            self.key_value = self.value
 
     @classmethod
     def full(cls, sizes: Sizes) -> IndexSets:
         attention = sizes.heads * sizes.head_dim
+        key_value = (sizes.key_value_heads or sizes.heads) * sizes.head_dim
         return cls(
             hidden=torch.arange(sizes.hidden),
             heads=[torch.arange(sizes.heads) for _ in range(sizes.layers)],
             query_key=[torch.arange(attention) for _ in range(sizes.layers)],
             value=[torch.arange(attention) for _ in range(sizes.layers)],
             ffn=[torch.arange(sizes.intermediate) for _ in range(sizes.layers)],
+            key_value=[torch.arange(key_value) for _ in range(sizes.layers)],
         )
 
     def compose(self, later: IndexSets) -> IndexSets:
@@ -149,10 +161,20 @@ class IndexSets:
             query_key=[mine[theirs] for mine, theirs in zip(self.query_key, later.query_key)],
             value=[mine[theirs] for mine, theirs in zip(self.value, later.value)],
             ffn=[mine[theirs] for mine, theirs in zip(self.ffn, later.ffn)],
+            key_value=[mine[theirs] for mine, theirs in zip(self.key_value, later.key_value)],
         )
 
     def for_width(self, width: Width, layer: int | None, sizes: Sizes) -> torch.Tensor | None:
         """The indices that slice a dimension of `width` (None: kept whole)."""
+        if isinstance(width, tuple):
+            # A fused dimension: each block sliced by its own width, shifted past the blocks before.
+            pieces, offset = [], 0
+            for block in width:
+                index = self.for_width(block, layer, sizes)
+                size = width_size(block, sizes)
+                pieces.append(offset + (index if index is not None else torch.arange(size)))
+                offset += size
+            return torch.cat(pieces)
         if width is None:
             return None
         if width == HIDDEN:
@@ -160,8 +182,21 @@ class IndexSets:
         if width == EMBEDDING:
             return self.hidden if sizes.embedding_tied else None
         assert layer is not None, f"width {width} outside a layer"
-        per_layer = {QUERY_KEY: self.query_key, VALUE: self.value, FFN: self.ffn}[width]
+        per_layer = {QUERY_KEY: self.query_key, VALUE: self.value, FFN: self.ffn, KEY_VALUE: self.key_value}[width]
         return per_layer[layer]
+
+
+def width_size(width: str | None, sizes: Sizes) -> int:
+    """How many indices a (block) width has in a model of `sizes`."""
+    if width in (QUERY_KEY, VALUE):
+        return sizes.heads * sizes.head_dim
+    if width == KEY_VALUE:
+        return (sizes.key_value_heads or sizes.heads) * sizes.head_dim
+    if width == FFN:
+        return sizes.intermediate
+    if width == HIDDEN:
+        return sizes.hidden
+    raise ValueError(f"width {width!r} has no size of its own")
 
 
 def build_student(
@@ -178,6 +213,7 @@ def build_student(
     """
     config = copy.deepcopy(source.config)
     write_sizes(family, config, replace(target, layers=len(layer_map)))
+    family.keep_layers(config, layer_map)
     reference = next(source.parameters())
     student = type(source)._from_config(config, dtype=reference.dtype)
     source_state = source.state_dict()
@@ -200,8 +236,8 @@ def build_student(
                 raise ModelError(
                     f"extraction does not know how '{name}' of {type(source).__name__} depends on the "
                     f"model's sizes (shape {tuple(tensor.shape)} in the teacher, {tuple(expected.shape)} "
-                    f"in the student); supported: the encoders of {', '.join(SUPPORTED_MODEL_TYPES)} with "
-                    f"their sequence/token classification, QA, multiple-choice and masked-LM heads"
+                    f"in the student); supported: the models of {', '.join(SUPPORTED_MODEL_TYPES)} with "
+                    f"their sequence/token classification, QA, multiple-choice, masked-LM and causal-LM heads"
                 )
             state[name] = tensor.clone()
             continue

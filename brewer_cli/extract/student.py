@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from brewer_cli.errors import BrewerError, ModelError
+from brewer_cli.extract.activation import activation_scores
 from brewer_cli.extract.budget import choose_shape
+from brewer_cli.extract.grouped import choose_grouped_heads, resolve_grouped_sizes, whole_heads
 from brewer_cli.extract.objectives import PretrainingObjective
 from brewer_cli.extract.plan import (
     FIELD,
@@ -43,6 +45,8 @@ def _choose(count: int, total: int, scores: torch.Tensor | None, generator: torc
 
 def _choose_index_sets(source: Sizes, target: Sizes, scores: Scores | None, generator: torch.Generator) -> IndexSets:
     hidden = _choose(target.hidden, source.hidden, scores.hidden if scores else None, generator)
+    if source.key_value_heads is not None:
+        return _choose_grouped_index_sets(source, target, scores, generator, hidden)
     heads, query_key, value, ffn = [], [], [], []
     for layer in range(source.layers):
         kept_heads = _choose(target.heads, source.heads, scores.heads[layer] if scores else None, generator)
@@ -82,6 +86,25 @@ def _choose_index_sets(source: Sizes, target: Sizes, scores: Scores | None, gene
     return IndexSets(hidden, heads, query_key, value, ffn)
 
 
+def _choose_grouped_index_sets(
+    source: Sizes, target: Sizes, scores: Scores | None, generator: torch.Generator, hidden: torch.Tensor
+) -> IndexSets:
+    """Grouped-query attention: whole key/value groups, then whole query heads inside each (grouped.py)."""
+
+    def choose(count: int, total: int, ranking: torch.Tensor | None) -> torch.Tensor:
+        return _choose(count, total, ranking, generator)
+
+    heads, attention, key_value, ffn = [], [], [], []
+    for layer in range(source.layers):
+        kept_heads, kept_groups = choose_grouped_heads(source, target, scores.heads[layer] if scores else None, choose)
+        heads.append(kept_heads)
+        attention.append(whole_heads(kept_heads, source.head_dim))
+        key_value.append(whole_heads(kept_groups, source.head_dim))
+        ffn.append(choose(target.intermediate, source.intermediate, scores.ffn[layer] if scores else None))
+    # Whole heads: the query/key and value neurons are those of the kept query heads.
+    return IndexSets(hidden, heads, attention, attention, ffn, key_value=key_value)
+
+
 def extract_student(
     teacher_model: nn.Module,
     plan: ExtractPlan,
@@ -109,14 +132,15 @@ def extract_student(
     teacher_sizes = read_sizes(family, teacher_model.config)
 
     objective = objective if plan.strategy == "importance" else None
+    scored = plan.strategy in ("importance", "activation")
     # The model whose loss is scored: the teacher itself, or the teacher with its masked-LM head.
     scorer = _masked_lm_scorer(objective, family, teacher_sizes) if objective is not None else None
 
     collected: list[dict[str, Any]] = []
-    if plan.strategy == "importance":
+    if scored:
         if batches is None:
             raise BrewerError(
-                f"{FIELD}.strategy: 'importance' scores the teacher's heads, neurons and channels on "
+                f"{FIELD}.strategy: '{plan.strategy}' scores the teacher's heads, neurons and channels on "
                 f"data, but no batches were given — pass training batches, or use strategy: random"
             )
         if max_examples < 1:
@@ -129,16 +153,26 @@ def extract_student(
 
     teacher_scores: Scores | None = None
     budget: dict[str, Any] | None = None
+    if plan.target is not None and teacher_sizes.key_value_heads is not None:
+        raise BrewerError(
+            f"{FIELD}.target: extraction to a budget is not available for {family.title} teachers: the budget search "
+            f"(brewer_cli/extract/budget.py) enumerates shapes with hidden = heads × head_dim and one head count, "
+            f"while a {family.title} shape also needs its key/value groups and a hidden width independent of its heads "
+            f"— give layers, hidden, heads, key_value_heads and intermediate instead"
+        )
     if plan.target is not None:
         # A target: the sizes are chosen from the teacher's own scores, which are round 1's too (budget.py).
-        if plan.strategy == "importance":
-            teacher_scores = score_model(
-                scorer or teacher_model, family, teacher_sizes, collected, plan.hidden_scoring, objective
-            )
+        if scored:
+            teacher_scores = _scores(plan, scorer or teacher_model, family, teacher_sizes, collected, objective)
         plan, budget = choose_shape(teacher_model, family, teacher_sizes, plan, teacher_scores)
-    target = resolve_sizes(plan, teacher_sizes)
+    if teacher_sizes.key_value_heads is not None:
+        # Grouped-query attention keeps whole heads and groups, in one round (grouped.py).
+        target = resolve_grouped_sizes(plan, teacher_sizes, family)
+        per_round = [target]
+    else:
+        target = resolve_sizes(plan, teacher_sizes)
+        per_round = round_sizes(teacher_sizes, target, plan.rounds)
     kept_layers = select_layers(plan, teacher_sizes.layers)
-    per_round = round_sizes(teacher_sizes, target, plan.rounds)
     check_electra_projection(teacher_sizes, per_round)
 
     generator = torch.Generator().manual_seed(plan.seed)
@@ -147,11 +181,11 @@ def extract_student(
     first_scores: Scores | None = None
     for round_number, sizes in enumerate(per_round, start=1):
         scores = None
-        if plan.strategy == "importance":
+        if scored:
             scores = (
                 teacher_scores
                 if round_number == 1 and teacher_scores is not None
-                else score_model(scorer or source, family, source_sizes, collected, plan.hidden_scoring, objective)
+                else _scores(plan, scorer or source, family, source_sizes, collected, objective)
             )
             if first_scores is None:
                 first_scores = scores
@@ -178,6 +212,12 @@ def extract_student(
         "heads": [in_teacher.heads[layer - 1].tolist() for layer in kept_layers],
         "head_dim": student_sizes.head_dim,
         "ffn_neurons": [int(in_teacher.ffn[layer - 1].numel()) for layer in kept_layers],
+        # Grouped-query attention: per kept layer, the 0-based teacher key/value groups kept.
+        **(
+            {"key_value_groups": [_groups(in_teacher.key_value[layer - 1], teacher_sizes.head_dim) for layer in kept_layers]}
+            if teacher_sizes.key_value_heads is not None
+            else {}
+        ),
         # The loss importance was scored with (None for random): task_loss, own_predictions,
         # masked_lm or masked_hidden_reconstruction.
         "objective": " + ".join(sorted(first_scores.objectives)) if first_scores is not None else None,
@@ -193,6 +233,24 @@ def extract_student(
         summary = importance_summary(first_scores, in_teacher, kept_layers, teacher_sizes, target, plan)
         summary["objective"] = kept["objective"]
     return ExtractResult(model=source, kept=kept, importance_summary=summary)
+
+
+def _groups(neurons: torch.Tensor, head_dim: int) -> list[int]:
+    return (neurons[::head_dim] // head_dim).tolist()
+
+
+def _scores(
+    plan: ExtractPlan,
+    model: nn.Module,
+    family: Family,
+    sizes: Sizes,
+    batches: list[dict[str, Any]],
+    objective: PretrainingObjective | None,
+) -> Scores:
+    """Taylor scores (`importance`) or activation magnitudes (`activation`) of one model."""
+    if plan.strategy == "activation":
+        return activation_scores(model, family, sizes, batches)
+    return score_model(model, family, sizes, batches, plan.hidden_scoring, objective)
 
 
 def _masked_lm_scorer(objective: PretrainingObjective, family: Family, teacher_sizes: Sizes) -> nn.Module | None:

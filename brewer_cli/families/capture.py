@@ -1,5 +1,6 @@
 """Capturing the query/key/value projections with forward hooks, so that attention losses get
-pre-softmax scores while the model keeps its fast SDPA kernel."""
+pre-softmax scores while the model keeps its fast SDPA kernel. A fused projection (GPT-2's c_attn,
+whose output is q|k|v side by side) is hooked once per layer and its output split in thirds."""
 
 from __future__ import annotations
 
@@ -18,14 +19,16 @@ class AttentionCapture:
     rebuild the per-layer order without knowing anything about sharing.
     """
 
-    def __init__(self, projections: list[tuple[nn.Module, nn.Module, nn.Module]], with_values: bool):
+    def __init__(self, projections: list[tuple[nn.Module, nn.Module, nn.Module]], with_values: bool, fused: bool = False):
         self.projections = projections
         self.with_values = with_values
+        # One module per layer writes q|k|v: each triple is that module three times.
+        self.fused = fused
         self.calls: dict[int, list[torch.Tensor]] = {}
         self.handles = []
         seen: set[int] = set()
         for query, key, value in projections:
-            for module in (query, key, value) if with_values else (query, key):
+            for module in (query, key, value) if with_values and not fused else (query, key):
                 if id(module) in seen:
                     continue
                 seen.add(id(module))
@@ -53,6 +56,17 @@ class AttentionCapture:
             return self.calls[id(module)][index]
 
         for query, key, value in self.projections:
+            if self.fused:
+                fused_query, fused_key, fused_value = take(query).chunk(3, dim=-1)
+                result.append(
+                    AttentionInputs(
+                        query=fused_query,
+                        key=fused_key,
+                        value=fused_value if self.with_values else None,
+                        num_heads=heads,
+                    )
+                )
+                continue
             result.append(
                 AttentionInputs(
                     query=take(query),

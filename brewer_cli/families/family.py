@@ -22,6 +22,7 @@ from brewer_cli.families.layout import (
     EMBEDDING,
     EMBEDDINGS,
     ENCODER,
+    FINAL_NORM,
     HEAD,
     HIDDEN,
     POOLER,
@@ -32,6 +33,7 @@ from brewer_cli.families.layout import (
     Table,
     find_path,
     get_path,
+    join,
     module_prefix,
     within,
 )
@@ -40,15 +42,23 @@ from brewer_cli.features import FeatureNeeds, Features
 # A forward pass that reads logits only (features are immutable, so one instance serves all).
 _LOGITS_ONLY = FeatureNeeds()
 
+# Why DeBERTa's attention cannot be captured from its projections (the default refusal).
+RELATIVE_POSITION_REFUSAL = "its attention adds relative-position terms that plain query/key projections do not capture"
+
 
 @dataclass(frozen=True)
 class Family:
     """An architecture, by the paths of its modules and the names of its config fields.
 
     Paths are dotted attribute paths. `base_model` is relative to the task model; `layers`,
-    `embeddings`, `embedding_projection` and `pooler` to the base model; `embedding_tables`,
-    `position_table` and `embedding_norm` to the embeddings; `layer` to one layer; `task_heads`
-    to the task model (they sit outside the base model).
+    `embeddings`, `embedding_projection`, `final_norm` and `pooler` to the base model;
+    `embedding_tables`, `position_table` and `embedding_norm` to the embeddings (an empty
+    `embeddings`: the tables sit directly in the base model, as GPT-2's wte/wpe); `layer` to one
+    layer; `task_heads` to the task model (they sit outside the base model).
+
+    The defaults describe a post-LN encoder (BERT). A pre-LN decoder declares what differs: no
+    embedding norm, a final norm, no learned position table under RoPE, grouped key/value heads
+    and a head size of its own (Llama), and heads that read every token.
     """
 
     name: str
@@ -59,19 +69,34 @@ class Family:
     base_model: str = "base_model"
     embeddings: str = "embeddings"
     embedding_tables: tuple[str, ...] = ("word_embeddings", "position_embeddings", "token_type_embeddings")
-    position_table: str = "position_embeddings"  # learned positions: the longest input it can read
-    embedding_norm: str = "LayerNorm"
+    # Learned positions: the longest input it can read (None: rotary positions, no table).
+    position_table: str | None = "position_embeddings"
+    embedding_norm: str | None = "LayerNorm"  # None: pre-LN decoders add the tables into the stream as is
+    final_norm: str | None = None  # pre-LN decoders: the norm after the last layer
     # ALBERT and ELECTRA project factorized embeddings up to the hidden width; it writes the stream.
     embedding_projection: str | None = None
     pooler: str | None = None  # the linear map of the pooled first token
     task_heads: tuple[Slot, ...] = ()
     # Config fields of the sizes that transformers does not map to one standard name.
     intermediate_field: str = "intermediate_size"
+    # GPT-2 stores n_inner=None for the conventional FFN width of 4 × hidden.
+    default_ffn_multiple: int | None = None
     embedding_field: str | None = None  # the lookup tables' width, where it may differ from hidden
+    # Grouped-query attention (Llama): the number of key/value heads.
+    key_value_heads_field: str | None = None
+    # A head size of its own, independent of hidden / heads (Llama: q_proj maps hidden to heads × head_dim).
+    head_dim_field: str | None = None
+    # Why the head size must stay whole (RoPE), or None where extraction may shrink it.
+    whole_heads_reason: str | None = None
+    # Config lists with one entry per layer (Qwen2's layer_types), cut to the kept layers.
+    per_layer_fields: tuple[str, ...] = ()
+    # Heads that run on every token before one is picked (GPT-2/Llama `score`), for FLOPs.
+    every_token_heads: tuple[str, ...] = ()
     uses_token_type_ids: bool = True
     # ALBERT: one shared layer block applied `num_hidden_layers` times.
     shared_layers: bool = False
     supports_attention_capture: bool = True
+    attention_capture_refusal: str = RELATIVE_POSITION_REFUSAL  # why, when not supported
     # ETD extraction: whether every size-dependent module is declared above, and otherwise why
     # the method itself cannot apply (None: the family is simply not covered).
     extractable: bool = True
@@ -98,7 +123,21 @@ class Family:
         return int(config.hidden_size)
 
     def ffn_width(self, config: Any) -> int:
-        return int(getattr(config, self.intermediate_field))
+        value = getattr(config, self.intermediate_field)
+        if value is None and self.default_ffn_multiple is not None:
+            return self.default_ffn_multiple * self.width(config)
+        return int(value)
+
+    def key_value_heads(self, config: Any) -> int | None:
+        """The key/value heads of grouped-query attention; None where every head has its own."""
+        if self.key_value_heads_field is None:
+            return None
+        value = getattr(config, self.key_value_heads_field, None)
+        return int(value) if value is not None else self.heads(config)
+
+    def head_dim(self, config: Any) -> int:
+        value = getattr(config, self.head_dim_field, None) if self.head_dim_field is not None else None
+        return int(value) if value is not None else self.width(config) // self.heads(config)
 
     def embedding_size(self, config: Any) -> int | None:
         """The lookup tables' width where the family has a field for it (else they are hidden wide)."""
@@ -106,7 +145,18 @@ class Family:
             return None
         return getattr(config, self.embedding_field, None)
 
-    def write_sizes(self, config: Any, *, layers: int, hidden: int, heads: int, intermediate: int, embedding: int) -> None:
+    def write_sizes(
+        self,
+        config: Any,
+        *,
+        layers: int,
+        hidden: int,
+        heads: int,
+        intermediate: int,
+        embedding: int,
+        head_dim: int | None = None,
+        key_value_heads: int | None = None,
+    ) -> None:
         """Set the sizes on `config` (a copy the caller owns)."""
         # The configs map hidden_size/num_attention_heads/num_hidden_layers to DistilBERT's own names.
         config.hidden_size = hidden
@@ -115,6 +165,18 @@ class Family:
         setattr(config, self.intermediate_field, intermediate)
         if self.embedding_field is not None:
             setattr(config, self.embedding_field, embedding)
+        if self.head_dim_field is not None and head_dim is not None:
+            # Written even when unchanged: Qwen2 derives it from hidden / heads when it is absent.
+            setattr(config, self.head_dim_field, head_dim)
+        if self.key_value_heads_field is not None and key_value_heads is not None:
+            setattr(config, self.key_value_heads_field, key_value_heads)
+
+    def keep_layers(self, config: Any, kept: list[int]) -> None:
+        """Cut the per-layer config lists to the kept (0-based) layers."""
+        for field in self.per_layer_fields:
+            values = getattr(config, field, None)
+            if isinstance(values, (list, tuple)):
+                setattr(config, field, [values[layer] for layer in kept])
 
     # -- modules --------------------------------------------------------------------------------
 
@@ -129,20 +191,22 @@ class Family:
 
     def attention_projections(self, model: nn.Module) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
         """(query, key, value) linear modules per layer, in layer order (ALBERT repeats one)."""
-        result = []
-        for layer in self.layer_modules(model):
-            attention = get_path(layer, self.layer.attention)
-            result.append(
-                (getattr(attention, self.layer.query), getattr(attention, self.layer.key), getattr(attention, self.layer.value))
-            )
-        return result
+        paths = self.layer.attention_paths()
+        return [tuple(get_path(layer, path) for path in paths) for layer in self.layer_modules(model)]
 
     def base_slots(self) -> tuple[Slot, ...]:
         """The size-dependent modules of the base model outside its layers, relative to the base."""
-        slots: list[Slot] = [Table(f"{self.embeddings}.{table}", EMBEDDING) for table in self.embedding_tables]
-        # The embedding norm writes the residual stream unless a projection follows it; its width
-        # is the embeddings', which is the hidden width exactly when there is no projection.
-        slots.append(Norm(f"{self.embeddings}.{self.embedding_norm}", EMBEDDING, residual=True))
+        # Without an embedding norm (pre-LN) the tables themselves write the residual stream.
+        tables_write = self.embedding_norm is None
+        slots: list[Slot] = [
+            Table(join(self.embeddings, table), EMBEDDING, residual=tables_write) for table in self.embedding_tables
+        ]
+        if self.embedding_norm is not None:
+            # The embedding norm writes the residual stream unless a projection follows it; its width
+            # is the embeddings', which is the hidden width exactly when there is no projection.
+            slots.append(Norm(f"{self.embeddings}.{self.embedding_norm}", EMBEDDING, residual=True))
+        if self.final_norm is not None:
+            slots.append(Norm(self.final_norm, HIDDEN))
         if self.embedding_projection is not None:
             slots.append(Linear(self.embedding_projection, EMBEDDING, HIDDEN, residual=True))
         if self.pooler is not None:
@@ -152,8 +216,16 @@ class Family:
         return tuple(slots)
 
     def position_embeddings(self, model: nn.Module) -> nn.Embedding | None:
-        table = find_path(self.base_module(model), f"{self.embeddings}.{self.position_table}")
+        if self.position_table is None:
+            return None
+        table = find_path(self.base_module(model), join(self.embeddings, self.position_table))
         return table if isinstance(table, nn.Embedding) else None
+
+    def embedding_paths(self) -> tuple[str, ...]:
+        """The modules, relative to the base, that are the embeddings part."""
+        if self.embeddings:
+            return (self.embeddings,)
+        return self.embedding_tables
 
     def part_classifier(self, model: nn.Module) -> Callable[[str], str]:
         """A function from a parameter or module path of `model` to the part it belongs to."""
@@ -166,21 +238,21 @@ class Family:
                 path = path[len(prefix) + 1 :]
             if within(path, self.pooler):
                 return POOLER
-            if within(path, self.embeddings) or within(path, self.embedding_projection):
+            if within(path, self.final_norm):
+                return FINAL_NORM
+            if any(within(path, module) for module in self.embedding_paths()) or within(path, self.embedding_projection):
                 return EMBEDDINGS
             return ENCODER
 
         return classify
 
-    @staticmethod
-    def ffn_matrices(model: nn.Module) -> int:
-        # Every registered family has an ungated feed-forward block: two matrices.
-        return 2
+    def ffn_matrices(self, model: nn.Module) -> int:
+        return self.layer.ffn_matrices
 
-    @staticmethod
-    def head_reads_every_token(module_name: str) -> bool:
-        # A pooled head of these families reads the first token only.
-        return False
+    def head_reads_every_token(self, module_name: str) -> bool:
+        # A pooled head of an encoder reads the first token only; a decoder's `score` runs on every
+        # token and the last one is picked afterwards.
+        return module_name.rsplit(".", 1)[-1] in self.every_token_heads
 
     # -- features -------------------------------------------------------------------------------
 
@@ -231,11 +303,14 @@ class Family:
             return
         if not self.supports_attention_capture:
             raise ModelError(
-                f"attention losses are not available for the {self.name} family: its attention "
-                f"adds relative-position terms that plain query/key projections do not capture; "
+                f"attention losses are not available for the {self.name} family: {self.attention_capture_refusal}; "
                 f"use hidden-state matches for this model"
             )
-        capture = AttentionCapture(self.attention_projections(model), with_values=needs.attention_inputs)
+        capture = AttentionCapture(
+            self.attention_projections(model),
+            with_values=needs.attention_inputs,
+            fused=self.layer.fused_query_key_value,
+        )
         try:
             yield capture
         finally:

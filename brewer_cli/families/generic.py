@@ -1,4 +1,4 @@
-"""How brewer reads a model that no family is registered for — a BiGRU student, GPT-2, Llama in
+"""How brewer reads a model that no family is registered for — a BiGRU student, OPT or T5 in
 `brewer size-report` — by the names transformers and common PyTorch code give their modules.
 
 It answers the same questions as `Family` (parts, feed-forward width, position table), so callers

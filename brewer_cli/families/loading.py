@@ -33,6 +33,8 @@ class LoadedModel:
     role: str  # "teacher", "student" or "model": used in messages and the plan
     source: str
     extraction: Any = None  # ETD: what was kept, when the student was extracted from the teacher
+    # A teacher's `teacher.device` (brewer_cli/families/placement.py): "auto" runs it where training runs.
+    device: str = "auto"
 
 
 def load_checkpoint(
@@ -43,14 +45,15 @@ def load_checkpoint(
     field: str,
     role: str,
     shape_head: bool,
+    dtype: Any = "auto",
 ) -> LoadedModel:
     """Load a model and its tokenizer. `shape_head` passes the task's label settings, for a
     checkpoint that will be trained (its head is created or must fit); a teacher's head is checked
-    instead."""
+    instead. `dtype`: from_pretrained's (`auto`: as saved), a teacher's `teacher.dtype`."""
     location = checkpoint_location(value, recipe, field)
     config = load_config(location, recipe, field)
     family = family_for(config)
-    kwargs = task.model_kwargs(label_names) if shape_head else {}
+    kwargs = {**(task.model_kwargs(label_names) if shape_head else {}), "dtype": dtype}
     try:
         with quiet_transformers():
             model = load_pretrained(task.auto_class, location, f"{recipe_prefix(recipe)}{field}: ", **kwargs)
@@ -91,6 +94,14 @@ def model_from_config(
     config.vocab_size = len(tokenizer)
     if tokenizer.pad_token_id is not None:
         config.pad_token_id = tokenizer.pad_token_id
+    # A language model stops generating at the config's end token: take the tokenizer's, and drop
+    # defaults that index past this vocabulary (GPT-2's 50256 in a 300-token model).
+    for name in ("bos_token_id", "eos_token_id"):
+        token_id = getattr(tokenizer, name, None)
+        if token_id is not None:
+            setattr(config, name, token_id)
+        elif isinstance(getattr(config, name, None), int) and getattr(config, name) >= config.vocab_size:
+            setattr(config, name, None)
     for key, value in task.model_kwargs(label_names).items():
         setattr(config, key, value)
     with quiet_transformers():

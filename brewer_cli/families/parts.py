@@ -1,4 +1,4 @@
-"""Counting parameters: in all, and by part (embeddings, encoder, head), each tensor once.
+"""Counting parameters: in all, and by part (embeddings, layers, final norm, head), each tensor once.
 
 Tied parameters (an MLM decoder sharing the word embeddings) and shared layers (ALBERT) are one
 tensor reached through several module paths: they are counted once, where they are registered
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from brewer_cli.families.layout import EMBEDDINGS, ENCODER, HEAD, POOLER
+from brewer_cli.families.layout import EMBEDDINGS, ENCODER, FINAL_NORM, HEAD, POOLER
 from brewer_cli.families.registered import layout_for
 
 
@@ -49,11 +49,14 @@ def parameter_count(model: nn.Module) -> int:
 
 def parameter_counts_by_part(model: nn.Module) -> dict[str, int]:
     """Parameters by part: `embeddings` (lookup tables, their norm, a factorized-embedding
-    projection), `encoder` (the layers), `head` (the pooler and everything outside the base
-    model); `excluding_output_layers` = embeddings + encoder; `shared_counted_once` = values
-    reached again through a second path (tied or shared), which `total` leaves out."""
+    projection), `encoder` (the layers, of an encoder or a decoder), `final_norm` (a pre-LN
+    decoder's norm after the last layer; 0 for encoders), `head` (the pooler and everything outside
+    the base model; an LM head tied to the token embeddings is the embeddings' matrix, counted
+    there once); `excluding_output_layers` = embeddings + encoder + final norm;
+    `shared_counted_once` = values reached again through a second path (tied or shared), which
+    `total` leaves out."""
     part_of = layout_for(model).part_classifier(model)
-    parts = {EMBEDDINGS: 0, ENCODER: 0, HEAD: 0}
+    parts = {EMBEDDINGS: 0, ENCODER: 0, FINAL_NORM: 0, HEAD: 0}
     shared = 0
     for name, parameter, repeat in distinct_parameters(model):
         if repeat:
@@ -64,6 +67,6 @@ def parameter_counts_by_part(model: nn.Module) -> dict[str, int]:
     return {
         "total": sum(parts.values()),
         **parts,
-        "excluding_output_layers": parts[EMBEDDINGS] + parts[ENCODER],
+        "excluding_output_layers": parts[EMBEDDINGS] + parts[ENCODER] + parts[FINAL_NORM],
         "shared_counted_once": shared,
     }

@@ -39,6 +39,33 @@ DISTILBERT_LAYER = LayerLayout(
     ffn_output="ffn.lin2",
     output_norm="output_layer_norm",
 )
+# Pre-LN decoders: the norms read the residual stream, the attention and FFN outputs write it.
+GPT2_LAYER = LayerLayout(
+    attention="attn",
+    query="c_attn",  # one Conv1D writing q|k|v
+    attention_output="attn.c_proj",
+    attention_norm="ln_1",
+    ffn_input="mlp.c_fc",
+    ffn_output="mlp.c_proj",
+    output_norm="ln_2",
+    pre_norm=True,
+    fused_query_key_value=True,
+    transposed=True,
+)
+LLAMA_LAYER = LayerLayout(
+    attention="self_attn",
+    query="q_proj",
+    key="k_proj",
+    value="v_proj",
+    attention_output="self_attn.o_proj",
+    attention_norm="input_layernorm",
+    ffn_gate="mlp.gate_proj",
+    ffn_input="mlp.up_proj",
+    ffn_output="mlp.down_proj",
+    output_norm="post_attention_layernorm",
+    pre_norm=True,
+    grouped_key_value=True,
+)
 ALBERT_LAYER = LayerLayout(
     attention="attention",
     attention_output="attention.dense",
@@ -92,6 +119,20 @@ DISTILBERT_HEADS = (
     Linear("vocab_transform", HIDDEN, HIDDEN),
     Norm("vocab_layer_norm", HIDDEN),
     Linear("vocab_projector", HIDDEN, OUTPUT),
+)
+
+# Decoder heads: the LM head (tied to the token embeddings unless the config unties it) and the
+# sequence-classification `score`, which runs on every token before the last one is picked.
+DECODER_HEADS = (Linear("lm_head", HIDDEN, OUTPUT), Linear("score", HIDDEN, OUTPUT), _CLASSIFIER, _QA_OUTPUTS)
+
+# Why Llama-style attention scores are not captured from the projections.
+ROTARY_CAPTURE_REFUSAL = (
+    "its attention rotates queries and keys by position (RoPE) after the q/k projections, and its key/value "
+    "heads are shared by groups of query heads, so the projections' outputs are not the scores it attends with"
+)
+ROTARY_WHOLE_HEADS = (
+    "RoPE rotates pairs of channels spread across each head's dimension, so a subset of a head's channels "
+    "is no longer a rotary head — keep head_dim at the teacher's and extract fewer heads instead"
 )
 
 
@@ -174,6 +215,50 @@ _register(
         "layers does not remove parameters",
     ),
     "ALBERT: one shared layer block, factorized embeddings (counted once in sizes)",
+)
+_register(
+    Family(
+        "gpt2",
+        ("gpt2",),
+        title="GPT-2",
+        layers="h",
+        layer=GPT2_LAYER,
+        embeddings="",
+        embedding_tables=("wte", "wpe"),
+        position_table="wpe",
+        embedding_norm=None,
+        final_norm="ln_f",
+        task_heads=DECODER_HEADS,
+        intermediate_field="n_inner",
+        default_ffn_multiple=4,
+        uses_token_type_ids=False,
+        every_token_heads=("score",),
+    ),
+    "GPT-2: pre-LN decoder, fused q/k/v Conv1D, learned positions, LM head tied to the token embeddings",
+)
+_register(
+    Family(
+        "llama",
+        ("llama", "mistral", "qwen2", "qwen3"),
+        title="Llama",
+        layers="layers",
+        layer=LLAMA_LAYER,
+        embeddings="",
+        embedding_tables=("embed_tokens",),
+        position_table=None,
+        embedding_norm=None,
+        final_norm="norm",
+        task_heads=DECODER_HEADS,
+        key_value_heads_field="num_key_value_heads",
+        head_dim_field="head_dim",
+        whole_heads_reason=ROTARY_WHOLE_HEADS,
+        per_layer_fields=("layer_types",),
+        uses_token_type_ids=False,
+        every_token_heads=("score",),
+        supports_attention_capture=False,
+        attention_capture_refusal=ROTARY_CAPTURE_REFUSAL,
+    ),
+    "Llama / Mistral / Qwen2 / Qwen3: pre-RMSNorm decoder, grouped-query attention, RoPE, gated MLP",
 )
 _register(
     # Its relative-position embeddings (encoder.rel_embeddings) have no extraction layout.

@@ -10,7 +10,8 @@ entropy and the gradient is 0).
 Shapes: B batch, L tokens, C classes, d width, h heads.
 
 The modules: `masks` (padding, pair and logits-class masks), `base` (fp32 guard, shape check,
-the match-loss registry), `kd` (logits), `hidden`, `attention` and `relation` (matches). Match
+the match-loss registry), `kd` (logits), `token_kd` (token-level divergences for language models,
+chunked over tokens, dense or sparse teacher), `hidden`, `attention` and `relation` (matches). Match
 losses register when their module is imported, hidden → attention → relation, the order the
 registry has always had.
 """
@@ -41,6 +42,17 @@ from brewer_cli.losses.kd import (
 )
 from brewer_cli.losses.masks import logits_masks
 from brewer_cli.losses.relation import minilm_value_relation, relation_kk, relation_qq, relation_vv
+from brewer_cli.losses.token_kd import (
+    TOKEN_KD_LOSSES,
+    forward_kl,
+    jsd,
+    reverse_kl,
+    skew_kl,
+    skew_reverse_kl,
+    total_variation,
+    trim_to_vocabulary,
+    vocabularies_differ,
+)
 
 __all__ = [
     "KD_LOSSES",
@@ -48,6 +60,7 @@ __all__ = [
     "Logits",
     "MatchLoss",
     "SOFTMAX_KD_LOSSES",
+    "TOKEN_KD_LOSSES",
     "Temperature",
     "attention_ce",
     "attention_ce_mean",
@@ -55,8 +68,10 @@ __all__ = [
     "attention_mse_sum",
     "attention_scores_from_inputs",
     "cosine_loss",
+    "forward_kl",
     "fsp_loss",
     "hidden_mse",
+    "jsd",
     "kd_cross_entropy",
     "kd_kl_divergence",
     "kd_loss",
@@ -71,6 +86,12 @@ __all__ = [
     "relation_kk",
     "relation_qq",
     "relation_vv",
+    "reverse_kl",
+    "skew_kl",
+    "skew_reverse_kl",
     "tinybert_attention",
     "tinybert_hidden",
+    "total_variation",
+    "trim_to_vocabulary",
+    "vocabularies_differ",
 ]

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from brewer_cli.features import SparseLogits
 from brewer_cli.losses.base import check_same_shape
 from brewer_cli.losses.masks import EXCLUDED, logits_masks, masked_mean
 from brewer_cli.registry import Registry
@@ -19,8 +20,8 @@ KD_LOSSES: Registry[Callable[..., torch.Tensor]] = Registry("KD loss")
 
 # The KD losses that compare softmax distributions over the classes. With one logit (a regression
 # head) the softmax is the constant 1, so these losses are 0 with zero gradient: validation refuses
-# them for a one-logit task (distillers/basic.py).
-SOFTMAX_KD_LOSSES = frozenset({"ce", "kl"})
+# them for a one-logit task (distillers/basic.py). The token KD losses (token_kd.py) are all of them.
+SOFTMAX_KD_LOSSES = frozenset({"ce", "kl", "forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv"})
 
 
 def _row_temperature(temperature: Temperature, row_shape: torch.Size, device: torch.device) -> torch.Tensor:
@@ -83,6 +84,11 @@ def _kd(
     mask: torch.Tensor | None,
     temperature_squared: bool,
 ) -> torch.Tensor:
+    if isinstance(teacher_logits, SparseLogits):
+        raise ValueError(
+            "a sparse teacher (top-k log-probabilities from a store) needs a token KD loss that reads them — "
+            "forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl or tv; ce, kl and mse read dense logits"
+        )
     check_same_shape("KD logits", student_logits, teacher_logits)
     row_mask, class_mask = logits_masks(student_logits, mask)
     with torch.autocast(device_type=student_logits.device.type, enabled=False):  # see base.full_precision
@@ -151,7 +157,8 @@ def kd_loss(
     """
     if isinstance(loss, str):
         loss = KD_LOSSES.get(loss)
-    if isinstance(student_logits, torch.Tensor) != isinstance(teacher_logits, torch.Tensor):
+    # A sparse teacher (SparseLogits) stands for one head of dense logits.
+    if isinstance(student_logits, torch.Tensor) != isinstance(teacher_logits, (torch.Tensor, SparseLogits)):
         raise ValueError("student and teacher logits must both be tensors or both be tuples of heads")
     if isinstance(student_logits, torch.Tensor):
         if isinstance(temperature, (tuple, list)):

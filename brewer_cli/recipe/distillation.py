@@ -98,6 +98,8 @@ class DistillationSpec(Strict):
     can_be_a_stage: ClassVar[bool] = False
     # Distills from intermediate features alone, with no logits (general distillation on unlabeled text).
     learns_without_logits: ClassVar[bool] = False
+    # The task kinds this kind can distill (empty: any): generating completions needs a language model.
+    only_for_tasks: ClassVar[tuple[str, ...]] = ()
 
 
 class TrainerDistillation(DistillationSpec):
@@ -119,12 +121,43 @@ class BasicDistillation(DistillationSpec):
     hard_label_weight: float = Field(default=0.0, ge=0)
     hard_label_weight_schedule: WeightScheduleName = "constant"
     probability_shift: bool = False
+    jsd_beta: float = Field(
+        default=0.5,
+        description="β of kd_loss jsd, 0 < β < 1: β·KL(p_T ‖ m) + (1−β)·KL(p_S ‖ m), m = β·p_T + (1−β)·p_S "
+        "(GKD/TRL); near 0 it acts as forward KL, near 1 as reverse KL",
+    )
+    skew_alpha: float = Field(
+        default=0.1,
+        description="α of kd_loss skew_kl, KL(p_T ‖ α·p_T + (1−α)·p_S), and skew_reverse_kl, "
+        "KL(p_S ‖ α·p_S + (1−α)·p_T) (DistiLLM), 0 ≤ α < 1; 0 is plain forward / reverse KL",
+    )
     teacher_cache: Literal["auto", "off", "memory", "disk"] = Field(
         default="auto",
         description="keep the frozen teacher's outputs from the first time an example is seen (brewer_cli.teacher_cache): "
         "logits in memory, the matches' features in fp16 in memory or in a memory-mapped file; auto: memory when they "
         "fit 2 GiB, else disk, off for runs of one epoch or less",
     )
+
+    @field_validator("jsd_beta")
+    @classmethod
+    def _open_unit_interval(cls, value: float) -> float:
+        # At β = 0 and β = 1 the mixture is one of the two distributions and JSD(β) is 0 for every input.
+        if not 0 < value < 1:
+            raise ValueError(
+                f"{value} is outside 0 < β < 1 — at 0 and 1 JSD(β) is 0 whatever the student does; its limits are "
+                f"other losses: kd_loss forward_kl (β → 0) or reverse_kl (β → 1)"
+            )
+        return value
+
+    @field_validator("skew_alpha")
+    @classmethod
+    def _skew_range(cls, value: float) -> float:
+        if not 0 <= value < 1:
+            raise ValueError(
+                f"{value} is outside 0 ≤ α < 1 — α is the share of the target's own distribution in the mixture, "
+                f"and at α = 1 the skew KL is 0 whatever the student does; α = 0 is plain KL"
+            )
+        return value
 
 
 class GeneralDistillation(BasicDistillation):
@@ -171,8 +204,97 @@ class MultiTaskDistillation(BasicDistillation):
     teacher_cache: Literal["off"] = Field(default="off", description="multi_task runs its teachers on every batch")  # type: ignore[assignment]
 
 
+class GenerationSpec(Strict):
+    """How completions are generated (transformers `generate`): greedy unless `sample`, then with
+    `temperature`, `top_p` and `top_k` (0: no top-k cut), from a generator seeded by `seed`."""
+
+    max_new_tokens: int = Field(default=64, ge=1, description="the most tokens a completion may have")
+    sample: bool = Field(default=False, description="sample (temperature, top_p, top_k) instead of greedy decoding")
+    temperature: float = Field(default=1.0, gt=0, description="sampling temperature (not the KD temperature)")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling: keep the smallest set of tokens with this mass")
+    top_k: int = Field(default=0, ge=0, description="keep the k most likely tokens; 0 keeps all")
+    seed: int | None = Field(default=None, description="the sampling seed (default: training.seed)")
+    prompt_tokens: int | None = Field(
+        default=None, ge=1, description="plain text has no prompts: continue the first N tokens of each example instead"
+    )
+
+    @model_validator(mode="after")
+    def _sampling_settings_need_sampling(self) -> GenerationSpec:
+        # Greedy decoding takes the arg-max: these would be silently ignored.
+        ignored = [
+            f"{name}: {getattr(self, name)}"
+            for name, default in (("temperature", 1.0), ("top_p", 1.0), ("top_k", 0))
+            if getattr(self, name) != default
+        ]
+        if not self.sample and ignored:
+            raise ValueError(
+                f"{', '.join(ignored)} only act when sampling, but `sample` is false (greedy decoding) — set `sample: true`, "
+                f"or remove {'them' if len(ignored) > 1 else 'it'}"
+            )
+        return self
+
+
+class SampledGenerationSpec(GenerationSpec):
+    """`generation` of on-policy distillation, which samples unless told otherwise."""
+
+    sample: bool = Field(default=True, description="sample (temperature, top_p, top_k) instead of greedy decoding")
+
+
+class SequenceKDDistillation(BasicDistillation):
+    """Sequence-level KD (Kim & Rush 2016): the teacher generates a completion for every training
+    prompt, once (cached on disk under a fingerprint of the teacher, tokenizer, prompts and
+    `generation`), and the student trains on prompt + teacher completion: the data cross-entropy on
+    the completion tokens (`hard_label_weight`), optionally with token KD against the teacher on
+    those tokens (`kd_weight`, `kd_loss`)."""
+
+    can_be_a_stage: ClassVar[bool] = False
+    only_for_tasks: ClassVar[tuple[str, ...]] = ("causal_lm",)
+
+    kind: Literal["sequence_kd"]  # type: ignore[assignment]
+    temperature: float = Field(default=1.0, gt=0)
+    kd_loss: KDLossName = "forward_kl"
+    kd_weight: float = Field(default=0.0, ge=0, description="token KD on the teacher's completions (0: sequence-level only)")
+    hard_label_weight: float = Field(default=1.0, ge=0, description="cross-entropy on the teacher's completion tokens")
+    generation: GenerationSpec = GenerationSpec()
+    generation_cache: str | None = Field(
+        default=None,
+        description="where the teacher's completions are kept (default: $BREWER_CACHE, else ~/.cache/brewer, /sequence_kd)",
+    )
+    # The training examples are the generated ones; the teacher runs on each batch when kd_weight > 0.
+    teacher_cache: Literal["off"] = Field(default="off", description="sequence_kd runs its teacher on every batch")  # type: ignore[assignment]
+
+
+class OnPolicyDistillation(BasicDistillation):
+    """On-policy distillation (GKD, Agarwal et al. 2024): with probability `student_data_fraction`
+    (GKD's λ) a batch's completions are sampled from the student for its prompts, the teacher
+    scores prompt + sample, and the loss is `kd_loss` over the sampled completion tokens only;
+    otherwise the batch's own completions are used (λ = 0 is supervised token KD). The draws and
+    the samples come from generators seeded by (seed, step), so a run is reproducible and a
+    resumed run equals an uninterrupted one."""
+
+    can_be_a_stage: ClassVar[bool] = False
+    only_for_tasks: ClassVar[tuple[str, ...]] = ("causal_lm",)
+
+    kind: Literal["on_policy"]  # type: ignore[assignment]
+    # GKD's defaults: the divergence at τ = 1, generalized JSD with β = 0.5 (`jsd_beta`).
+    temperature: float = Field(default=1.0, gt=0)
+    kd_loss: KDLossName = "jsd"
+    student_data_fraction: float = Field(
+        default=0.5, ge=0, le=1, description="λ: the share of batches whose completions the student samples (TRL's lmbda)"
+    )
+    generation: SampledGenerationSpec = SampledGenerationSpec()
+    # Student samples change every batch: nothing the teacher says about them can be kept.
+    teacher_cache: Literal["off"] = Field(default="off", description="on_policy runs its teacher on every batch")  # type: ignore[assignment]
+
+
 Distillation = Annotated[
-    TrainerDistillation | BasicDistillation | GeneralDistillation | MultiTeacherDistillation | MultiTaskDistillation,
+    TrainerDistillation
+    | BasicDistillation
+    | GeneralDistillation
+    | MultiTeacherDistillation
+    | MultiTaskDistillation
+    | SequenceKDDistillation
+    | OnPolicyDistillation,
     Field(discriminator="kind"),
 ]
 

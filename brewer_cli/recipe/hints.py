@@ -51,6 +51,9 @@ TRAINER_ELSEWHERE: dict[str, tuple[str, str | None]] = {
     "push_to_hub": ("a `hub: {repo_id: …}` section", "hub"),
     "hub_model_id": ("`hub.repo_id`", "hub"),
     "hub_private_repo": ("`hub.private`", "hub"),
+    # TRL's GKDConfig.
+    "lmbda": ("`distillation.student_data_fraction` (kind on_policy)", "distillation"),
+    "seq_kd": ("`distillation.kind: sequence_kd`", "distillation"),
 }
 # Fields that have a home section, for a key written elsewhere (`learning_rate` at the top level).
 SECTIONS_OF_FIELDS: tuple[tuple[str, type[BaseModel]], ...] = (

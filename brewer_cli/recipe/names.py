@@ -62,6 +62,22 @@ _LABEL = Column("label", "label")
 TASK_NAMES = _names(
     "task",
     (
+        "causal_lm",
+        "decoder language modelling: plain text packed into blocks, prompt/completion pairs or chat `messages` "
+        "(chat template); the loss and KD count completion tokens only. Metrics: perplexity, token accuracy; "
+        "greedy generations of eval prompts in summary.json",
+        # No `text` column: data.text has a default that a run's resolved recipe writes out, and a
+        # prompt/completion or chat data set has no such column (the reader checks it for plain text).
+        Named(
+            columns=(
+                Column("prompt", None, False),
+                Column("completion", None, False),
+                Column("messages", None, False),
+            ),
+            plain_text_files=True,
+        ),
+    ),
+    (
         "masked_lm",
         "general distillation over unlabeled text (one document or sentence per line, or a column), no labels: "
         "bare encoders, intermediate matches only. Measure: the distillation loss on the eval split",
@@ -112,6 +128,18 @@ DISTILLER_NAMES = _names(
         "optional matches against one teacher",
         Named(),
     ),
+    (
+        "on_policy",
+        "on-policy KD for causal LMs (GKD): with probability student_data_fraction (λ) a batch's completions are "
+        "sampled from the student and the teacher scores them, kd_loss on the sampled tokens; else token KD on the data",
+        Named(),
+    ),
+    (
+        "sequence_kd",
+        "sequence-level KD for causal LMs (Kim & Rush): the student trains on the teacher's completions of the "
+        "training prompts (generated once, cached), cross-entropy + optional token KD",
+        Named(),
+    ),
     ("trainer", "supervised training of `model` on the labels (teacher fine-tuning)", Named()),
 )
 
@@ -120,6 +148,27 @@ KD_LOSS_NAMES = _names(
     ("ce", "cross-entropy to the teacher's softened distribution (TextBrewer's default)", Named()),
     ("kl", "KL divergence teacher ‖ student on softened distributions", Named()),
     ("mse", "mean squared error between temperature-scaled logits", Named()),
+    ("forward_kl", "KL(p_T ‖ p_S) per token, chunked over tokens; dense or sparse teacher", Named()),
+    (
+        "jsd",
+        "generalized JSD(β) = β·KL(p_T ‖ m) + (1−β)·KL(p_S ‖ m), m = β·p_T + (1−β)·p_S, β = distillation.jsd_beta "
+        "in (0, 1) (GKD/TRL; → β·forward KL as β → 0, (1−β)·reverse KL as β → 1); chunked; dense or sparse teacher",
+        Named(),
+    ),
+    ("reverse_kl", "KL(p_S ‖ p_T) per token (mode-seeking, MiniLLM), chunked; dense or sparse teacher", Named()),
+    (
+        "skew_kl",
+        "skew KL(p_T ‖ α·p_T + (1−α)·p_S), α = distillation.skew_alpha in [0, 1) (DistiLLM; α = 0 is forward KL); "
+        "chunked; dense or sparse teacher",
+        Named(),
+    ),
+    (
+        "skew_reverse_kl",
+        "skew reverse KL(p_S ‖ α·p_S + (1−α)·p_T), α = distillation.skew_alpha in [0, 1) (DistiLLM; α = 0 is reverse "
+        "KL); chunked; dense or sparse teacher",
+        Named(),
+    ),
+    ("tv", "total variation ½·Σ|p_T − p_S| per token, chunked; dense or sparse teacher", Named()),
 )
 
 _RELATION = (
@@ -257,6 +306,12 @@ SYNTHETIC_DATASET_NAMES = _names(
         "movie-review sentences with negation, contrast and distractor clauses; labels positive/negative, 3% noise",
         Named(),
     ),
+    (
+        "review_verdicts",
+        "the negation_sentiment reviews as prompt/completion pairs for causal LMs: prompt the review, completion its "
+        "verdict and the clause it rests on; `text` holds both",
+        Named(),
+    ),
 )
 
 FAMILY_NAMES = _names(
@@ -266,6 +321,16 @@ FAMILY_NAMES = _names(
     ("deberta-v2", "DeBERTa-v2/v3: disentangled attention; hidden-state and logit losses only", Named(("deberta-v2",))),
     ("distilbert", "DistilBERT: 6-layer BERT without token types or pooler", Named(("distilbert",))),
     ("electra", "ELECTRA discriminators (embeddings projected to the hidden width when smaller)", Named(("electra",))),
+    (
+        "gpt2",
+        "GPT-2: pre-LN decoder, fused q/k/v Conv1D, learned positions, LM head tied to the token embeddings",
+        Named(("gpt2",)),
+    ),
+    (
+        "llama",
+        "Llama / Mistral / Qwen2 / Qwen3: pre-RMSNorm decoder, grouped-query attention, RoPE, gated MLP",
+        Named(("llama", "mistral", "qwen2", "qwen3")),
+    ),
     ("roberta", "RoBERTa / CamemBERT: BPE vocabulary, no token types", Named(("roberta", "camembert"))),
     ("xlm-roberta", "XLM-RoBERTa: multilingual RoBERTa with a SentencePiece vocabulary", Named(("xlm-roberta",))),
 )

@@ -179,6 +179,15 @@ class Recipe(Strict):
             problems.extend((name, "required field is missing") for name in ("task", "data") if getattr(self, name) is None)
         if self.stages is not None:
             problems.extend(self._stage_problems())
+        only = distillation.only_for_tasks
+        if only and isinstance(self.task, TaskSpec) and self.task.kind not in only:
+            problems.append(
+                (
+                    "distillation.kind",
+                    f"kind `{kind}` generates completions with a language model, so it distills task "
+                    f"{' or '.join(only)} only, not {self.task.kind} — set `task.kind: {only[0]}`, or use kind basic",
+                )
+            )
         for name, entry in (self.tasks or {}).items():
             if entry.data.augment is not None:
                 problems.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -25,6 +25,10 @@ class TaskSpec(Strict):
     n_best: int | None = Field(default=None, ge=1)
     version_2_with_negative: bool | None = None
     label_all_tokens: bool | None = None
+    generations: int | None = Field(
+        default=None, ge=0, description="causal_lm: greedy generations of eval prompts in summary.json (default 3; 0: none)"
+    )
+    max_new_tokens: int | None = Field(default=None, ge=1, description="causal_lm: tokens per eval generation (default 32)")
 
 
 class DataSource(Strict):
@@ -115,6 +119,18 @@ class DataSpec(Strict):
     question: str | None = None
     context: str | None = None
     answers: str | None = None
+    # causal_lm: which columns hold the text (plain `text`, or a prompt and its completion, or chat
+    # `messages`); the loss counts completion (assistant) tokens only when there is a prompt.
+    prompt: str | None = Field(default=None, description="causal_lm: the prompt column (with data.completion)")
+    completion: str | None = Field(default=None, description="causal_lm: the completion column (with data.prompt)")
+    messages: str | None = Field(
+        default=None, description="causal_lm: a column of chat messages [{role, content}], rendered by the chat template"
+    )
+    packing: bool = Field(
+        default=True,
+        description="causal_lm plain text: pack documents (EOS after each) into blocks of max_length tokens; "
+        "false: one example per document, truncated",
+    )
 
 
 # ----------------------------------------------------------------------------- models
@@ -205,11 +221,22 @@ class ExtractSpec(Strict):
     heads: int | None = Field(default=None, ge=1)
     head_dim: int | None = Field(default=None, ge=1)
     intermediate: int | None = Field(default=None, ge=1)
-    strategy: Literal["random", "importance"] = "importance"
-    hidden_scoring: Literal["taylor", "activation"] = "taylor"
+    key_value_heads: int | None = Field(
+        default=None,
+        ge=1,
+        description="grouped-query teachers (Llama): key/value groups kept, each with heads/groups query heads",
+    )
+    strategy: Literal["random", "importance", "activation"] = Field(
+        default="importance",
+        description="importance: Taylor scores on the task loss (ETD-Impt); activation: every head, neuron and channel "
+        "ranked by its mean |activation| (Minitron); random: seeded subsets (ETD-Rand)",
+    )
+    hidden_scoring: Literal["taylor", "activation"] = Field(
+        default="taylor", description="strategy importance only: how hidden channels are ranked (activation: hidden states)"
+    )
     rounds: int = Field(default=1, ge=1)
     seed: int = 0
-    examples: int = Field(default=256, ge=1, description="importance: examples scored")
+    examples: int = Field(default=256, ge=1, description="importance/activation: examples scored")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
@@ -236,13 +263,17 @@ class ModelSpec(Strict):
     config: str | dict[str, Any] | None = None
     init: InitSpec | None = None
     tokenizer: TokenizerSpec | None = None
+    # Where a model may come from; a teacher may also be a store of its logits (TeacherSpec).
+    origins: ClassVar[tuple[str, ...]] = ("checkpoint", "config", "init")
 
     @model_validator(mode="after")
     def _one_origin(self) -> ModelSpec:
-        origins = [name for name in ("checkpoint", "config", "init") if getattr(self, name) is not None]
+        origins = [name for name in self.origins if getattr(self, name) is not None]
         if len(origins) != 1:
+            names = [f"`{name}`" for name in self.origins]
             raise ValueError(
-                "give exactly one of `checkpoint`, `config` or `init`" + (f" (found {', '.join(origins)})" if origins else "")
+                f"give exactly one of {', '.join(names[:-1])} or {names[-1]}"
+                + (f" (found {', '.join(origins)})" if origins else "")
             )
         return self
 
@@ -353,9 +384,47 @@ class TeacherTraining(Strict):
 
 class TeacherSpec(ModelSpec):
     train: TeacherTraining | None = None
+    store: str | None = Field(
+        default=None,
+        description="a directory written by `brewer capture`: the teacher's top-k next-token distributions, read in "
+        "place of a teacher model (kind basic, causal_lm)",
+    )
+    tail: Literal["zero", "uniform"] = Field(
+        default="zero",
+        description="with `store`: the teacher's mass outside its top k — zero: dropped (the top k renormalized to "
+        "sum to 1), uniform: spread evenly over the other token ids",
+    )
+    origins: ClassVar[tuple[str, ...]] = ("checkpoint", "config", "init", "store")
+    # Placement (brewer_cli/families/placement.py): a large teacher may sit on another device than
+    # the student, and run in half precision while the student keeps fp32 master weights.
+    device: str = Field(
+        default="auto",
+        description="where the teacher runs: auto (the training device), cpu, cuda or cuda:N; its inputs are moved "
+        "there and its outputs back to the student's device",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="the teacher's weights as loaded: auto (as saved; float32 when the checkpoint says nothing), "
+        "float32, bfloat16 or float16 — the student trains in fp32 whatever this is",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(
+                f"{value!r} is not a device brewer places a teacher on — use auto, cpu, cuda or cuda:N (e.g. cuda:1)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _train_target(self) -> TeacherSpec:
+        if self.store is not None and self.train is not None:
+            raise ValueError("a teacher read from a `store` is not trained: remove `train`, or give `checkpoint`")
+        # The default may be written back by derived recipes (stages, the resolved recipe), so only a
+        # tail other than the default tells that the user meant a store.
+        if self.store is None and self.tail != "zero":
+            raise ValueError("`tail` says how a teacher `store` spreads its remaining mass: it needs `store`")
         if self.train is not None:
             if self.checkpoint is None:
                 raise ValueError("`train` needs `checkpoint`: the directory the trained teacher is written to")

@@ -11,15 +11,21 @@ Figures and their definitions:
   Every parameter belongs to one part, decided by its module path: *embeddings* (lookup tables,
   their LayerNorm and any factorized-embedding projection such as ALBERT's
   `embedding_hidden_mapping_in` or ELECTRA's `embeddings_project`), *encoder* (the transformer
-  layers and a final norm), *head* (the pooler and everything outside the base model).
-- "Excluding output layers" = embeddings + encoder: the pooler and the task head are left out.
+  layers, of an encoder or a decoder), *final_norm* (a registered pre-LN decoder's norm after the
+  last layer: GPT-2's ln_f, Llama's norm; 0 for encoders), *head* (the pooler and everything outside
+  the base model; a decoder's LM head tied to the token embeddings is that one matrix, counted once
+  with the embeddings).
+- "Excluding output layers" = embeddings + encoder + final norm: the pooler and the task head are
+  left out.
   This is the figure TextBrewer's Table 3 reports. (The paper's numbers are reproduced to within
   0.35M with the cased BERT vocabulary of 28996 tokens its English experiments used; with the
   uncased 30522-token vocabulary T6 and T3 come out 1.4M and 1.1M larger.)
 - FLOPs per example at `seq_len` tokens are analytic: 2 × the multiply-adds of every matrix
   product: per layer the Q/K/V/O projections, QKᵀ and attention·V, the feed-forward block
   (three matrices when gated, as in Llama), plus factorized-embedding projections and the head
-  (which reads one pooled token for sequence classification). Not counted: embedding lookups,
+  (which reads one pooled token for an encoder's sequence classification; a decoder's LM head
+  and its `score` head multiply every token, over the whole vocabulary for the LM head; GQA's
+  key/value projections are num_key_value_heads × head_dim wide). Not counted: embedding lookups,
   softmax, LayerNorm, activations, biases, residual additions, masking, rotary or relative
   position terms (DeBERTa's disentangled attention). This is what
   `torch.utils.flop_counter.FlopCounterMode` reports for the eager attention implementation; on

@@ -1,7 +1,7 @@
 """Figures of one model: architecture summary, parameters by part, analytic FLOPs, disk size and,
 when asked, latency. Where each part of a model lives is the family's knowledge
-(brewer_cli/families): a registered family answers from its declared layout, any other model
-(GPT-2, Llama, a BiGRU student) from the generic layout there."""
+(brewer_cli/families): a registered family (GPT-2 and Llama among them) answers from its declared layout, any other model
+(OPT, a BiGRU student) from the generic layout there."""
 
 from __future__ import annotations
 

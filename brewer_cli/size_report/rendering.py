@@ -108,7 +108,10 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
         _format_ratio(comparison and comparison["parameters_smaller_by"], "smaller"),
     )
     add("  embeddings", [_format_count(count["embeddings"]) for count in parameters])
-    add("  encoder", [_format_count(count["encoder"]) for count in parameters])
+    add("  layers (encoder/decoder)", [_format_count(count["encoder"]) for count in parameters])
+    # Only pre-LN decoders have a norm after the last layer; encoder tables keep their rows.
+    if any(count.get("final_norm") for count in parameters):
+        add("  final norm", [_format_count(count.get("final_norm", 0)) for count in parameters])
     add("  head (incl. pooler)", [_format_count(count["head"]) for count in parameters])
     add(
         "excluding output layers",

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from brewer_cli.registry import Registry
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
+from brewer_cli.tasks.causal_lm import CausalLM
 from brewer_cli.tasks.general_corpus import GeneralCorpus
 from brewer_cli.tasks.question_answering import QuestionAnswering
 from brewer_cli.tasks.sequence_classification import SequenceClassification
 from brewer_cli.tasks.token_classification import TokenClassification
 
 TASKS: Registry[type[Task]] = Registry("task")
+TASKS.add(
+    "causal_lm",
+    CausalLM,
+    "decoder language modelling: plain text packed into blocks, prompt/completion pairs or chat `messages` "
+    "(chat template); the loss and KD count completion tokens only. Metrics: perplexity, token accuracy; "
+    "greedy generations of eval prompts in summary.json",
+)
 TASKS.add(
     "sequence_classification",
     SequenceClassification,

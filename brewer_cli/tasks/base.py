@@ -100,6 +100,11 @@ class Task(ABC):
     scored_by_pretraining_objective: bool = False
     # compute_metrics writes its predictions into the `output_dir` it is given (QA's predictions.json).
     writes_predictions: bool = False
+    # A few greedy generations of fixed eval prompts go into summary.json (`generations`): decoder LMs.
+    generates_text: bool = False
+    # `distillation.teacher_cache: auto` may keep the teacher's logits: false where they are dense
+    # over a vocabulary per token (L × V per example) — a causal LM's; `brewer capture` keeps them sparse.
+    caches_teacher_logits: bool = True
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
@@ -167,9 +172,17 @@ class Task(ABC):
     ) -> dict[str, Any]:
         """Metrics from the eval loop's per-batch predictions and the examples' indices."""
 
-    def prediction_of(self, logits: Any) -> Any:
-        """What the eval loop keeps from a batch's logits (moved to CPU)."""
+    def prediction_of(self, logits: Any, batch: dict[str, torch.Tensor]) -> Any:
+        """What the eval loop keeps from a batch's logits, computed on each process BEFORE the
+        predictions are gathered across processes (then moved to CPU): a task reduces here what it
+        need not keep whole — token-level arg-max, or a language model's per-example loss sums
+        instead of (B, L, vocabulary) logits. A tensor of two or more dimensions may differ in its
+        second dimension between processes (it is padded there to gather)."""
         return logits
+
+    def generations(self, model: Any, tokenizer: Any, data: PreparedData) -> list[dict[str, str]]:
+        """Greedy completions of a few fixed eval prompts, for summary.json (`generates_text`)."""
+        return []
 
 
 def split_as_written(recipe: Recipe, field: str) -> str:

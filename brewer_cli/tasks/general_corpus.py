@@ -118,7 +118,7 @@ class GeneralCorpus(Task):
 
     # Both are reached only by evaluating a model alone (`brewer eval`), which this task cannot do.
 
-    def prediction_of(self, logits: Any) -> Any:
+    def prediction_of(self, logits: Any, batch: Any) -> Any:
         raise _no_metric_of_its_own(self.name)
 
     def compute_metrics(self, predictions, indices, data: PreparedData, output_dir=None) -> dict[str, Any]:

@@ -344,7 +344,9 @@ class QuestionAnswering(Task):
 
     # -- evaluation -----------------------------------------------------------------------------
 
-    def prediction_of(self, logits: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def prediction_of(
+        self, logits: tuple[torch.Tensor, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return logits[0].float(), logits[1].float()
 
     def compute_metrics(self, predictions, indices, data: PreparedData, output_dir=None) -> dict[str, Any]:

@@ -133,7 +133,7 @@ class SequenceClassification(Task):
 
     # -- evaluation -----------------------------------------------------------------------------
 
-    def prediction_of(self, logits: torch.Tensor) -> torch.Tensor:
+    def prediction_of(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return logits.float()
 
     def compute_metrics(self, predictions, indices, data: PreparedData, output_dir=None) -> dict[str, Any]:

@@ -262,7 +262,7 @@ class TokenClassification(Task):
 
     # -- evaluation -----------------------------------------------------------------------------
 
-    def prediction_of(self, logits: torch.Tensor) -> torch.Tensor:
+    def prediction_of(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # Only the arg-max is needed: (B, L) instead of (B, L, C) kept for the whole eval set.
         return logits.argmax(dim=-1)
 

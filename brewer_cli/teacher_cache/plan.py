@@ -63,6 +63,15 @@ def plan_cache(distiller: Any, total_steps: int, steps_per_epoch: int, processes
         return CachePlan("off", requested, f"kind {distiller.kind} does not cache teacher outputs")
     if requested == "off":
         return CachePlan("off", requested, "distillation.teacher_cache: off")
+    # A multi-task run's group of tasks declares nothing: its tasks' logits are small.
+    if requested == "auto" and not getattr(distiller.task, "caches_teacher_logits", True):
+        return CachePlan(
+            "off",
+            requested,
+            f"task {distiller.task.name}: the teacher's logits are dense over the vocabulary at every token (L × V per "
+            f"example: 128 tokens × 150k ids in fp32 = 77 MB) — keep its top-k instead with `brewer capture` and "
+            f"`teacher: {{store: DIR}}`",
+        )
     layouts = tuple(probe_layout(distiller, read) for read in reads)
     data = distiller.data.train
     logits_bytes = feature_bytes = 0
