@@ -184,6 +184,8 @@ def _manifest_fields(recipe: Recipe, teacher: Any, train: Any) -> dict[str, Any]
             "path": path,
             "revision": getattr(teacher.model.config, "_commit_hash", None),
             "weights_hash": weights_hash(teacher.model),
+            # The dtype the weights were hashed in (teacher.dtype): a reload compares in it.
+            "dtype": str(next(teacher.model.parameters()).dtype).removeprefix("torch."),
             "parameters": parameter_count(teacher.model),
             "model_type": teacher.model.config.model_type,
         },

@@ -25,7 +25,7 @@ from torch import nn
 
 from brewer_cli.errors import CheckpointError, ResourceError
 from brewer_cli.models import save_tokenizer
-from brewer_cli.sharding import is_sharded, load_full_optimizer_state, load_full_state
+from brewer_cli.sharding import is_sharded, load_full_optimizer_state, load_full_state, optimizer_state_by_name
 
 
 @dataclass
@@ -341,6 +341,12 @@ def load_latest_checkpoint(
     if (latest / OPTIMIZER_BY_NAME).is_file():
         # Written by a sharded run; loads into a sharded or a whole distiller alike.
         load_full_optimizer_state(distiller, optimizer, torch.load(latest / OPTIMIZER_BY_NAME, weights_only=True))
+    elif sharded:
+        # Written by an unsharded run (one process, DDP): whole moments by position, which
+        # optimizer.load_state_dict would put in place of the DTensor shards. By name, each process
+        # keeps its shard, as from a sharded run's checkpoint.
+        whole = torch.load(latest / "optimizer.pt", weights_only=True, map_location="cpu")
+        load_full_optimizer_state(distiller, optimizer, optimizer_state_by_name(distiller, optimizer, whole, str(latest)))
     else:
         # Several CPU processes run on device "cpu:0", which torch.load cannot map storages to.
         location = "cpu" if torch.device(device).type == "cpu" else device

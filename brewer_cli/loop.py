@@ -73,7 +73,9 @@ class TrainingLoop:
         # Loss terms summed on the device since the last log line: reading them (float()) waits
         # for the device, so that happens only when a line is logged, not on every step.
         self.running: dict[str, torch.Tensor] = {}
-        self.count = 0  # micro-batches in `running`
+        # Micro-batches in `running`, per term: a term some micro-batches lack (on_policy's
+        # hard_label, absent from sampled batches) is averaged over those that have it.
+        self.counts: dict[str, int] = {}
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -159,9 +161,9 @@ class TrainingLoop:
         save_every = self.training.save_every or eval_every
         # `pending`: the current optimizer step's loss terms, added to `running` once the step is
         # taken (a skipped batch's are left out).
-        self.running, self.count = {}, 0
+        self.running, self.counts = {}, {}
         pending: dict[str, torch.Tensor] = {}
-        pending_count = 0
+        pending_counts: dict[str, int] = {}
         finished = self.state.step >= total_steps
         distiller.train()
         while not finished:
@@ -191,7 +193,7 @@ class TrainingLoop:
                     optimizer.zero_grad(set_to_none=True)
                 for name, value in parts.items():
                     pending[name] = pending[name] + value.detach() if name in pending else value.detach()
-                pending_count += 1
+                    pending_counts[name] = pending_counts.get(name, 0) + 1
                 if not accelerator.sync_gradients:
                     continue
                 # A skipped batch still counts as a step: the schedule and the step counter move on,
@@ -204,9 +206,9 @@ class TrainingLoop:
                 else:
                     for name, value in pending.items():
                         self.running[name] = self.running[name] + value if name in self.running else value
-                    self.count += pending_count
+                        self.counts[name] = self.counts.get(name, 0) + pending_counts[name]
                 guard.end_step(step, accelerator.optimizer_step_was_skipped)
-                pending, pending_count = {}, 0
+                pending, pending_counts = {}, {}
                 learning_rate = scheduler.get_last_lr()[0]
                 last = step >= total_steps
                 if step % self.training.log_every == 0 or last:
@@ -265,8 +267,8 @@ class TrainingLoop:
 
     def _window_averages(self) -> dict[str, float]:
         """The loss terms' averages since the last log line (reads the device), and a new window."""
-        averages = {name: float(value) / max(self.count, 1) for name, value in self.running.items()}
-        self.running, self.count = {}, 0
+        averages = {name: float(value) / max(self.counts.get(name, 0), 1) for name, value in self.running.items()}
+        self.running, self.counts = {}, {}
         return averages
 
     def _stop_signal(self) -> int:

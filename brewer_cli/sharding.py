@@ -30,7 +30,7 @@ import torch
 from accelerate.utils import DistributedType
 from torch import nn
 
-from brewer_cli.errors import BrewerError
+from brewer_cli.errors import BrewerError, CheckpointError
 
 # Set by `accelerate launch` when its configuration asks for FSDP.
 FSDP_REQUESTED = "ACCELERATE_USE_FSDP"
@@ -89,6 +89,42 @@ def load_full_optimizer_state(model: nn.Module, optimizer: Any, state: dict[str,
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, _unwrapped_optimizer(optimizer), state, options=StateDictOptions(full_state_dict=True))
+
+
+def optimizer_state_by_name(model: nn.Module, optimizer: Any, state: dict[str, Any], where: str) -> dict[str, Any]:
+    """An unsharded run's `optimizer.pt` (torch's format: parameters by their position in the param
+    groups) keyed by parameter name, as `full_optimizer_state` writes it, so that a sharded run
+    resumes from it through `load_full_optimizer_state` (each process keeps its shard of the moments).
+    A position is the same parameter in both runs: the loop builds its groups from the distiller's
+    named parameters in order, sharded or not; counts or moment shapes that differ are refused."""
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    groups = _unwrapped_optimizer(optimizer).param_groups
+    saved_groups = state["param_groups"]
+    counts = [len(group["params"]) for group in groups]
+    saved_counts = [len(group["params"]) for group in saved_groups]
+    if counts != saved_counts:
+        raise CheckpointError(
+            f"--resume: {where} holds optimizer state for parameter groups of {saved_counts} parameters, but this run's "
+            f"optimizer has groups of {counts} — the checkpoint was written for another student or another recipe"
+        )
+    by_name: dict[str, Any] = {}
+    named_groups = []
+    for group, saved_group in zip(groups, saved_groups):
+        group_names = [names[id(parameter)] for parameter in group["params"]]
+        for name, parameter, position in zip(group_names, group["params"], saved_group["params"]):
+            entry = state["state"].get(position)
+            if entry is None:
+                continue  # not stepped yet (no gradient so far): nothing to restore
+            moment = entry.get("exp_avg")
+            # A sharded parameter (DTensor) reports its whole shape, as the saved moments have it.
+            if moment is not None and tuple(moment.shape) != tuple(parameter.shape):
+                raise CheckpointError(
+                    f"--resume: {where} holds optimizer moments of shape {tuple(moment.shape)} for {name}, whose shape "
+                    f"is {tuple(parameter.shape)} — the checkpoint was written for another student"
+                )
+            by_name[name] = entry
+        named_groups.append({**saved_group, "params": group_names})
+    return {"state": by_name, "param_groups": named_groups}
 
 
 def _unwrapped_optimizer(optimizer: Any) -> Any:

@@ -20,6 +20,7 @@ from brewer_cli.families import parameter_count
 from brewer_cli.models import load_pretrained
 from brewer_cli.recipe import Recipe, stage_directory
 from brewer_cli.run import Run
+from brewer_cli.sharding import is_sharded
 from brewer_cli.size_report import summary_figures
 
 
@@ -113,12 +114,25 @@ def run_summary(
 
 def _student_generations(run: Run, result: dict[str, Any]) -> list[dict[str, str]]:
     """The generations of final/'s student: the model in memory is the last step's, so when
-    load_best_at_end made final/ an earlier (best) checkpoint, that one is loaded to generate."""
-    if result["final"]["step"] == result["steps"]:
+    load_best_at_end made final/ an earlier (best) checkpoint, that one is loaded to generate.
+
+    A student sharded by FSDP is not generated from in memory: its parameters are shards (DTensors),
+    so every forward of generate would be a collective all processes must join in lockstep, with the
+    distiller's own parameter group (embeddings, head) gathered outside the distiller's forward.
+    final/ holds it whole (the main process wrote it before the loop returned), so the main process
+    — the one that writes summary.json — loads it and generates; the other processes generate nothing."""
+    sharded = is_sharded(run.distiller)
+    if result["final"]["step"] == result["steps"] and not sharded:
         return _generations(run, run.student.model, run.student.tokenizer)
+    if sharded and not _is_main_process():
+        return []
     device = next(run.student.model.parameters()).device
     final = load_pretrained(run.task.auto_class, str(run.run_dir / "final"), f"{run.run_dir / 'final'}: ").to(device)
     return _generations(run, final, run.student.tokenizer)
+
+
+def _is_main_process() -> bool:
+    return not (distributed.is_available() and distributed.is_initialized()) or distributed.get_rank() == 0
 
 
 def _generations(run: Run, model: Any, tokenizer: Any) -> list[dict[str, str]]:

@@ -65,26 +65,32 @@ def _clause(rng: random.Random, subject: str, positive: bool, allow_negation: bo
     return " ".join(words), positive
 
 
+def _review(rng: random.Random) -> tuple[str, str, bool]:
+    """A review, the clause about the film that decides it, and its sentiment."""
+    positive = rng.random() < 0.5
+    main, _ = _clause(rng, rng.choice(TARGETS), positive)
+    form = rng.random()
+    if form < 0.3:
+        text = main
+    elif form < 0.55:
+        distractor, _ = _clause(rng, rng.choice(OTHERS), rng.random() < 0.5)
+        text = f"{distractor} but {main}" if rng.random() < 0.5 else f"{main} although {distractor}"
+    elif form < 0.8:
+        # Hearsay states the opposite of the verdict; the clause after "but" is what counts.
+        claim, _ = _clause(rng, rng.choice(TARGETS), not positive, allow_negation=False)
+        text = f"{rng.choice(HEARSAY)} {claim} but {main}"
+    else:
+        distractor, _ = _clause(rng, rng.choice(OTHERS), rng.random() < 0.5)
+        claim, _ = _clause(rng, rng.choice(TARGETS), not positive, allow_negation=False)
+        text = f"{distractor} and {rng.choice(HEARSAY)} {claim} , but {main}"
+    return text, main, positive
+
+
 def negation_sentiment(examples: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for _ in range(examples):
-        positive = rng.random() < 0.5
-        main, _ = _clause(rng, rng.choice(TARGETS), positive)
-        form = rng.random()
-        if form < 0.3:
-            text = main
-        elif form < 0.55:
-            distractor, _ = _clause(rng, rng.choice(OTHERS), rng.random() < 0.5)
-            text = f"{distractor} but {main}" if rng.random() < 0.5 else f"{main} although {distractor}"
-        elif form < 0.8:
-            # Hearsay states the opposite of the verdict; the clause after "but" is what counts.
-            claim, _ = _clause(rng, rng.choice(TARGETS), not positive, allow_negation=False)
-            text = f"{rng.choice(HEARSAY)} {claim} but {main}"
-        else:
-            distractor, _ = _clause(rng, rng.choice(OTHERS), rng.random() < 0.5)
-            claim, _ = _clause(rng, rng.choice(TARGETS), not positive, allow_negation=False)
-            text = f"{distractor} and {rng.choice(HEARSAY)} {claim} , but {main}"
+        text, _, positive = _review(rng)
         opener = rng.choice(OPENERS)
         text = f"{opener} {text}".strip()
         label = positive if rng.random() >= 0.03 else not positive
@@ -108,17 +114,7 @@ def review_verdicts(examples: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for _ in range(examples):
-        positive = rng.random() < 0.5
-        main, _ = _clause(rng, rng.choice(TARGETS), positive)
-        form = rng.random()
-        if form < 0.4:
-            review = main
-        elif form < 0.7:
-            distractor, _ = _clause(rng, rng.choice(OTHERS), rng.random() < 0.5)
-            review = f"{distractor} but {main}" if rng.random() < 0.5 else f"{main} although {distractor}"
-        else:
-            claim, _ = _clause(rng, rng.choice(TARGETS), not positive, allow_negation=False)
-            review = f"{rng.choice(HEARSAY)} {claim} but {main}"
+        review, main, positive = _review(rng)
         prompt = f"review : {review} . verdict :"
         completion = f"{'positive' if positive else 'negative'} , because {main} ."
         rows.append({"prompt": prompt, "completion": completion, "text": f"{prompt} {completion}"})

@@ -37,14 +37,19 @@ def build_tokenizer(spec: TokenizerSpec, texts: list[str], recipe: Recipe, field
     return train_wordpiece(texts, spec.train_wordpiece, generates_text)
 
 
-def own_student_tokenizer(recipe: Recipe, texts: Callable[[], list[str]]) -> Any | None:
+def own_student_tokenizer(recipe: Recipe, texts: Callable[[], list[str]], generates_text: bool = False) -> Any | None:
     """The student's own tokenizer when the recipe gives it one — `student.tokenizer` (a WordPiece
     vocabulary trained on `texts()`, called only then) or the tokenizer saved with a student
-    checkpoint — else None, and the caller falls back to a teacher's."""
+    checkpoint — else None, and the caller falls back to a teacher's. `generates_text`: the task's
+    (a language model's trained WordPiece does not wrap text in [CLS] … [SEP], see `train_wordpiece`)."""
     spec = recipe.student
     if spec.tokenizer is not None:
         return build_tokenizer(
-            spec.tokenizer, texts() if spec.tokenizer.train_wordpiece is not None else [], recipe, "student.tokenizer"
+            spec.tokenizer,
+            texts() if spec.tokenizer.train_wordpiece is not None else [],
+            recipe,
+            "student.tokenizer",
+            generates_text=generates_text,
         )
     if spec.checkpoint is not None:
         location = checkpoint_location(spec.checkpoint, recipe, "student.checkpoint")

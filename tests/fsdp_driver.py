@@ -66,6 +66,8 @@ def main() -> None:
         "teacher_in_distiller": any(module is teacher for module in run.distiller.modules()),
         "layer_units": sorted({type(module).__name__ for module in run.distiller.modules() if is_sharded(module)}),
         "steps": summary["steps"],
+        # causal_lm: the summary's generations as this process computed them (only the main one writes).
+        "student_generations": (summary.get("student") or {}).get("generations"),
     }
     Path(f"{report}.{os.environ['RANK']}").write_text(json.dumps(facts))
 

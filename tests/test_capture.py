@@ -34,7 +34,7 @@ from brewer_cli.logit_store import (
     weights_hash,
 )
 from brewer_cli.recipe import load_recipe
-from tests.test_causal_lm import SPECIALS, WORDS, run_recipe, save_gpt2, tiny_gpt2, tokenizer_dir
+from tests.test_causal_lm import SPECIALS, WORDS, corpus_rows, run_recipe, save_gpt2, tiny_gpt2, tokenizer_dir, write_jsonl
 from tests.test_training import losses_on_repeated_batch, one_batch
 
 VOCABULARY = len(SPECIALS + WORDS)
@@ -155,6 +155,51 @@ def test_a_partial_store_is_never_opened_and_a_new_capture_clears_it(tmp_path):
         StoreWriter(tmp_path / "other", 3)
 
 
+def _damaged(target: Path, damage: str) -> None:
+    writer, _ = _write(target, {0: 2, 1: 1, 2: 3}, rows_per_shard=2)
+    _finish(writer)
+    manifest = target / "manifest.json"
+    if damage == "missing shard":
+        (target / "shard-00001.parquet").unlink()
+    elif damage == "corrupt shard":
+        (target / "shard-00000.parquet").write_bytes(b"not parquet at all")
+    elif damage == "not json":
+        manifest.write_text("{ truncated")
+    elif damage == "no fields":
+        manifest.write_text(json.dumps({"format": 1, "k": 3}))
+    elif damage == "format":
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 2}))
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (
+            "missing shard",
+            "its shard shard-00001.parquet is missing or damaged ([Errno 2] Failed to open local file '{target}/shard-00001.parquet'",
+        ),
+        ("corrupt shard", "its shard shard-00000.parquet is missing or damaged ("),
+        ("not json", "its manifest.json cannot be read (Expecting property name enclosed in double quotes"),
+        (
+            "no fields",
+            "its manifest.json lacks brewer_version, bytes, bytes_per_token, data, data_fingerprint, log_prob_dtype, "
+            "shards, teacher, temperature, tokenizer_hash, vocabulary_size",
+        ),
+        ("format", "its manifest.json has format 2, and this version of brewer reads format 1"),
+    ],
+)
+def test_a_damaged_store_or_another_format_is_a_model_error(tmp_path, damage, problem):
+    target = tmp_path / "store"
+    _damaged(target, damage)
+    with pytest.raises(ModelError) as error:
+        open_store(target, "recipe.yaml: teacher.store")
+    message = str(error.value)
+    assert message.startswith(f"recipe.yaml: teacher.store: {str(target)!r} cannot be read as a teacher store: ")
+    assert problem.format(target=target) in message
+    assert message.endswith(f" — re-run `brewer capture` on this recipe's data to write the store again (with --output {target})")
+    assert error.value.exit_code == 2
+
+
 # ============================================================================= capture a tiny GPT-2
 
 
@@ -187,6 +232,7 @@ def test_capture_writes_the_teachers_top_k_and_a_manifest(tmp_path, teacher_reci
         "weights_hash": weights_hash(teacher.model),
         "parameters": sum(parameter.numel() for parameter in teacher.model.parameters()),
         "model_type": "gpt2",
+        "dtype": "float32",
     }
     assert manifest["tokenizer_hash"] == tokenizer_hash(teacher.tokenizer)
     assert manifest["vocabulary_size"] == VOCABULARY
@@ -357,6 +403,20 @@ def test_a_store_captured_on_other_data_is_refused(tmp_path, teacher_recipe, qui
         f"differs from the one in its manifest (24 examples, max_length 32) — the teacher's distributions would belong "
         f"to other text; re-run `brewer capture` with this recipe's data, or point teacher.store at a store captured on it"
     )
+    # The same settings and example count, every text the same length: one word of one completion differs.
+    rows = corpus_rows(24)
+    rows[5] = {**rows[5], "completion": rows[5]["completion"].replace("ran", "sat", 1)}
+    assert rows[5] != corpus_rows(24)[5]
+    other = write_jsonl(tmp_path / "other-train.jsonl", rows)
+    recipe = store_recipe(teacher_recipe, store, f"data.train.path={other}")
+    with pytest.raises(DataError) as error:
+        build_run(recipe, tmp_path / "runs")
+    assert str(error.value) == (
+        f"{recipe.path}: teacher.store: the store {store} was captured on other training data: this run's tokenized "
+        f"training split (24 examples; data.train, data.max_length 32, the task's settings, the store's tokenizer) "
+        f"differs from the one in its manifest (24 examples, max_length 32) — the teacher's distributions would belong "
+        f"to other text; re-run `brewer capture` with this recipe's data, or point teacher.store at a store captured on it"
+    )
 
 
 def test_recipe_settings_a_store_cannot_serve_are_refused(tmp_path, teacher_recipe, quiet_console):
@@ -445,3 +505,72 @@ def test_teacher_cache_auto_is_off_for_causal_lm(tmp_path, teacher_recipe):
 
 def test_errors_are_brewer_errors():
     assert issubclass(DataError, BrewerError) and issubclass(ModelError, BrewerError)
+
+
+# ============================================================================= issue 19 review
+
+
+def test_reverse_kl_against_a_zero_tail_is_refused(tmp_path, teacher_recipe, quiet_console):
+    """p_T = 0 off the top k: reverse KL (and skew reverse KL at α = 0, which is reverse KL) weigh
+    the student's mass there by the clamped −log 0 ≈ 87; JSD and skew reverse KL with α > 0 stay
+    bounded (their mixture holds a share of p_S), forward KL weighs by p_T — they are allowed, and
+    so is every loss with `tail: uniform` or a store of the whole vocabulary (no tail)."""
+    store = capture(load_recipe(teacher_recipe), tmp_path / "store", top_k=4, console=quiet_console)
+    for kd_loss, alpha, refused in [
+        ("reverse_kl", 0.1, True),
+        ("skew_reverse_kl", 0.0, True),
+        ("skew_reverse_kl", 0.1, False),
+        ("jsd", 0.1, False),
+        ("forward_kl", 0.1, False),
+    ]:
+        settings = [f"distillation.kd_loss={kd_loss}", f"distillation.skew_alpha={alpha}"]
+        recipe = store_recipe(teacher_recipe, store, *settings)
+        if refused:
+            with pytest.raises(RecipeError) as error:
+                build_run(recipe, tmp_path / "runs")
+            assert error.value.problems == [
+                f"{recipe.path}: teacher.tail: `zero` gives every id outside the store's top 4 (of {VOCABULARY}) "
+                f"probability 0, and kd_loss {kd_loss} weighs the student's probability on those ids by −log p_T, there "
+                f"the floor ≈ 87 (log 0 clamped): the loss becomes that constant times the student's mass outside the "
+                f"top 4, not a divergence — set teacher.tail: uniform (the remaining mass spread over the other ids), "
+                f"or use kd_loss forward_kl, jsd, tv, skew_kl, or skew_reverse_kl with skew_alpha > 0"
+            ]
+        else:
+            build_run(recipe, tmp_path / "runs")
+        build_run(load_recipe(teacher_recipe, [f"teacher={{store: {store}, tail: uniform}}", *settings]), tmp_path / "runs")
+
+
+def test_the_teacher_is_not_evaluated_when_its_checkpoint_changed_since_capture(tmp_path, teacher_recipe, quiet_console):
+    store = capture(load_recipe(teacher_recipe), tmp_path / "store", top_k=4, console=quiet_console)
+    recipe = store_recipe(teacher_recipe, store)
+    assert build_run(recipe, tmp_path / "probe").distiller.evaluate_teachers("cpu")["perplexity"] > 0
+    # Retrained in place (another seed): the manifest's path now holds other weights.
+    save_gpt2(tmp_path / "teacher", tokenizer_dir(tmp_path), seed=2, n_embd=48, n_layer=2, initializer_range=0.2)
+    run = build_run(recipe, tmp_path / "probe-2")
+    assert run.distiller.evaluate_teachers("cpu") is None
+    summary = {"student": {"metric": 5.0}}
+    run.distiller.update_summary(summary, None)
+    assert summary["teacher"]["metrics"] is None
+    assert summary["teacher"]["metrics_unavailable"] == (
+        f"the teacher's eval metrics are unavailable: the checkpoint {(tmp_path / 'teacher').resolve()} no longer holds "
+        f"the weights the store was captured from (their hash differs from manifest.json's teacher.weights_hash)"
+    )
+
+
+def test_a_store_read_by_a_recipe_of_another_task_names_the_task(tmp_path, teacher_recipe, quiet_console):
+    from tests.conftest import distill_recipe, write_recipe
+
+    store = capture(load_recipe(teacher_recipe), tmp_path / "store", top_k=4, console=quiet_console)
+    raw = distill_recipe(tmp_path / "teacher")
+    raw["teacher"] = {"store": str(store)}
+    raw["distillation"] = {"kind": "basic", "kd_loss": "forward_kl", "temperature": 2.0}
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    recipe = load_recipe(write_recipe(encoder, raw))
+    with pytest.raises(RecipeError) as error:
+        build_run(recipe, tmp_path / "runs")
+    assert error.value.problems == [
+        f"{recipe.path}: task.kind: sequence_classification, but teacher.store {store} holds a teacher's next-token "
+        f"distributions captured for task causal_lm — a store stands in for the teacher of the task it was captured "
+        f"for; set task.kind: causal_lm, or give teacher.checkpoint"
+    ]

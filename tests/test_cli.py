@@ -89,7 +89,11 @@ def test_unknown_distiller_kind(tmp_path):
 def test_unknown_kd_loss_name(tmp_path, teacher_dir):
     raw = distill_recipe(teacher_dir, distillation={"kind": "basic", "kd_loss": "kld"})
     path = write_recipe(tmp_path, raw)
-    assert_clean_error(invoke("distill", path), f"{path}: distillation.kd_loss: unknown KD loss 'kld'", "valid: ce, kl, mse")
+    assert_clean_error(
+        invoke("distill", path),
+        f"{path}: distillation.kd_loss: unknown KD loss 'kld'",
+        "valid: ce, forward_kl, jsd, kl, mse, reverse_kl, skew_kl, skew_reverse_kl, tv",
+    )
 
 
 def test_teacher_missing_without_training_section(tmp_path, monkeypatch):
@@ -238,3 +242,24 @@ def test_size_report_command_compares_student_and_teacher(tmp_path, tokenizer_di
     assert all(entry["faster_by"] > 0 for entry in comparison["latency"])
     markdown = runner.invoke(app, ["size-report", str(student), "--markdown", "--runs", "0", "--seq-len", "16"])
     assert markdown.exit_code == 0 and "|" in markdown.output
+
+
+def test_a_student_checkpoint_with_another_tokenizer_is_refused(tmp_path, teacher_dir):
+    """The student trains on the ids the teacher's tokenizer makes: its own tokenizer must map them alike."""
+    from tests.conftest import TINY_STUDENT, save_tiny_model
+    from tests.task_fixtures import tokenizer
+
+    # A WordPiece vocabulary trained on other text, larger than the teacher's (so no size check fires first).
+    other = tmp_path / "other-tokenizer"
+    tokenizer(vocab_size=120).save_pretrained(other)
+    student = save_tiny_model(tmp_path / "student", other, config=TINY_STUDENT)
+    path = write_recipe(tmp_path, distill_recipe(teacher_dir, student={"checkpoint": str(student)}))
+    flat = assert_clean_error(invoke("distill", path))
+    assert flat == (
+        f"error (model): {path}: student.checkpoint: the student's own tokenizer (120 tokens) is not the teacher's "
+        f"(100 tokens) — id 28 is '.' to the student and ',' to the teacher. The student trains on the ids the "
+        f"teacher's tokenizer makes and their logits are compared id by id, so they must share a tokenizer: use a "
+        f"student checkpoint with the teacher's tokenizer, build the student from a config (`student.config`), which "
+        f"takes the teacher's tokenizer, or, for a sequence-level task, use `distillation.kind: multi_teacher`, whose "
+        f"teachers read the examples tokenized their own way"
+    )

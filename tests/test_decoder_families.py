@@ -101,25 +101,37 @@ def test_hidden_states_are_the_embedding_output_and_every_layer(make):
     assert torch.equal(features.logits, reference.logits)
 
 
-def test_gpt2_attention_scores_are_split_from_the_fused_projection():
-    """softmax(captured scores + causal and padding mask) equals the eager kernel's probabilities."""
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(gpt2_config(attn_pdrop=0.0)).eval()
-    model.config._attn_implementation = "eager"
-    family = family_for(model.config)
-    inputs = batch()
-    with torch.no_grad():
-        features = family.features(model, inputs, FeatureNeeds(attention_scores=True, attention_inputs=True))
-        eager = model(**family.model_inputs(inputs), output_attentions=True)
-    length = inputs["input_ids"].shape[1]
-    allowed = torch.ones(length, length, dtype=torch.bool).tril()[None, None] & inputs["attention_mask"].bool()[:, None, None]
-    assert len(features.attention_scores) == LAYERS
-    for scores, probabilities in zip(features.attention_scores, eager.attentions):
-        assert scores.shape == (2, HEADS, length, length)
-        ours = torch.softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min), dim=-1)
-        valid = inputs["attention_mask"].bool()[:, None, :, None].expand_as(ours)
-        torch.testing.assert_close(ours[valid], probabilities[valid], atol=1e-6, rtol=1e-5)
-    assert features.attention_inputs[0].value.shape == (2, length, HIDDEN)
+def test_gpt2_attention_is_refused_because_it_is_causal():
+    """Captured QKᵀ/√d carry no causal mask and the attention losses mask padding only: refused."""
+    model = GPT2LMHeadModel(gpt2_config()).eval()
+    for needs in (FeatureNeeds(attention_scores=True), FeatureNeeds(attention_inputs=True)):
+        with pytest.raises(ModelError) as error:
+            family_for(model.config).features(model, batch(), needs)
+        assert str(error.value) == (
+            "attention losses are not available for the gpt2 family: its attention is causal (each token attends to "
+            "the tokens before it only), while the attention and relation losses mask padding only, so they would "
+            "match scores of future tokens the model never attends to; use hidden-state matches for this model"
+        )
+
+
+def test_gpt2_attention_matches_are_refused_when_the_recipe_is_checked():
+    from pathlib import Path
+
+    from brewer_cli.errors import RecipeError
+    from brewer_cli.matches import resolve_matches
+    from brewer_cli.recipe import validate_recipe
+    from tests.conftest import distill_recipe
+
+    matches = [{"teacher_layer": 1, "student_layer": 1, "loss": "attention_mse"}]
+    raw = distill_recipe("runs/t/final", distillation={"kind": "general", "matches": matches})
+    with pytest.raises(RecipeError) as error:
+        resolve_matches(validate_recipe(raw, Path("recipe.yaml")), gpt2_config(), gpt2_config())
+    assert str(error.value).splitlines()[1:] == [
+        "  recipe.yaml: distillation.matches.0.feature: the teacher is a gpt2 model, whose attention cannot be "
+        "captured — use hidden-state matches for it",
+        "  recipe.yaml: distillation.matches.0.feature: the student is a gpt2 model, whose attention cannot be "
+        "captured — use hidden-state matches for it",
+    ]
 
 
 def test_llama_attention_is_refused_with_the_reason():

@@ -183,7 +183,8 @@ def test_smaller_students_round_trip_through_save_pretrained(tmp_path, teacher_n
     if teacher_name == "gpt2":
         plan = ExtractPlan(strategy="importance", layers=1, hidden=16, heads=2, intermediate=24)
     else:
-        plan = ExtractPlan(strategy="activation", layers=1, hidden=24, heads=2, intermediate=24)
+        # hidden 36 / 2 heads = 18 ≠ the teacher's head_dim 12, so a head_dim derived from hidden / heads would show.
+        plan = ExtractPlan(strategy="activation", layers=1, hidden=36, heads=2, intermediate=24)
     student = extract_student(teacher, plan, batches()).model
     student.save_pretrained(tmp_path / "student")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()
@@ -292,3 +293,23 @@ def test_recipe_extracts_a_decoder_student_from_the_teacher(tmp_path, family, ex
     assert kept["objective"] == ("task_loss" if extract["strategy"] == "importance" else "activation")
     if family == "llama":
         assert student.config.num_key_value_heads == 2 and student.config.head_dim == 12
+
+
+def test_gpt2_layers_scaled_by_their_index_may_not_move():
+    """scale_attn_by_inverse_layer_idx divides layer i's scores by i + 1: a kept layer may not change index."""
+    teacher = gpt2(layers=4, scale_attn_by_inverse_layer_idx=True)
+    with pytest.raises(BrewerError) as error:
+        extract_student(teacher, ExtractPlan(strategy="random", layers=2))  # uniform: teacher layers 2 and 4
+    assert str(error.value) == (
+        "student.init.extract.layers: the GPT-2 teacher has scale_attn_by_inverse_layer_idx=true, so each layer "
+        "scales its attention scores by its own position — teacher layer 2 kept as student layer 1 would attend "
+        "differently. Keep the first layers (`selection: first`), keep every layer, or extract from a teacher "
+        "without scale_attn_by_inverse_layer_idx"
+    )
+    # The first layers keep their indices: the student is the teacher's first two layers exactly.
+    student = extract_student(teacher, ExtractPlan(strategy="random", layers=2, selection="first")).model
+    assert student.config.scale_attn_by_inverse_layer_idx
+    truncated = copy.deepcopy(teacher)
+    truncated.transformer.h = truncated.transformer.h[:2]
+    for batch in batches():
+        torch.testing.assert_close(logits(student, batch), logits(truncated, batch), atol=0, rtol=0)

@@ -132,7 +132,10 @@ def test_train_teacher_and_extract_check_the_recipe_before_torch_too(tmp_path):
     for command in ("train-teacher", "extract"):
         result = run_cli(command, path, cwd=tmp_path)
         assert result.returncode == 2
-        assert f"{path}: distillation.kd_loss: unknown KD loss 'kl_div' — valid: ce, kl, mse" in flat(result.stderr)
+        assert (
+            f"{path}: distillation.kd_loss: unknown KD loss 'kl_div' — valid: ce, forward_kl, jsd, kl, mse, reverse_kl, skew_kl, skew_reverse_kl, tv"
+            in flat(result.stderr)
+        )
         assert "imported: []" in result.stderr
 
 
@@ -161,7 +164,7 @@ def test_every_problem_of_a_recipe_in_one_error(tmp_path):
     text = path.read_text().replace("text_pair: '#2 String'", "text_pair: #2 String")
     path.write_text(text)
     assert problems_of(path) == [
-        f"{path}: distillation.kd_loss: unknown KD loss 'kld' (did you mean 'kl'?) — valid: ce, kl, mse",
+        f"{path}: distillation.kd_loss: unknown KD loss 'kld' (did you mean 'kl'?) — valid: ce, forward_kl, jsd, kl, mse, reverse_kl, skew_kl, skew_reverse_kl, tv",
         f"{path}: distillation.matches.0: unknown match preset 'L4_hiden_mse' (did you mean 'L4t_hidden_mse' or "
         f"'L6_hidden_mse' or 'L3_hidden_mse'?) — valid: L3_attention_ce, L3_attention_ce_mean, L3_attention_mse, "
         f"L3_attention_mse_sum, L3_hidden_mse, L3_hidden_smmd, L3n_hidden_mse, L4_attention_ce, L4_attention_ce_mean, "

@@ -181,3 +181,113 @@ def test_accelerate_launch_with_the_fsdp_config_on_gpus(tmp_path, teacher_dir):
     final = AutoModelForSequenceClassification.from_pretrained(run_dir / "final")
     assert final.config.hidden_size == STUDENT["hidden_size"]
     assert all(parameter.dtype == torch.float32 for parameter in final.parameters())
+
+
+def _stepped(model: torch.nn.Module, seed: int) -> torch.optim.AdamW:
+    """AdamW over the loop's two groups (decayed matrices, the rest), after two steps."""
+    matrices = [parameter for parameter in model.parameters() if parameter.ndim >= 2]
+    rest = [parameter for parameter in model.parameters() if parameter.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}], lr=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(2):
+        model(torch.randn(5, 3, generator=generator)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return optimizer
+
+
+def test_an_unsharded_optimizer_state_loads_by_name():
+    """An unsharded checkpoint's optimizer.pt (moments by position) keyed by parameter name, as a sharded
+    run's checkpoint has them: loaded through the same full-state API, it restores every moment."""
+    from brewer_cli.sharding import load_full_optimizer_state, optimizer_state_by_name
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    saved = _stepped(model, seed=1).state_dict()
+    fresh = _stepped(model, seed=2)  # other moments, to be overwritten
+    by_name = optimizer_state_by_name(model, fresh, saved, "checkpoints/step-4")
+    assert by_name["param_groups"][0]["params"] == ["0.weight", "2.weight"]
+    assert by_name["param_groups"][1]["params"] == ["0.bias", "1.weight", "1.bias", "2.bias"]
+    load_full_optimizer_state(model, fresh, by_name)
+    restored = fresh.state_dict()
+    # (The full-state API hands betas back as a list; AdamW reads either.)
+    assert [{**group, "betas": tuple(group["betas"])} for group in restored["param_groups"]] == saved["param_groups"]
+    for position, entry in saved["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(restored["state"][position][key], value), (position, key)
+
+
+def test_an_optimizer_state_of_another_student_is_refused_by_name():
+    from brewer_cli.errors import CheckpointError
+    from brewer_cli.sharding import optimizer_state_by_name
+
+    torch.manual_seed(0)
+    saved = _stepped(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)), seed=1).state_dict()
+    wider = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Linear(6, 2))
+    with pytest.raises(CheckpointError) as error:
+        optimizer_state_by_name(wider, _stepped(wider, seed=1), saved, "checkpoints/step-4")
+    assert str(error.value) == (
+        "--resume: checkpoints/step-4 holds optimizer moments of shape (4, 3) for 0.weight, whose shape is (6, 3) — "
+        "the checkpoint was written for another student"
+    )
+    deeper = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    with pytest.raises(CheckpointError) as error:
+        optimizer_state_by_name(deeper, _stepped(deeper, seed=1), saved, "checkpoints/step-4")
+    assert str(error.value) == (
+        "--resume: checkpoints/step-4 holds optimizer state for parameter groups of [2, 2] parameters, but this run's "
+        "optimizer has groups of [3, 3] — the checkpoint was written for another student or another recipe"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP2 on two CPU processes (gloo); with CUDA the GPU test runs instead")
+def test_a_sharded_run_resumes_from_an_unsharded_checkpoint(tmp_path, teacher_dir):
+    """A DDP run's checkpoint (optimizer.pt: whole moments by position) resumed under FSDP2: each process
+    keeps its shard of the moments, and the run ends with the DDP run's student (up to the order of sums)."""
+    recipe = fsdp_recipe(tmp_path, teacher_dir)
+    _driver(recipe, tmp_path / "ddp", tmp_path / "ddp.json", "--ddp")
+    replicated = tmp_path / "ddp" / "tiny"
+    assert (replicated / "checkpoints" / "step-4" / "optimizer.pt").is_file()
+    crashed = tmp_path / "crashed" / "tiny"
+    crashed.mkdir(parents=True)
+    shutil.copytree(replicated / "checkpoints" / "step-4", crashed / "checkpoints" / "step-4")
+    shutil.copy(replicated / "recipe.yaml", crashed / "recipe.yaml")
+    facts = _driver(recipe, tmp_path / "crashed", tmp_path / "crashed.json", "--resume")
+    assert all(fact["distiller_sharded"] and fact["steps"] == 8 for fact in facts)
+    expected, resumed = _weights(replicated / "final"), _weights(crashed / "final")
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP2 on two CPU processes (gloo); with CUDA the GPU test runs instead")
+def test_a_sharded_language_model_reports_the_generations_of_final(tmp_path):
+    """causal_lm under FSDP2: the summary's greedy generations come from final/ (whole, on the main
+    process), not from the sharded student in memory, and summary.json is written."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from brewer_cli.recipe import load_recipe
+    from brewer_cli.tasks import TASKS
+    from tests.test_causal_lm import run_recipe, save_gpt2, tiny_gpt2, tokenizer_dir
+
+    teacher = save_gpt2(tmp_path / "teacher", tokenizer_dir(tmp_path), seed=1, n_embd=32, n_layer=2)
+    recipe = run_recipe(
+        tmp_path,
+        teacher={"checkpoint": str(teacher)},
+        student={"config": tiny_gpt2(n_embd=16, n_layer=2)},
+        distillation={"kind": "basic", "kd_loss": "forward_kl", "temperature": 1.0, "hard_label_weight": 0.0},
+    )
+    facts = _driver(recipe, tmp_path / "out", tmp_path / "out.json")
+    assert all(fact["distiller_sharded"] and fact["student_shards"] for fact in facts)
+    run_dir = tmp_path / "out" / "lm"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    final = run_dir / "final"
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    loaded = load_recipe(recipe)
+    lm = TASKS.get("causal_lm")(loaded.task)
+    expected = lm.generations(AutoModelForCausalLM.from_pretrained(final), tokenizer, lm.prepare_eval(loaded, tokenizer))
+    assert len(expected) == 2
+    assert summary["student"]["generations"] == expected
+    # Only the main process generates (from final/); the other does not run generate on its shards.
+    assert [fact["student_generations"] for fact in facts] == [expected, []]

@@ -132,7 +132,7 @@ def test_lambda_one_trains_on_the_students_samples(tmp_path):
     assert set(parts) == {"kd", "loss"}
     from brewer_cli.distillers.generation import derived_seed
 
-    again = distiller.student_samples(batch, derived_seed(distiller.generation.seed, "sample", 4, 0))
+    again = distiller.student_samples(batch, derived_seed(distiller.generation.seed, "sample", 4, 0, 0))
     student = run.student.model(input_ids=again["input_ids"], attention_mask=again["attention_mask"]).logits[:, :-1]
     with torch.no_grad():
         teacher = run.teacher.model(input_ids=again["input_ids"], attention_mask=again["attention_mask"]).logits[:, :-1]
@@ -245,3 +245,92 @@ def test_llama_teacher_and_student(tmp_path):
     parts["loss"].backward()
     assert set(parts) == {"kd", "loss"} and torch.isfinite(parts["loss"])
     assert 1 <= run.distiller.log_statistics()["sampled_length"] <= 5
+
+
+# ============================================================================= issue 19 review
+
+
+def test_each_process_samples_its_own_stream_but_takes_the_same_branches(tmp_path):
+    run = build_run(load(tmp_path, policy_recipe(tmp_path, on_policy(0.5, hard_label_weight=0.5))), tmp_path / "runs")
+    distiller = run.distiller
+    distiller.train()
+    batch = one_batch(run, 8)
+    assert distiller.process_index == 0  # one process here
+
+    def steps(process_index: int) -> tuple[list[bool], list[float]]:
+        """Per step: whether the batch kept its own completions (it has a hard_label), and the loss."""
+        distiller.process_index, distiller._position = process_index, (-1, 0)
+        kept, losses = [], []
+        for step in range(12):
+            distiller.current_step = step
+            with torch.no_grad():
+                parts = distiller(batch)
+            kept.append("hard_label" in parts)
+            losses.append(float(parts["loss"]))
+        return kept, losses
+
+    (kept_0, losses_0), (kept_1, losses_1) = steps(0), steps(1)
+    assert kept_0 == kept_1 and True in kept_0 and False in kept_0  # the branch draw: the same on every process
+    sampled = [step for step, kept in enumerate(kept_0) if not kept]
+    for step in range(12):
+        # Kept batches are the same data; sampled ones are other samples on process 1.
+        assert (losses_0[step] == losses_1[step]) == (step not in sampled), step
+
+
+def test_hard_label_is_averaged_over_the_micro_batches_that_have_it(tmp_path, quiet_console):
+    """A sampled micro-batch has no hard_label (a student's own sample is no target): the logged
+    hard_label is the mean over the micro-batches that kept their completions, not over all."""
+    from brewer_cli.commands import execute
+
+    raw = policy_recipe(tmp_path, on_policy(0.5, hard_label_weight=0.5))
+    raw["training"].update({"epochs": 4, "batch_size": 2, "gradient_accumulation": 2, "log_every": 1})
+    run = build_run(load(tmp_path, raw), tmp_path / "runs")
+    recorded: list[dict[str, float]] = []
+    compute_loss = run.distiller.compute_loss
+
+    def recording(batch):
+        parts = compute_loss(batch)
+        if run.distiller.training:
+            recorded.append({name: float(value.detach()) for name, value in parts.items()})
+        return parts
+
+    run.distiller.compute_loss = recording
+    execute(run, resume=False, console=quiet_console)
+    lines = [json.loads(line) for line in (tmp_path / "runs" / "policy" / "metrics.jsonl").read_text().splitlines()]
+    steps = [line for line in lines if "on_policy_fraction" in line]
+    assert len(steps) == 12 and len(recorded) == 24
+    mixed = 0
+    for line, micro in zip(steps, zip(recorded[0::2], recorded[1::2])):
+        assert line["loss"] == pytest.approx(sum(part["loss"] for part in micro) / 2, rel=1e-6)
+        having = [part["hard_label"] for part in micro if "hard_label" in part]
+        assert ("hard_label" in line) == bool(having)
+        if having:
+            assert line["hard_label"] == pytest.approx(sum(having) / len(having), rel=1e-6)
+        mixed += len(having) == 1
+    assert mixed > 0  # some steps had one sampled and one kept micro-batch
+
+
+def test_resume_with_gradient_accumulation_matches_an_uninterrupted_run(tmp_path, quiet_console):
+    raw = policy_recipe(tmp_path, on_policy(0.5, hard_label_weight=0.5))
+    raw["student"] = {"config": tiny_gpt2(n_embd=16, n_layer=1)}  # with dropout
+    raw["training"].update(
+        {"epochs": 4, "batch_size": 2, "gradient_accumulation": 2, "save_every": 2, "keep_checkpoints": 10, "eval_every": 100}
+    )
+    # Step 4 ends in the middle of the second epoch (3 steps of 2 micro-batches each).
+    full, crashed = resumed_after_crash(load(tmp_path, raw), tmp_path, 4, quiet_console)
+    assert json.loads((full / "summary.json").read_text())["steps"] == 12
+    assert_same_weights(final_weights(full), final_weights(crashed))
+
+
+def test_student_samples_never_hold_the_vocabularys_padding_rows(tmp_path):
+    from tests.test_causal_lm import tokenizer_dir
+    from tests.test_sequence_kd import PaddingFavouringGPT2, save_padded_gpt2
+
+    raw = policy_recipe(tmp_path, on_policy(1.0))
+    raw["student"] = {"checkpoint": str(save_padded_gpt2(tmp_path / "padded", tokenizer_dir(tmp_path)))}
+    run = build_run(load(tmp_path, raw), tmp_path / "runs")
+    size = len(run.student.tokenizer)
+    PaddingFavouringGPT2.tokenizer_size = size
+    run.student.model.__class__ = PaddingFavouringGPT2
+    sampled = run.distiller.student_samples(one_batch(run, 8), seed=3)
+    assert int(sampled["input_ids"].max()) < size

@@ -325,3 +325,190 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, cache, quiet_console
     full, crashed = resumed_after_crash(recipe, tmp_path, 4, quiet_console)
     assert_same_weights(final_weights(full), final_weights(crashed))
     assert json.loads((crashed / "summary.json").read_text())["sequence_kd"]["generated_now"] == 0
+
+
+# ============================================================================= issue 19 review
+
+
+class PaddingFavouringGPT2(GPT2LMHeadModel):
+    """A GPT-2 whose vocabulary has padding rows past the tokenizer's ids, and whose logits favour
+    them (as an untrained padding row can): `generate` would pick them unless they are blocked."""
+
+    tokenizer_size = 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        outputs = super().forward(*args, **kwargs)
+        outputs.logits[..., type(self).tokenizer_size :] += 1000.0
+        return outputs
+
+
+def save_padded_gpt2(directory: Path, tokenizer_path: Path, padding_rows: int = 8) -> Path:
+    from transformers import AutoTokenizer, GPT2Config
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    settings = {key: value for key, value in tiny_gpt2(n_embd=32, n_layer=2, **NO_DROPOUT).items() if key != "model_type"}
+    torch.manual_seed(1)
+    config = GPT2Config(vocab_size=len(tokenizer) + padding_rows, pad_token_id=tokenizer.pad_token_id, **settings)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_generation_never_emits_the_vocabularys_padding_rows(tmp_path, cache):
+    tokenizer = word_tokenizer()
+    size = len(tokenizer)
+    PaddingFavouringGPT2.tokenizer_size = size
+    model = PaddingFavouringGPT2.from_pretrained(save_padded_gpt2(tmp_path / "padded", tokenizer_dir(tmp_path)))
+    prompts = [[7, 8], [16, 20, 21]]
+    for sample in (False, True):
+        settings = GenerationSettings(max_new_tokens=4, sample=sample, temperature=1.0, top_p=1.0, top_k=0, seed=0)
+        # Unblocked, the padding rows win: the test model does what it should.
+        assert max(max(row) for row in generate(model, prompts, settings, 3, 0, [EOS])) >= size
+        completions = generate(model, prompts, settings, 3, 0, [EOS], tokenizer_size=size)
+        assert all(token < size for row in completions for token in row) and all(completions)
+
+    # sequence_kd: the teacher's completions, generated through the distiller.
+    raw = policy_recipe(tmp_path, {"kind": "sequence_kd", "generation": {"max_new_tokens": 4, "sample": True}})
+    raw["teacher"] = {"checkpoint": str(tmp_path / "padded")}
+    run = build_run(load(tmp_path, raw), tmp_path / "runs")
+    run.teacher.model.__class__ = PaddingFavouringGPT2
+    run.distiller.train_loader()
+    completions = run.distiller.teacher_completions.completions
+    assert all(token < size for completion in completions for token in completion)
+
+
+def test_a_checkpoints_generation_config_changes_no_completion(tmp_path):
+    """transformers fills what the passed GenerationConfig leaves unset from the checkpoint's
+    generation_config.json: the recipe's settings must be all that decides the tokens."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from brewer_cli.recipe.sections import TaskSpec
+    from brewer_cli.tasks.causal_lm import CausalLM
+
+    plain = save_gpt2(tmp_path / "plain", tokenizer_dir(tmp_path), seed=1, initializer_range=0.2, **NO_DROPOUT)
+    shipped = tmp_path / "shipped"
+    shutil.copytree(plain, shipped)
+    GenerationConfig(repetition_penalty=5.0, no_repeat_ngram_size=1, min_new_tokens=6, suppress_tokens=[7, 8, 9]).save_pretrained(
+        shipped
+    )
+    models = [AutoModelForCausalLM.from_pretrained(path) for path in (plain, shipped)]
+    assert models[1].generation_config.no_repeat_ngram_size == 1
+    prompts = [[7, 8], [16, 20, 21], [9]]
+    differed = False
+    for sample in (False, True):
+        settings = GenerationSettings(max_new_tokens=8, sample=sample, temperature=1.0, top_p=1.0, top_k=0, seed=0)
+        first, second = (generate(model, prompts, settings, 3, 0, [EOS]) for model in models)
+        assert first == second, sample
+        # Left to transformers alone, the shipped settings do change them.
+        config = settings.config(0, [EOS])
+        raw = [model.generate(input_ids=torch.tensor([prompts[0]]), generation_config=config)[0].tolist() for model in models]
+        differed |= raw[0] != raw[1]
+    assert differed
+    assert models[1].generation_config.no_repeat_ngram_size == 1  # put back after each call
+
+    # The summary's greedy generations of the task: the same for both checkpoints.
+    tokenizer = word_tokenizer()
+    task = CausalLM(TaskSpec(kind="causal_lm", generations=2, max_new_tokens=8))
+    from brewer_cli.tasks import PreparedData, TokenizedDataset
+
+    rows = {"input_ids": [[7, 8, 9, 10], [16, 20, 21, 22]], "prompt_length": [2, 3]}
+    data = PreparedData(train=TokenizedDataset(rows), eval=TokenizedDataset(rows), label_names=None)
+    assert task.generations(models[0], tokenizer, data) == task.generations(models[1], tokenizer, data)
+
+
+def test_generation_split_over_processes_gives_the_same_completions(tmp_path, cache):
+    """Each process generates the chunks n ≡ its index (mod processes), each chunk from its own seed:
+    the union of two processes' shares is what one process generates alone."""
+    from brewer_cli.distillers.generation import example_prompts, pad_token_id
+    from brewer_cli.distillers.sequence_kd import chunk_shares
+    from brewer_cli.tasks.causal_lm import end_token_ids
+
+    assert chunk_shares([[1]] * 5 + [[1, 2]], 2, 2) == [[(0, [5, 0]), (2, [3, 4])], [(1, [1, 2])]]
+    assert chunk_shares([[1]] * 3, 2, 1) == [[(0, [0, 1]), (1, [2])]]
+    generation = {"max_new_tokens": 6, "sample": True, "temperature": 2.0, "seed": 5}
+    run = build_run(load(tmp_path, policy_recipe(tmp_path, {"kind": "sequence_kd", "generation": generation})), tmp_path / "r")
+    distiller, teacher = run.distiller, run.teacher
+    prompts = example_prompts(run.data.train.columns)
+    ends = (pad_token_id(teacher.tokenizer), end_token_ids(teacher.model, teacher.tokenizer))
+    alone = distiller.generate_share(teacher, prompts, *ends, "cpu", 0, 1)
+    shares = [distiller.generate_share(teacher, prompts, *ends, "cpu", rank, 2) for rank in (0, 1)]
+    assert shares[0] and shares[1]  # 12 prompts, chunks of 8: one chunk each
+    assert sorted(shares[0] + shares[1]) == sorted(alone) and len(alone) == 12
+    # And a run (one process) trains on exactly those.
+    distiller.train_loader()
+    assert distiller.teacher_completions.completions == [completion for _, completion in sorted(alone)]
+
+
+def test_sampled_completions_are_cached_per_generation_chunk_size(tmp_path, cache):
+    """A sample depends on its chunk (seed, rows), so the chunk size — the eval batch size — is in
+    the cache key when sampling; greedy completions do not depend on it and share one entry."""
+
+    def directory(generation: dict[str, Any], eval_batch_size: int) -> Path:
+        raw = policy_recipe(tmp_path, {"kind": "sequence_kd", "generation": generation})
+        raw["training"]["eval_batch_size"] = eval_batch_size
+        run = build_run(load(tmp_path, raw), tmp_path / "runs")
+        run.distiller.train_loader()
+        return run.distiller.teacher_completions.directory
+
+    sampled = {"max_new_tokens": 4, "sample": True, "temperature": 2.0}
+    assert directory(sampled, 4) != directory(sampled, 8)
+    assert json.loads((directory(sampled, 4) / "fingerprint.json").read_text())["generation chunk size"] == 4
+    greedy = {"max_new_tokens": 4}
+    assert directory(greedy, 4) == directory(greedy, 8)
+
+
+def test_an_unwritable_completions_cache_is_refused_before_generating(tmp_path, cache):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    raw = policy_recipe(
+        tmp_path, {"kind": "sequence_kd", "generation_cache": str(blocker / "cache"), "generation": {"max_new_tokens": 4}}
+    )
+    recipe = load(tmp_path, raw)
+    with pytest.raises(RecipeError) as error:
+        build_run(recipe, tmp_path / "runs")
+    assert error.value.problems == [
+        f"{recipe.path}: distillation.generation_cache: the teacher's completions are kept in "
+        f"{blocker / 'cache' / 'sequence_kd'}, but {blocker} is not a folder — set distillation.generation_cache to a "
+        f"folder this user can write in"
+    ]
+
+
+def test_resume_with_gradient_accumulation_matches_an_uninterrupted_run(tmp_path, cache, quiet_console):
+    raw = policy_recipe(tmp_path, {"kind": "sequence_kd", "kd_weight": 0.5, "generation": {"max_new_tokens": 4, "sample": True}})
+    raw["student"] = {"config": tiny_gpt2(n_embd=16, n_layer=1)}  # with dropout
+    raw["training"].update(
+        {"epochs": 4, "batch_size": 2, "gradient_accumulation": 2, "save_every": 2, "keep_checkpoints": 10, "eval_every": 100}
+    )
+    # Step 4 ends in the middle of the second epoch (3 steps of 2 micro-batches each).
+    full, crashed = resumed_after_crash(load(tmp_path, raw), tmp_path, 4, quiet_console)
+    assert json.loads((full / "summary.json").read_text())["steps"] == 12
+    assert_same_weights(final_weights(full), final_weights(crashed))
+
+
+@pytest.mark.slow
+def test_two_processes_generate_the_completions_one_process_generates(tmp_path, quiet_console):
+    """torchrun, two CPU processes (gloo): each generates its share, the main one writes the set —
+    the completions one process generates alone."""
+    import subprocess
+
+    import pyarrow.parquet as pq
+
+    from tests.test_distributed import LAUNCHERS, environment
+
+    generation = {"max_new_tokens": 5, "sample": True, "temperature": 2.0}
+    raw = policy_recipe(tmp_path, {"kind": "sequence_kd", "generation_cache": str(tmp_path / "two"), "generation": generation})
+    raw["training"].update({"epochs": 1, "eval_every": 100})
+    recipe = write_recipe(tmp_path, raw, "two.yaml")
+    command = [*LAUNCHERS["torchrun"], "-m", "brewer_cli", "distill", str(recipe), "--output-dir", str(tmp_path / "runs")]
+    launched = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "policy" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["sequence_kd"]["generated_now"] == 12
+    table = pq.read_table(Path(summary["sequence_kd"]["cache"]) / "completions.parquet")
+    two = dict(zip(table.column("index").to_pylist(), table.column("completion").to_pylist()))
+
+    raw["distillation"]["generation_cache"] = str(tmp_path / "one")
+    run = build_run(load(tmp_path, raw), tmp_path / "one-run")
+    run.distiller.train_loader()
+    assert run.distiller.teacher_completions.generated == 12
+    assert [two[index] for index in range(12)] == run.distiller.teacher_completions.completions

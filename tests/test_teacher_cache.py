@@ -103,6 +103,20 @@ def test_resume_reuses_a_matching_disk_cache_and_refuses_another(tmp_path, teach
     full = tmp_path / "full" / "tiny"
     assert full_summary["teacher_cache"]["mode"] == "disk"
     assert (full / "teacher_cache" / "process-0" / "teacher-0" / "features.f16").stat().st_size > 0
+    # Without `teacher.dtype` the fingerprint has exactly the keys of caches written before that
+    # setting existed, so they resume below as this one does (the weights hash names each dtype).
+    stored = json.loads((full / "teacher_cache" / "fingerprint.json").read_text())
+    assert sorted(stored) == [
+        "examples",
+        "format",
+        "max length",
+        "precision",
+        "task",
+        "teachers.0 data (the tokenized inputs)",
+        "teachers.0 features",
+        "teachers.0 tokenizer",
+        "teachers.0 weights",
+    ]
 
     # A crash after step 5 leaves that checkpoint and the cache beside the run.
     crashed = tmp_path / "crashed" / "tiny"

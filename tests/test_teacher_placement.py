@@ -119,3 +119,41 @@ def test_a_teacher_on_the_cpu_teaches_a_student_on_the_gpu(tmp_path, teacher_dir
     assert next(run.teachers[0].model.parameters()).device.type == "cpu"
     assert next(run.distiller.student.parameters()).device.type == "cuda"
     assert summary["steps"] == 8
+
+
+def test_the_mean_of_bfloat16_teachers_logits_is_taken_in_fp32():
+    """multi_teacher's mean of bf16 teachers: in fp32, so 1 + 2⁻⁹ (lost in bf16's 8-bit mantissa) survives."""
+    from brewer_cli.distillers.multi_teacher import mean_logits
+
+    first = torch.tensor([[1.0, 2.0]], dtype=torch.bfloat16)
+    second = torch.tensor([[1.0078125, 2.0]], dtype=torch.bfloat16)  # 1 + 2⁻⁷, exact in bf16
+    mean = mean_logits([first, second], [3.0, 1.0])
+    assert mean.dtype == torch.float32
+    # (3 · 1 + 1 · (1 + 2⁻⁷)) / 4 = 1 + 2⁻⁹, exact in fp32; bf16 would round it to 1.
+    assert mean.tolist() == [[1.0 + 2**-9, 2.0]]
+
+
+class _TextTask:
+    """What the multi-teacher builder reads of a task to train the student's own vocabulary."""
+
+    def __init__(self, generates_text: bool):
+        self.generates_text = generates_text
+
+    @staticmethod
+    def tokenizer_texts(recipe) -> list[str]:
+        return ["the cat sat on the mat", "the dog sat on the log"]
+
+
+@pytest.mark.parametrize("generates_text", [True, False])
+def test_a_language_models_own_trained_vocabulary_does_not_wrap_text(tmp_path, generates_text):
+    """multi_teacher with `student.tokenizer: {train_wordpiece}`: a causal_lm student's text is not
+    wrapped in [CLS] … [SEP], and [SEP] ends its sequences; a classifier's is wrapped."""
+    from brewer_cli.build.multi_teacher import _student_tokenizer
+
+    raw = distill_recipe("runs/t/final")
+    raw["student"]["tokenizer"] = {"train_wordpiece": {"vocab_size": 40}}
+    recipe = load_recipe(write_recipe(tmp_path, raw))
+    tokenizer = _student_tokenizer(recipe, _TextTask(generates_text), match_teacher=None)
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("the cat")["input_ids"])
+    assert tokens == (["the", "cat"] if generates_text else ["[CLS]", "the", "cat", "[SEP]"])
+    assert tokenizer.eos_token == ("[SEP]" if generates_text else None)

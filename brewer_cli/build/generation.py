@@ -1,10 +1,12 @@
 """Builders of the kinds whose completions are generated — `sequence_kd` (by the teacher, once)
 and `on_policy` (by the student, per batch) — and what they check before step 1: every training
 example has a prompt to continue, and a prompt plus `generation.max_new_tokens` fits both models'
-positions (a longer sequence would fail inside the position embeddings mid-run)."""
+positions (a longer sequence would fail inside the position embeddings mid-run), and the
+sequence_kd completions' cache folder is writable."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from brewer_cli.augment import cache_directory
@@ -13,7 +15,7 @@ from brewer_cli.build.single import _teacher_and_student, distiller_inputs
 from brewer_cli.distillers.generation import GenerationSettings, example_prompts
 from brewer_cli.distillers.on_policy import OnPolicyDistiller
 from brewer_cli.distillers.sequence_kd import SequenceKDDistiller
-from brewer_cli.errors import DataError, ModelError
+from brewer_cli.errors import DataError, ModelError, RecipeError
 from brewer_cli.families.loading import LoadedModel
 from brewer_cli.models import position_limit
 from brewer_cli.paths import resolve_path
@@ -39,6 +41,7 @@ def build_sequence_kd_run(recipe: Recipe, run_dir: Path, stand_ins: dict[str, Lo
     check_generation(recipe, data, [teacher, student])
     spec = recipe.distillation
     cache = resolve_path(spec.generation_cache, recipe) if spec.generation_cache is not None else cache_directory()
+    check_writable(recipe, cache / "sequence_kd")
     inputs = distiller_inputs(recipe, task, data, student, [teacher])
     distiller = SequenceKDDistiller(inputs, resolve_logit_kd(spec), generation_settings(spec.generation, recipe.training), cache)
     return Run(recipe, run_dir, task, data, student, [teacher], distiller)
@@ -80,3 +83,24 @@ def check_generation(recipe: Recipe, data: PreparedData, models: list[LoadedMode
             f"{loaded.role} reads at most {fits} — lower max_new_tokens (to {fits - longest} at most), or "
             f"data.max_length to shorten the prompts"
         )
+
+
+def check_writable(recipe: Recipe, directory: Path) -> None:
+    """The completions' folder can be created and written — checked now, not after the teacher has
+    generated for every prompt. Creates nothing (a dry run builds this too): the nearest existing
+    folder must be one this user may write in."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return
+    what = "is not a folder" if existing.exists() and not existing.is_dir() else "is not writable"
+    where = (
+        "distillation.generation_cache"
+        if recipe.distillation.generation_cache is not None
+        else "distillation.generation_cache (unset: $BREWER_CACHE, else ~/.cache/brewer)"
+    )
+    raise RecipeError(
+        f"{recipe.path}: {where}: the teacher's completions are kept in {directory}, but {existing} {what} — set "
+        f"distillation.generation_cache to a folder this user can write in"
+    )

@@ -66,6 +66,7 @@ def load_teacher(
         dtype=load_dtype(spec.dtype),
     )
     teacher.device = spec.device
+    teacher.dtype = spec.dtype
     if teacher.tokenizer is None:
         if spec.tokenizer is None:
             raise ModelError(
@@ -281,6 +282,11 @@ def named_labels(model: Any) -> list[str] | None:
 
 
 def check_vocabularies(recipe: Recipe, teacher: LoadedModel, student: LoadedModel) -> None:
+    """The single-teacher kinds: the student reads the ids the teacher's tokenizer makes, and the KD
+    losses compare the two models' logits id by id over the teacher tokenizer's `len` ids (the count
+    the distiller trims padding rows to). multi_teacher does not come here: its teachers may read
+    their own tokenization (brewer_cli.tasks.views)."""
+    check_same_tokenizer(recipe, teacher, student)
     teacher_vocab = teacher.model.config.vocab_size
     student_vocab = student.model.config.vocab_size
     tokens = len(teacher.tokenizer)
@@ -294,6 +300,31 @@ def check_vocabularies(recipe: Recipe, teacher: LoadedModel, student: LoadedMode
         f"token ids in one batch, so they must share a tokenizer (their sizes may differ only by padding rows past "
         f"the tokenizer's {tokens} ids); use a student with the teacher's vocabulary, or build it from a config "
         f"(`student.config`), which takes the teacher's tokenizer"
+    )
+
+
+def check_same_tokenizer(recipe: Recipe, teacher: LoadedModel, student: LoadedModel) -> None:
+    """A student checkpoint saved with its own tokenizer must map ids to the teacher's tokens: it is
+    trained on batches the teacher's tokenizer makes, and an id that means another token to it would
+    be taught the teacher's distribution for the wrong token (or fall outside its vocabulary)."""
+    if student.tokenizer is None or student.tokenizer is teacher.tokenizer:
+        return
+    student_tokens, teacher_tokens = student.tokenizer.get_vocab(), teacher.tokenizer.get_vocab()
+    if student_tokens == teacher_tokens:
+        return
+    student_by_id = {number: token for token, number in student_tokens.items()}
+    teacher_by_id = {number: token for token, number in teacher_tokens.items()}
+    differing = min(
+        number for number in set(student_by_id) | set(teacher_by_id) if student_by_id.get(number) != teacher_by_id.get(number)
+    )
+    raise ModelError(
+        f"{recipe.path}: student.checkpoint: the student's own tokenizer ({len(student.tokenizer)} tokens) is not the "
+        f"teacher's ({len(teacher.tokenizer)} tokens) — id {differing} is {student_by_id.get(differing)!r} to the student "
+        f"and {teacher_by_id.get(differing)!r} to the teacher. The student trains on the ids the teacher's tokenizer "
+        f"makes and their logits are compared id by id, so they must share a tokenizer: use a student checkpoint with "
+        f"the teacher's tokenizer, build the student from a config (`student.config`), which takes the teacher's "
+        f"tokenizer, or, for a sequence-level task, use `distillation.kind: multi_teacher`, whose teachers read the "
+        f"examples tokenized their own way"
     )
 
 

@@ -99,7 +99,11 @@ def build_multi_task_run(recipe: Recipe, run_dir: Path, stand_ins: dict[str, Loa
 def _student_tokenizer(recipe: Recipe, entries: list[tuple[str, Recipe, Task, LoadedModel]]) -> Any:
     """The student's own tokenizer when the recipe names one (`student.tokenizer`, trained on
     every task's text, or a student checkpoint's), else the first task's teacher's."""
-    own = own_student_tokenizer(recipe, lambda: [text for _, single, task, _ in entries for text in task.tokenizer_texts(single)])
+    own = own_student_tokenizer(
+        recipe,
+        lambda: [text for _, single, task, _ in entries for text in task.tokenizer_texts(single)],
+        any(task.generates_text for _, _, task, _ in entries),
+    )
     return own if own is not None else entries[0][3].tokenizer
 
 

@@ -74,7 +74,7 @@ def _student_tokenizer(recipe: Recipe, task: Task, match_teacher: LoadedModel) -
         raise ModelError(
             f"{recipe.path}: student.tokenizer: an extracted student reads its teacher's tokenizer — remove `student.tokenizer`"
         )
-    own = own_student_tokenizer(recipe, lambda: task.tokenizer_texts(recipe))
+    own = own_student_tokenizer(recipe, lambda: task.tokenizer_texts(recipe), task.generates_text)
     return own if own is not None else match_teacher.tokenizer
 
 

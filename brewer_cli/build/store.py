@@ -7,7 +7,9 @@ train the student on the teacher's answers to other questions without any error:
 - the recipe (no weights needed): a kind whose losses read only the teacher's logits, a token KD
   loss (they accept sparse distributions), a constant temperature, no extraction from the teacher
   (that needs its weights);
-- the store (its manifest): complete, its tokenizer as recorded, the capture temperature equal to
+- the store (its manifest): complete and of this format, captured for the recipe's task, a loss
+  that stays a divergence with the tail asked for (reverse KL against a `zero` tail does not), its
+  tokenizer as recorded, the capture temperature equal to
   `distillation.temperature` (the store holds p_T at that temperature; it cannot be re-tempered
   without the logits it dropped), the same tokenized training examples (data fingerprint), and a
   vocabulary the student's logits cover.
@@ -88,6 +90,17 @@ def store_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
+def _needs_teacher_mass_everywhere(distillation: Any) -> bool:
+    """Whether the divergence takes log p_T where the student has mass, so that p_T = 0 there (a
+    `zero` tail) makes it infinite — clamped, a constant that swamps the rest. Reverse KL does
+    (Σ p_S log(p_S / p_T)), and skew reverse KL at α = 0 is reverse KL. The others stay finite:
+    forward KL and skew KL weigh by p_T (0 there); JSD(β) and skew reverse KL with α > 0 compare
+    p_S with a mixture ≥ (1−β)·p_S or α·p_S, so a tail id costs at most −log(1−β) or −log α per
+    unit of student mass; total variation is bounded by 1."""
+    name = distillation.kd_loss
+    return name == "reverse_kl" or (name == "skew_reverse_kl" and distillation.skew_alpha == 0)
+
+
 def build_basic_store_run(recipe: Recipe, run_dir: Any, inputs_of: Callable[..., DistillerInputs]) -> Run:
     """Kind basic with `teacher.store`: the student, the data tokenized with the store's tokenizer,
     and a distiller that reads the teacher's logits from the store (see the module docstring).
@@ -99,6 +112,26 @@ def build_basic_store_run(recipe: Recipe, run_dir: Any, inputs_of: Callable[...,
     directory = resolve_path(recipe.teacher.store, recipe)
     store = open_store(directory, where)
     manifest = store.manifest
+    captured_task = manifest.data.get("task")
+    if captured_task != recipe.task.kind:
+        # Before the data: another task's examples would differ anyway, and say less about why.
+        raise RecipeError(
+            f"{recipe.path}: task.kind: {recipe.task.kind}, but teacher.store {directory} holds a teacher's next-token "
+            f"distributions captured for task {captured_task} — a store stands in for the teacher of the task it was "
+            f"captured for; set task.kind: {captured_task}, or give teacher.checkpoint"
+        )
+    distillation = recipe.distillation
+    zero_tail = recipe.teacher.tail == "zero" and manifest.k < manifest.vocabulary_size
+    if distillation.kd_weight > 0 and zero_tail and _needs_teacher_mass_everywhere(distillation):
+        # Checked here, not with the recipe: a store of the whole vocabulary (k = V) has no tail.
+        raise RecipeError(
+            f"{recipe.path}: teacher.tail: `zero` gives every id outside the store's top {manifest.k} (of "
+            f"{manifest.vocabulary_size:,}) probability 0, and kd_loss {distillation.kd_loss} weighs the student's "
+            f"probability on those ids by −log p_T, there the floor ≈ 87 (log 0 clamped): the loss becomes that "
+            f"constant times the student's mass outside the top {manifest.k}, not a divergence — set teacher.tail: "
+            f"uniform (the remaining mass spread over the other ids), or use kd_loss forward_kl, jsd, tv, skew_kl, or "
+            f"skew_reverse_kl with skew_alpha > 0"
+        )
     tokenizer = load_tokenizer_dir(str(directory / TOKENIZER_DIRECTORY), recipe, "teacher.store")
     if tokenizer_hash(tokenizer) != manifest.tokenizer_hash:
         raise ModelError(

@@ -167,8 +167,11 @@ class Distiller(nn.Module, ABC):
         """The teacher's metrics on the eval split, reported beside the student's."""
         store = self.inputs.teacher_store
         if store is not None and store.load_teacher is not None and self.data.eval is not None:
-            # Loaded for its evaluation only, then let go: training reads the store.
-            teacher = store.load_teacher()
+            # Loaded for its evaluation only, then let go: training reads the store. None: the
+            # checkpoint's weights are no longer the captured ones (`store.unavailable` says so).
+            teacher = store.teacher_for_metrics()
+            if teacher is None:
+                return None
             place_teacher(teacher, device)
             return evaluate_model(self.eval_setup(), teacher.model, teacher.family)
         if not self.teachers or self.data.eval is None or self.task.measured_by_distillation_loss:

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
+from brewer_cli.tasks.causal_lm import only_these_settings, padding_ids
+
 IGNORED = -100  # the label of a position no loss counts
 
 
@@ -42,18 +44,19 @@ class GenerationSettings:
     # Plain text has no prompt (prompt_length 0): its first `prompt_tokens` tokens are taken as one.
     prompt_tokens: int | None = None
 
-    def config(self, pad_token_id: int, end_token_ids: Sequence[int]) -> GenerationConfig:
-        """Every setting that decides the tokens is given explicitly: a checkpoint's own
-        generation_config.json (a repetition penalty, a top_k of 50) must not change what the
-        recipe asked for."""
+    def config(self, pad_token_id: int, end_token_ids: Sequence[int], blocked: Sequence[int] = ()) -> GenerationConfig:
+        """The recipe's settings and nothing else. `generate` applies it under
+        `only_these_settings`, so that no field of a checkpoint's generation_config.json (a
+        repetition penalty, no_repeat_ngram_size, min_p, a top_k of 50) changes what the recipe
+        asked for. `blocked`: ids never generated (the vocabulary's padding rows)."""
         sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k} if self.sample else {}
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens,
             do_sample=self.sample,
             num_beams=1,
-            repetition_penalty=1.0,
             pad_token_id=pad_token_id,
             eos_token_id=list(end_token_ids) or None,
+            suppress_tokens=list(blocked) or None,
             **sampling,
         )
 
@@ -95,18 +98,6 @@ def pad_token_id(tokenizer: Any) -> int:
         if value is not None:
             return int(value)
     return 0
-
-
-def end_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
-    """The tokens that end a completion: the tokenizer's end-of-sequence token and those the model's
-    generation config names (chat models end a turn with their own, e.g. <|im_end|>)."""
-    found: list[int] = []
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (getattr(tokenizer, "eos_token_id", None), configured):
-        for token in value if isinstance(value, (list, tuple)) else [value]:
-            if token is not None and int(token) not in found:
-                found.append(int(token))
-    return tuple(found)
 
 
 def prompt_lengths(batch: dict[str, torch.Tensor], prompt_tokens: int | None = None) -> list[int]:
@@ -151,11 +142,13 @@ def generate(
     pad_id: int,
     end_ids: Sequence[int],
     device: Any = None,
+    tokenizer_size: int | None = None,
 ) -> list[list[int]]:
     """`model`'s completion of each prompt (token ids, cut after the first end-of-sequence token),
     drawn from torch's generator seeded with `seed` inside a fork: the global random state is the
     same after the call as before. The model generates in eval mode (no dropout) and is put back
-    in the mode it was in."""
+    in the mode it was in. `tokenizer_size`: ids from there on (the vocabulary's padding rows,
+    which no tokenizer can decode and no loss counts) are never generated."""
     if any(len(prompt) == 0 for prompt in prompts):
         raise ValueError("every prompt needs at least one token to continue from")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -165,13 +158,14 @@ def generate(
     was_training = model.training
     model.eval()
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    blocked = padding_ids(model, tokenizer_size) if tokenizer_size is not None else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), only_these_settings(model):
             torch.manual_seed(seed)
             sequences = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                generation_config=settings.config(pad_id, end_ids),
+                generation_config=settings.config(pad_id, end_ids, blocked),
                 # An FSDP-sharded student gathers its layers in collectives at every forward: the
                 # processes must take as many decoding steps as the one that runs longest.
                 synced_gpus=_sharded(model),

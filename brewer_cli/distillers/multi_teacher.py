@@ -35,7 +35,10 @@ def mean_logits(logits: Sequence[Any], weights: Sequence[float]) -> Any:
     if isinstance(logits[0], tuple):
         return tuple(mean_logits([item[part] for item in logits], weights) for part in range(len(logits[0])))
     total = float(sum(weights))
-    return sum(weight * value for weight, value in zip(weights, logits)) / total
+    # In fp32 at least: bf16 teachers' logits summed in bf16 would lose the small differences
+    # between teachers that the mean is for (bf16 keeps 8 bits of mantissa).
+    upcast = [value.to(torch.promote_types(value.dtype, torch.float32)) for value in logits]
+    return sum(weight * value for weight, value in zip(weights, upcast)) / total
 
 
 class MultiTeacherDistiller(GeneralDistiller):

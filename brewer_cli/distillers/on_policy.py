@@ -10,8 +10,8 @@ completions and the loss is `basic`'s token KD (plus the data cross-entropy when
 exactly supervised token KD, and λ = 1 is purely on-policy.
 
 Determinism: which branch a batch takes and what the student samples come from seeds derived from
-(seed, optimizer step, micro-batch within the step), never from the global generator (see
-distillers/generation.py), so two runs with one seed agree and a resumed run — which restarts at a
+(seed, optimizer step, micro-batch within the step; the samples also from the process), never from
+the global generator (see distillers/generation.py), so two runs with one seed agree and a resumed run — which restarts at a
 step boundary — draws what the uninterrupted run drew, with nothing added to the checkpoint. TRL
 draws the branch from Python's global `random` instead, which a resume would replay differently.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from accelerate import PartialState
 
 from brewer_cli.distillers.base import DistillerInputs
 from brewer_cli.distillers.basic import BasicDistiller, LogitKD
@@ -33,12 +34,12 @@ from brewer_cli.distillers.generation import (
     completion_batch,
     derived_seed,
     draw_below,
-    end_token_ids,
     generate,
     pad_token_id,
     prompts_of,
 )
 from brewer_cli.recipe import Recipe
+from brewer_cli.tasks.causal_lm import end_token_ids
 
 
 class OnPolicyDistiller(BasicDistiller):
@@ -53,6 +54,12 @@ class OnPolicyDistiller(BasicDistiller):
         tokenizer = inputs.student.tokenizer
         self.pad_id = pad_token_id(tokenizer)
         self.end_ids = end_token_ids(inputs.student.model, tokenizer)
+        self.tokenizer_size = len(tokenizer)
+        # Each process samples its own stream (its batches hold other prompts, but a shared seed
+        # would still tie their draws); the branch draw leaves it out, so that every process takes
+        # the same branch at a step and their collectives (DDP's gradient sync, FSDP's gathers
+        # inside generate) stay in step.
+        self.process_index = PartialState().process_index
         # (step, micro-batches drawn at that step): names each draw; restarts at 0 on every step,
         # which is where a resumed run starts too.
         self._position = (-1, 0)
@@ -83,7 +90,7 @@ class OnPolicyDistiller(BasicDistiller):
         self._total.batches += 1
         if not on_policy:
             return super().compute_loss(batch)
-        sampled = self.student_samples(batch, derived_seed(self.generation.seed, "sample", step, micro))
+        sampled = self.student_samples(batch, derived_seed(self.generation.seed, "sample", step, micro, self.process_index))
         # generate has synchronized with the device already: reading the lengths costs nothing more.
         tokens = int((sampled["labels"] != IGNORED).sum())
         for counts in (self._window, self._total):
@@ -100,7 +107,9 @@ class OnPolicyDistiller(BasicDistiller):
         """The batch with each example's completion replaced by one the student samples for its prompt."""
         prompts = prompts_of(batch, self.generation.prompt_tokens)
         device = batch["input_ids"].device
-        completions = generate(self.student, prompts, self.generation, seed, self.pad_id, self.end_ids, device)
+        completions = generate(
+            self.student, prompts, self.generation, seed, self.pad_id, self.end_ids, device, self.tokenizer_size
+        )
         return completion_batch(prompts, completions, self.pad_id, batch["index"], device)
 
     def _next_position(self) -> tuple[int, int]:

@@ -11,8 +11,8 @@ training batches before step 1; a dry-run plan builds the run without generating
 disk under a fingerprint of what decides them — the teacher's weights, its tokenizer, the prompts
 and the generation settings — in `<cache>/sequence_kd/<fingerprint>/`, as Parquet. A second run
 of the same teacher and data, and a resumed run, read them instead of generating again; changing
-any ingredient gives another directory. Several processes: the main one generates, the others
-wait and read.
+any ingredient gives another directory. Several processes share the generation: each generates
+its share of the chunks, the main process writes the whole set (see `complete`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from accelerate import PartialState
+from accelerate.utils import gather_object
 
 from brewer_cli.distillers.base import DistillerInputs
 from brewer_cli.distillers.basic import BasicDistiller, LogitKD
@@ -35,7 +37,6 @@ from brewer_cli.distillers.generation import (
     IGNORED,
     GenerationSettings,
     derived_seed,
-    end_token_ids,
     example_prompts,
     generate,
     pad_token_id,
@@ -45,6 +46,7 @@ from brewer_cli.families.loading import LoadedModel
 from brewer_cli.families.placement import place_teacher
 from brewer_cli.logit_store.fingerprints import hash_chunks, tokenizer_hash, weights_hash
 from brewer_cli.tasks import TokenizedDataset
+from brewer_cli.tasks.causal_lm import end_token_ids
 
 FORMAT_VERSION = 1
 COMPLETIONS_FILE = "completions.parquet"
@@ -82,40 +84,67 @@ class SequenceKDDistiller(BasicDistiller):
         return super().train_loader()
 
     def complete(self, prompts: list[list[int]]) -> TeacherCompletions:
-        """The teacher's completions of `prompts`: from the cache, or generated (on the run's device)
-        and written there."""
+        """The teacher's completions of `prompts`: from the cache, or generated and written there.
+
+        Several processes: every one reads the cache and they agree (one gather) whether it holds
+        the set; if not, each generates its share of the chunks (`chunk_shares`) on its device,
+        the shares are gathered, the main process writes the directory and one barrier follows.
+        No process waits while another generates alone, so an error every process meets (a
+        teacher that cannot generate) stops each with its own traceback rather than leaving the
+        others at a barrier until the collective timeout; a failed write only costs the reuse."""
         teacher = self.teachers[0]
         pad_id, end_ids = pad_token_id(teacher.tokenizer), end_token_ids(teacher.model, teacher.tokenizer)
-        fingerprint = completions_fingerprint(teacher, prompts, self.generation, pad_id, end_ids)
+        size = eval_batch_size(self.training_settings)
+        fingerprint = completions_fingerprint(teacher, prompts, self.generation, pad_id, end_ids, size)
         directory = self.cache_root / "sequence_kd" / hash_chunks([json.dumps(fingerprint, sort_keys=True).encode()])
         state = PartialState()
-        with state.main_process_first():
-            found = read_completions(directory, fingerprint, len(prompts))
-            if found is not None:
-                return TeacherCompletions(found, directory, 0)
-            completions = self.generate_all(teacher, prompts, pad_id, end_ids, state.device)
-            if state.is_main_process:
+        found = read_completions(directory, fingerprint, len(prompts))
+        # Agreed before anyone writes: a process that read the finished set must not skip the gather.
+        if all(gather_object([found is not None])):
+            return TeacherCompletions(found, directory, 0)
+        share = self.generate_share(teacher, prompts, pad_id, end_ids, state.device, state.process_index, state.num_processes)
+        completions: list[list[int]] = [[] for _ in prompts]
+        for index, completion in gather_object(share):
+            completions[index] = completion
+        if state.is_main_process:
+            try:
                 write_completions(directory, fingerprint, completions)
+            except OSError as error:
+                # The completions are in memory: this run trains on them; only the reuse is lost.
+                warnings.warn(f"{directory}: the teacher's completions were not cached ({error})", stacklevel=2)
+        state.wait_for_everyone()
         return TeacherCompletions(completions, directory, len(completions))
 
-    def generate_all(
-        self, teacher: LoadedModel, prompts: list[list[int]], pad_id: int, end_ids: tuple[int, ...], device: Any
-    ) -> list[list[int]]:
-        """Longest prompts first, in chunks of the eval batch size (little padding); each chunk
-        samples from a seed of its own."""
+    def generate_share(
+        self,
+        teacher: LoadedModel,
+        prompts: list[list[int]],
+        pad_id: int,
+        end_ids: tuple[int, ...],
+        device: Any,
+        process_index: int = 0,
+        processes: int = 1,
+    ) -> list[tuple[int, list[int]]]:
+        """(example index, completion) for the chunks of `chunk_shares` that fall to
+        `process_index`; each chunk samples from a seed of its own (its number), so the union of
+        the shares is the same for any number of processes."""
         device = place_teacher(teacher, device)
-        order = sorted(range(len(prompts)), key=lambda index: (-len(prompts[index]), index))
-        size = eval_batch_size(self.training_settings)
-        completions: list[list[int]] = [[] for _ in prompts]
-        for number, start in enumerate(range(0, len(order), size)):
-            chunk = order[start : start + size]
+        shares = chunk_shares(prompts, eval_batch_size(self.training_settings), processes)
+        found: list[tuple[int, list[int]]] = []
+        for number, chunk in shares[process_index]:
             seed = derived_seed(self.generation.seed, "sequence_kd", number)
             generated = generate(
-                teacher.model, [prompts[index] for index in chunk], self.generation, seed, pad_id, end_ids, device
+                teacher.model,
+                [prompts[index] for index in chunk],
+                self.generation,
+                seed,
+                pad_id,
+                end_ids,
+                device,
+                len(teacher.tokenizer),
             )
-            for index, completion in zip(chunk, generated):
-                completions[index] = completion
-        return completions
+            found.extend(zip(chunk, generated))
+        return found
 
     # -- the loss -------------------------------------------------------------------------------
 
@@ -150,12 +179,30 @@ class SequenceKDDistiller(BasicDistiller):
         ]
 
 
+def chunk_shares(prompts: list[list[int]], size: int, processes: int) -> list[list[tuple[int, list[int]]]]:
+    """Per process, its (chunk number, example indices) to generate: the prompts longest first, in
+    chunks of `size` (little padding), chunk n to process n mod `processes`. The chunks and their
+    numbers do not depend on `processes`; only who generates them does."""
+    order = sorted(range(len(prompts)), key=lambda index: (-len(prompts[index]), index))
+    chunks = [order[start : start + size] for start in range(0, len(order), size)]
+    return [[(number, chunk) for number, chunk in enumerate(chunks) if number % processes == rank] for rank in range(processes)]
+
+
 def completions_fingerprint(
-    teacher: LoadedModel, prompts: list[list[int]], generation: GenerationSettings, pad_id: int, end_ids: tuple[int, ...]
+    teacher: LoadedModel,
+    prompts: list[list[int]],
+    generation: GenerationSettings,
+    pad_id: int,
+    end_ids: tuple[int, ...],
+    chunk_size: int,
 ) -> dict[str, Any]:
-    """What decides the completions, one hash per ingredient so that a mismatch can be named."""
+    """What decides the completions, one hash per ingredient so that a mismatch can be named.
+
+    Not in it: the teacher's generation_config.json. `generate` decodes under
+    `only_these_settings`, so none of its fields applies — except its end tokens, which are in
+    `end_ids` (and its pad id, which `pad_id` replaces)."""
     flat = [token for prompt in prompts for token in prompt]
-    return {
+    values = {
         "format": FORMAT_VERSION,
         "teacher weights": weights_hash(teacher.model),
         "tokenizer": tokenizer_hash(teacher.tokenizer),
@@ -167,6 +214,11 @@ def completions_fingerprint(
         "padding id": pad_id,
         "end-of-sequence ids": list(end_ids),
     }
+    if generation.sample:
+        # A sample depends on its chunk: the chunk's seed, and the rows drawn with it. (Greedy
+        # completions are the same in any chunk, so greedy keys leave the size out.)
+        values["generation chunk size"] = chunk_size
+    return values
 
 
 def read_completions(directory: Path, fingerprint: dict[str, Any], count: int) -> list[list[int]] | None:

@@ -105,6 +105,19 @@ def _choose_grouped_index_sets(
     return IndexSets(hidden, heads, attention, attention, ffn, key_value=key_value)
 
 
+def check_layer_positions(family: Family, config: Any, kept_layers: list[int]) -> None:
+    """Refuse to move a layer whose computation depends on its index (`Family.layer_index_flags`)."""
+    flags = [flag for flag in family.layer_index_flags if getattr(config, flag, False)]
+    moved = [(old, new) for new, old in enumerate(kept_layers, start=1) if old != new]
+    if flags and moved:
+        old, new = moved[0]
+        raise BrewerError(
+            f"{FIELD}.layers: the {family.title} teacher has {flags[0]}=true, so each layer scales its attention "
+            f"scores by its own position — teacher layer {old} kept as student layer {new} would attend differently. "
+            f"Keep the first layers (`selection: first`), keep every layer, or extract from a teacher without {flags[0]}"
+        )
+
+
 def extract_student(
     teacher_model: nn.Module,
     plan: ExtractPlan,
@@ -173,6 +186,7 @@ def extract_student(
         target = resolve_sizes(plan, teacher_sizes)
         per_round = round_sizes(teacher_sizes, target, plan.rounds)
     kept_layers = select_layers(plan, teacher_sizes.layers)
+    check_layer_positions(family, teacher_model.config, kept_layers)
     check_electra_projection(teacher_sizes, per_round)
 
     generator = torch.Generator().manual_seed(plan.seed)

@@ -90,6 +90,9 @@ class Family:
     whole_heads_reason: str | None = None
     # Config lists with one entry per layer (Qwen2's layer_types), cut to the kept layers.
     per_layer_fields: tuple[str, ...] = ()
+    # Config flags that, when true, make a layer compute by its own index (GPT-2's
+    # scale_attn_by_inverse_layer_idx divides layer i's scores by i + 1): such a layer cannot move.
+    layer_index_flags: tuple[str, ...] = ()
     # Heads that run on every token before one is picked (GPT-2/Llama `score`), for FLOPs.
     every_token_heads: tuple[str, ...] = ()
     uses_token_type_ids: bool = True

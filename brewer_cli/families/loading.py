@@ -35,6 +35,9 @@ class LoadedModel:
     extraction: Any = None  # ETD: what was kept, when the student was extracted from the teacher
     # A teacher's `teacher.device` (brewer_cli/families/placement.py): "auto" runs it where training runs.
     device: str = "auto"
+    # Its `teacher.dtype` as the recipe gives it ("auto": as saved); the cache fingerprint names it
+    # only when it is not the default, so caches written before the setting existed still resume.
+    dtype: str = "auto"
 
 
 def load_checkpoint(

@@ -130,6 +130,12 @@ ROTARY_CAPTURE_REFUSAL = (
     "its attention rotates queries and keys by position (RoPE) after the q/k projections, and its key/value "
     "heads are shared by groups of query heads, so the projections' outputs are not the scores it attends with"
 )
+# Why GPT-2's attention scores are not captured: the captured QKᵀ/√d carry no causal mask, and the
+# attention and relation losses mask padding only, so they would match the scores of future tokens.
+CAUSAL_CAPTURE_REFUSAL = (
+    "its attention is causal (each token attends to the tokens before it only), while the attention and "
+    "relation losses mask padding only, so they would match scores of future tokens the model never attends to"
+)
 ROTARY_WHOLE_HEADS = (
     "RoPE rotates pairs of channels spread across each head's dimension, so a subset of a head's channels "
     "is no longer a rotary head — keep head_dim at the teacher's and extract fewer heads instead"
@@ -233,6 +239,9 @@ _register(
         default_ffn_multiple=4,
         uses_token_type_ids=False,
         every_token_heads=("score",),
+        layer_index_flags=("scale_attn_by_inverse_layer_idx",),
+        supports_attention_capture=False,
+        attention_capture_refusal=CAUSAL_CAPTURE_REFUSAL,
     ),
     "GPT-2: pre-LN decoder, fused q/k/v Conv1D, learned positions, LM head tied to the token embeddings",
 )

@@ -17,7 +17,7 @@ in them. The store is also written once and read by any number of student runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from brewer_cli.logit_store.files import (
     LogitStore,
     Manifest,
     StoreWriter,
+    UnreadableStore,
     partial_directory,
 )
 from brewer_cli.logit_store.fingerprints import data_fingerprint, tokenizer_hash, weights_hash
@@ -57,7 +58,13 @@ def open_store(directory: Path, where: str) -> LogitStore:
             f"{where}: {str(directory)!r} is not a complete teacher store (no {MANIFEST}) — a store is complete only "
             f"when brewer capture has finished; run it again"
         )
-    return LogitStore(directory)
+    try:
+        return LogitStore(directory)
+    except UnreadableStore as problem:
+        raise ModelError(
+            f"{where}: {str(directory)!r} cannot be read as a teacher store: {problem} — re-run `brewer capture` "
+            f"on this recipe's data to write the store again (with --output {directory})"
+        ) from problem
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,30 @@ class TeacherStore:
     store: LogitStore
     tail: str
     load_teacher: Callable[[], Any] | None = None
-    unavailable: str = ""  # why the teacher's metrics are not available, when load_teacher is None
+    not_loadable: str = ""  # why the teacher's metrics are not available, when load_teacher is None
+    # Set by `teacher_for_metrics` when the checkpoint no longer holds the captured weights.
+    changed: list[str] = field(default_factory=list)
+
+    @property
+    def unavailable(self) -> str:
+        """Why the teacher's eval metrics are not reported."""
+        return self.changed[0] if self.changed else self.not_loadable
+
+    def teacher_for_metrics(self) -> Any:
+        """The captured teacher, loaded for its eval metrics — None when the checkpoint at the
+        manifest's path now holds other weights (retrained, overwritten): its metrics would be
+        reported as the store's teacher's without being them (`unavailable` says so)."""
+        teacher = self.load_teacher()
+        recorded = self.store.manifest.teacher
+        expected = recorded.get("weights_hash")
+        dtype = getattr(torch, recorded["dtype"], None) if isinstance(recorded.get("dtype"), str) else None
+        if expected is not None and weights_hash(teacher.model, dtype) != expected:
+            self.changed[:] = [
+                f"the teacher's eval metrics are unavailable: the checkpoint {recorded.get('path')} no longer holds "
+                f"the weights the store was captured from (their hash differs from manifest.json's teacher.weights_hash)"
+            ]
+            return None
+        return teacher
 
     def features(self, batch: dict[str, torch.Tensor], mask: torch.Tensor) -> Features:
         logits = self.store.sparse_logits(batch["index"], mask, self.tail)

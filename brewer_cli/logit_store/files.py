@@ -22,7 +22,7 @@ import json
 import math
 import shutil
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from brewer_cli.errors import ModelError
 from brewer_cli.features import SparseLogits
 
 FORMAT_VERSION = 1
@@ -70,11 +71,38 @@ class Manifest:
 
     @classmethod
     def read(cls, directory: Path) -> Manifest:
-        values = json.loads((directory / MANIFEST).read_text())
+        """manifest.json; `UnreadableStore` when it is missing, not JSON, of another format or
+        without the fields this format has."""
+        try:
+            values = json.loads((directory / MANIFEST).read_text())
+        except (OSError, ValueError) as error:
+            raise UnreadableStore(f"its {MANIFEST} cannot be read ({error})") from error
+        if not isinstance(values, dict):
+            raise UnreadableStore(f"its {MANIFEST} is not a store manifest (a JSON object)")
+        # Checked first: another format's fields may mean other things even where the names agree.
+        found = values.get("format")
+        if found != FORMAT_VERSION:
+            raise UnreadableStore(
+                f"its {MANIFEST} has format {found!r}, and this version of brewer reads format {FORMAT_VERSION}"
+            )
         known = {name for name in cls.__dataclass_fields__}
+        missing = sorted(name for name, spec in cls.__dataclass_fields__.items() if name not in values and _required(spec))
+        if missing:
+            raise UnreadableStore(f"its {MANIFEST} lacks {', '.join(missing)}")
         values = {name: value for name, value in values.items() if name in known}
         values["shards"] = tuple(values.get("shards", ()))
+        if not all(isinstance(shard, dict) and isinstance(shard.get("file"), str) for shard in values["shards"]):
+            raise UnreadableStore(f"its {MANIFEST} lists shards without a file name")
         return cls(**values)
+
+
+class UnreadableStore(Exception):
+    """A store directory whose manifest or shards cannot be read; the message says what, and
+    `open_store` turns it into the user's error (the recipe field and the fix)."""
+
+
+def _required(spec: Any) -> bool:
+    return spec.default is MISSING and spec.default_factory is MISSING
 
 
 def _schema(log_prob_dtype: str) -> pa.Schema:
@@ -209,11 +237,18 @@ class LogitStore:
         self.directory = Path(directory)
         self.manifest = Manifest.read(self.directory)
         self.cache_bytes = cache_bytes
-        self.files = [pq.ParquetFile(self.directory / shard["file"]) for shard in self.manifest.shards]
+        self.files: list[pq.ParquetFile] = []
         # example index → (shard, row group); read from the `index` column alone.
         self.where: dict[int, tuple[int, int]] = {}
-        for shard, parquet in enumerate(self.files):
-            indices = parquet.read(columns=["index"]).column(0).to_numpy()
+        for shard, entry in enumerate(self.manifest.shards):
+            try:
+                parquet = pq.ParquetFile(self.directory / entry["file"])
+                indices = parquet.read(columns=["index"]).column(0).to_numpy()
+            except (OSError, pa.ArrowException) as error:
+                raise UnreadableStore(f"its shard {entry['file']} is missing or damaged ({error})") from error
+            if parquet.schema_arrow.names != _schema(self.manifest.log_prob_dtype).names:
+                raise UnreadableStore(f"its shard {entry['file']} has columns {parquet.schema_arrow.names}, not a store's")
+            self.files.append(parquet)
             sizes = [parquet.metadata.row_group(group).num_rows for group in range(parquet.num_row_groups)]
             groups = np.repeat(np.arange(len(sizes)), sizes)
             self.where.update(zip(indices.tolist(), ((shard, group) for group in groups.tolist())))
@@ -228,7 +263,15 @@ class LogitStore:
         if found is not None:
             self.cache.move_to_end(key)
             return found
-        table = self.files[key[0]].read_row_group(key[1])
+        try:
+            table = self.files[key[0]].read_row_group(key[1])
+        except (OSError, pa.ArrowException) as error:
+            # Opening read the shards' footers and indices; a page damaged since fails here, mid-run.
+            name = self.manifest.shards[key[0]]["file"]
+            raise ModelError(
+                f"{self.directory / name}: row group {key[1]} of the teacher store cannot be read ({error}) — the "
+                f"store was damaged after capture; re-run brewer capture to write it again"
+            ) from error
         columns = {}
         for name in ("positions", "ids", "log_probs", "tail_log_mass"):
             array = table.column(name).combine_chunks()

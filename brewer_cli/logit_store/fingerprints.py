@@ -53,10 +53,16 @@ def tokenizer_hash(tokenizer: Any) -> str:
     return hash_chunks([json.dumps(tokenizer_definition(tokenizer), sort_keys=True, default=str).encode()])
 
 
-def weights_hash(model: torch.nn.Module) -> str:
+def weights_hash(model: torch.nn.Module, dtype: torch.dtype | None = None) -> str:
+    """`dtype`: floating-point weights hashed as cast to it (a checkpoint reloaded in fp32 compared
+    with the bf16 teacher a capture hashed)."""
+
     def chunks() -> Iterable[bytes]:
         for name, tensor in sorted(model.state_dict().items()):
-            tensor = tensor.detach().to("cpu").contiguous()
+            tensor = tensor.detach().to("cpu")
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            tensor = tensor.contiguous()
             yield f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode()
             # Any dtype as raw bytes (bf16 has no numpy equivalent).
             yield tensor.reshape(-1).view(torch.uint8).numpy().tobytes()

@@ -40,11 +40,13 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import GenerationConfig
 
 from brewer_cli.errors import DataError
 from brewer_cli.recipe import DataSource, Recipe
@@ -234,6 +236,7 @@ class CausalLM(Task):
         new_tokens = self.spec.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         limit = getattr(model.config, "max_position_embeddings", None)
         device = next(model.parameters()).device
+        end_ids = end_token_ids(model, tokenizer)
         was_training = model.training
         model.eval()
         results = []
@@ -243,15 +246,17 @@ class CausalLM(Task):
             if room <= 0:
                 continue
             ids = torch.tensor([prompt], device=device)
-            with torch.inference_mode():
-                output = model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=room,
-                    do_sample=False,
-                    pad_token_id=pad_id_of(tokenizer),
-                    eos_token_id=tokenizer.eos_token_id,
-                )
+            settings = GenerationConfig(
+                max_new_tokens=room,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=pad_id_of(tokenizer),
+                # The model's own end tokens (a chat model's <|im_end|>) and the tokenizer's.
+                eos_token_id=list(end_ids) or None,
+                suppress_tokens=padding_ids(model, len(tokenizer)) or None,
+            )
+            with torch.inference_mode(), only_these_settings(model):
+                output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=settings)
             completion = output[0, len(prompt) :].tolist()
             # The prompt as the model read it (chat markers included); the completion as text.
             results.append(
@@ -262,6 +267,47 @@ class CausalLM(Task):
             )
         model.train(was_training)
         return results
+
+
+# ============================================================================= generation settings
+
+
+@contextmanager
+def only_these_settings(model: Any) -> Iterator[None]:
+    """While inside: `model.generate(generation_config=…)` decodes with exactly the settings passed.
+
+    transformers (5.x, `_prepare_generation_config`) fills every field the passed config leaves
+    None from `model.generation_config` — the checkpoint's generation_config.json, which may set
+    repetition_penalty, no_repeat_ngram_size, min_p, suppress_tokens, top_k … — before its own
+    defaults. Swapping in an empty GenerationConfig for the call leaves only those defaults (which
+    change nothing: repetition_penalty 1, no_repeat_ngram_size 0, …), so a teacher and a student
+    decode alike whatever their checkpoints ship; the model's own config is put back afterwards."""
+    own = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = own
+
+
+def end_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
+    """The tokens that end a completion: the tokenizer's end-of-sequence token and those the model's
+    generation config names (chat models end a turn with their own, e.g. <|im_end|>)."""
+    found: list[int] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (getattr(tokenizer, "eos_token_id", None), configured):
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if token is not None and int(token) not in found:
+                found.append(int(token))
+    return tuple(found)
+
+
+def padding_ids(model: Any, tokenizer_size: int) -> list[int]:
+    """The ids of the model's vocabulary padding rows (ids ≥ the tokenizer's size, e.g. Qwen's
+    151,936 tokens in 152,064 rows): never trained, no text — `generate` must not emit them."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    rows = getattr(config, "vocab_size", None) or tokenizer_size
+    return list(range(tokenizer_size, rows))
 
 
 # ============================================================================= data forms

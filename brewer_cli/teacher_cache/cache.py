@@ -68,7 +68,10 @@ def fingerprint(distiller: Any, layouts: Sequence[Layout], precision: str) -> di
         key = f"teachers.{layout.read.teacher}"
         result[f"{key} weights"] = _hash_bytes(_weight_chunks(teacher.model))
         # teacher.dtype: a bf16 teacher's outputs differ from its fp32 self (named, for the message).
-        result[f"{key} dtype"] = str(next(teacher.model.parameters()).dtype).removeprefix("torch.")
+        # The weights hash covers each tensor's dtype already; the key is added only where the recipe
+        # sets teacher.dtype, so fingerprints written before the setting existed stay equal.
+        if getattr(teacher, "dtype", "auto") != "auto":
+            result[f"{key} dtype"] = str(next(teacher.model.parameters()).dtype).removeprefix("torch.")
         result[f"{key} tokenizer"] = _hash_bytes(
             [json.dumps(tokenizer_definition(teacher.tokenizer), sort_keys=True, default=str).encode()]
         )
