@@ -38,10 +38,6 @@ from brewer_cli.paths import looks_like_hub_id, resolve_path
 from brewer_cli.recipe import Recipe, speaking_of
 from brewer_cli.tasks import TASKS
 
-# The store keeps next-token distributions at the counted positions of a language model; other
-# tasks' teacher outputs are one small row per example (or per word), which the teacher-output
-# cache keeps whole (distillation.teacher_cache).
-CAPTURED_TASKS = ("causal_lm",)
 DEFAULT_TOP_K = 64
 # float16 log-probabilities: at k = V, forward/reverse KL, JSD and TV from the store stay within 1e-4
 # (relative) of the live teacher's loss — 8e-5 at most on tests/test_capture.py's teacher; float32
@@ -117,7 +113,10 @@ def _check(
     """Everything refused before the teacher is loaded: the output directory and the command's values."""
     check_names(recipe)
     problems = []
-    if recipe.task is None or recipe.task.kind not in CAPTURED_TASKS:
+    # The store keeps the distributions of tasks whose teacher logits are dense over a vocabulary at
+    # every token (a causal LM's), which the teacher-output cache declines; other tasks' outputs are
+    # one small row per example (or per word), which that cache keeps whole.
+    if recipe.task is None or TASKS.get(recipe.task.kind).caches_teacher_logits:
         kind = recipe.task.kind if recipe.task is not None else f"{recipe.distillation.kind} (several tasks)"
         problems.append(
             f"{recipe.path}: task.kind: brewer capture stores a causal language model's next-token distributions, and "
