@@ -189,7 +189,43 @@ def run_brewer(command: Sequence[str], log: Path, device: str | None = None) -> 
         except KeyboardInterrupt:
             returncode = process.wait()
         reader.join()
-    return returncode, watch.report(), shown
+    return returncode, combined_load(log, watch.report(), resumed="--resume" in command), shown
+
+
+def combined_load(log: Path, report: dict[str, Any], resumed: bool) -> dict[str, Any]:
+    """The load over every segment of a run: this one's `report` is appended to `LOG.load.jsonl`
+    and the segments recorded there are summed. A run interrupted and resumed across sittings ran
+    partly beside other jobs or not, segment by segment; judging it by its last segment alone would
+    call a run "alone" whose first hours had company. When the first recorded segment is a resume,
+    the earlier ones were never measured, and whether other jobs ran beside the run is unknown (None)."""
+    segments_file = log.with_name(log.name + ".load.jsonl")
+    segments = []
+    if segments_file.is_file():
+        segments = [json.loads(line) for line in segments_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    segments.append({**report, "resumed": resumed})
+    with segments_file.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(segments[-1]) + "\n")
+    wall = sum(segment["wall_s"] for segment in segments)
+    combined: dict[str, Any] = {
+        "wall_s": round(wall, 1),
+        "own_cpu_s": round(sum(segment["own_cpu_s"] for segment in segments), 1),
+        "load_average_before": segments[0]["load_average_before"],
+        "load_average_after": segments[-1]["load_average_after"],
+        "segments": len(segments),
+    }
+    unmeasured = segments[0]["resumed"]
+    shares = [segment.get("others_cpu_share") for segment in segments]
+    if unmeasured or None in shares or wall <= 0:
+        combined.update(others_cpu_share=None, others_beside=None, unmeasured_segments=unmeasured)
+        return combined
+    others = sum(segment["others_cpu_s"] for segment in segments)
+    share = others / (wall * machine_cores())
+    combined.update(
+        others_cpu_s=round(others, 1),
+        others_cpu_share=round(share, 4),
+        others_beside=share > OTHERS_THRESHOLD or any(segment["others_beside"] for segment in segments),
+    )
+    return combined
 
 
 def _copy_lines(stream: Any, handle: Any) -> None:

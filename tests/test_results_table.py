@@ -398,3 +398,37 @@ def test_driver_runs_rows_in_subprocesses_and_skips_them_the_second_time(tiny, t
     capsys.readouterr()
     assert results_table.main(arguments, rows=rows) == 0
     assert "tiny-student-seed9: finished already" in capsys.readouterr().out
+
+
+def _segment(wall: float, others: float, beside: bool) -> dict:
+    return {
+        "wall_s": wall,
+        "own_cpu_s": wall * 2,
+        "load_average_before": [1.0, 1.0, 1.0],
+        "load_average_after": [2.0, 2.0, 2.0],
+        "others_cpu_s": others,
+        "others_cpu_share": others / (wall * 2),
+        "others_beside": beside,
+    }
+
+
+def test_a_resumed_run_is_judged_by_every_segment(tmp_path, monkeypatch):
+    monkeypatch.setattr(results_table, "machine_cores", lambda: 2)
+    log = tmp_path / "row.log"
+    first = results_table.combined_load(log, _segment(100.0, 60.0, True), resumed=False)
+    assert first["others_beside"] is True and first["segments"] == 1
+    # The second segment alone: 0 other CPU seconds, "alone" — but the run as a whole had company.
+    second = results_table.combined_load(log, _segment(300.0, 0.0, False), resumed=True)
+    assert second["segments"] == 2
+    assert second["wall_s"] == 400.0
+    assert second["others_cpu_s"] == 60.0
+    assert second["others_cpu_share"] == round(60.0 / 800.0, 4)
+    assert second["others_beside"] is True
+    assert len((tmp_path / "row.log.load.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_run_resumed_before_its_load_was_recorded_is_unknown(tmp_path, monkeypatch):
+    monkeypatch.setattr(results_table, "machine_cores", lambda: 2)
+    combined = results_table.combined_load(tmp_path / "row.log", _segment(300.0, 0.0, False), resumed=True)
+    assert combined["others_beside"] is None
+    assert combined["unmeasured_segments"] is True
