@@ -89,8 +89,8 @@ def test_rows_plan_the_teacher_and_captures_first_and_one_run_per_seed(tmp_path)
         assert (ROOT / run.row.recipe).read_text().startswith("# Offline: needs nothing from the Hugging Face Hub")
         if run.row.kind == "student":
             assert recipe.training.seed == run.seed
-            # Equal steps for every student: the same data, epochs and batch.
-            assert (recipe.training.epochs, recipe.training.batch_size, recipe.training.eval_every) == (2, 32, 50)
+            # Equal steps for every student: the same data, steps and batch.
+            assert (recipe.training.max_steps, recipe.training.batch_size, recipe.training.eval_every) == (150, 32, 25)
         if run.row.teacher == "store":
             assert recipe.teacher.store == str(settings.store(run.row.k))
         elif run.row.teacher == "live" and run.row.kind == "student":
