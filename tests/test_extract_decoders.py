@@ -6,6 +6,7 @@ and smaller students are valid models that round-trip through save_pretrained/fr
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,8 +23,11 @@ from transformers import (
 )
 
 from brewer_cli.errors import BrewerError
-from brewer_cli.extract import ExtractPlan, extract_student
-from brewer_cli.families import parameter_count
+from brewer_cli.extract import ExtractPlan, describe, extract_student
+from brewer_cli.extract.plan import read_sizes
+from brewer_cli.extract.sizing import Costs, Shape, measure, meta_model, sizes_of
+from brewer_cli.families import parameter_count, registered_family
+from brewer_cli.size_report import analytic_flops
 
 VOCAB = 120
 STRATEGIES = ("random", "importance", "activation")
@@ -209,6 +213,89 @@ def test_gpt2_extracts_to_a_parameter_budget():
     assert result.kept["budget"]["chosen"]["parameters"] == parameter_count(result.model)
 
 
+GROUPED = [name for name in TEACHERS if name != "gpt2"]
+
+
+@pytest.mark.parametrize("teacher_name", GROUPED)
+def test_grouped_query_costs_equal_the_counter_at_every_width(teacher_name):
+    """The budget search's size of a grouped-query shape (sizing.Costs: 15 probes, then algebra) is
+    the counter's on the model itself, at hidden widths, heads, groups, depths and FFN widths
+    between and beyond the probed ones."""
+    teacher = TEACHERS[teacher_name]()
+    sizes = read_sizes(registered_family(teacher.config), teacher.config)
+    costs = Costs(teacher, registered_family(teacher.config), sizes, seq_len=32, smallest_ffn=2)
+    widths = [
+        Shape(1, groups * per_group, sizes.head_dim, 2, groups, hidden)
+        for hidden in (3, 24, 33, 48)
+        for groups in (1, 2)
+        for per_group in (1, 2)
+    ]
+    costs.probe_at(widths)
+    for width in widths:
+        for layers, intermediate in ((1, 2), (2, 40), (2, 64)):
+            shape = replace(width, layers=layers, intermediate=intermediate)
+            counted = measure(meta_model(teacher, registered_family(teacher.config), sizes_of(shape, sizes)), 32)
+            assert costs.estimate(shape) == counted, shape
+
+
+@pytest.mark.parametrize("teacher_name", GROUPED)
+def test_grouped_query_teachers_extract_to_a_parameter_budget(teacher_name):
+    teacher = TEACHERS[teacher_name]()
+    budget = parameter_count(teacher) // 2
+    result = extract_student(teacher, ExtractPlan(strategy="importance", target={"parameters": budget}), batches())
+    record = result.kept["budget"]
+    chosen = record["chosen"]
+    config = result.model.config
+    assert chosen["parameters"] == parameter_count(result.model) <= budget
+    assert chosen["flops"] == analytic_flops(result.model, 128)["total"]
+    assert (
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.intermediate_size,
+        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+    ) == tuple(chosen[key] for key in ("layers", "hidden", "heads", "key_value_heads", "intermediate", "head_dim"))
+    assert chosen["head_dim"] == (16 if "qwen3" in teacher_name else 12)  # heads stay whole (RoPE)
+    assert chosen["heads"] % chosen["key_value_heads"] == 0 and chosen["heads"] // chosen["key_value_heads"] <= 2
+    # Every shape considered is a (hidden, groups, heads per group, FFN) of the grids at some depth.
+    assert record["candidates"] == 16 * 4 * 32 * 2
+    assert torch.isfinite(logits(result.model, batches()[0])).all()
+
+
+def test_importance_in_one_key_value_group_keeps_that_group():
+    """A teacher whose second key/value group's heads write nothing (zero o_proj columns): they score
+    zero, so the chosen student keeps one group, the first, with its heads."""
+    teacher = llama()
+    with torch.no_grad():
+        for layer in teacher.model.layers:
+            layer.self_attn.o_proj.weight[:, 2 * 12 :] = 0  # query heads 2 and 3 read key/value group 1
+    result = extract_student(
+        teacher, ExtractPlan(strategy="importance", target={"parameters": int(parameter_count(teacher) * 0.7)}), batches()
+    )
+    chosen = result.kept["budget"]["chosen"]
+    assert chosen["key_value_heads"] == 1
+    assert (chosen["layers"], chosen["heads"]) == (2, 2)
+    assert chosen["importance_kept"]["attention"] == pytest.approx(1.0)
+    assert result.kept["key_value_groups"] == [[0]] * chosen["layers"]
+
+
+def test_random_strategy_keeps_every_head_and_group_of_a_grouped_query_teacher():
+    teacher = llama(layers=4)
+    budget = int(parameter_count(teacher) * 0.6)
+    result = extract_student(teacher, ExtractPlan(strategy="random", target={"parameters": budget}))
+    record = result.kept["budget"]
+    chosen = record["chosen"]
+    assert record["rule"] == (
+        "the uniform shape (strategy random has no importance scores): the teacher's 4 heads in 2 key/value groups, "
+        "with layers, hidden width and FFN width shrunk by one factor — the largest such shape that meets the target"
+    )
+    assert (chosen["heads"], chosen["key_value_heads"], chosen["head_dim"]) == (4, 2, 12)
+    assert chosen["hidden"] < 48 and chosen["parameters"] == parameter_count(result.model) <= budget
+    assert not record["alternatives"][0]["meets_target"] and record["alternatives"][0]["hidden"] > chosen["hidden"]
+    assert "4 heads × 12 in 2 key/value groups" in describe(result)
+
+
 def test_grouped_query_refusals_name_the_field_and_the_fix():
     teacher = llama()
     with pytest.raises(BrewerError) as error:
@@ -229,8 +316,6 @@ def test_grouped_query_refusals_name_the_field_and_the_fix():
         extract_student(teacher, ExtractPlan(strategy="random", heads=3))
     with pytest.raises(BrewerError, match=r"^student.init.extract.rounds: Llama extraction runs in one round"):
         extract_student(teacher, ExtractPlan(strategy="random", hidden=24, rounds=2))
-    with pytest.raises(BrewerError, match=r"^student.init.extract.target: extraction to a budget is not available for Llama"):
-        extract_student(teacher, ExtractPlan(strategy="random", target={"parameters": 10_000}))
     with pytest.raises(BrewerError) as error:
         extract_student(gpt2(), ExtractPlan(strategy="random", key_value_heads=2))
     assert str(error.value) == (

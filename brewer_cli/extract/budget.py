@@ -40,6 +40,14 @@ Without scores (`strategy: random`, or scores that are all zero) the shape is th
 teacher's head count, and layers, head size and FFN width shrunk by one factor (ETD and TinyBERT
 keep all 12 heads of BERT-base and shrink their size: 312 = 12 × 26), the largest such shape that
 meets the target.
+
+Grouped-query teachers (Llama, Mistral, Qwen2, Qwen3; grouped.py). Heads stay whole (RoPE), and the
+hidden width is independent of the heads, so the candidates are layers 1..N, a hidden width from a
+grid of at most `HIDDEN_STEPS`, every valid pair of key/value groups g′ and query heads h′ (h′/g′
+of its own heads per kept group, at most the teacher's group size) and the FFN grid. Attention
+importance is counted by head scores, as extraction keeps heads: the top g′ groups by the sum of
+their heads' scores, and inside each the top h′/g′ heads. The uniform shape keeps every head and
+group and shrinks layers, hidden width and FFN width by one factor.
 """
 
 from __future__ import annotations
@@ -58,9 +66,14 @@ from brewer_cli.extract.sizing import Costs, Shape, grid, measure, shape_text, s
 from brewer_cli.families.family import Family
 
 HEAD_DIM_STEPS = 16
+HIDDEN_STEPS = 16
 FFN_STEPS = 32
 WINDOW = 0.95
 ALTERNATIVES = 4
+
+# A width: a candidate's shape at any depth and FFN width (sizing.Costs.probe_at) — heads and head
+# size, and for grouped-query teachers the hidden width and key/value groups.
+Width = Shape
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,6 +87,32 @@ def _cumulative_top(scores: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dtype=torch.float64), ordered.cumsum(0)])
 
 
+def _attention_cell(width: Shape) -> tuple[int, int]:
+    """Where a width reads its kept attention importance in a layer's table (_Importance):
+    [heads, head size], or for grouped-query teachers [key/value groups, heads per group]."""
+    if width.key_value_heads is not None:
+        return width.key_value_heads, width.heads // width.key_value_heads
+    return width.heads, width.head_dim
+
+
+def _attention_table(scores: Scores, teacher: Sizes, layer: int) -> torch.Tensor:
+    """One layer's kept attention importance, indexed as `_attention_cell` says."""
+    if teacher.key_value_heads is not None:
+        # Whole heads: the top groups by their heads' summed score, the top heads inside each.
+        group_size = teacher.heads // teacher.key_value_heads
+        by_group = scores.heads[layer].view(teacher.key_value_heads, group_size)
+        per_unit = torch.stack([_cumulative_top(by_group[group]) for group in range(teacher.key_value_heads)])
+        order = torch.argsort(by_group.sum(dim=1), descending=True, stable=True)
+    else:
+        query_key = scores.query_key[layer].view(teacher.heads, teacher.head_dim)
+        value = scores.value[layer].view(teacher.heads, teacher.head_dim)
+        # Query/key and value neurons are each kept by their own ranking inside a head.
+        per_unit = torch.stack([_cumulative_top(query_key[head]) + _cumulative_top(value[head]) for head in range(teacher.heads)])
+        order = torch.argsort(scores.heads[layer], descending=True, stable=True)
+    cumulative = per_unit[order].cumsum(0)
+    return torch.cat([torch.zeros(1, per_unit.shape[1], dtype=torch.float64), cumulative])
+
+
 class _Importance:
     """Tables of the share of each part's importance a shape keeps, as extraction cuts it (see
     the module docstring)."""
@@ -81,19 +120,8 @@ class _Importance:
     def __init__(self, scores: Scores, teacher: Sizes, plan: ExtractPlan):
         self.teacher, self.plan = teacher, plan
         hidden = _cumulative_top(scores.hidden)
-        attention: list[torch.Tensor] = []  # per layer, (heads + 1, head_dim + 1)
-        ffn: list[torch.Tensor] = []  # per layer, (intermediate + 1,)
-        for layer in range(teacher.layers):
-            query_key = scores.query_key[layer].view(teacher.heads, teacher.head_dim)
-            value = scores.value[layer].view(teacher.heads, teacher.head_dim)
-            # Query/key and value neurons are each kept by their own ranking inside a head.
-            per_head = torch.stack(
-                [_cumulative_top(query_key[head]) + _cumulative_top(value[head]) for head in range(teacher.heads)]
-            )
-            order = torch.argsort(scores.heads[layer], descending=True, stable=True)
-            cumulative = per_head[order].cumsum(0)
-            attention.append(torch.cat([torch.zeros(1, teacher.head_dim + 1, dtype=torch.float64), cumulative]))
-            ffn.append(_cumulative_top(scores.ffn[layer]))
+        attention = [_attention_table(scores, teacher, layer) for layer in range(teacher.layers)]
+        ffn = [_cumulative_top(scores.ffn[layer]) for layer in range(teacher.layers)]  # per layer, (intermediate + 1,)
         self.totals = {
             "hidden": float(hidden[-1]),
             "attention": sum(float(table[-1, -1]) for table in attention),
@@ -116,11 +144,10 @@ class _Importance:
         """The shares the shape keeps, per part and `total` (their mean), and `layers`: the share
         of the attention and FFN importance that sits in the kept layers."""
         layers = self.kept_layers(shape.layers)
+        cell = _attention_cell(shape)
         kept = {
             "hidden": float(self.hidden[shape.hidden]),
-            "attention": sum(float(self.attention[layer][shape.heads, shape.head_dim]) for layer in layers)
-            if self.attention is not None
-            else 1.0,
+            "attention": sum(float(self.attention[layer][cell]) for layer in layers) if self.attention is not None else 1.0,
             "ffn": sum(float(self.ffn[layer][shape.intermediate]) for layer in layers) if self.ffn is not None else 1.0,
         }
         in_layers = sum(self.layer_totals[layer] for layer in layers)
@@ -131,12 +158,15 @@ class _Importance:
             "layers": in_layers / all_layers if all_layers > 0 else 1.0,
         }
 
-    def all_kept(self, layers: int, heads: torch.Tensor, head_dims: torch.Tensor, intermediates: torch.Tensor) -> torch.Tensor:
-        """The `total` share for one depth, over every (heads, head size) pair × FFN width at once."""
+    def all_kept(
+        self, layers: int, hiddens: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor], intermediates: torch.Tensor
+    ) -> torch.Tensor:
+        """The `total` share for one depth, over every width × FFN width at once (`cells`: each
+        width's `_attention_cell`)."""
         kept_layers = self.kept_layers(layers)
-        attention = sum(self.attention[layer] for layer in kept_layers)[heads, head_dims] if self.attention is not None else 1.0
+        attention = sum(self.attention[layer] for layer in kept_layers)[cells] if self.attention is not None else 1.0
         ffn = sum(self.ffn[layer] for layer in kept_layers)[intermediates] if self.ffn is not None else 1.0
-        pairs = self.hidden[heads * head_dims] + attention
+        pairs = self.hidden[hiddens] + attention
         return (pairs[:, None] + torch.as_tensor(ffn, dtype=torch.float64).expand(len(intermediates))[None, :]) / 3
 
 
@@ -146,20 +176,19 @@ class _Importance:
 
 
 class _Fits:
-    """The candidates within the limit, one depth at a time (tensors over (heads, head size) ×
-    FFN width), and the window of those near the largest that fits (see the module docstring)."""
+    """The candidates within the limit, one depth at a time (tensors over widths × FFN width), and
+    the window of those near the largest that fits (see the module docstring)."""
 
-    def __init__(self, costs: Costs, pairs: list[tuple[int, int]], ffn_widths: list[int], depth: int, index: int, limit: float):
-        self.pairs, self.ffn_widths, self.depth = pairs, ffn_widths, depth
+    def __init__(self, costs: Costs, widths: list[Width], ffn_widths: list[int], depth: int, index: int, limit: float):
+        self.candidate_widths, self.ffn_widths, self.depth = widths, ffn_widths, depth
         # A FLOPs limit is the teacher's FLOPs over a factor: allow for the division's rounding.
         self.limit = limit * (1 + 1e-12)
-        self.heads = torch.tensor([heads for heads, _ in pairs])
-        self.head_dims = torch.tensor([head_dim for _, head_dim in pairs])
+        self.hiddens = torch.tensor([width.hidden for width in widths])
+        rows, columns = zip(*map(_attention_cell, widths))
+        self.cells = (torch.tensor(rows), torch.tensor(columns))
         self.widths = torch.tensor(ffn_widths)
         # float64 holds these integers exactly (below 2^53).
-        coefficients = torch.tensor(
-            [costs.coefficients(heads * head_dim)[index] for heads, head_dim in pairs], dtype=torch.float64
-        )
+        coefficients = torch.tensor([costs.coefficients(width)[index] for width in widths], dtype=torch.float64)
         self.fixed, self.per_layer, self.per_neuron = coefficients.unbind(dim=1)
         fitting = [
             float(size[size <= self.limit].max())
@@ -180,11 +209,10 @@ class _Fits:
             inside = (sizes <= self.limit) & (sizes >= WINDOW * self.largest)
             if not bool(inside.any()):
                 continue
-            kept = importance.all_kept(layers, self.heads, self.head_dims, self.widths)
-            for pair, width in inside.nonzero().tolist():
-                heads, head_dim = self.pairs[pair]
-                shape = Shape(layers, heads, head_dim, self.ffn_widths[width])
-                found.append((shape, float(kept[pair, width]), float(sizes[pair, width])))
+            kept = importance.all_kept(layers, self.hiddens, self.cells, self.widths)
+            for row, ffn in inside.nonzero().tolist():
+                shape = replace(self.candidate_widths[row], layers=layers, intermediate=self.ffn_widths[ffn])
+                found.append((shape, float(kept[row, ffn]), float(sizes[row, ffn])))
         return found
 
 
@@ -199,16 +227,37 @@ def _limit(target: Target, teacher_figures: tuple[int, int], named_parameters: i
     return "flops", teacher_figures[1] / float(factor)
 
 
-def uniform_shapes(teacher: Sizes, ffn_widths: list[int], head_dims: list[int]) -> list[Shape]:
-    """The uniform family, smallest first: the teacher's heads; layers, head size and FFN width
-    shrunk by one factor (head size / the teacher's), each rounded to its grid."""
+def uniform_shapes(teacher: Sizes, ffn_widths: list[int], widths: list[Width]) -> list[Shape]:
+    """The uniform family, smallest first: each width (the teacher's heads at a smaller head size,
+    or for grouped-query teachers every head and group at a smaller hidden width) with layers and
+    FFN width shrunk by the same factor (hidden / the teacher's), each rounded to its grid."""
     shapes = []
-    for head_dim in head_dims:
-        factor = head_dim / teacher.head_dim
+    for width in widths:
+        factor = width.hidden / teacher.hidden
         layers = max(1, round_half_up(factor * teacher.layers))
-        intermediate = min(ffn_widths, key=lambda width: (abs(width - factor * teacher.intermediate), width))
-        shapes.append(Shape(layers, teacher.heads, head_dim, intermediate))
+        intermediate = min(ffn_widths, key=lambda ffn: (abs(ffn - factor * teacher.intermediate), ffn))
+        shapes.append(replace(width, layers=layers, intermediate=intermediate))
     return shapes
+
+
+def _widths(teacher: Sizes, smallest_ffn: int) -> tuple[list[Width], list[Width], str]:
+    """(every candidate width, the uniform family's widths, what the uniform shape keeps whole)."""
+    if teacher.key_value_heads is not None:
+        groups, group_size = teacher.key_value_heads, teacher.heads // teacher.key_value_heads
+        hiddens = grid(teacher.hidden, HIDDEN_STEPS)
+        widths = [
+            Shape(1, kept * per_group, teacher.head_dim, smallest_ffn, kept, hidden)
+            for hidden in hiddens
+            for kept in range(1, groups + 1)
+            for per_group in range(1, group_size + 1)
+        ]
+        uniform = [Shape(1, teacher.heads, teacher.head_dim, smallest_ffn, groups, hidden) for hidden in hiddens]
+        kept_whole = f"the teacher's {teacher.heads} heads in {groups} key/value groups, with layers, hidden width"
+        return widths, uniform, kept_whole
+    head_dims = grid(teacher.head_dim, HEAD_DIM_STEPS)
+    widths = [Shape(1, heads, head_dim, smallest_ffn) for heads in range(1, teacher.heads + 1) for head_dim in head_dims]
+    uniform = [Shape(1, teacher.heads, head_dim, smallest_ffn) for head_dim in head_dims]
+    return widths, uniform, f"the teacher's {teacher.heads} heads, with layers, head size"
 
 
 def choose_shape(
@@ -218,7 +267,6 @@ def choose_shape(
     extraction.json and the report (see the module docstring)."""
     target = plan.target
     assert target is not None
-    head_dims = grid(teacher.head_dim, HEAD_DIM_STEPS)
     ffn_widths = grid(teacher.intermediate, FFN_STEPS)
     costs = Costs(teacher_model, family, teacher, target.seq_len, ffn_widths[0])
     teacher_figures = measure(teacher_model, target.seq_len)
@@ -230,20 +278,23 @@ def choose_shape(
         # ELECTRA builds no embedding projection when hidden equals embedding_size.
         return teacher.embedding_tied or hidden != teacher.embedding
 
-    pairs = [(heads, head_dim) for heads in range(1, teacher.heads + 1) for head_dim in head_dims if allowed(heads * head_dim)]
-    costs.probe_at(pairs)
+    all_widths, uniform_widths, kept_whole = _widths(teacher, ffn_widths[0])
+    widths = [width for width in all_widths if allowed(width.hidden)]
+    costs.probe_at(widths)
     importance = _Importance(scores, teacher, plan) if scores is not None else None
     scored = importance is not None and importance.total > 0
-    fits = _Fits(costs, pairs, ffn_widths, teacher.layers, index, limit)
-    uniform = [shape for shape in uniform_shapes(teacher, ffn_widths, head_dims) if allowed(shape.hidden)]
+    fits = _Fits(costs, widths, ffn_widths, teacher.layers, index, limit)
+    uniform = [shape for shape in uniform_shapes(teacher, ffn_widths, uniform_widths) if allowed(shape.hidden)]
     uniform_fits = [shape for shape in uniform if costs.estimate(shape)[index] <= fits.limit]
     if fits.largest is None or (not scored and not uniform_fits):
-        raise _unreachable(target, measure_name, limit, teacher_figures, costs, pairs, ffn_widths, uniform, scored)
+        raise _unreachable(target, measure_name, limit, teacher_figures, costs, widths, ffn_widths, uniform, scored)
 
     if scored:
         assert importance is not None
         window = fits.window(importance)
-        ranked = sorted(window, key=lambda item: (-item[1] / item[2], -item[2], *(-size for size in astuple(item[0]))))
+        ranked = sorted(
+            window, key=lambda item: (-item[1] / item[2], -item[2], *(-size for size in astuple(item[0]) if size is not None))
+        )
         chosen = ranked[0][0]
         alternatives = [shape for shape, _, _ in ranked[1 : 1 + ALTERNATIVES]]
         per = "parameter" if measure_name == "parameters" else "FLOP"
@@ -260,8 +311,8 @@ def choose_shape(
             alternatives.insert(0, uniform[position + 1])  # the next larger one, which misses the target
         reason = "strategy random has no importance scores" if importance is None else "every importance score is zero"
         rule = (
-            f"the uniform shape ({reason}): the teacher's {teacher.heads} heads, with layers, head size and FFN width "
-            f"shrunk by one factor — the largest such shape that meets the target"
+            f"the uniform shape ({reason}): {kept_whole} and FFN width shrunk by one factor — the largest such shape "
+            f"that meets the target"
         )
         meeting = len(uniform_fits)
 
@@ -286,7 +337,7 @@ def choose_shape(
         "rule": rule,
         "teacher": {"parameters": teacher_figures[0], "flops": teacher_figures[1], "seq_len": target.seq_len},
         # Without scores only the uniform family is a candidate.
-        "candidates": len(pairs) * len(ffn_widths) * teacher.layers if scored else len(uniform),
+        "candidates": len(widths) * len(ffn_widths) * teacher.layers if scored else len(uniform),
         "meeting_target": meeting,
         "chosen": entry(chosen),
         "alternatives": [entry(shape) for shape in alternatives],
@@ -306,6 +357,7 @@ def choose_shape(
         heads=chosen.heads,
         head_dim=chosen.head_dim,
         intermediate=chosen.intermediate,
+        key_value_heads=chosen.key_value_heads,
     )
     return explicit, record
 
@@ -321,7 +373,7 @@ def _unreachable(
     limit: float,
     teacher_figures: tuple[int, int],
     costs: Costs,
-    pairs: list[tuple[int, int]],
+    widths: list[Width],
     ffn_widths: list[int],
     uniform: list[Shape],
     scored: bool,
@@ -329,7 +381,7 @@ def _unreachable(
     index = 0 if measure_name == "parameters" else 1
     if scored or not uniform:
         smallest = min(
-            (Shape(1, heads, head_dim, ffn_widths[0]) for heads, head_dim in pairs),
+            (replace(width, layers=1, intermediate=ffn_widths[0]) for width in widths),
             key=lambda shape: costs.estimate(shape)[index],
         )
         what = "the smallest student extraction can cut from this teacher"

@@ -9,6 +9,7 @@ import torch
 
 from brewer_cli.extract.plan import ExtractPlan, ExtractResult, Sizes
 from brewer_cli.extract.scoring import Scores
+from brewer_cli.extract.sizing import shape_dict_text
 from brewer_cli.extract.slicing import IndexSets
 
 
@@ -139,7 +140,7 @@ def describe_budget(budget: dict[str, Any]) -> list[str]:
     lines = [
         f"  target:       {asked}",
         f"  choice:       {budget['rule']}",
-        f"  chosen:       {_shape(chosen)} — teacher layers {', '.join(map(str, chosen['kept_layers']))}",
+        f"  chosen:       {shape_dict_text(chosen)} — teacher layers {', '.join(map(str, chosen['kept_layers']))}",
         f"  size:         {_parameters(chosen['parameters'])} parameters ({chosen['parameters_share_of_teacher']:.1%} of the "
         f"teacher's {_parameters(teacher['parameters'])}), {_flops(chosen['flops'])} FLOPs at {teacher['seq_len']} tokens "
         f"({chosen['flops_fewer_by']:.2f}× fewer than the teacher's {_flops(teacher['flops'])}); "
@@ -154,17 +155,11 @@ def describe_budget(budget: dict[str, Any]) -> list[str]:
     for label, entry in rows:
         importance = entry["importance_kept"]
         lines.append(
-            f"    {label}{_shape(entry)}: {_parameters(entry['parameters'])} parameters, {_flops(entry['flops'])} FLOPs"
+            f"    {label}{shape_dict_text(entry)}: {_parameters(entry['parameters'])} parameters, {_flops(entry['flops'])} FLOPs"
             + (f", importance kept {importance['total']:.1%}" if importance is not None else "")
             + ("" if entry["meets_target"] else " — misses the target")
         )
     return lines
-
-
-def _shape(entry: dict[str, Any]) -> str:
-    layers = f"{entry['layers']} layer" + ("s" if entry["layers"] != 1 else "")
-    heads = f"{entry['heads']} head" + ("s" if entry["heads"] != 1 else "")
-    return f"{layers} × {entry['hidden']} hidden ({heads} × {entry['head_dim']}), FFN {entry['intermediate']}"
 
 
 def _shares(shares: dict[str, float]) -> str:

@@ -9,12 +9,17 @@ smallest, each at the smallest, a middle and the largest hidden width — give t
 candidate (about 0.2 s, where a model per candidate would take minutes). `Costs.exact` counts a
 shape directly and refuses a disagreement, so a family that broke these rules would be caught on
 the shapes that are reported.
+
+Grouped-query teachers (Llama; grouped.py) have a hidden width of its own and whole heads of the
+teacher's size, so a layer's size also depends on the query heads (q and o projections, the
+scores) and the key/value groups (k and v), affinely in each at a given hidden width: two more
+probes per hidden width (2 heads in 1 group, 2 heads in 2 groups, against 1 in 1) give those terms.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from fractions import Fraction
 
 import torch
@@ -35,10 +40,14 @@ class Shape:
     heads: int
     head_dim: int
     intermediate: int
+    # Grouped-query teachers only: the key/value groups kept, and the hidden width, which is then its
+    # own size rather than heads × head size.
+    key_value_heads: int | None = None
+    width: int | None = None
 
     @property
     def hidden(self) -> int:
-        return self.heads * self.head_dim
+        return self.width if self.width is not None else self.heads * self.head_dim
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -47,6 +56,7 @@ class Shape:
             "heads": self.heads,
             "head_dim": self.head_dim,
             "intermediate": self.intermediate,
+            **({"key_value_heads": self.key_value_heads} if self.key_value_heads is not None else {}),
         }
 
 
@@ -67,6 +77,7 @@ def sizes_of(shape: Shape, teacher: Sizes) -> Sizes:
         head_dim=shape.head_dim,
         intermediate=shape.intermediate,
         embedding=shape.hidden if teacher.embedding_tied else teacher.embedding,
+        key_value_heads=shape.key_value_heads,
     )
 
 
@@ -85,44 +96,55 @@ def measure(model: nn.Module, seq_len: int) -> tuple[int, int]:
 
 
 class Costs:
-    """Exact parameters and FLOPs of every candidate from nine meta-device probes (see the module
-    docstring): size = fixed + layers × (per layer + per FFN neuron × FFN), where each of the three
-    coefficients is a polynomial of degree ≤ 2 in the hidden width, read at three hidden widths."""
+    """Exact parameters and FLOPs of every candidate from nine meta-device probes (fifteen for a
+    grouped-query teacher; see the module docstring): size = fixed + layers × (per layer + per FFN
+    neuron × FFN), where per layer = base + heads × per head + groups × per group for grouped-query
+    teachers, and each term is a polynomial of degree ≤ 2 in the hidden width, read at three hidden
+    widths. `widths` are the candidates' shapes at any depth and FFN width (probe_at)."""
 
     def __init__(self, teacher_model: nn.Module, family: Family, teacher: Sizes, seq_len: int, smallest_ffn: int):
         self.teacher_model, self.family, self.teacher, self.seq_len = teacher_model, family, teacher, seq_len
         self.smallest_ffn = smallest_ffn
-        self._points: dict[int, tuple[tuple[int, int, int], ...]] = {}
-        self._coefficients: dict[int, tuple[tuple[int, int, int], ...]] = {}
+        self.grouped = teacher.key_value_heads is not None
+        # Per probed hidden width, for parameters then FLOPs: (fixed, base per layer, per FFN neuron,
+        # per query head, per key/value group) — the last two zero where heads × head size is the hidden width.
+        self._points: dict[int, tuple[tuple[int, ...], ...]] = {}
+        self._terms: dict[int, tuple[tuple[int, ...], ...]] = {}
 
-    def probe_at(self, pairs: list[tuple[int, int]]) -> None:
+    def probe_at(self, widths: list[Shape]) -> None:
         """Probe three hidden widths of the candidates: the smallest, the middle and the largest."""
-        by_hidden = {heads * head_dim: (heads, head_dim) for heads, head_dim in sorted(pairs)}
+        by_hidden = {width.hidden: width for width in sorted(widths, key=astuple)}
         hiddens = sorted(by_hidden)
         for hidden in sorted({hiddens[0], hiddens[len(hiddens) // 2], hiddens[-1]}):
-            self._points[hidden] = self._probe_coefficients(*by_hidden[hidden])
+            self._points[hidden] = self._probe_terms(by_hidden[hidden])
 
-    def _probe(self, heads: int, head_dim: int, layers: int, intermediate: int) -> tuple[int, int]:
-        shape = Shape(layers, heads, head_dim, intermediate)
+    def _probe(self, width: Shape, layers: int, intermediate: int) -> tuple[int, int]:
+        shape = replace(width, layers=layers, intermediate=intermediate)
         return measure(meta_model(self.teacher_model, self.family, sizes_of(shape, self.teacher)), self.seq_len)
 
-    def _probe_coefficients(self, heads: int, head_dim: int) -> tuple[tuple[int, int, int], ...]:
-        """(fixed, per layer without FFN neurons, per FFN neuron) of parameters, then of FLOPs."""
+    def _probe_terms(self, width: Shape) -> tuple[tuple[int, ...], ...]:
         full, small = self.teacher.intermediate, self.smallest_ffn
-        one = self._probe(heads, head_dim, 1, full)
-        two = self._probe(heads, head_dim, 2, full)
-        narrow = self._probe(heads, head_dim, 1, small) if small != full else one
-        coefficients = []
-        for at_one, at_two, at_narrow in zip(one, two, narrow):
+        if self.grouped:
+            width = replace(width, heads=1, key_value_heads=1)
+        one = self._probe(width, 1, full)
+        two = self._probe(width, 2, full)
+        narrow = self._probe(width, 1, small) if small != full else one
+        more_heads = self._probe(replace(width, heads=2), 1, full) if self.grouped else one
+        more_groups = self._probe(replace(width, heads=2, key_value_heads=2), 1, full) if self.grouped else more_heads
+        terms = []
+        for at_one, at_two, at_narrow, at_heads, at_groups in zip(one, two, narrow, more_heads, more_groups):
             layer = at_two - at_one
             # Integer division: a size not linear in the FFN width is caught by `exact`.
             per_neuron = (at_one - at_narrow) // (full - small) if full != small else 0
-            coefficients.append((at_one - layer, layer - per_neuron * full, per_neuron))
-        return tuple(coefficients)
+            per_head, per_group = at_heads - at_one, at_groups - at_heads
+            # The probe's own heads and groups (1 and 1) are in `layer`: the base is what remains.
+            base = layer - per_neuron * full - (per_head + per_group if self.grouped else 0)
+            terms.append((at_one - layer, base, per_neuron, per_head, per_group))
+        return tuple(terms)
 
-    def coefficients(self, hidden: int) -> tuple[tuple[int, int, int], ...]:
-        """The probes' coefficients at `hidden`, by exact (rational) Lagrange interpolation."""
-        if hidden not in self._coefficients:
+    def _terms_at(self, hidden: int) -> tuple[tuple[int, ...], ...]:
+        """The probes' terms at `hidden`, by exact (rational) Lagrange interpolation."""
+        if hidden not in self._terms:
             points = list(self._points.items())
 
             def weight(index: int) -> Fraction:
@@ -133,17 +155,26 @@ class Costs:
                 return value
 
             weights = [weight(index) for index in range(len(points))]
-            self._coefficients[hidden] = tuple(
+            self._terms[hidden] = tuple(
                 tuple(
                     round(sum(weights[index] * points[index][1][which][term] for index in range(len(points))))
-                    for term in range(3)
+                    for term in range(5)
                 )
                 for which in range(2)
             )
-        return self._coefficients[hidden]
+        return self._terms[hidden]
+
+    def coefficients(self, width: Shape) -> tuple[tuple[int, int, int], ...]:
+        """(fixed, per layer, per FFN neuron) of parameters, then of FLOPs, at the width's hidden size,
+        query heads and key/value groups."""
+        heads, groups = (width.heads, width.key_value_heads or 0) if self.grouped else (0, 0)
+        return tuple(
+            (fixed, base + heads * per_head + groups * per_group, per_neuron)
+            for fixed, base, per_neuron, per_head, per_group in self._terms_at(width.hidden)
+        )
 
     def estimate(self, shape: Shape) -> tuple[int, int]:
-        (fixed, layer, neuron), (flops_fixed, flops_layer, flops_neuron) = self.coefficients(shape.hidden)
+        (fixed, layer, neuron), (flops_fixed, flops_layer, flops_neuron) = self.coefficients(shape)
         return (
             fixed + shape.layers * (layer + neuron * shape.intermediate),
             flops_fixed + shape.layers * (flops_layer + flops_neuron * shape.intermediate),
@@ -164,9 +195,16 @@ class Costs:
 
 
 def shape_text(shape: Shape) -> str:
-    layers = f"{shape.layers} layer" + ("s" if shape.layers != 1 else "")
-    heads = f"{shape.heads} head" + ("s" if shape.heads != 1 else "")
-    return f"{layers} × {shape.hidden} hidden ({heads} × {shape.head_dim}), FFN {shape.intermediate}"
+    return shape_dict_text(shape.as_dict())
+
+
+def shape_dict_text(shape: dict[str, int]) -> str:
+    """A shape as extraction reports it (`Shape.as_dict`, and the budget entries of extraction.json)."""
+    layers = f"{shape['layers']} layer" + ("s" if shape["layers"] != 1 else "")
+    heads = f"{shape['heads']} head" + ("s" if shape["heads"] != 1 else "")
+    groups = shape.get("key_value_heads")
+    grouped = "" if groups is None else f" in {groups} key/value group" + ("s" if groups != 1 else "")
+    return f"{layers} × {shape['hidden']} hidden ({heads} × {shape['head_dim']}{grouped}), FFN {shape['intermediate']}"
 
 
 def size_of_parameters(teacher_model: nn.Module, family: Family, target: Target) -> int:

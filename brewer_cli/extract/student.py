@@ -166,13 +166,6 @@ def extract_student(
 
     teacher_scores: Scores | None = None
     budget: dict[str, Any] | None = None
-    if plan.target is not None and teacher_sizes.key_value_heads is not None:
-        raise BrewerError(
-            f"{FIELD}.target: extraction to a budget is not available for {family.title} teachers: the budget search "
-            f"(brewer_cli/extract/budget.py) enumerates shapes with hidden = heads × head_dim and one head count, "
-            f"while a {family.title} shape also needs its key/value groups and a hidden width independent of its heads "
-            f"— give layers, hidden, heads, key_value_heads and intermediate instead"
-        )
     if plan.target is not None:
         # A target: the sizes are chosen from the teacher's own scores, which are round 1's too (budget.py).
         if scored:
