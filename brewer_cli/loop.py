@@ -35,7 +35,7 @@ from brewer_cli.checkpoints import (
 from brewer_cli.errors import BrewerError, DivergenceError, InterruptedRun
 from brewer_cli.families.placement import place_teacher
 from brewer_cli.guards import DivergenceGuard, StopSignals
-from brewer_cli.reporting import Reporter, StepDisplay, Throughput
+from brewer_cli.reporting import PrefillDisplay, Reporter, StepDisplay, Throughput
 from brewer_cli.run import Run
 from brewer_cli.sharding import full_optimizer_state, full_state, gathered_for_forward, is_sharded, weights_finite
 from brewer_cli.training_setup import accelerator_precision, create_accelerator, learning_rate_schedule, resolve_precision
@@ -138,7 +138,14 @@ class TrainingLoop:
         self.distiller.current_step = self.state.step
         # Opened once the step to start from is known: on resume only entries filled before it count.
         self.distiller.open_teacher_cache(
-            self.run_dir, self.resume, self.state.step, total_steps, steps_per_epoch, accelerator, self.precision
+            self.run_dir,
+            self.resume,
+            self.state.step,
+            total_steps,
+            steps_per_epoch,
+            accelerator,
+            self.precision,
+            PrefillDisplay(self.training.progress and accelerator.is_main_process, self.console),
         )
         if self.training.compile_backend is not None:
             self.distiller.compile_student(self.training.compile_backend)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,10 +90,24 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, te
     assert [record["step"] for record in records if "loss" in record] == list(range(1, 9))
     assert [record["step"] for record in records if "eval" in record] == [4, 8]
     assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == ["step-4", "step-8"]
-    # Each process caches the examples it sees; together they computed each example once per process.
-    assert sorted(path.name for path in (run_dir / "teacher_cache").iterdir()) == ["fingerprint.json", "process-0", "process-1"]
+    # The teacher's outputs were prefilled, each process its share, into one store beside the runs
+    # that holds every example (the filled flags merged); training never ran the teacher.
     cache = summary["teacher_cache"]
-    assert cache["hits"] + cache["misses"] == 2 * 64 and 64 <= cache["misses"] < 128
+    assert (cache["fill"], cache["prefill"]["filled_now"]) == ("prefill", True)
+    assert (cache["hits"], cache["misses"], cache["teacher_forwards"]) == (128, 0, 0)  # both processes, 2 epochs of 64
+    assert not (run_dir / "teacher_cache").exists()
+    stores = list((tmp_path / "two" / "teacher_outputs").iterdir())
+    assert [store.name for store in stores] == [Path(cache["prefill"]["directory"]).name]
+    assert sorted(path.name for path in (stores[0] / "teacher-0").iterdir()) == ["filled_step.npy", "logits.f32"]
+    assert (np.load(stores[0] / "teacher-0" / "filled_step.npy") == 0).all()
+    # The same store as one process fills (same fingerprint, so the same folder name).
+    single_store = tmp_path / "one" / "teacher_outputs" / stores[0].name
+    np.testing.assert_allclose(
+        np.fromfile(stores[0] / "teacher-0" / "logits.f32", dtype=np.float32),
+        np.fromfile(single_store / "teacher-0" / "logits.f32", dtype=np.float32),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def free_port() -> int:

@@ -100,6 +100,8 @@ def test_resumed_run_matches_an_uninterrupted_one(kind, tmp_path, tokenizer_dir,
     (crashed / "checkpoints" / f".step-{steps}.tmp").mkdir()
     if (full / "teacher_cache").exists():
         shutil.copytree(full / "teacher_cache", crashed / "teacher_cache")
+    if (full.parent / "teacher_outputs").exists():  # a prefilled store lives beside the runs
+        shutil.copytree(full.parent / "teacher_outputs", crashed.parent / "teacher_outputs")
     shutil.copy(full / "recipe.yaml", crashed / "recipe.yaml")
     distill(recipe, tmp_path / "crashed", resume=True, console=quiet_console)
 

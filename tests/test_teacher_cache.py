@@ -243,11 +243,21 @@ def test_the_plan_says_which_cache_and_why(tmp_path, teacher_dir, monkeypatch):
         return next(line for line in plan_lines(run) if line.startswith("teacher cache:"))
 
     line = plan("auto", 2)
-    assert line.startswith("teacher cache: auto → memory — ") and "features (fp16, memory: hidden 0, 2; attention 1)" in line
+    assert line.startswith("teacher cache: auto → prefill, memory — ")
+    assert "features (fp16, memory: hidden 0, 2; attention 1)" in line
+    assert "filled by one teacher pass over the training set before training" in line
+    assert line.endswith(
+        "kept in teacher_outputs/ beside the runs, where --resume and later runs of this teacher and data reuse it"
+    )
+    assert plan("memory", 2).startswith("teacher cache: memory — ")
+    assert "filled as examples are first seen" in plan("memory", 2)
     assert "auto → off (4 steps of 4 per epoch: each example is seen once at most" in plan("auto", 1)
+    # Asked for, a prefill runs even when each example is seen once.
+    assert plan("prefill", 1).startswith("teacher cache: prefill, memory — ")
     assert plan("off", 2) == "teacher cache: off (distillation.teacher_cache: off)"
     monkeypatch.setattr(teacher_cache, "MEMORY_BUDGET_BYTES", 0)
-    assert "auto → disk — " in plan("auto", 2) and "memory-mapped file" in plan("auto", 2)
+    assert "auto → prefill, disk — " in plan("auto", 2) and "memory-mapped file" in plan("auto", 2)
+    assert plan("prefill", 2).startswith("teacher cache: prefill, disk — ")
     monkeypatch.setattr(teacher_cache, "DISK_SHARE", 0.0)
     assert "auto → off (the features would take" in plan("auto", 2)
 

@@ -135,14 +135,15 @@ def test_resume_without_the_teacher_cache_recomputes_it(tmp_path, teacher_dir, q
     full = tmp_path / "full" / "tiny"
     assert sorted(p.name for p in (full / "checkpoints").iterdir()) == ["step-10", "step-12", "step-5"]
 
-    # Three epochs: the teacher-output cache (auto → memory) answers from the second epoch on.
-    assert json.loads((full / "summary.json").read_text())["teacher_cache"]["mode"] == "memory"
+    # Three epochs: the teacher-output cache (auto → prefill, in memory) answers every step.
+    cache = json.loads((full / "summary.json").read_text())["teacher_cache"]
+    assert (cache["mode"], cache["fill"], cache["teacher_forwards"]) == ("memory", "prefill", 0)
 
     from safetensors.torch import load_file
 
     uninterrupted = load_file(str(full / "final" / "model.safetensors"))
-    # Without the cache the resumed run recomputes the teacher on the second epoch's batches: the
-    # same examples padded with other neighbours, equal to the cached outputs up to float rounding.
+    # Without the store beside it the resumed run fills it again (one teacher pass, the same batches):
+    # equal to the lost one up to float rounding.
     lost = tmp_path / "lost" / "tiny"
     lost.mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step-5", lost / "checkpoints" / "step-5")

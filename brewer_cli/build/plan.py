@@ -3,8 +3,6 @@ teacher-output cache and compilation."""
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from brewer_cli.extract import describe
@@ -65,10 +63,8 @@ def plan_lines(run: Run) -> list[str]:
     distiller = run.distiller
     lines.append(f"distiller: {run.recipe.distillation.kind}")
     lines.extend(f"  loss: {line}" for line in distiller.describe_losses())
-    # A launcher (torchrun, accelerate launch) says how many processes will each keep a cache.
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
     if run.teachers:
-        lines.append(f"teacher cache: {plan_cache(distiller, total, steps_per_epoch, processes, run.run_dir).describe()}")
+        lines.append(f"teacher cache: {plan_cache(distiller, total, steps_per_epoch, run.run_dir).describe()}")
     elif store is not None:
         lines.append("teacher cache: off (the teacher's logits come from its store)")
     if training.compile_backend is not None:

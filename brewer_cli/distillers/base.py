@@ -258,9 +258,30 @@ class Distiller(nn.Module, ABC):
         return [TeacherRead(0, self.teacher_needs(), self.teacher_feature_layers())]
 
     def open_teacher_cache(
-        self, run_dir: Path, resume: bool, step: int, total_steps: int, steps_per_epoch: int, accelerator: Any, precision: str
+        self,
+        run_dir: Path,
+        resume: bool,
+        step: int,
+        total_steps: int,
+        steps_per_epoch: int,
+        accelerator: Any,
+        precision: str,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        self.teacher_cache = open_teacher_cache(self, run_dir, resume, step, total_steps, steps_per_epoch, accelerator, precision)
+        self.teacher_cache = open_teacher_cache(
+            self, run_dir, resume, step, total_steps, steps_per_epoch, accelerator, precision, on_progress
+        )
+
+    def teacher_outputs_of(self, read: TeacherRead, indices: list[int]) -> Features:
+        """What teacher `read.teacher` gives the losses on these training examples, as one batch:
+        the prefilled teacher-output store's pass (brewer_cli.teacher_cache.prefill)."""
+        device = next(self.student.parameters()).device
+        batch = {
+            name: value.to(device) if torch.is_tensor(value) else value
+            for name, value in self.collate([self.data.train[index] for index in indices]).items()
+        }
+        teacher = self.teachers[read.teacher]
+        return teacher_features(teacher, view_batch(batch, read.prefix), read.needs, logits_of=self.task.logits)
 
     def persist_teacher_cache(self) -> None:
         if self.teacher_cache is not None:

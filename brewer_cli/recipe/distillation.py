@@ -131,11 +131,13 @@ class BasicDistillation(DistillationSpec):
         description="α of kd_loss skew_kl, KL(p_T ‖ α·p_T + (1−α)·p_S), and skew_reverse_kl, "
         "KL(p_S ‖ α·p_S + (1−α)·p_T) (DistiLLM), 0 ≤ α < 1; 0 is plain forward / reverse KL",
     )
-    teacher_cache: Literal["auto", "off", "memory", "disk"] = Field(
+    teacher_cache: Literal["auto", "off", "memory", "disk", "prefill"] = Field(
         default="auto",
-        description="keep the frozen teacher's outputs from the first time an example is seen (brewer_cli.teacher_cache): "
-        "logits in memory, the matches' features in fp16 in memory or in a memory-mapped file; auto: memory when they "
-        "fit 2 GiB, else disk, off for runs of one epoch or less",
+        description="keep the frozen teacher's outputs (brewer_cli.teacher_cache): logits in memory, the matches' "
+        "features in fp16 in memory or in a memory-mapped file. prefill: computed in one teacher pass before training "
+        "into teacher_outputs/ beside the runs, shared by later runs of the same teacher and data; memory / disk: "
+        "filled as examples are first seen; auto: prefill (in memory when it fits 2 GiB, else on disk), off for runs "
+        "of one epoch or less",
     )
 
     @field_validator("jsd_beta")

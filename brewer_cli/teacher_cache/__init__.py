@@ -14,9 +14,13 @@ What is kept, per teacher the losses read:
   end to end with offsets computed from the tokenized lengths: in memory (`memory`) or in a
   memory-mapped file (`disk`). Padding positions come back as zeros; every loss masks them.
 
-`auto` picks memory when the estimate fits `MEMORY_BUDGET_BYTES` per process, disk when it fits
-half the free space where the run is written, and off otherwise — and off for a run of one epoch
-or less, where no example is seen twice. The dry-run plan says which and why.
+`prefill` (prefill.py) fills everything in one teacher pass before training, into a store beside
+the runs that later runs and --resume share; `memory` and `disk` fill lazily, as below. `auto`
+prefills, in memory when the estimate fits `MEMORY_BUDGET_BYTES`, on disk when it fits half the free
+space where the run is written, and is off otherwise — and off for a run of one epoch or less,
+where no example is seen twice. The dry-run plan says which and why.
+
+The lazily filled cache:
 
 Both modes write what they hold to `runs/<name>/teacher_cache/` at every checkpoint (each example
 once), with a fingerprint of the teacher weights, tokenizer, tokenized data, max length, features

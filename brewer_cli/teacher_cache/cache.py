@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from brewer_cli.features import Features
 from brewer_cli.tasks.views import tokenizer_definition, view_batch
 from brewer_cli.teacher_cache.layout import Layout, TeacherRead, example_lengths
 from brewer_cli.teacher_cache.plan import CachePlan, plan_cache
+from brewer_cli.teacher_cache.prefill import open_store, prefill, store_directory
 from brewer_cli.teacher_cache.store import SlotStore
 
 FORMAT_VERSION = 1
@@ -91,11 +93,13 @@ class CacheCounts:
 class TeacherCache:
     """The cache of one process: a store per teacher the losses read."""
 
-    def __init__(self, plan: CachePlan, stores: dict[int, SlotStore], directory: Path):
+    def __init__(self, plan: CachePlan, stores: dict[int, SlotStore], directory: Path, prefill: dict[str, Any] | None = None):
         self.plan = plan
         self.stores = stores
         self.directory = directory
         self.counts = CacheCounts()
+        # A prefilled store: its folder, whether this run filled it, and the seconds it took.
+        self.prefill = prefill
 
     def read_of(self, teacher: int) -> TeacherRead | None:
         store = self.stores.get(teacher)
@@ -140,12 +144,17 @@ class TeacherCache:
     def report(self) -> dict[str, Any]:
         """For summary.json: the mode, its size and how often this process's cache answered."""
         counts = self.counts
+        looked_up = counts.hits + counts.misses
         return {
             "mode": self.plan.mode,
             "requested": self.plan.requested,
+            "fill": self.plan.fill,
+            **({"prefill": self.prefill} if self.prefill is not None else {}),
             "estimated_bytes": self.plan.total_bytes,
+            "bytes_per_example": round(self.plan.total_bytes / max(1, len(next(iter(self.stores.values())).lengths)), 1),
             "hits": counts.hits,
             "misses": counts.misses,
+            "hit_rate": round(counts.hits / looked_up, 4) if looked_up else None,
             "teacher_forwards": counts.forwards,
             "teacher_forwards_skipped": counts.skipped_forwards,
         }
@@ -160,17 +169,21 @@ def open_teacher_cache(
     steps_per_epoch: int,
     accelerator: Any,
     precision: str,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> TeacherCache | None:
-    """The cache of this process for a run about to train from `step` (None when the plan is off).
+    """The cache of this process for a run about to train from `step` (None when the plan is off);
+    a prefill plan fills its store first, unless a complete one exists (prefill.py).
 
     Every process reads the stored fingerprint before any writes a new one (a barrier between),
     so all processes reach the same verdict and a refusal is raised on every one of them — none
     is left waiting in a collective for a process that stopped."""
-    plan = plan_cache(distiller, total_steps, steps_per_epoch, accelerator.num_processes, run_dir)
+    plan = plan_cache(distiller, total_steps, steps_per_epoch, run_dir)
     if plan.mode == "off":
         return None
-    root = Path(run_dir) / DIRECTORY_NAME
     current = fingerprint(distiller, plan.layouts, precision)
+    if plan.fill == "prefill":
+        return _open_prefilled(distiller, plan, current, run_dir, accelerator, on_progress)
+    root = Path(run_dir) / DIRECTORY_NAME
     stored_path = root / "fingerprint.json"
     stored = json.loads(stored_path.read_text()) if resume and stored_path.exists() else None
     if stored is None and accelerator.is_main_process and root.exists():
@@ -203,3 +216,28 @@ def open_teacher_cache(
         temporary.write_text(json.dumps(current, indent=2))
         os.replace(temporary, stored_path)
     return TeacherCache(plan, stores, root)
+
+
+def _open_prefilled(
+    distiller: Any,
+    plan: CachePlan,
+    current: dict[str, Any],
+    run_dir: Path,
+    accelerator: Any,
+    on_progress: Callable[[int, int], None] | None,
+) -> TeacherCache:
+    directory = store_directory(run_dir, current)
+    started = time.perf_counter()
+    with accelerator.autocast():
+        filled = prefill(
+            directory, current, plan.layouts, distiller.data.train, distiller.teacher_outputs_of, accelerator, on_progress
+        )
+    data = distiller.data.train
+    stores = {
+        layout.read.teacher: open_store(layout, example_lengths(data, layout.read.prefix), plan.mode, directory)
+        for layout in plan.layouts
+    }
+    report = {"directory": str(directory), "filled_now": filled}
+    if filled:
+        report["seconds"] = round(time.perf_counter() - started, 2)
+    return TeacherCache(plan, stores, directory, prefill=report)

@@ -10,29 +10,35 @@ from typing import Any
 
 from brewer_cli.teacher_cache.layout import Layout, example_lengths, offsets, probe_layout
 
-MODES = ("auto", "off", "memory", "disk")
+MODES = ("auto", "off", "memory", "disk", "prefill")
 MEMORY_BUDGET_BYTES = 2 * 1024**3
 # `auto` leaves at least half of the free disk space to checkpoints and everything else.
 DISK_SHARE = 0.5
+# Prefilled stores live beside the runs (the recipe's output folder), one folder per fingerprint.
+PREFILL_DIRECTORY = "teacher_outputs"
 
 
 @dataclass(frozen=True)
 class CachePlan:
     """The mode a run uses, why, and the estimated size of the cache per process."""
 
-    mode: str  # off | memory | disk
+    mode: str  # off | memory | disk: where the features live
     requested: str
     reason: str
     logits_bytes: int = 0
     feature_bytes: int = 0
     layouts: tuple[Layout, ...] = ()
+    # lazy: filled as examples are first seen, in the run's teacher_cache/; prefill: in one pass
+    # before training, into a store beside the runs that later runs share (prefill.py).
+    fill: str = "lazy"
 
     @property
     def total_bytes(self) -> int:
         return self.logits_bytes + self.feature_bytes
 
     def describe(self) -> str:
-        chosen = self.mode if self.requested != "auto" else f"auto → {self.mode}"
+        shown = f"prefill, {self.mode}" if self.fill == "prefill" and self.mode != "off" else self.mode
+        chosen = f"auto → {shown}" if self.requested == "auto" else shown
         if self.mode == "off":
             return f"{chosen} ({self.reason})"
         features = "; ".join(layout.feature_words() for layout in self.layouts if layout.features)
@@ -40,6 +46,12 @@ class CachePlan:
         if self.feature_bytes:
             where = "memory-mapped file" if self.mode == "disk" else "memory"
             what += f" + {_size(self.feature_bytes)} features (fp16, {where}: {features})"
+        if self.fill == "prefill":
+            return (
+                f"{chosen} — {what}; filled by one teacher pass over the training set before training (length-sorted "
+                f"batches, every process its share), so training never runs the teacher ({self.reason}); kept in "
+                f"{PREFILL_DIRECTORY}/ beside the runs, where --resume and later runs of this teacher and data reuse it"
+            )
         return (
             f"{chosen} — {what} per process; filled as examples are first seen, reused after ({self.reason}); "
             f"kept in teacher_cache/ beside the run for --resume"
@@ -55,7 +67,7 @@ def _size(count: int) -> str:
     return f"{value:.1f} TiB"
 
 
-def plan_cache(distiller: Any, total_steps: int, steps_per_epoch: int, processes: int, run_dir: Path) -> CachePlan:
+def plan_cache(distiller: Any, total_steps: int, steps_per_epoch: int, run_dir: Path) -> CachePlan:
     """Whether and where the run caches its teachers' outputs (see the module docstring)."""
     requested = distiller.inputs.teacher_cache_mode
     reads = distiller.teacher_reads()
@@ -83,6 +95,11 @@ def plan_cache(distiller: Any, total_steps: int, steps_per_epoch: int, processes
     sizes = {"logits_bytes": logits_bytes, "feature_bytes": feature_bytes, "layouts": layouts}
     if requested in ("memory", "disk"):
         return CachePlan(requested, requested, f"distillation.teacher_cache: {requested}", **sizes)
+    if requested == "prefill":
+        # The storage `auto` would pick; the prefilled store is one for all processes.
+        if total <= MEMORY_BUDGET_BYTES:
+            return CachePlan("memory", requested, f"fits the {_size(MEMORY_BUDGET_BYTES)} memory budget", fill="prefill", **sizes)
+        return CachePlan("disk", requested, f"over the {_size(MEMORY_BUDGET_BYTES)} memory budget", fill="prefill", **sizes)
     if total_steps <= steps_per_epoch:
         return CachePlan(
             "off",
@@ -91,17 +108,22 @@ def plan_cache(distiller: Any, total_steps: int, steps_per_epoch: int, processes
             f"once at most, so there is nothing to reuse",
             **sizes,
         )
+    # `auto` prefills what it caches: one store for all processes, written before training.
     if total <= MEMORY_BUDGET_BYTES:
-        return CachePlan("memory", requested, f"fits the {_size(MEMORY_BUDGET_BYTES)} memory budget", **sizes)
+        return CachePlan("memory", requested, f"fits the {_size(MEMORY_BUDGET_BYTES)} memory budget", fill="prefill", **sizes)
     free = shutil.disk_usage(_existing_parent(run_dir)).free
-    if total * processes <= free * DISK_SHARE:
+    if total <= free * DISK_SHARE:
         return CachePlan(
-            "disk", requested, f"over the {_size(MEMORY_BUDGET_BYTES)} memory budget; {_size(free)} free on disk", **sizes
+            "disk",
+            requested,
+            f"over the {_size(MEMORY_BUDGET_BYTES)} memory budget; {_size(free)} free on disk",
+            fill="prefill",
+            **sizes,
         )
     return CachePlan(
         "off",
         requested,
-        f"the features would take {_size(total * processes)}, more than half of the "
+        f"the features would take {_size(total)}, more than half of the "
         f"{_size(free)} free on disk — match fewer layers, or set distillation.teacher_cache: disk to "
         f"insist",
         **sizes,

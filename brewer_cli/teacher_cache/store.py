@@ -24,18 +24,23 @@ class SlotStore:
     memory-mapped file), with the step at which each example was filled (−1: not yet).
 
     `resume_step`: take back what an earlier run with this fingerprint persisted in `directory`,
-    keeping only the examples filled before that step; None starts empty."""
+    keeping only the examples filled before that step; None starts empty. `read_only`: a prefilled
+    store (prefill.py), shared by runs and processes — read from its files, never written."""
 
-    def __init__(self, layout: Layout, lengths: np.ndarray, mode: str, directory: Path, resume_step: int | None = None):
-        self.layout = layout
-        self.lengths = lengths
-        self.mode = mode
-        self.directory = directory
-        self.logit_counts, self.logit_starts, logit_total = offsets(layout.logits, lengths)
-        self.feature_counts, self.feature_starts, feature_total = offsets(layout.features, lengths)
-        self.logit_totals = elements_per_example(self.logit_counts, len(lengths))
-        self.feature_totals = elements_per_example(self.feature_counts, len(lengths))
+    def __init__(
+        self,
+        layout: Layout,
+        lengths: np.ndarray,
+        mode: str,
+        directory: Path,
+        resume_step: int | None = None,
+        read_only: bool = False,
+    ):
+        logit_total, feature_total = self._lay_out(layout, lengths, mode, directory)
+        self.read_only = read_only
         reuse = resume_step is not None and self._files_complete(len(lengths), logit_total, feature_total)
+        if read_only and not reuse:
+            raise ModelError(f"the prefilled teacher outputs in {directory} are incomplete — delete the folder to fill it again")
         if not reuse and directory.exists():
             # Nothing usable (a fresh start, or files of an interrupted first write): start afresh.
             shutil.rmtree(directory)
@@ -56,6 +61,31 @@ class SlotStore:
             if feature_total and mode == "memory":
                 self.features[:] = np.fromfile(directory / "features.f16", dtype=np.float16)
 
+    def _lay_out(self, layout: Layout, lengths: np.ndarray, mode: str, directory: Path) -> tuple[int, int]:
+        """Each example's offsets; returns the element counts of the logits and the features."""
+        self.layout = layout
+        self.lengths = lengths
+        self.mode = mode
+        self.directory = directory
+        self.logit_counts, self.logit_starts, logit_total = offsets(layout.logits, lengths)
+        self.feature_counts, self.feature_starts, feature_total = offsets(layout.features, lengths)
+        self.logit_totals = elements_per_example(self.logit_counts, len(lengths))
+        self.feature_totals = elements_per_example(self.feature_counts, len(lengths))
+        return logit_total, feature_total
+
+    @classmethod
+    def shared_writer(cls, layout: Layout, lengths: np.ndarray, directory: Path) -> SlotStore:
+        """A store that `put`s straight into files another process created at their full size
+        (prefill.py): each process writes its own examples, so nothing is cleared or rewritten."""
+        store = cls.__new__(cls)
+        logit_total, feature_total = store._lay_out(layout, lengths, "disk", directory)
+        store.read_only = False
+        store.logits = store._open_map("logits.f32", np.float32, logit_total)
+        store.features = store._open_map("features.f16", np.float16, feature_total)
+        store.filled_step = np.full(len(lengths), -1, dtype=np.int32)
+        store.persisted = np.zeros(len(lengths), dtype=bool)
+        return store
+
     # -- files ----------------------------------------------------------------------------------
 
     def _files_complete(self, examples: int, logit_total: int, feature_total: int) -> bool:
@@ -71,13 +101,19 @@ class SlotStore:
     def _open_map(self, name: str, dtype: Any, count: int) -> np.ndarray:
         path = self.directory / name
         expected = count * np.dtype(dtype).itemsize
+        if not count:
+            return np.zeros(0, dtype=dtype)  # numpy cannot map an empty file
         mode = "r+" if path.exists() and path.stat().st_size == expected else "w+"
+        if getattr(self, "read_only", False):
+            mode = "c"  # copy-on-write: pages read from the shared file, nothing written back
         self.directory.mkdir(parents=True, exist_ok=True)
         return np.memmap(path, dtype=dtype, mode=mode, shape=(count,))
 
     def persist(self) -> None:
         """Write the examples filled since the last call, then the fill steps (renamed into place,
         so the steps never name data that is not written)."""
+        if self.read_only:
+            return
         new = np.nonzero((self.filled_step >= 0) & ~self.persisted)[0]
         self.directory.mkdir(parents=True, exist_ok=True)
         targets = [(self.logits, self.logit_starts, self.logit_totals, "logits.f32", np.float32)]

@@ -1,0 +1,156 @@
+"""The prefilled teacher-output store (`distillation.teacher_cache: prefill`, and what `auto` picks
+when the cache fits): one teacher pass over the whole training split before training, so that no
+training step runs the teacher.
+
+Why a pass before training. Filled as examples are first seen, the first epoch runs the teacher
+inside every training step, at the training batch's size and shape, with the student's
+optimizer state and activations held beside it. A separate pass runs the teacher alone under
+`torch.inference_mode`, in batches sorted by length (little padding) and as large as
+`PREFILL_TOKENS` padded tokens allow (halved on a CUDA out-of-memory error, down to one example),
+under the run's mixed-precision autocast so that the values are the ones the lazy cache would
+have kept.
+
+Where. `<output folder>/teacher_outputs/<fingerprint hash>/` beside the runs: the fingerprint
+(cache.fingerprint: teacher weights, tokenizer, tokenized data, max length, features, precision)
+holds no seed, so runs that differ in seed, student or schedule share one store, and `--resume`
+finds it complete. It is written to `<hash>.partial/` and renamed when every example is in, so a
+store that exists is complete; an interrupted pass starts again.
+
+Several processes. The main process creates the files at their full size; each process then
+fills every world-size-th example of the length order (its shard, balanced in tokens) straight
+into them at its examples' offsets, saves which examples it filled, and after a barrier the main
+process checks that every example is in and renames the folder. Every process then reads the
+complete store (the files must be on a filesystem all processes see — one machine, or a shared
+disk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brewer_cli.features import Features
+from brewer_cli.teacher_cache.layout import Layout, TeacherRead, example_lengths, offsets
+from brewer_cli.teacher_cache.plan import PREFILL_DIRECTORY
+from brewer_cli.teacher_cache.store import SlotStore
+
+# Padded tokens per prefill batch: large enough to keep a CPU's cores or a GPU busy, small enough
+# that a BERT-base teacher's kept hidden states and attention scores fit in a few GiB.
+PREFILL_TOKENS = 16384
+FILLED = "filled_step.npy"
+
+
+def store_directory(run_dir: Path, current: dict[str, Any]) -> Path:
+    """The prefilled store of this fingerprint, beside the runs."""
+    digest = hashlib.blake2b(json.dumps(current, sort_keys=True).encode(), digest_size=8).hexdigest()
+    return Path(run_dir).parent / PREFILL_DIRECTORY / digest
+
+
+def is_complete(directory: Path, current: dict[str, Any]) -> bool:
+    stored = directory / "fingerprint.json"
+    return stored.is_file() and json.loads(stored.read_text()) == current
+
+
+def batch_end(indices: Sequence[int], start: int, lengths: np.ndarray, tokens: int) -> int:
+    """Where the batch that begins at `start` ends: `indices` are in length order, longest first,
+    so a batch pads to its first example, and it holds at most `tokens` padded tokens (at least
+    one example)."""
+    longest = max(int(lengths[indices[start]]), 1)
+    return min(len(indices), start + max(1, tokens // longest))
+
+
+def prefill(
+    directory: Path,
+    current: dict[str, Any],
+    layouts: Sequence[Layout],
+    data: Any,
+    compute: Callable[[TeacherRead, list[int]], Features],
+    accelerator: Any,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> bool:
+    """Fill the store at `directory` unless it is complete; returns whether it was filled now.
+    `compute(read, indices)`: the teacher's outputs on those training examples (one batch)."""
+    if is_complete(directory, current):
+        return False
+    partial = directory.with_name(directory.name + ".partial")
+    lengths_of = {layout.read.teacher: example_lengths(data, layout.read.prefix) for layout in layouts}
+    if accelerator.is_main_process:
+        if partial.exists():
+            shutil.rmtree(partial)  # an interrupted pass: its examples are not known to be written
+        for layout in layouts:
+            _create_files(layout, lengths_of[layout.read.teacher], partial / f"teacher-{layout.read.teacher}")
+    accelerator.wait_for_everyone()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    total = sum(len(lengths) for lengths in lengths_of.values())
+    done = 0
+    for layout in layouts:
+        lengths = lengths_of[layout.read.teacher]
+        folder = partial / f"teacher-{layout.read.teacher}"
+        writer = SlotStore.shared_writer(layout, lengths, folder)
+        mine = np.argsort(-lengths, kind="stable")[rank::world].tolist()
+        start, tokens = 0, PREFILL_TOKENS
+        while start < len(mine):
+            end = batch_end(mine, start, lengths, tokens)
+            try:
+                with torch.inference_mode():
+                    outputs = compute(layout.read, mine[start:end])
+            except torch.cuda.OutOfMemoryError:
+                if end - start == 1:
+                    raise
+                tokens //= 2  # as large as memory allows: halve and cut the batch again
+                torch.cuda.empty_cache()
+                continue
+            writer.put(mine[start:end], outputs, 0)
+            done += (end - start) * world
+            start = end
+            if on_progress is not None:
+                on_progress(min(done, total), total)
+        for array in (writer.logits, writer.features):
+            if isinstance(array, np.memmap):
+                array.flush()
+        np.save(folder / f"filled-{rank}.npy", writer.filled_step)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for layout in layouts:
+            _merge_filled(partial / f"teacher-{layout.read.teacher}", world)
+        (partial / "fingerprint.json").write_text(json.dumps(current, indent=2))
+        if directory.exists():
+            shutil.rmtree(directory)  # a store of another format under this hash
+        os.replace(partial, directory)
+    accelerator.wait_for_everyone()
+    return True
+
+
+def open_store(layout: Layout, lengths: np.ndarray, mode: str, directory: Path) -> SlotStore:
+    """A complete store, read-only: logits (and in memory mode the features) read into memory,
+    disk-mode features mapped from the shared file."""
+    # Prefilled examples carry step 0, so every one counts from the first step on.
+    return SlotStore(layout, lengths, mode, directory / f"teacher-{layout.read.teacher}", resume_step=1, read_only=True)
+
+
+def _create_files(layout: Layout, lengths: np.ndarray, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, parts, itemsize in (("logits.f32", layout.logits, 4), ("features.f16", layout.features, 2)):
+        count = offsets(parts, lengths)[2]
+        if count:
+            with open(folder / name, "wb") as handle:
+                handle.truncate(count * itemsize)  # sparse until written
+
+
+def _merge_filled(folder: Path, world: int) -> None:
+    parts = [folder / f"filled-{rank}.npy" for rank in range(world)]
+    filled = np.max(np.stack([np.load(part) for part in parts]), axis=0)
+    missing = int((filled < 0).sum())
+    if missing:
+        raise RuntimeError(f"teacher-output prefill: {missing} examples were not filled in {folder}")
+    np.save(folder / FILLED, filled.astype(np.int32))
+    for part in parts:
+        part.unlink()

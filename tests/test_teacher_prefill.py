@@ -1,0 +1,128 @@
+"""The prefilled teacher-output store (`distillation.teacher_cache: prefill`, what `auto` picks;
+brewer_cli/teacher_cache/prefill.py): one teacher pass before training, results equal to the
+cache filled as examples are first seen, a store that later runs and --resume reuse."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from brewer_cli.commands import distill
+from brewer_cli.recipe import load_recipe
+from brewer_cli.teacher_cache.prefill import batch_end
+from tests.conftest import write_recipe
+from tests.test_teacher_cache import final_weights, general_raw, step_losses
+
+
+def only_store(output: Path) -> Path:
+    stores = sorted((output / "teacher_outputs").iterdir())
+    assert len(stores) == 1, stores
+    return stores[0]
+
+
+def test_a_prefilled_run_matches_the_lazy_cache_and_training_never_runs_the_teacher(tmp_path, teacher_dir, quiet_console):
+    summaries = {}
+    for cache in ("memory", "prefill"):
+        recipe = load_recipe(write_recipe(tmp_path, {**general_raw(teacher_dir, cache), "name": f"run-{cache}"}))
+        summaries[cache] = distill(recipe, tmp_path / "out", console=quiet_console)
+    lazy, prefilled = tmp_path / "out" / "run-memory", tmp_path / "out" / "run-prefill"
+    losses, losses_prefilled = step_losses(lazy), step_losses(prefilled)
+    assert sorted(losses_prefilled) == list(range(1, 9))
+    # Training differs in epoch 1 only, where the prefilled run reads the features back in fp16 and the
+    # lazy cache hands the teacher's fresh fp32 ones on: the losses within the cache tests' tolerance,
+    # the weights after 8 steps (lr 1e-3) within 5e-4.
+    for step in losses:
+        assert losses_prefilled[step] == pytest.approx(losses[step], rel=2e-3, abs=1e-5), step
+    for name, tensor in final_weights(lazy).items():
+        torch.testing.assert_close(final_weights(prefilled)[name], tensor, rtol=1e-3, atol=5e-4)
+
+    report = summaries["prefill"]["teacher_cache"]
+    store = only_store(tmp_path / "out")
+    assert (report["mode"], report["requested"], report["fill"]) == ("memory", "prefill", "prefill")
+    assert report["prefill"]["directory"] == str(store) and report["prefill"]["filled_now"] is True
+    # 2 epochs of 64 examples, every one answered by the store: no teacher forward while training.
+    assert (report["hits"], report["misses"], report["hit_rate"]) == (128, 0, 1.0)
+    assert (report["teacher_forwards"], report["teacher_forwards_skipped"]) == (0, 8)
+    assert report["bytes_per_example"] == pytest.approx(report["estimated_bytes"] / 64, abs=0.1)
+    assert not (prefilled / "teacher_cache").exists()
+    assert sorted(path.name for path in (store / "teacher-0").iterdir()) == ["features.f16", "filled_step.npy", "logits.f32"]
+    assert (np.load(store / "teacher-0" / "filled_step.npy") == 0).all()
+
+    # The stored values are the lazily cached ones (here bit for bit: this tiny teacher's outputs
+    # do not depend on the batch they ran in; in general they may differ by float-sum order).
+    lazy_files = lazy / "teacher_cache" / "process-0" / "teacher-0"
+    for name, dtype in (("logits.f32", np.float32), ("features.f16", np.float16)):
+        stored = np.fromfile(store / "teacher-0" / name, dtype=dtype)
+        kept = np.fromfile(lazy_files / name, dtype=dtype)
+        assert stored.shape == kept.shape and stored.size > 0
+        np.testing.assert_allclose(stored.astype(np.float64), kept.astype(np.float64), rtol=1e-6, atol=1e-7)
+
+
+def test_later_runs_and_a_resume_reuse_the_store(tmp_path, teacher_dir, quiet_console):
+    raw = general_raw(teacher_dir, "auto", save_every=5, keep_checkpoints=5)
+    recipe = load_recipe(write_recipe(tmp_path, raw))
+    first = distill(recipe, tmp_path / "full", console=quiet_console)["teacher_cache"]
+    assert (first["requested"], first["fill"], first["prefill"]["filled_now"]) == ("auto", "prefill", True)
+    store = only_store(tmp_path / "full")
+    written = {path.name: path.stat().st_mtime_ns for path in (store / "teacher-0").iterdir()}
+
+    # Another seed and name: the same teacher and data, so the same store, not filled again.
+    other = load_recipe(write_recipe(tmp_path, {**raw, "name": "seed-7", "training": {**raw["training"], "seed": 7}}, "b.yaml"))
+    again = distill(other, tmp_path / "full", console=quiet_console)["teacher_cache"]
+    assert again["prefill"] == {"directory": str(store), "filled_now": False}
+    assert again["teacher_forwards"] == 0
+    assert {path.name: path.stat().st_mtime_ns for path in (store / "teacher-0").iterdir()} == written
+
+    # A crash after step 5, beside the store: the resumed run reads it and ends bit for bit as the full run.
+    crashed = tmp_path / "crashed" / "tiny"
+    crashed.mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "tiny" / "checkpoints" / "step-5", crashed / "checkpoints" / "step-5")
+    shutil.copy(tmp_path / "full" / "tiny" / "recipe.yaml", crashed / "recipe.yaml")
+    shutil.copytree(tmp_path / "full" / "teacher_outputs", tmp_path / "crashed" / "teacher_outputs")
+    resumed = distill(recipe, tmp_path / "crashed", resume=True, console=quiet_console)["teacher_cache"]
+    assert resumed["prefill"]["filled_now"] is False and resumed["teacher_forwards"] == 0
+    full_weights = final_weights(tmp_path / "full" / "tiny")
+    for name, tensor in final_weights(crashed).items():
+        assert torch.equal(tensor, full_weights[name]), name
+
+
+def test_an_interrupted_pass_is_filled_again_and_a_store_is_only_where_complete(tmp_path, teacher_dir, quiet_console):
+    raw = general_raw(teacher_dir, "prefill", epochs=1)
+
+    def run(name: str) -> dict:
+        recipe = load_recipe(write_recipe(tmp_path, {**raw, "name": name}))
+        return distill(recipe, tmp_path / "out", console=quiet_console)["teacher_cache"]
+
+    run("first")
+    store = only_store(tmp_path / "out")
+    reference = np.fromfile(store / "teacher-0" / "logits.f32", dtype=np.float32)
+    # An interrupted pass leaves `<hash>.partial` (here: garbage in it), never `<hash>`.
+    partial = store.with_name(store.name + ".partial")
+    store.rename(partial)
+    (partial / "teacher-0" / "logits.f32").write_bytes(b"\x00" * 12)
+    assert run("second")["prefill"]["filled_now"] is True
+    assert sorted(path.name for path in (tmp_path / "out" / "teacher_outputs").iterdir()) == [store.name]
+    np.testing.assert_allclose(np.fromfile(store / "teacher-0" / "logits.f32", dtype=np.float32), reference, rtol=1e-6)
+    # A store whose fingerprint file differs (another brewer's format under this hash) is filled again.
+    fingerprint = json.loads((store / "fingerprint.json").read_text())
+    (store / "fingerprint.json").write_text(json.dumps({**fingerprint, "format": 0}))
+    assert run("third")["prefill"]["filled_now"] is True
+
+
+def test_batches_hold_at_most_the_token_budget_padded_to_their_longest():
+    lengths = np.array([5, 40, 12, 40, 3, 12, 1])
+    order = np.argsort(-lengths, kind="stable").tolist()
+    assert order == [1, 3, 2, 5, 0, 4, 6]
+    cuts, start = [], 0
+    while start < len(order):
+        end = batch_end(order, start, lengths, tokens=80)
+        cuts.append(order[start:end])
+        start = end
+    # 80 tokens: two of 40, then up to six padded to 12 (the five left).
+    assert cuts == [[1, 3], [2, 5, 0, 4, 6]]
+    assert batch_end(order, 0, lengths, tokens=10) == 1  # one example at least, even above the budget
