@@ -227,12 +227,16 @@ class PrefillDisplay:
                 self.bar.start()
                 self.task = self.bar.add_task("prefill", total=total)
             self.bar.update(self.task, completed=done)
-            if done >= total:
-                self.bar.stop()
         elif done >= self.next_line * total or done >= total:
             rate = done / max(time.monotonic() - self.started, 1e-9)
             self.console.print(Text(f"teacher outputs {done:,}/{total:,} · {rate:.0f} ex/s"), soft_wrap=True)
             self.next_line = min(1.0, done / total + 0.1)
+
+    def close(self) -> None:
+        """Stop the bar, also when the pass ended in an error (the terminal is left clean for it)."""
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 class StepDisplay:

@@ -173,6 +173,8 @@ def _teacher_cache_report(cache: Any, device: Any) -> dict[str, Any]:
     report = cache.report()
     counted = ["hits", "misses", "teacher_forwards", "teacher_forwards_skipped"]
     report.update(zip(counted, _across_processes(device, [report[name] for name in counted], "sum")))
+    looked_up = report["hits"] + report["misses"]
+    report["hit_rate"] = round(report["hits"] / looked_up, 4) if looked_up else None
     return report
 
 

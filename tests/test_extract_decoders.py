@@ -280,6 +280,18 @@ def test_importance_in_one_key_value_group_keeps_that_group():
     assert result.kept["key_value_groups"] == [[0]] * chosen["layers"]
 
 
+def test_a_target_refuses_key_value_heads_and_a_size_of_config_without_groups(tmp_path):
+    with pytest.raises(BrewerError, match=r"cannot be combined with key_value_heads — remove key_value_heads"):
+        ExtractPlan(strategy="random", target={"parameters": 10_000}, key_value_heads=1)
+    bert = {"model_type": "bert", "hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    with pytest.raises(BrewerError) as error:
+        extract_student(llama(), ExtractPlan(strategy="random", target={"size_of": "bert.json", "size_of_config": bert}))
+    assert str(error.value) == (
+        "student.init.extract.target.size_of: 'bert.json' is a bert config, but a student of this Llama teacher is "
+        "counted with the teacher's attention layout — name a grouped-query (Llama-style) config, or use parameters"
+    )
+
+
 def test_random_strategy_keeps_every_head_and_group_of_a_grouped_query_teacher():
     teacher = llama(layers=4)
     budget = int(parameter_count(teacher) * 0.6)

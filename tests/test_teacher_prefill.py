@@ -20,9 +20,10 @@ from tests.test_teacher_cache import final_weights, general_raw, step_losses
 
 
 def only_store(output: Path) -> Path:
-    stores = sorted((output / "teacher_outputs").iterdir())
-    assert len(stores) == 1, stores
-    return stores[0]
+    """The one store folder beside the runs (and its lock file, which stays: it holds no data)."""
+    entries = sorted(path.name for path in (output / "teacher_outputs").iterdir())
+    assert len(entries) == 2 and entries[1] == entries[0] + ".lock", entries
+    return output / "teacher_outputs" / entries[0]
 
 
 def test_a_prefilled_run_matches_the_lazy_cache_and_training_never_runs_the_teacher(tmp_path, teacher_dir, quiet_console):
@@ -106,7 +107,7 @@ def test_an_interrupted_pass_is_filled_again_and_a_store_is_only_where_complete(
     store.rename(partial)
     (partial / "teacher-0" / "logits.f32").write_bytes(b"\x00" * 12)
     assert run("second")["prefill"]["filled_now"] is True
-    assert sorted(path.name for path in (tmp_path / "out" / "teacher_outputs").iterdir()) == [store.name]
+    assert sorted(path.name for path in (tmp_path / "out" / "teacher_outputs").iterdir()) == [store.name, f"{store.name}.lock"]
     np.testing.assert_allclose(np.fromfile(store / "teacher-0" / "logits.f32", dtype=np.float32), reference, rtol=1e-6)
     # A store whose fingerprint file differs (another brewer's format under this hash) is filled again.
     fingerprint = json.loads((store / "fingerprint.json").read_text())
@@ -126,3 +127,61 @@ def test_batches_hold_at_most_the_token_budget_padded_to_their_longest():
     # 80 tokens: two of 40, then up to six padded to 12 (the five left).
     assert cuts == [[1, 3], [2, 5, 0, 4, 6]]
     assert batch_end(order, 0, lengths, tokens=10) == 1  # one example at least, even above the budget
+
+
+class _Processes:
+    """What `_together` reads of an Accelerator: this process's device and the gather of one flag
+    per process (here: the flags of a 3-process run, given)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, flags: list[int]):
+        self.flags = flags
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        assert tensor.tolist() == [self.flags[0]]  # this process is rank 0
+        return torch.tensor(self.flags)
+
+
+def test_an_error_on_one_process_is_raised_on_every_process():
+    from brewer_cli.errors import ModelError
+    from brewer_cli.teacher_cache.prefill import _together
+
+    _together(_Processes([0, 0, 0]), lambda: None)
+    with pytest.raises(ModelError) as error:
+        _together(_Processes([0, 0, 1]), lambda: None)
+    assert str(error.value) == (
+        "teacher-output prefill: process 2 stopped with an error (its message is above); the store was not "
+        "completed, and the next run fills it again"
+    )
+
+    def fails() -> None:
+        raise ValueError("the teacher's hidden states are beyond fp16")
+
+    with pytest.raises(ValueError, match="beyond fp16"):  # the failing process raises its own error
+        _together(_Processes([1, 0, 0]), fails)
+
+
+def test_two_runs_started_together_fill_the_store_once(tmp_path, teacher_dir):
+    """A seed sweep launched in parallel into one output folder: the second run waits on the lock
+    and then reads the store the first one filled."""
+    import os
+    import subprocess
+    import sys
+
+    processes = []
+    for seed in (1, 2):
+        raw = general_raw(teacher_dir, "prefill", seed=seed)
+        path = write_recipe(tmp_path, {**raw, "name": f"seed-{seed}"}, f"seed-{seed}.yaml")
+        command = [sys.executable, "-m", "brewer_cli", "distill", str(path), "--output-dir", str(tmp_path / "out")]
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        processes.append(
+            subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    for process in processes:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output[-3000:]
+    reports = [json.loads((tmp_path / "out" / f"seed-{seed}" / "summary.json").read_text())["teacher_cache"] for seed in (1, 2)]
+    assert sorted(report["prefill"]["filled_now"] for report in reports) == [False, True]
+    assert reports[0]["prefill"]["directory"] == reports[1]["prefill"]["directory"]
+    assert (np.load(only_store(tmp_path / "out") / "teacher-0" / "filled_step.npy") == 0).all()

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 
 from brewer_cli.evaluation import EvalSetup, average_losses, eval_batch_size, evaluate_model
 from brewer_cli.families.loading import LoadedModel
-from brewer_cli.families.placement import place_teacher, teacher_features
+from brewer_cli.families.placement import model_device, place_teacher, teacher_features
 from brewer_cli.features import FeatureNeeds, Features
 from brewer_cli.models import save_model_dir
 from brewer_cli.recipe import Recipe, TrainingSpec
@@ -275,12 +275,14 @@ class Distiller(nn.Module, ABC):
     def teacher_outputs_of(self, read: TeacherRead, indices: list[int]) -> Features:
         """What teacher `read.teacher` gives the losses on these training examples, as one batch:
         the prefilled teacher-output store's pass (brewer_cli.teacher_cache.prefill)."""
-        device = next(self.student.parameters()).device
+        teacher = self.teachers[read.teacher]
+        # Built where the teacher sits (teacher.device): its outputs go to the store on the CPU, so
+        # nothing needs to pass through the student's device.
+        device = model_device(teacher.model)
         batch = {
             name: value.to(device) if torch.is_tensor(value) else value
             for name, value in self.collate([self.data.train[index] for index in indices]).items()
         }
-        teacher = self.teachers[read.teacher]
         return teacher_features(teacher, view_batch(batch, read.prefix), read.needs, logits_of=self.task.logits)
 
     def persist_teacher_cache(self) -> None:

@@ -127,7 +127,7 @@ class ExtractPlan:
                 raise BrewerError(f"{FIELD}.target: unknown key {unknown[0]!r} — valid: {', '.join(TARGET_KEYS)}")
             object.__setattr__(self, "target", Target(**self.target))
         if self.target is not None:
-            sizes = [name for name in SIZE_FIELDS if getattr(self, name) is not None]
+            sizes = [name for name in (*SIZE_FIELDS, "key_value_heads") if getattr(self, name) is not None]
             if sizes:
                 listed = ", ".join(sizes)
                 problems.append(

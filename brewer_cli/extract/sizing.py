@@ -233,5 +233,11 @@ def size_of_parameters(teacher_model: nn.Module, family: Family, target: Target)
     except ModelError as error:
         raise BrewerError(f"{where}: {target.size_of!r}: {error}") from None
     teacher = read_sizes(family, teacher_model.config)
+    if (teacher.key_value_heads is None) != (named.key_value_heads is None):
+        kind = "grouped-query (Llama-style)" if teacher.key_value_heads is not None else "BERT-style"
+        raise BrewerError(
+            f"{where}: {target.size_of!r} is a {model_type} config, but a student of this {family.title} teacher is "
+            f"counted with the teacher's attention layout — name a {kind} config, or use parameters"
+        )
     embedding = named.embedding if not teacher.embedding_tied else named.hidden
     return parameter_count(meta_model(teacher_model, family, replace(named, embedding=embedding)))

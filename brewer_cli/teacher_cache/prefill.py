@@ -26,6 +26,8 @@ disk).
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -36,7 +38,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
 
+from brewer_cli.errors import ModelError
 from brewer_cli.features import Features
 from brewer_cli.teacher_cache.layout import Layout, TeacherRead, example_lengths, offsets
 from brewer_cli.teacher_cache.plan import PREFILL_DIRECTORY
@@ -77,17 +81,77 @@ def prefill(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> bool:
     """Fill the store at `directory` unless it is complete; returns whether it was filled now.
-    `compute(read, indices)`: the teacher's outputs on those training examples (one batch)."""
-    if is_complete(directory, current):
-        return False
-    partial = directory.with_name(directory.name + ".partial")
-    lengths_of = {layout.read.teacher: example_lengths(data, layout.read.prefix) for layout in layouts}
-    if accelerator.is_main_process:
-        if partial.exists():
-            shutil.rmtree(partial)  # an interrupted pass: its examples are not known to be written
-        for layout in layouts:
-            _create_files(layout, lengths_of[layout.read.teacher], partial / f"teacher-{layout.read.teacher}")
-    accelerator.wait_for_everyone()
+    `compute(read, indices)`: the teacher's outputs on those training examples (one batch).
+
+    The main process holds `<hash>.lock` from its check to the rename, so two runs that start
+    together (a seed sweep into one output folder) fill the store once: the second waits and then
+    finds it complete. The verdict is the main process's, sent to the others, so all agree; an
+    error on any process is raised on every one, so none waits at a barrier for a process that
+    stopped."""
+    lock = _lock(directory) if accelerator.is_main_process else None
+    try:
+        complete = is_complete(directory, current) if accelerator.is_main_process else None
+        complete = broadcast_object_list([complete])[0]
+        if complete:
+            return False
+        partial = directory.with_name(directory.name + ".partial")
+        lengths_of = {layout.read.teacher: example_lengths(data, layout.read.prefix) for layout in layouts}
+        _together(accelerator, lambda: _create_all(partial, layouts, lengths_of) if accelerator.is_main_process else None)
+        _together(accelerator, lambda: _fill_share(partial, layouts, lengths_of, compute, accelerator, on_progress))
+        _together(
+            accelerator,
+            lambda: (
+                _finish(partial, directory, current, layouts, accelerator.num_processes) if accelerator.is_main_process else None
+            ),
+        )
+        return True
+    finally:
+        if lock is not None:
+            lock.close()  # closing the file releases the lock
+
+
+def _lock(directory: Path) -> Any:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(directory.with_name(directory.name + ".lock"), "a")
+    fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another run fills this store
+    return handle
+
+
+def _together(accelerator: Any, action: Callable[[], Any]) -> None:
+    """Run `action` on every process, then a barrier that also carries whether any process
+    failed: the failing one raises its error, the others say which process stopped."""
+    failure: BaseException | None = None
+    try:
+        action()
+    except Exception as error:  # raised again below, on this process and (as a message) on the others
+        failure = error
+    flags = accelerator.gather(torch.tensor([int(failure is not None)], device=accelerator.device))
+    if failure is not None:
+        raise failure
+    failed = [rank for rank, flag in enumerate(flags.tolist()) if flag]
+    if failed:
+        raise ModelError(
+            f"teacher-output prefill: process {failed[0]} stopped with an error (its message is above); the store "
+            f"was not completed, and the next run fills it again"
+        )
+
+
+def _create_all(partial: Path, layouts: Sequence[Layout], lengths_of: dict[int, np.ndarray]) -> None:
+    if partial.exists():
+        shutil.rmtree(partial)  # an interrupted pass: its examples are not known to be written
+    for layout in layouts:
+        _create_files(layout, lengths_of[layout.read.teacher], partial / f"teacher-{layout.read.teacher}")
+
+
+def _fill_share(
+    partial: Path,
+    layouts: Sequence[Layout],
+    lengths_of: dict[int, np.ndarray],
+    compute: Callable[[TeacherRead, list[int]], Features],
+    accelerator: Any,
+    on_progress: Callable[[int, int], None] | None,
+) -> None:
+    """This process's examples: every world-size-th of the length order, longest first."""
     rank, world = accelerator.process_index, accelerator.num_processes
     total = sum(len(lengths) for lengths in lengths_of.values())
     done = 0
@@ -117,16 +181,15 @@ def prefill(
             if isinstance(array, np.memmap):
                 array.flush()
         np.save(folder / f"filled-{rank}.npy", writer.filled_step)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        for layout in layouts:
-            _merge_filled(partial / f"teacher-{layout.read.teacher}", world)
-        (partial / "fingerprint.json").write_text(json.dumps(current, indent=2))
-        if directory.exists():
-            shutil.rmtree(directory)  # a store of another format under this hash
-        os.replace(partial, directory)
-    accelerator.wait_for_everyone()
-    return True
+
+
+def _finish(partial: Path, directory: Path, current: dict[str, Any], layouts: Sequence[Layout], world: int) -> None:
+    for layout in layouts:
+        _merge_filled(partial / f"teacher-{layout.read.teacher}", world)
+    (partial / "fingerprint.json").write_text(json.dumps(current, indent=2))
+    if directory.exists():
+        shutil.rmtree(directory)  # a store of another format under this hash
+    os.replace(partial, directory)
 
 
 def open_store(layout: Layout, lengths: np.ndarray, mode: str, directory: Path) -> SlotStore:
@@ -142,7 +205,16 @@ def _create_files(layout: Layout, lengths: np.ndarray, folder: Path) -> None:
         count = offsets(parts, lengths)[2]
         if count:
             with open(folder / name, "wb") as handle:
-                handle.truncate(count * itemsize)  # sparse until written
+                try:
+                    # Reserve the blocks now: a full disk is then an error here, not a SIGBUS
+                    # when a memory-mapped write finds no space.
+                    os.posix_fallocate(handle.fileno(), 0, count * itemsize)
+                except OSError as error:
+                    if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystems without it
+                        raise ModelError(
+                            f"teacher-output prefill: cannot reserve {count * itemsize:,} bytes for {folder / name}: {error}"
+                        ) from None
+                    handle.truncate(count * itemsize)
 
 
 def _merge_filled(folder: Path, world: int) -> None:

@@ -57,9 +57,9 @@ class SlotStore:
             self.filled_step = np.where(filled < resume_step, filled, -1).astype(np.int32)
             self.persisted = self.filled_step >= 0
             if logit_total:
-                self.logits[:] = np.fromfile(directory / "logits.f32", dtype=np.float32)
+                _read_into(directory / "logits.f32", self.logits)
             if feature_total and mode == "memory":
-                self.features[:] = np.fromfile(directory / "features.f16", dtype=np.float16)
+                _read_into(directory / "features.f16", self.features)
 
     def _lay_out(self, layout: Layout, lengths: np.ndarray, mode: str, directory: Path) -> tuple[int, int]:
         """Each example's offsets; returns the element counts of the logits and the features."""
@@ -76,12 +76,25 @@ class SlotStore:
     @classmethod
     def shared_writer(cls, layout: Layout, lengths: np.ndarray, directory: Path) -> SlotStore:
         """A store that `put`s straight into files another process created at their full size
-        (prefill.py): each process writes its own examples, so nothing is cleared or rewritten."""
+        (prefill.py): each process writes its own examples, so nothing is cleared or rewritten —
+        a file missing or of another size is an error, never created or truncated here."""
         store = cls.__new__(cls)
         logit_total, feature_total = store._lay_out(layout, lengths, "disk", directory)
         store.read_only = False
-        store.logits = store._open_map("logits.f32", np.float32, logit_total)
-        store.features = store._open_map("features.f16", np.float16, feature_total)
+
+        def mapped(name: str, dtype: Any, count: int) -> np.ndarray:
+            if not count:
+                return np.zeros(0, dtype=dtype)
+            path = directory / name
+            if not path.is_file() or path.stat().st_size != count * np.dtype(dtype).itemsize:
+                raise ModelError(
+                    f"teacher-output prefill: {path} is missing or of another size on this process — the store must be "
+                    f"on a disk every process sees"
+                )
+            return np.memmap(path, dtype=dtype, mode="r+", shape=(count,))
+
+        store.logits = mapped("logits.f32", np.float32, logit_total)
+        store.features = mapped("features.f16", np.float16, feature_total)
         store.filled_step = np.full(len(lengths), -1, dtype=np.int32)
         store.persisted = np.zeros(len(lengths), dtype=bool)
         return store
@@ -222,6 +235,13 @@ class SlotStore:
         return Features(
             logits=logits_value, attention_mask=mask, hidden_states=hidden, attention_scores=attention, attention_inputs=inputs
         )
+
+
+def _read_into(path: Path, array: np.ndarray) -> None:
+    """The file's values into `array` in place: no second copy of a cache that may be GiBs."""
+    with open(path, "rb") as handle:
+        if handle.readinto(memoryview(array).cast("B")) != array.nbytes:
+            raise ModelError(f"{path} is shorter than the cache it holds — delete it to fill it again")
 
 
 def _feature_tensor(features: Features, part: Part) -> torch.Tensor:
