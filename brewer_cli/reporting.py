@@ -197,6 +197,21 @@ class Throughput:
         }
 
 
+def progress_bar(console: Console, label: str, *fields: TextColumn) -> Progress:
+    """A rich bar: label, bar, done/total, the given fields, elapsed time and ETA."""
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *fields,
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
 class PrefillDisplay:
     """The teacher-output prefill's progress (brewer_cli.teacher_cache.prefill): a rich bar on a
     terminal; elsewhere a plain line at each tenth (`teacher outputs 6,735/67,349 · 412 ex/s`).
@@ -207,30 +222,21 @@ class PrefillDisplay:
         self.console = console if console is not None else Console()
         self.started = time.monotonic()
         self.bar: Progress | None = None
-        self.next_line = 0.0
+        self.next_tenth = 0
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
             return
         if self.console.is_terminal:
             if self.bar is None:
-                self.bar = Progress(
-                    TextColumn("[bold]teacher outputs"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(),
-                    TextColumn("ETA"),
-                    TimeRemainingColumn(),
-                    console=self.console,
-                    transient=False,
-                )
+                self.bar = progress_bar(self.console, "teacher outputs")
                 self.bar.start()
                 self.task = self.bar.add_task("prefill", total=total)
             self.bar.update(self.task, completed=done)
-        elif done >= self.next_line * total or done >= total:
+        elif done * 10 >= self.next_tenth * total or done >= total:
             rate = done / max(time.monotonic() - self.started, 1e-9)
             self.console.print(Text(f"teacher outputs {done:,}/{total:,} · {rate:.0f} ex/s"), soft_wrap=True)
-            self.next_line = min(1.0, done / total + 0.1)
+            self.next_tenth = done * 10 // max(total, 1) + 1  # integers: no float drift between tenths
 
     def close(self) -> None:
         """Stop the bar, also when the pass ended in an error (the terminal is left clean for it)."""
@@ -254,17 +260,8 @@ class StepDisplay:
         self.started = time.monotonic()
         self.bar: Progress | None = None
         if enabled and self.console.is_terminal:
-            self.bar = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
-                TextColumn("lr {task.fields[lr]:.2e}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=False,
+            self.bar = progress_bar(
+                self.console, "train", TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}")
             )
             self.bar.start()
             self.task = self.bar.add_task("train", total=total, loss=float("nan"), lr=0.0, completed=start_step)

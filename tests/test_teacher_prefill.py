@@ -185,3 +185,34 @@ def test_two_runs_started_together_fill_the_store_once(tmp_path, teacher_dir):
     assert sorted(report["prefill"]["filled_now"] for report in reports) == [False, True]
     assert reports[0]["prefill"]["directory"] == reports[1]["prefill"]["directory"]
     assert (np.load(only_store(tmp_path / "out") / "teacher-0" / "filled_step.npy") == 0).all()
+
+
+def test_the_prefill_progress_prints_a_line_at_each_tenth_off_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from brewer_cli.reporting import PrefillDisplay
+
+    console = Console(file=io.StringIO(), force_terminal=False, width=200)
+    display = PrefillDisplay(True, console)
+    for done in range(0, 101, 5):
+        display(done, 100)
+    display.close()
+    counts = [line.split()[2] for line in console.file.getvalue().splitlines()]
+    assert counts == [
+        "0/100",
+        "10/100",
+        "20/100",
+        "30/100",
+        "40/100",
+        "50/100",
+        "60/100",
+        "70/100",
+        "80/100",
+        "90/100",
+        "100/100",
+    ]
+    silent = Console(file=io.StringIO(), force_terminal=False)
+    PrefillDisplay(False, silent)(50, 100)
+    assert silent.file.getvalue() == ""
