@@ -96,7 +96,10 @@ class TrainingLoop:
             {"params": decay, "weight_decay": self.training.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        fused = self.accelerator.device.type == "cuda"
+        # The fused kernel: on a CPU 3.5× faster than `foreach` for a 7M-parameter student (the
+        # step's largest part after backward; benchmarks/RESULTS.md), equal to it within fp32
+        # rounding. Sharded (FSDP) parameters on a CPU keep `foreach`, which handles DTensors there.
+        fused = self.accelerator.device.type == "cuda" or self.accelerator.distributed_type != DistributedType.FSDP
         return torch.optim.AdamW(groups, lr=self.training.learning_rate, fused=fused)
 
     # -- the run --------------------------------------------------------------------------------

@@ -213,3 +213,19 @@ def test_every_distillation_kind_has_a_spec_a_distiller_and_a_builder():
     from brewer_cli.recipe import DISTILLATION_KINDS
 
     assert sorted(DISTILLATION_KINDS) == sorted(DISTILLERS.names()) == sorted(BUILDERS.names())
+
+
+def test_a_training_run_does_not_load_the_libraries_only_some_paths_need():
+    """`datasets` (pyarrow, pandas), scikit-learn and seqeval add about 130 MiB to every process;
+    they are imported where a hub or save_to_disk source, an evaluation or a tagging task needs
+    them, so a training run on local files does not carry them (benchmarks/RESULTS.md compares
+    peak memory with TextBrewer's)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, brewer_cli.commands, brewer_cli.loop, brewer_cli.tasks;"
+        "print(' '.join(sorted(name for name in ('datasets', 'sklearn', 'seqeval', 'pandas') if name in sys.modules)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    assert loaded == ""

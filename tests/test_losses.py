@@ -731,3 +731,25 @@ def test_kd_stays_fp32_under_autocast_with_inference_mode_teacher() -> None:
     assert loss.dtype == torch.float32 and loss.item() == pytest.approx(reference, rel=1e-6)
     loss.backward()
     assert student.grad.abs().sum().item() > 0
+
+
+@pytest.mark.parametrize("name", sorted(name for name in MATCH_LOSSES.names() if MATCH_LOSSES.get(name).token_local))
+def test_a_token_local_loss_gives_its_masked_value_on_the_real_tokens_packed(name):
+    """What `token_local` declares, and what the general distiller relies on when it packs a
+    batch's real tokens (distillers/general.py RealTokens): the same value and gradient."""
+    from brewer_cli.distillers.general import RealTokens
+
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(3, 5, 4, generator=generator, requires_grad=True)
+    teacher = torch.randn(3, 5, 4, generator=generator)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    fn = MATCH_LOSSES.get(name).fn
+    masked = fn(student, teacher, mask)
+    (masked_gradient,) = torch.autograd.grad(masked, student)
+    real = RealTokens(mask)
+    packed = fn(real.packed(student), real.packed(teacher), None)
+    (packed_gradient,) = torch.autograd.grad(packed, student)
+    assert real.packed(student).shape == (1, 9, 4)
+    assert packed.item() == pytest.approx(masked.item(), rel=1e-6)
+    torch.testing.assert_close(packed_gradient, masked_gradient, rtol=1e-5, atol=1e-7)
+    assert not packed_gradient[mask == 0].any()

@@ -184,6 +184,45 @@ def test_only_entries_filled_before_the_resumed_step_are_reused(tmp_path):
     assert torch.equal(features.hidden_states[1][1], torch.cat([hidden[0, :2], torch.zeros(1, 3)]))
 
 
+def test_a_disk_store_reads_and_writes_its_file_without_mapping_it(tmp_path):
+    """Pages of a mapped file count in the process's resident memory as they are touched: a disk
+    cache read through a map would end the run holding all of it. The store's file is never mapped."""
+    layout = Layout(
+        TeacherRead(0, FeatureNeeds(hidden_states=True), (("hidden", 1),)),
+        "tensor",
+        (Part("logits.0", "row", (2,)),),
+        (Part("hidden.1", "token", (3,)),),
+        depth=1,
+        num_heads=1,
+    )
+    lengths = np.array([2, 1])
+    store = SlotStore(layout, lengths, "disk", tmp_path / "cache")
+    hidden = torch.tensor([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], [[7.0, 8.0, 9.0], [0.0, 0.0, 0.0]]])
+    store.put([0, 1], Features(logits=torch.eye(2), attention_mask=torch.ones(2, 2), hidden_states=(None, hidden)), step=0)
+    features = store.get(
+        [1, 0], {"input_ids": torch.zeros(2, 2, dtype=torch.long), "attention_mask": torch.ones(2, 2)}, torch.device("cpu")
+    )
+    assert torch.equal(features.hidden_states[1], torch.stack([torch.cat([hidden[1, :1], torch.zeros(1, 3)]), hidden[0]]))
+    file = tmp_path / "cache" / "features.f16"
+    assert np.array_equal(np.fromfile(file, dtype=np.float16), np.array([1, 2, 3, 4, 5, 6, 7, 8, 9], dtype=np.float16))
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(file) not in maps.read_text()
+
+
+def test_the_plain_runs_peak_is_the_peak_so_far_plus_gradients_and_adam_moments():
+    import resource
+
+    from brewer_cli.teacher_cache.plan import plain_peak_bytes
+
+    module = torch.nn.Linear(100, 10)  # 1,010 parameters in fp32
+    module.bias.requires_grad_(False)  # frozen: no gradient, no moments
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    estimate = plain_peak_bytes(module)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert before + 3 * 1000 * 4 <= estimate <= after + 3 * 1000 * 4
+
+
 def test_every_kind_of_part_round_trips_trimmed_to_each_example(tmp_path):
     """Token-level logits (QA's start/end pair), attention scores (L × L) and attention inputs."""
     needs = FeatureNeeds(attention_scores=True, attention_inputs=True)
@@ -255,8 +294,16 @@ def test_the_plan_says_which_cache_and_why(tmp_path, teacher_dir, monkeypatch):
     # Asked for, a prefill runs even when each example is seen once.
     assert plan("prefill", 1).startswith("teacher cache: prefill, memory — ")
     assert plan("off", 2) == "teacher cache: off (distillation.teacher_cache: off)"
+    assert "adds at most 10% to the run's own peak memory of about" in plan("auto", 2)
+    # Above the margin over the run's own peak, the cache goes to disk (its pages then stay outside the process).
+    monkeypatch.setattr(teacher_cache, "MEMORY_MARGIN", 0.0)
+    line = plan("auto", 2)
+    assert "auto → prefill, disk — " in line and "file, read example by example" in line
+    assert "would add more than 0% to the run's own peak memory of about" in line
+    monkeypatch.setattr(teacher_cache, "MEMORY_MARGIN", 0.1)
     monkeypatch.setattr(teacher_cache, "MEMORY_BUDGET_BYTES", 0)
-    assert "auto → prefill, disk — " in plan("auto", 2) and "memory-mapped file" in plan("auto", 2)
+    line = plan("auto", 2)
+    assert "auto → prefill, disk — " in line and "(over the 0 B memory budget; " in line
     assert plan("prefill", 2).startswith("teacher cache: prefill, disk — ")
     monkeypatch.setattr(teacher_cache, "DISK_SHARE", 0.0)
     assert "auto → off (the features would take" in plan("auto", 2)
@@ -325,6 +372,24 @@ def test_training_compile_compiles_the_student_in_place(tmp_path, teacher_dir, q
     assert summary["steps"] == 2 and summary["student"]["metric"] is not None
     # In place: the exported student has the plain model's parameter names.
     assert not any("_orig_mod" in name for name in final_weights(tmp_path / "out" / "tiny"))
+
+
+def test_training_compile_compiles_the_match_losses_too(tmp_path, teacher_dir, quiet_console):
+    """`general` compiles each match loss beside the student; the run gives the losses of the
+    run without compilation (dynamo's eager backend: the same kernels, traced)."""
+    runs = {}
+    for backend in (False, "eager"):
+        raw = general_raw(teacher_dir, "off")
+        raw["training"].update({"max_steps": 3, "compile": backend})
+        raw["name"] = f"compiled-{backend}"
+        summary = distill(load_recipe(write_recipe(tmp_path, raw)), tmp_path / "out", console=quiet_console)
+        runs[backend] = (summary, step_losses(tmp_path / "out" / raw["name"]))
+    summary = runs["eager"][0]
+    assert summary["compile"]["backend"] == "eager"
+    assert summary["compile"]["losses"] == sorted({match["loss"] for match in MATCHES})
+    assert "compile" not in runs[False][0]
+    for step, loss in runs[False][1].items():
+        assert runs["eager"][1][step] == pytest.approx(loss, rel=1e-5), step
 
 
 @pytest.mark.slow

@@ -64,6 +64,22 @@ def test_a_prefilled_run_matches_the_lazy_cache_and_training_never_runs_the_teac
         np.testing.assert_allclose(stored.astype(np.float64), kept.astype(np.float64), rtol=1e-6, atol=1e-7)
 
 
+def test_a_store_read_from_disk_gives_the_run_it_gives_from_memory(tmp_path, teacher_dir, quiet_console, monkeypatch):
+    import brewer_cli.teacher_cache.plan as plan
+
+    summaries = {}
+    for mode, margin in (("memory", 0.1), ("disk", 0.0)):
+        # No margin over the run's own peak: `auto` reads the store from disk, example by example.
+        monkeypatch.setattr(plan, "MEMORY_MARGIN", margin)
+        recipe = load_recipe(write_recipe(tmp_path, {**general_raw(teacher_dir, "auto"), "name": f"run-{mode}"}))
+        summaries[mode] = distill(recipe, tmp_path / "out", console=quiet_console)["teacher_cache"]
+    assert (summaries["memory"]["mode"], summaries["disk"]["mode"]) == ("memory", "disk")
+    # One store: filled by the first run, read by the second from the same files.
+    assert summaries["memory"]["prefill"]["filled_now"] and not summaries["disk"]["prefill"]["filled_now"]
+    assert summaries["disk"]["hit_rate"] == 1.0 and summaries["disk"]["teacher_forwards"] == 0
+    assert step_losses(tmp_path / "out" / "run-disk") == step_losses(tmp_path / "out" / "run-memory")
+
+
 def test_later_runs_and_a_resume_reuse_the_store(tmp_path, teacher_dir, quiet_console):
     raw = general_raw(teacher_dir, "auto", save_every=5, keep_checkpoints=5)
     recipe = load_recipe(write_recipe(tmp_path, raw))

@@ -43,6 +43,8 @@ class GeneralDistiller(BasicDistiller):
             for index, match in enumerate(self.matches):
                 self.projection_keys.append(self._projection_for(index, match))
         self.part_names = [self._part_name(index, match) for index, match in enumerate(self.matches)]
+        # training.compile: the match losses compiled (compile_student), by loss name.
+        self.compiled_losses: dict[str, Any] = {}
         # Both sides read the same kinds of feature; attention is captured only when a match reads it.
         reads = {match.reads for match in self.matches}
         self._needs = FeatureNeeds(
@@ -107,25 +109,52 @@ class GeneralDistiller(BasicDistiller):
             return
         mask = batch["attention_mask"]
         intermediate = torch.zeros((), device=mask.device)
+        # Packing pays where there is padding; a batch without any is compared as it is.
+        real_tokens = RealTokens(mask) if any(match.spec.token_local for match in self.matches) else None
+        if real_tokens is not None and real_tokens.complete:
+            real_tokens = None
         for match, key, name in zip(self.matches, self.projection_keys, self.part_names):
-            value = self.match_loss(match, key, student, teacher, mask)
+            value = self.match_loss(match, key, student, teacher, mask, real_tokens)
             parts[name] = value
             intermediate = intermediate + match.weight * value
         parts["intermediate"] = intermediate
         parts["loss"] = parts["loss"] + intermediate
 
     def match_loss(
-        self, match: ResolvedMatch, projection_key: str | None, student: Features, teacher: Features, mask: torch.Tensor
+        self,
+        match: ResolvedMatch,
+        projection_key: str | None,
+        student: Features,
+        teacher: Features,
+        mask: torch.Tensor,
+        real_tokens: RealTokens | None = None,
     ) -> torch.Tensor:
         spec = match.spec
         student_feature = _select(student, match.reads, match.student_layer)
         teacher_feature = _select(teacher, match.reads, match.teacher_layer)
+        if spec.token_local and real_tokens is not None and real_tokens.fits(student_feature, teacher_feature):
+            # Padding is neither projected nor compared: the loss reads the real tokens packed,
+            # which gives its masked value (MatchLoss.token_local) for a fraction of the work.
+            student_feature, teacher_feature = real_tokens.packed(student_feature), real_tokens.packed(teacher_feature)
+            mask = None
         if projection_key is not None:
             projection = self.projections[projection_key]
             student_feature = tuple(projection(item) for item in student_feature) if spec.pair else projection(student_feature)
+        loss = self.compiled_losses.get(match.loss, spec.fn)
         if spec.takes_relation_heads:
-            return spec.fn(student_feature, teacher_feature, mask, relation_heads=match.relation_heads)
-        return spec.fn(student_feature, teacher_feature, mask)
+            return loss(student_feature, teacher_feature, mask, relation_heads=match.relation_heads)
+        return loss(student_feature, teacher_feature, mask)
+
+    def compile_student(self, backend: str) -> None:
+        """The student as every distiller compiles it, and each match loss: its chain of small
+        element-wise operations becomes a few fused kernels. Shapes are marked dynamic, since every
+        batch has its own length (and packed real tokens their own count)."""
+        super().compile_student(backend)
+        for match in self.matches:
+            if match.loss not in self.compiled_losses:
+                self.compiled_losses[match.loss] = torch.compile(match.spec.fn, backend=backend, dynamic=True)
+        if self.compiled is not None and self.compiled_losses:
+            self.compiled["losses"] = sorted(self.compiled_losses)
 
     # -- the plan -------------------------------------------------------------------------------
 
@@ -135,6 +164,31 @@ class GeneralDistiller(BasicDistiller):
             lines.append("no intermediate matches (`distillation.matches` is empty): this is basic KD")
         lines.extend(match.describe(self.student_shape, self.teacher_shape) for match in self.matches)
         return lines
+
+
+class RealTokens:
+    """A batch's real tokens, to pack (B, L, d) features into (1, n_real, d) for token-local losses;
+    a layer read by several matches is packed once."""
+
+    def __init__(self, mask: torch.Tensor):
+        self.shape = tuple(mask.shape)
+        self.positions = mask.reshape(-1).nonzero().squeeze(1)
+        self.complete = self.positions.numel() == mask.numel()  # no padding at all
+        self.done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def fits(self, *features: Any) -> bool:
+        """Tensors of this batch's (B, L); anything else keeps the loss's own shape checks."""
+        return all(
+            isinstance(item, torch.Tensor) and item.dim() == 3 and tuple(item.shape[:2]) == self.shape for item in features
+        )
+
+    def packed(self, features: torch.Tensor) -> torch.Tensor:
+        known = self.done.get(id(features))
+        if known is None or known[0] is not features:
+            # The tensor itself is kept beside its packing, so its id cannot be reused meanwhile.
+            known = (features, features.reshape(-1, features.shape[-1]).index_select(0, self.positions).unsqueeze(0))
+            self.done[id(features)] = known
+        return known[1]
 
 
 def _select(features: Features, reads: str, layer: int | tuple[int, int]) -> Any:

@@ -25,8 +25,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
@@ -223,6 +221,10 @@ def completions_fingerprint(
 
 def read_completions(directory: Path, fingerprint: dict[str, Any], count: int) -> list[list[int]] | None:
     """The cached completions, or None when the directory holds no complete set made this way."""
+    # pyarrow is imported where used: it adds tens of MiB to every process, and only sequence KD needs it.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         stored = json.loads((directory / FINGERPRINT_FILE).read_text())
         table = pq.read_table(directory / COMPLETIONS_FILE)
@@ -239,6 +241,9 @@ def read_completions(directory: Path, fingerprint: dict[str, Any], count: int) -
 
 def write_completions(directory: Path, fingerprint: dict[str, Any], completions: list[list[int]]) -> None:
     """Written beside the final directory and renamed into place, so a reader finds all or nothing."""
+    import pyarrow as pa  # where used, as in read_completions
+    import pyarrow.parquet as pq
+
     temporary = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)

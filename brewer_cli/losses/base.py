@@ -58,6 +58,9 @@ class MatchLoss:
     formula: one line for `brewer catalog`.
     shared_projection: one projection serves every layer and the embeddings (TinyBERT).
     takes_relation_heads: fn accepts `relation_heads` (MiniLMv2 relation losses).
+    token_local: the loss is a mean over the real tokens of a term of each token alone, so it may be
+      computed on the real tokens packed together, (1, n_valid, d) with no mask, and give the same
+      value: the distiller then projects and compares no padding (distillers/general.py).
     """
 
     fn: Callable[..., torch.Tensor]
@@ -68,6 +71,7 @@ class MatchLoss:
     formula: str
     shared_projection: bool = False
     takes_relation_heads: bool = False
+    token_local: bool = False
 
 
 MATCH_LOSSES: Registry[MatchLoss] = Registry("match loss")
@@ -84,6 +88,7 @@ def register_match(
     needs_equal_heads: bool = False,
     shared_projection: bool = False,
     takes_relation_heads: bool = False,
+    token_local: bool = False,
     aliases: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Register a match-loss function, run in full precision, together with its metadata; the
@@ -102,6 +107,7 @@ def register_match(
                 formula=formula,
                 shared_projection=shared_projection,
                 takes_relation_heads=takes_relation_heads,
+                token_local=token_local,
             ),
             description,
             aliases,

@@ -22,6 +22,7 @@ def _squared_error_over_valid_tokens(student: torch.Tensor, teacher: torch.Tenso
     "mean squared error between hidden states over real tokens",
     feature="hidden",
     needs_equal_width=True,
+    token_local=True,
     formula="Σ_valid ‖h_S − h_T‖² / (n_valid · d)",
 )
 def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -34,6 +35,7 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor 
     "cosine distance between hidden states over real tokens",
     feature="hidden",
     needs_equal_width=True,
+    token_local=True,
     formula="mean over valid tokens of 1 − cos(h_S, h_T)",
 )
 def cosine_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,6 +66,7 @@ def pkd_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | 
     "TinyBERT hidden/embedding MSE through one shared projection",
     feature="hidden",
     needs_equal_width=True,
+    token_local=True,
     shared_projection=True,
     formula="Σ_valid ‖W h_S − h_T‖² / (n_valid · d), one W for all layers and the embeddings",
 )
@@ -151,4 +154,6 @@ def nst_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], m
         )
     student_relation = student_first.float() @ student_second.float().transpose(1, 2) / student_second.shape[-1]
     teacher_relation = teacher_first.float() @ teacher_second.float().transpose(1, 2) / teacher_second.shape[-1]
-    return masked_mean((student_relation - teacher_relation).pow(2), pair_mask(mask, teacher_relation) > 0)
+    difference = student_relation - teacher_relation
+    pairs = pair_mask(mask, teacher_relation)
+    return (difference.pow(2) * pairs).sum() / pairs.sum().clamp_min(1.0)

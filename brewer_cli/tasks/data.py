@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import datasets
-
 from brewer_cli.errors import DataError
 from brewer_cli.paths import resolve_path
 from brewer_cli.recipe import DataSource, Recipe, read_utf8
@@ -46,6 +44,9 @@ def read_source(source: DataSource, recipe: Recipe, field: str) -> list[dict[str
 
 
 def _read_hub(source: DataSource, where: str) -> list[dict[str, Any]]:
+    # Imported where used: `datasets` (pyarrow, pandas) adds about 80 MiB to every process, and only
+    # hub and save_to_disk sources need it.
+    import datasets
 
     try:
         dataset = datasets.load_dataset(source.hub, source.config, split=source.split)
@@ -186,6 +187,7 @@ def _field_count_hint(kind: str, quoting: bool, too_many: bool) -> str:
 
 
 def _read_disk(path: Path, source: DataSource, where: str) -> list[dict[str, Any]]:
+    import datasets  # where used, as in _read_hub
 
     try:
         loaded = datasets.load_from_disk(str(path))

@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import datasets
-
 from brewer_cli.errors import DataError
 from brewer_cli.recipe import read_utf8
 
@@ -208,6 +206,8 @@ def hub_class_names(source: Any, column: str) -> list[str] | None:
     The dataset is already in the local cache (the rows were just read from it), so loading it
     again only reads its metadata and memory-maps the cached files.
     """
+
+    import datasets  # where used, as in data._read_hub: about 80 MiB a process need not carry
 
     try:
         features = datasets.load_dataset(source.hub, source.config, split=source.split).features

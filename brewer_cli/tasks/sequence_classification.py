@@ -6,8 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from brewer_cli.errors import DataError, ModelError
 from brewer_cli.recipe import Recipe
@@ -147,6 +145,10 @@ class SequenceClassification(Task):
 def classification_metrics(predicted: np.ndarray, labels: np.ndarray, classes: int) -> dict[str, float]:
     """Accuracy, macro F1 and Matthews correlation (CoLA's metric) from scikit-learn, and with two
     classes the F1 of class 1 (GLUE's F1 for MRPC and QQP, where 1 means paraphrase / duplicate)."""
+    # Imported here, at the first evaluation: scikit-learn and scipy add about 100 MiB to a process,
+    # which a run without an eval split (and the teacher-free part of every run) need not carry.
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
     metrics = {
         "accuracy": float(accuracy_score(labels, predicted)),
         # The mean over the classes that occur in the labels or the predictions (scikit-learn's).
@@ -162,6 +164,8 @@ def regression_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, floa
     """Pearson and Spearman correlations (scipy; Spearman ranks ties by their mean rank) and the
     mean squared error. A constant prediction or label column has no correlation: it is reported as
     0.0, not NaN, so that the metric stays comparable for the best checkpoint and writable as JSON."""
+    from scipy.stats import pearsonr, spearmanr  # at the first evaluation, as classification_metrics
+
     scores = scores.astype(np.float64)
     labels = labels.astype(np.float64)
     constant = bool(np.ptp(scores) == 0 or np.ptp(labels) == 0)

@@ -19,8 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from seqeval.metrics.sequence_labeling import get_entities
-
 OUTSIDE = "O"
 IOB1, IOB2, BIOES, MIXED = "IOB1", "IOB2", "BIOES", "IOB1/IOB2 mixed"
 ENTITY_PREFIXES = ("B-", "I-", "E-", "S-")
@@ -52,6 +50,9 @@ def to_iob2(tags: Sequence[str]) -> list[str]:
     """One sentence's entity tags (any scheme, well-formed or not) read as conlleval reads them and
     written in IOB2."""
     converted = [OUTSIDE] * len(tags)
+    # Imported on use: seqeval pulls in scikit-learn (about 90 MiB), which only tagging tasks need.
+    from seqeval.metrics.sequence_labeling import get_entities
+
     for entity_type, start, end in get_entities(list(tags)):
         converted[start] = f"B-{entity_type}"
         converted[start + 1 : end + 1] = [f"I-{entity_type}"] * (end - start)

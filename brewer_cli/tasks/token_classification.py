@@ -37,8 +37,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-from seqeval.scheme import IOB2 as STRICT_IOB2
 
 from brewer_cli.errors import DataError, ModelError
 from brewer_cli.recipe import DataSource, Recipe
@@ -392,6 +390,10 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str
     # strict IOB2 mode is the CoNLL-2003 entity definition, and on tags converted to IOB2
     # (tag_schemes.py, conlleval's chunk rules) it gives conlleval's scores on the original file —
     # so a second scorer could only disagree with the numbers users compare against.
+    # Imported here, at the first evaluation: seqeval pulls in scikit-learn (about 90 MiB per process).
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2 as STRICT_IOB2
+
     options = {"mode": "strict", "scheme": STRICT_IOB2, "zero_division": 0}
     scores = {
         "precision": float(precision_score(gold, predicted, **options)),

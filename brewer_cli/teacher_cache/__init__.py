@@ -11,13 +11,13 @@ What is kept, per teacher the losses read:
   token-level tasks) — exactly the values the teacher gave;
 - the features the matches read (the listed layers' hidden states, attention scores or attention
   inputs, nothing else), in fp16, trimmed to the example's own length (scores: L_i × L_i) and laid
-  end to end with offsets computed from the tokenized lengths: in memory (`memory`) or in a
-  memory-mapped file (`disk`). Padding positions come back as zeros; every loss masks them.
+  end to end with offsets computed from the tokenized lengths: in memory (`memory`) or in a file
+  read example by example (`disk`). Padding positions come back as zeros; every loss masks them.
 
 `prefill` (prefill.py) fills everything in one teacher pass before training, into a store beside
 the runs that later runs and --resume share; `memory` and `disk` fill lazily, as below. `auto`
-prefills, in memory when the estimate fits `MEMORY_BUDGET_BYTES`, on disk when it fits half the free
-space where the run is written, and is off otherwise — and off for a run of one epoch or less,
+prefills, in memory while the estimate adds at most `MEMORY_MARGIN` to the run's own peak memory
+(and fits `MEMORY_BUDGET_BYTES`), on disk when it fits half the free space where the run is written, and is off otherwise — and off for a run of one epoch or less,
 where no example is seen twice. The dry-run plan says which and why.
 
 The lazily filled cache:
@@ -43,7 +43,7 @@ from brewer_cli.teacher_cache.cache import (
     open_teacher_cache,
 )
 from brewer_cli.teacher_cache.layout import FEATURE_KINDS, Layout, Part, TeacherRead, example_lengths, probe_layout
-from brewer_cli.teacher_cache.plan import DISK_SHARE, MEMORY_BUDGET_BYTES, MODES, CachePlan, plan_cache
+from brewer_cli.teacher_cache.plan import DISK_SHARE, MEMORY_BUDGET_BYTES, MEMORY_MARGIN, MODES, CachePlan, plan_cache
 from brewer_cli.teacher_cache.store import FP16_MAX, SlotStore
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FP16_MAX",
     "MEMORY_BUDGET_BYTES",
+    "MEMORY_MARGIN",
     "MODES",
     "CacheCounts",
     "CachePlan",

@@ -23,7 +23,7 @@ from brewer_cli.features import Features
 from brewer_cli.tasks.views import tokenizer_definition, view_batch
 from brewer_cli.teacher_cache.layout import Layout, TeacherRead, example_lengths
 from brewer_cli.teacher_cache.plan import CachePlan, plan_cache
-from brewer_cli.teacher_cache.prefill import open_store, prefill, store_directory
+from brewer_cli.teacher_cache.prefill import open_store, prefill, prefill_tokens, store_directory
 from brewer_cli.teacher_cache.store import SlotStore
 
 FORMAT_VERSION = 1
@@ -228,9 +228,18 @@ def _open_prefilled(
 ) -> TeacherCache:
     directory = store_directory(run_dir, current)
     started = time.perf_counter()
+    # The first teacher's device sizes the batches (teacher.device may differ from the student's).
+    device = next(distiller.teachers[plan.layouts[0].read.teacher].model.parameters()).device
     with accelerator.autocast():
         filled = prefill(
-            directory, current, plan.layouts, distiller.data.train, distiller.teacher_outputs_of, accelerator, on_progress
+            directory,
+            current,
+            plan.layouts,
+            distiller.data.train,
+            distiller.teacher_outputs_of,
+            accelerator,
+            on_progress,
+            prefill_tokens(device),
         )
     data = distiller.data.train
     stores = {

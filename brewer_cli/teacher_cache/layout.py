@@ -58,9 +58,6 @@ class Part:
             return (length, *self.shape)
         return (self.shape[0], length, length)
 
-    def batch_shape(self, size: int, padded: int) -> tuple[int, ...]:
-        return (size, *self.example_shape(padded))
-
     def piece(self, tensor: torch.Tensor, position: int, length: int) -> torch.Tensor:
         """Example `position`'s own slice of a batch tensor."""
         if self.kind == "row":
@@ -69,13 +66,21 @@ class Part:
             return tensor[position, :length]
         return tensor[position, :, :length, :length]
 
-    def place(self, target: torch.Tensor, position: int, length: int, values: torch.Tensor) -> None:
+    def batch(self, pieces: Sequence[torch.Tensor], padded: int) -> torch.Tensor:
+        """The examples' own values as one batch tensor padded with zeros to `padded` tokens: one
+        call per part (pad_sequence copies in C++), not one per example."""
         if self.kind == "row":
-            target[position] = values
-        elif self.kind == "token":
-            target[position, :length] = values
-        else:
-            target[position, :, :length, :length] = values
+            return torch.stack(list(pieces))
+        if self.kind == "token":
+            batch = torch.nn.utils.rnn.pad_sequence(list(pieces), batch_first=True)
+            if batch.shape[1] < padded:
+                batch = torch.cat([batch, batch.new_zeros(batch.shape[0], padded - batch.shape[1], *batch.shape[2:])], dim=1)
+            return batch
+        batch = pieces[0].new_zeros(len(pieces), self.shape[0], padded, padded)
+        for position, piece in enumerate(pieces):
+            length = piece.shape[-1]
+            batch[position, :, :length, :length] = piece
+        return batch
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ estimate and the reason for its choice, as the dry run prints it."""
 
 from __future__ import annotations
 
+import resource
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,10 @@ from brewer_cli.teacher_cache.layout import Layout, example_lengths, offsets, pr
 
 MODES = ("auto", "off", "memory", "disk", "prefill")
 MEMORY_BUDGET_BYTES = 2 * 1024**3
+# `auto` keeps the cache in memory only while it adds at most this share to the peak memory the
+# run has without it; above that it goes to disk, where its pages sit in the kernel's page cache,
+# outside the process (store.py reads the file example by example), at a pread per example.
+MEMORY_MARGIN = 0.10
 # `auto` leaves at least half of the free disk space to checkpoints and everything else.
 DISK_SHARE = 0.5
 # Prefilled stores live beside the runs (the recipe's output folder), one folder per fingerprint.
@@ -44,7 +50,7 @@ class CachePlan:
         features = "; ".join(layout.feature_words() for layout in self.layouts if layout.features)
         what = f"{_size(self.logits_bytes)} logits (fp32, in memory)"
         if self.feature_bytes:
-            where = "memory-mapped file" if self.mode == "disk" else "memory"
+            where = "file, read example by example" if self.mode == "disk" else "memory"
             what += f" + {_size(self.feature_bytes)} features (fp16, {where}: {features})"
         if self.fill == "prefill":
             return (
@@ -95,12 +101,7 @@ def plan_cache(distiller: Any, total_steps: int, steps_per_epoch: int, run_dir: 
     sizes = {"logits_bytes": logits_bytes, "feature_bytes": feature_bytes, "layouts": layouts}
     if requested in ("memory", "disk"):
         return CachePlan(requested, requested, f"distillation.teacher_cache: {requested}", **sizes)
-    if requested == "prefill":
-        # The storage `auto` would pick; the prefilled store is one for all processes.
-        if total <= MEMORY_BUDGET_BYTES:
-            return CachePlan("memory", requested, f"fits the {_size(MEMORY_BUDGET_BYTES)} memory budget", fill="prefill", **sizes)
-        return CachePlan("disk", requested, f"over the {_size(MEMORY_BUDGET_BYTES)} memory budget", fill="prefill", **sizes)
-    if total_steps <= steps_per_epoch:
+    if requested == "auto" and total_steps <= steps_per_epoch:
         return CachePlan(
             "off",
             requested,
@@ -108,18 +109,20 @@ def plan_cache(distiller: Any, total_steps: int, steps_per_epoch: int, run_dir: 
             f"once at most, so there is nothing to reuse",
             **sizes,
         )
-    # `auto` prefills what it caches: one store for all processes, written before training.
-    if total <= MEMORY_BUDGET_BYTES:
-        return CachePlan("memory", requested, f"fits the {_size(MEMORY_BUDGET_BYTES)} memory budget", fill="prefill", **sizes)
+    # `auto` and `prefill` prefill: one store for all processes, written before training.
+    plain = plain_peak_bytes(distiller)
+    limit = min(MEMORY_BUDGET_BYTES, int(MEMORY_MARGIN * plain))
+    if total <= limit:
+        reason = f"{_size(total)} adds at most {MEMORY_MARGIN:.0%} to the run's own peak memory of about {_size(plain)}"
+        return CachePlan("memory", requested, reason, fill="prefill", **sizes)
+    over = (
+        f"over the {_size(MEMORY_BUDGET_BYTES)} memory budget"
+        if limit == MEMORY_BUDGET_BYTES
+        else f"{_size(total)} would add more than {MEMORY_MARGIN:.0%} to the run's own peak memory of about {_size(plain)}"
+    )
     free = shutil.disk_usage(_existing_parent(run_dir)).free
-    if total <= free * DISK_SHARE:
-        return CachePlan(
-            "disk",
-            requested,
-            f"over the {_size(MEMORY_BUDGET_BYTES)} memory budget; {_size(free)} free on disk",
-            fill="prefill",
-            **sizes,
-        )
+    if requested == "prefill" or total <= free * DISK_SHARE:
+        return CachePlan("disk", requested, f"{over}; {_size(free)} free on disk", fill="prefill", **sizes)
     return CachePlan(
         "off",
         requested,
@@ -128,6 +131,20 @@ def plan_cache(distiller: Any, total_steps: int, steps_per_epoch: int, run_dir: 
         f"insist",
         **sizes,
     )
+
+
+def plain_peak_bytes(distiller: Any) -> int:
+    """The peak host memory the run would reach without a cache, estimated before training: the
+    process's peak so far (models loaded, data tokenized) plus, for the trainable parameters held
+    on the host, their gradients and AdamW's two moments. Activations are left out, so the
+    estimate is low and the rule errs towards disk."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    on_host = sum(
+        parameter.numel() * parameter.element_size()
+        for parameter in distiller.parameters()
+        if parameter.requires_grad and parameter.device.type == "cpu"
+    )
+    return peak + 3 * on_host
 
 
 def _existing_parent(path: Path) -> Path:

@@ -5,8 +5,8 @@ training step runs the teacher.
 Why a pass before training. Filled as examples are first seen, the first epoch runs the teacher
 inside every training step, at the training batch's size and shape, with the student's
 optimizer state and activations held beside it. A separate pass runs the teacher alone under
-`torch.inference_mode`, in batches sorted by length (little padding) and as large as
-`PREFILL_TOKENS` padded tokens allow (halved on a CUDA out-of-memory error, down to one example),
+`torch.inference_mode`, in batches sorted by length (little padding) of up to `prefill_tokens`
+padded tokens (halved on a CUDA out-of-memory error, down to one example),
 under the run's mixed-precision autocast so that the values are the ones the lazy cache would
 have kept.
 
@@ -46,9 +46,20 @@ from brewer_cli.teacher_cache.layout import Layout, TeacherRead, example_lengths
 from brewer_cli.teacher_cache.plan import PREFILL_DIRECTORY
 from brewer_cli.teacher_cache.store import SlotStore
 
-# Padded tokens per prefill batch: large enough to keep a CPU's cores or a GPU busy, small enough
-# that a BERT-base teacher's kept hidden states and attention scores fit in a few GiB.
-PREFILL_TOKENS = 16384
+# Padded tokens per prefill batch. A GPU is kept busy by large batches; 16,384 tokens keep a
+# BERT-base teacher's returned hidden states and attention scores within a few GiB. A CPU is not:
+# its cores are busy at 2,048 tokens, and larger batches are slower per example and grow the
+# process's peak memory (MiniLM-L6 on SST-2, benchmarks/prefill_batch.py: about 3 ms per example
+# and +130 to +165 MiB at 2,048 tokens, 5 ms and +670 to +690 MiB at 16,384).
+PREFILL_TOKENS = {"cuda": 16384}
+PREFILL_TOKENS_ELSEWHERE = 2048
+
+
+def prefill_tokens(device: torch.device) -> int:
+    """Padded tokens per prefill batch for a teacher on `device`."""
+    return PREFILL_TOKENS.get(device.type, PREFILL_TOKENS_ELSEWHERE)
+
+
 FILLED = "filled_step.npy"
 
 
@@ -79,9 +90,11 @@ def prefill(
     compute: Callable[[TeacherRead, list[int]], Features],
     accelerator: Any,
     on_progress: Callable[[int, int], None] | None = None,
+    tokens: int = PREFILL_TOKENS_ELSEWHERE,
 ) -> bool:
     """Fill the store at `directory` unless it is complete; returns whether it was filled now.
-    `compute(read, indices)`: the teacher's outputs on those training examples (one batch).
+    `compute(read, indices)`: the teacher's outputs on those training examples (one batch) of at
+    most `tokens` padded tokens (`prefill_tokens`).
 
     The main process holds `<hash>.lock` from its check to the rename, so two runs that start
     together (a seed sweep into one output folder) fill the store once: the second waits and then
@@ -97,7 +110,7 @@ def prefill(
         partial = directory.with_name(directory.name + ".partial")
         lengths_of = {layout.read.teacher: example_lengths(data, layout.read.prefix) for layout in layouts}
         _together(accelerator, lambda: _create_all(partial, layouts, lengths_of) if accelerator.is_main_process else None)
-        _together(accelerator, lambda: _fill_share(partial, layouts, lengths_of, compute, accelerator, on_progress))
+        _together(accelerator, lambda: _fill_share(partial, layouts, lengths_of, compute, accelerator, on_progress, tokens))
         _together(
             accelerator,
             lambda: (
@@ -150,6 +163,7 @@ def _fill_share(
     compute: Callable[[TeacherRead, list[int]], Features],
     accelerator: Any,
     on_progress: Callable[[int, int], None] | None,
+    tokens_per_batch: int,
 ) -> None:
     """This process's examples: every world-size-th of the length order, longest first."""
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -160,7 +174,7 @@ def _fill_share(
         folder = partial / f"teacher-{layout.read.teacher}"
         writer = SlotStore.shared_writer(layout, lengths, folder)
         mine = np.argsort(-lengths, kind="stable")[rank::world].tolist()
-        start, tokens = 0, PREFILL_TOKENS
+        start, tokens = 0, tokens_per_batch
         while start < len(mine):
             end = batch_end(mine, start, lengths, tokens)
             try:
@@ -177,9 +191,7 @@ def _fill_share(
             start = end
             if on_progress is not None:
                 on_progress(min(done, total), total)
-        for array in (writer.logits, writer.features):
-            if isinstance(array, np.memmap):
-                array.flush()
+        writer.close()
         np.save(folder / f"filled-{rank}.npy", writer.filled_step)
 
 
@@ -194,7 +206,7 @@ def _finish(partial: Path, directory: Path, current: dict[str, Any], layouts: Se
 
 def open_store(layout: Layout, lengths: np.ndarray, mode: str, directory: Path) -> SlotStore:
     """A complete store, read-only: logits (and in memory mode the features) read into memory,
-    disk-mode features mapped from the shared file."""
+    disk-mode features read from the shared file example by example."""
     # Prefilled examples carry step 0, so every one counts from the first step on.
     return SlotStore(layout, lengths, mode, directory / f"teacher-{layout.read.teacher}", resume_step=1, read_only=True)
 
@@ -206,8 +218,8 @@ def _create_files(layout: Layout, lengths: np.ndarray, folder: Path) -> None:
         if count:
             with open(folder / name, "wb") as handle:
                 try:
-                    # Reserve the blocks now: a full disk is then an error here, not a SIGBUS
-                    # when a memory-mapped write finds no space.
+                    # Reserve the blocks now: a full disk is then an error here, before the
+                    # teacher has run, not after an hour of filling.
                     os.posix_fallocate(handle.fileno(), 0, count * itemsize)
                 except OSError as error:
                     if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystems without it

@@ -1,5 +1,11 @@
 """One teacher's cached outputs (`SlotStore`): logits in fp32 in memory, features in fp16 in
-memory or in a memory-mapped file, each example's values laid end to end at its offset."""
+memory or in a file, each example's values laid end to end at its offset.
+
+Files are read and written with `pread`/`pwrite` at an example's offset, never memory-mapped: the
+pages of a mapped file count in the process's resident memory as they are touched, so a disk-mode
+cache read through a map ends the run holding it all, which is what disk mode exists to avoid —
+read this way, the file's pages stay in the kernel's page cache, outside the process and shared by
+every run that reads the store. A full disk is then an `OSError` at the write, not a SIGBUS."""
 
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ FP16_MAX = float(np.finfo(np.float16).max)
 
 class SlotStore:
     """One teacher's cached outputs: logits (fp32, memory) and features (fp16, memory or a
-    memory-mapped file), with the step at which each example was filled (−1: not yet).
+    file read example by example), with the step at which each example was filled (−1: not yet).
 
     `resume_step`: take back what an earlier run with this fingerprint persisted in `directory`,
     keeping only the examples filled before that step; None starts empty. `read_only`: a prefilled
@@ -45,11 +51,11 @@ class SlotStore:
             # Nothing usable (a fresh start, or files of an interrupted first write): start afresh.
             shutil.rmtree(directory)
         # np.zeros maps untouched pages lazily: memory grows as examples are filled.
-        self.logits = np.zeros(logit_total, dtype=np.float32)
+        self.logits: Values = InMemory(np.zeros(logit_total, dtype=np.float32))
         if mode == "disk" and feature_total:
-            self.features = self._open_map("features.f16", np.float16, feature_total)
+            self.features: Values = InFile(self._file("features.f16"), np.float16, feature_total, writable=not read_only)
         else:
-            self.features = np.zeros(feature_total, dtype=np.float16)
+            self.features = InMemory(np.zeros(feature_total, dtype=np.float16))
         self.filled_step = np.full(len(lengths), -1, dtype=np.int32)
         self.persisted = np.zeros(len(lengths), dtype=bool)
         if reuse:
@@ -57,9 +63,9 @@ class SlotStore:
             self.filled_step = np.where(filled < resume_step, filled, -1).astype(np.int32)
             self.persisted = self.filled_step >= 0
             if logit_total:
-                _read_into(directory / "logits.f32", self.logits)
+                _read_into(directory / "logits.f32", self.logits.array)
             if feature_total and mode == "memory":
-                _read_into(directory / "features.f16", self.features)
+                _read_into(directory / "features.f16", self.features.array)
 
     def _lay_out(self, layout: Layout, lengths: np.ndarray, mode: str, directory: Path) -> tuple[int, int]:
         """Each example's offsets; returns the element counts of the logits and the features."""
@@ -82,19 +88,19 @@ class SlotStore:
         logit_total, feature_total = store._lay_out(layout, lengths, "disk", directory)
         store.read_only = False
 
-        def mapped(name: str, dtype: Any, count: int) -> np.ndarray:
+        def existing(name: str, dtype: Any, count: int) -> Values:
             if not count:
-                return np.zeros(0, dtype=dtype)
+                return InMemory(np.zeros(0, dtype=dtype))
             path = directory / name
             if not path.is_file() or path.stat().st_size != count * np.dtype(dtype).itemsize:
                 raise ModelError(
                     f"teacher-output prefill: {path} is missing or of another size on this process — the store must be "
                     f"on a disk every process sees"
                 )
-            return np.memmap(path, dtype=dtype, mode="r+", shape=(count,))
+            return InFile(path, dtype, count, writable=True)
 
-        store.logits = mapped("logits.f32", np.float32, logit_total)
-        store.features = mapped("features.f16", np.float16, feature_total)
+        store.logits = existing("logits.f32", np.float32, logit_total)
+        store.features = existing("features.f16", np.float16, feature_total)
         store.filled_step = np.full(len(lengths), -1, dtype=np.int32)
         store.persisted = np.zeros(len(lengths), dtype=bool)
         return store
@@ -111,16 +117,9 @@ class SlotStore:
                 return False
         return True
 
-    def _open_map(self, name: str, dtype: Any, count: int) -> np.ndarray:
-        path = self.directory / name
-        expected = count * np.dtype(dtype).itemsize
-        if not count:
-            return np.zeros(0, dtype=dtype)  # numpy cannot map an empty file
-        mode = "r+" if path.exists() and path.stat().st_size == expected else "w+"
-        if getattr(self, "read_only", False):
-            mode = "c"  # copy-on-write: pages read from the shared file, nothing written back
+    def _file(self, name: str) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
-        return np.memmap(path, dtype=dtype, mode=mode, shape=(count,))
+        return self.directory / name
 
     def persist(self) -> None:
         """Write the examples filled since the last call, then the fill steps (renamed into place,
@@ -129,24 +128,29 @@ class SlotStore:
             return
         new = np.nonzero((self.filled_step >= 0) & ~self.persisted)[0]
         self.directory.mkdir(parents=True, exist_ok=True)
-        targets = [(self.logits, self.logit_starts, self.logit_totals, "logits.f32", np.float32)]
-        if self.mode == "memory":
+        targets: list[tuple[Values, np.ndarray, np.ndarray, str, Any]] = [
+            (self.logits, self.logit_starts, self.logit_totals, "logits.f32", np.float32)
+        ]
+        if isinstance(self.features, InMemory):
             targets.append((self.features, self.feature_starts, self.feature_totals, "features.f16", np.float16))
         for source, starts, totals, name, dtype in targets:
             if not source.size:
                 continue
-            written = self._open_map(name, dtype, source.size)
+            written = InFile(self._file(name), dtype, source.size, writable=True)
             for index in new:
-                begin = starts[index]
-                written[begin : begin + totals[index]] = source[begin : begin + totals[index]]
-            written.flush()
-            del written
-        if isinstance(self.features, np.memmap):
-            self.features.flush()
+                written.write(starts[index], source.read(starts[index], totals[index]))
+            written.close()  # flushed to the disk before the steps below name these examples
+        self.features.flush()
         temporary = self.directory / "filled_step.tmp.npy"
         np.save(temporary, self.filled_step)
         os.replace(temporary, self.directory / "filled_step.npy")
         self.persisted[new] = True
+
+    def close(self) -> None:
+        """Flush and close the store's files (a prefill writer's, when its share is written)."""
+        for values in (self.logits, self.features):
+            if isinstance(values, InFile):
+                values.close()
 
     # -- filling and reading --------------------------------------------------------------------
 
@@ -167,37 +171,37 @@ class SlotStore:
             feature_tensors.append(tensor.to(torch.float16).cpu())
         for position, index in enumerate(indices):
             length = int(self.lengths[index])
-            start = self.logit_starts[index]
-            for number, (part, tensor) in enumerate(zip(layout.logits, logit_tensors)):
-                count = self.logit_counts[number][index]
-                self.logits[start : start + count] = part.piece(tensor, position, length).reshape(-1).numpy()
-                start += count
-            start = self.feature_starts[index]
-            for number, (part, tensor) in enumerate(zip(layout.features, feature_tensors)):
-                count = self.feature_counts[number][index]
-                self.features[start : start + count] = part.piece(tensor, position, length).reshape(-1).numpy()
-                start += count
+            # An example's parts lie end to end from its start: one write per example and store.
+            for values, starts, parts, tensors in (
+                (self.logits, self.logit_starts, layout.logits, logit_tensors),
+                (self.features, self.feature_starts, layout.features, feature_tensors),
+            ):
+                if parts:
+                    block = [part.piece(tensor, position, length).reshape(-1).numpy() for part, tensor in zip(parts, tensors)]
+                    values.write(starts[index], block[0] if len(block) == 1 else np.concatenate(block))
             self.filled_step[index] = step
 
     def get(self, indices: Sequence[int], view: dict[str, torch.Tensor], device: torch.device) -> Features:
         """The cached outputs of these examples as one batch, padded to the batch's length with zeros."""
         layout = self.layout
-        size = len(indices)
         padded = int(view["input_ids"].shape[1])
-        logit_batches = [torch.zeros(part.batch_shape(size, padded), dtype=torch.float32) for part in layout.logits]
-        feature_batches = [torch.zeros(part.batch_shape(size, padded), dtype=torch.float16) for part in layout.features]
-        for position, index in enumerate(indices):
+        logit_pieces: list[list[torch.Tensor]] = [[] for _ in layout.logits]
+        feature_pieces: list[list[torch.Tensor]] = [[] for _ in layout.features]
+        for index in indices:
             length = int(self.lengths[index])
-            for source, starts, counts, parts, batches in (
-                (self.logits, self.logit_starts, self.logit_counts, layout.logits, logit_batches),
-                (self.features, self.feature_starts, self.feature_counts, layout.features, feature_batches),
+            for source, starts, totals, counts, parts, pieces in (
+                (self.logits, self.logit_starts, self.logit_totals, self.logit_counts, layout.logits, logit_pieces),
+                (self.features, self.feature_starts, self.feature_totals, self.feature_counts, layout.features, feature_pieces),
             ):
-                start = starts[index]
-                for number, part in enumerate(parts):
-                    count = counts[number][index]
-                    values = torch.from_numpy(np.asarray(source[start : start + count])).view(part.example_shape(length))
-                    part.place(batches[number], position, length, values)
-                    start += count
+                if not parts:
+                    continue
+                # An example's parts lie end to end: one read, then a view of each part.
+                block = torch.from_numpy(source.read(starts[index], totals[index]))
+                sizes = [int(counts[number][index]) for number in range(len(parts))]
+                for part, kept, values in zip(parts, pieces, torch.split(block, sizes)):
+                    kept.append(values.view(part.example_shape(length)))
+        logit_batches = [part.batch(pieces, padded) for part, pieces in zip(layout.logits, logit_pieces)]
+        feature_batches = [part.batch(pieces, padded) for part, pieces in zip(layout.features, feature_pieces)]
         logits = [tensor.to(device, non_blocking=True) for tensor in logit_batches]
         # Moved in fp16 (half the bytes), widened on the device.
         features = {
@@ -235,6 +239,65 @@ class SlotStore:
         return Features(
             logits=logits_value, attention_mask=mask, hidden_states=hidden, attention_scores=attention, attention_inputs=inputs
         )
+
+
+class InMemory:
+    """A store's values held in the process's memory."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self.size = array.size
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        return self.array[start : start + count]
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        self.array[start : start + values.size] = values
+
+    def flush(self) -> None:
+        pass
+
+
+class InFile:
+    """A store's values in a file of exactly `count` elements, read and written at element offsets
+    with `pread`/`pwrite` (see the module docstring for why not a memory map). A writable file that
+    does not exist yet is created at its full size (sparse: untouched blocks take no disk)."""
+
+    def __init__(self, path: Path, dtype: Any, count: int, writable: bool):
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.size = count
+        self.descriptor = os.open(path, (os.O_RDWR | os.O_CREAT) if writable else os.O_RDONLY, 0o644)
+        if writable and os.fstat(self.descriptor).st_size != count * self.dtype.itemsize:
+            os.ftruncate(self.descriptor, count * self.dtype.itemsize)
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        values = np.empty(count, dtype=self.dtype)
+        if count and os.preadv(self.descriptor, [memoryview(values).cast("B")], start * self.dtype.itemsize) != values.nbytes:
+            raise ModelError(f"{self.path} is shorter than the cache it holds — delete it to fill it again")
+        return values
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        data = np.ascontiguousarray(values, dtype=self.dtype).view(np.uint8)
+        offset, done = start * self.dtype.itemsize, 0
+        while done < data.size:  # pwrite may write less than asked (signals, some filesystems)
+            done += os.pwrite(self.descriptor, data[done:], offset + done)
+
+    def flush(self) -> None:
+        os.fsync(self.descriptor)
+
+    def close(self) -> None:
+        if self.descriptor >= 0:
+            os.fsync(self.descriptor)
+            os.close(self.descriptor)
+            self.descriptor = -1
+
+    def __del__(self) -> None:
+        if getattr(self, "descriptor", -1) >= 0:
+            os.close(self.descriptor)
+
+
+Values = InMemory | InFile
 
 
 def _read_into(path: Path, array: np.ndarray) -> None:
