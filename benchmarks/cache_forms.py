@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from common import append
-from speed_common import WORK, brewer_recipe, prepare_inputs
+from speed_common import WORK, brewer_recipe, prepare_inputs, sst2_job
 
 
 def round_trip(tensor: torch.Tensor, form: str) -> torch.Tensor:
@@ -58,19 +58,7 @@ def run(
 
     base.teacher_features = rounded
     try:
-        raw = brewer_recipe(
-            {
-                "name": name,
-                "kind": "general",
-                "cache": "off",
-                "data": str(inputs["sst2"]),
-                "student": str(inputs["student"]),
-                "epochs": arguments.epochs,
-                "batch_size": 16,
-                "learning_rate": 1e-4,
-                "seed": 42,
-            }
-        )
+        raw = brewer_recipe(sst2_job(name, "general", "off", inputs, arguments.epochs))
         recipe = validate_recipe(raw, directory / f"{name}.yaml")
         distill(recipe, directory, console=Console(file=open(os.devnull, "w")))
     finally:

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from speed_common import WORK, brewer_recipe, prepare_inputs, steps_per_epoch
+from speed_common import WORK, brewer_recipe, prepare_inputs, sst2_job, steps_per_epoch
 
 # (label, file name ending, function name): the parts of a step, as cProfile names them.
 PARTS = [
@@ -53,17 +53,7 @@ def profile(kind: str, inputs: dict[str, Path], directory: Path, arguments: Any)
     from brewer_cli.commands import distill
     from brewer_cli.recipe import validate_recipe
 
-    child = {
-        "name": f"{kind}{'-compiled' if arguments.compile else ''}",
-        "kind": kind,
-        "cache": "auto",
-        "data": str(inputs["sst2"]),
-        "student": str(inputs["student"]),
-        "epochs": arguments.epochs,
-        "batch_size": 16,
-        "learning_rate": 1e-4,
-        "seed": 42,
-    }
+    child = sst2_job(f"{kind}{'-compiled' if arguments.compile else ''}", kind, "auto", inputs, arguments.epochs)
     raw = brewer_recipe(child)
     if arguments.compile:
         raw["training"]["compile"] = True

@@ -196,6 +196,22 @@ def brewer_recipe(arguments: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def sst2_job(name: str, kind: str, cache: str, inputs: dict[str, Path], epochs: int) -> dict[str, Any]:
+    """One side of vs_finetuning.py's job as other scripts re-run it in-process (cache_forms.py,
+    profile_step.py): the SST-2 subset, batch 16, lr 1e-4, seed 42."""
+    return {
+        "name": name,
+        "kind": kind,
+        "cache": cache,
+        "data": str(inputs["sst2"]),
+        "student": str(inputs["student"]),
+        "epochs": epochs,
+        "batch_size": 16,
+        "learning_rate": 1e-4,
+        "seed": 42,
+    }
+
+
 def steps_per_epoch(arguments: dict[str, Any]) -> int:
     import math
 

@@ -206,10 +206,14 @@ def _signal_at_step(monkeypatch, step: int, *numbers: int) -> None:
         update(self, current, learning_rate, loss)
         if current == step:
             for number in numbers:
+                handler = signal.getsignal(number)
                 os.kill(os.getpid(), number)
-                # Let the handler run before the next signal: two pending signals of one number
-                # would otherwise reach Python as one (the second must find the restored handler).
-                time.sleep(0.05)
+                # Wait until the handler has run (it puts back the one from before the run) before
+                # the next signal: two pending signals of one number would reach Python as one. A
+                # fixed pause was not always enough on a loaded machine.
+                deadline = time.monotonic() + 2.0
+                while signal.getsignal(number) is handler and time.monotonic() < deadline:
+                    time.sleep(0.01)
 
     monkeypatch.setattr(loop._Progress, "update", update_then_signal)
 
