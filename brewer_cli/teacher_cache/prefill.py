@@ -46,6 +46,7 @@ from brewer_cli.teacher_cache.layout import Layout, TeacherRead, example_lengths
 from brewer_cli.teacher_cache.plan import PREFILL_DIRECTORY
 from brewer_cli.teacher_cache.store import SlotStore
 
+FILLED = "filled_step.npy"
 # Padded tokens per prefill batch. A GPU is kept busy by large batches; 16,384 tokens keep a
 # BERT-base teacher's returned hidden states and attention scores within a few GiB. A CPU is not:
 # its cores are busy at 2,048 tokens, and larger batches are slower per example and grow the
@@ -58,9 +59,6 @@ PREFILL_TOKENS_ELSEWHERE = 2048
 def prefill_tokens(device: torch.device) -> int:
     """Padded tokens per prefill batch for a teacher on `device`."""
     return PREFILL_TOKENS.get(device.type, PREFILL_TOKENS_ELSEWHERE)
-
-
-FILLED = "filled_step.npy"
 
 
 def store_directory(run_dir: Path, current: dict[str, Any]) -> Path:
