@@ -146,7 +146,7 @@ def classification_metrics(predicted: np.ndarray, labels: np.ndarray, classes: i
     """Accuracy, macro F1 and Matthews correlation (CoLA's metric) from scikit-learn, and with two
     classes the F1 of class 1 (GLUE's F1 for MRPC and QQP, where 1 means paraphrase / duplicate)."""
     # Imported here, at the first evaluation: scikit-learn and scipy add about 100 MiB to a process,
-    # which a run without an eval split (and the teacher-free part of every run) need not carry.
+    # which a run without an eval split never needs.
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     metrics = {
