@@ -232,3 +232,15 @@ def test_the_prefill_progress_prints_a_line_at_each_tenth_off_a_terminal():
     silent = Console(file=io.StringIO(), force_terminal=False)
     PrefillDisplay(False, silent)(50, 100)
     assert silent.file.getvalue() == ""
+
+
+def test_prefill_batches_are_sized_for_the_teachers_device():
+    """Large batches keep a GPU busy; on a CPU they are slower per example and grow the peak
+    memory (benchmarks/prefill_batch.py), so a CPU teacher gets 2,048 padded tokens a batch."""
+    from brewer_cli.teacher_cache.prefill import prefill_tokens
+
+    assert prefill_tokens(torch.device("cpu")) == 2048
+    assert prefill_tokens(torch.device("cuda")) == 16384
+    # A batch of 2,048 padded tokens: 16 examples of 128 tokens, longest first.
+    lengths = np.array([128] * 40)
+    assert batch_end(list(range(40)), 0, lengths, prefill_tokens(torch.device("cpu"))) == 16
