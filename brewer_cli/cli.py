@@ -422,6 +422,42 @@ def catalog() -> None:
     _run(action)
 
 
+cache_app = typer.Typer(
+    help="What brewer keeps in its cache folder ($BREWER_CACHE, else ~/.cache/brewer): tokenized data, "
+    "augmented files, teachers' completions.",
+    no_args_is_help=True,
+)
+app.add_typer(cache_app, name="cache")
+CachePartsArgument = typer.Argument(None, help="parts: tokenized, sources, augment, sequence_kd (default: all)")
+
+
+@cache_app.command("list")
+def cache_list(parts: Optional[list[str]] = CachePartsArgument) -> None:
+    """List the cache's items, their sizes and when each was last used."""
+
+    def action():
+        from brewer_cli.cache_command import list_cache
+
+        list_cache(parts, _console())
+
+    _run(action)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    parts: Optional[list[str]] = CachePartsArgument,
+    older_than: Optional[float] = typer.Option(None, "--older-than", help="only items last used more than DAYS days ago"),
+) -> None:
+    """Remove the cache's items (all of them, or of PARTS, or those unused for --older-than days)."""
+
+    def action():
+        from brewer_cli.cache_command import clear_cache
+
+        clear_cache(parts, older_than, _console())
+
+    _run(action)
+
+
 def main() -> None:
     app(prog_name="brewer")
 

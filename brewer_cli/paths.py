@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +35,12 @@ def looks_like_hub_id(value: str) -> bool:
         return False
     parts = value.split("/")
     return len(parts) <= 2 and all(part and part not in (".", "..") for part in parts) and parts[0] != "runs"
+
+
+def cache_directory() -> Path:
+    """Where brewer keeps what it can make again (tokenized data, augmented files, generated
+    completions): $BREWER_CACHE, else $XDG_CACHE_HOME/brewer, else ~/.cache/brewer."""
+    if os.environ.get("BREWER_CACHE"):
+        return Path(os.environ["BREWER_CACHE"]).expanduser()
+    base = Path(os.environ["XDG_CACHE_HOME"]).expanduser() if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "brewer"

@@ -4,6 +4,7 @@ deterministic WordPiece vocabulary brewer trains when a recipe says `train_wordp
 from __future__ import annotations
 
 import heapq
+import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -176,3 +177,16 @@ def wordpiece_vocabulary(words: Counter[str], vocab_size: int, min_frequency: in
             known.add(merged)
             vocabulary.append(merged)
     return vocabulary
+
+
+def tokenizer_definition(tokenizer: Any) -> Any:
+    """What decides the ids a tokenizer gives, in a comparable form (the teacher cache's
+    fingerprint hashes it too)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        # Truncation and padding are the settings of the last call, not part of the tokenizer.
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        return ("fast", state)
+    return (type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()), getattr(tokenizer, "do_lower_case", None))

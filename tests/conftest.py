@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import yaml
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# The tokenization cache (and every other brewer cache) of this test session, not the user's.
+os.environ.setdefault("BREWER_CACHE", tempfile.mkdtemp(prefix="brewer-test-cache-"))
 
 TINY_BERT = {
     "model_type": "bert",

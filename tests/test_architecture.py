@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
     ("cli",),
-    ("commands", "catalog", "compare", "evaluate_command", "capture_command"),
+    ("commands", "catalog", "compare", "evaluate_command", "capture_command", "cache_command"),
     ("build",),
     (
         "run",
@@ -217,9 +217,9 @@ def test_every_distillation_kind_has_a_spec_a_distiller_and_a_builder():
 
 def test_a_training_run_does_not_load_the_libraries_only_some_paths_need():
     """`datasets` (pyarrow, pandas), scikit-learn and seqeval add about 130 MiB to every process;
-    they are imported where a hub or save_to_disk source, an evaluation or a tagging task needs
-    them, so a training run on local files does not carry them (benchmarks/RESULTS.md compares
-    peak memory with TextBrewer's)."""
+    they are imported where data is read, an evaluation or a tagging task needs them, so importing
+    brewer's modules does not load them and commands that read no data (size-report, extract,
+    catalog, compare) never carry them."""
     import subprocess
     import sys
 

@@ -450,8 +450,10 @@ def jsonl_invalid_json(c: Case):
 
 
 def jsonl_row_without_label(c: Case):
+    path = c.root / "train.jsonl"
     return c.classification_data("train.jsonl", '{"text": "good", "label": 1}\n{"text": "bad"}\n'), [
-        "recipe.yaml: data.train: example 1 (0-based) has no label column 'label'"
+        f"recipe.yaml: data.train: {path}: example 1 (0-based) has no 'label', which example 0 has — give every "
+        "example the same keys"
     ]
 
 

@@ -212,7 +212,7 @@ def test_data_errors_name_the_options(tmp_path, tokenizer_dir):
     )
     assert "data.eval" not in column and "data.train" not in column
 
-    unknown = tmp_path / "dev.txt"
+    unknown = tmp_path / "dev.dat"
     unknown.write_text("a\tb\n")
     assert_clean_error(
         runner.invoke(app, ["eval", str(run_dir), "--data", str(unknown)]),

@@ -496,7 +496,7 @@ def test_a_source_given_on_the_command_line_is_named_by_its_option(tmp_path):
         source_from_options({"path": "x.tsv", "format": "tab"})
     assert (
         error.value.message
-        == "--format: 'tab' is not allowed — valid: 'auto', 'csv', 'tsv', 'json', 'jsonl', 'disk', 'conll' or 'squad'"
+        == "--format: 'tab' is not allowed — valid: 'auto', 'csv', 'tsv', 'json', 'jsonl', 'text', 'disk', 'conll' or 'squad'"
     )
     evaluated = eval_only(with_eval_source(recipe, source, given_by="--data"))
     assert (

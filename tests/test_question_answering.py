@@ -67,12 +67,14 @@ def test_squad_file_rows_and_article_selection(tmp_path):
 
 
 def test_hub_rows_select_articles_by_title_order(tmp_path):
+    import datasets
+
     from brewer_cli.tasks.formats import select_articles
 
-    rows = [{"title": title, "id": str(number)} for number, title in enumerate("aabbbc")]
-    assert [row["id"] for row in select_articles(rows, "1:2", "r: data.train")] == ["2", "3", "4"]
+    rows = datasets.Dataset.from_list([{"title": title, "id": str(number)} for number, title in enumerate("aabbbc")])
+    assert select_articles(rows, "1:2", "r: data.train") == [2, 3, 4]
     with pytest.raises(DataError, match="needs SQuAD-style rows"):
-        select_articles([{"text": "x"}], "0:1", "r: data.train")
+        select_articles(datasets.Dataset.from_list([{"text": "x"}]), "0:1", "r: data.train")
 
 
 def test_squad_v2_unanswerable_questions_get_empty_answers(tmp_path):

@@ -58,7 +58,9 @@ def test_general_distillation_runs_without_labels(tmp_path, teacher_dir, quiet_c
     recipe = load_recipe(write_recipe(tmp_path, general_recipe(tmp_path, teacher_dir)))
     run = build_run(recipe, tmp_path / "out")
     assert run.data.label_names is None and "labels" not in run.data.train.columns
-    assert len(run.data.train) == 48
+    # 48 sentences packed into blocks of max_length 32 (data.packing, the default): all full but the last.
+    lengths = run.data.train.lengths()
+    assert len(lengths) > 1 and set(lengths[:-1]) == {32} and lengths[-1] <= 32
     # Bare encoders: no head, so no vocabulary (or class) logits are ever computed.
     assert type(run.teacher.model).__name__ == "BertModel" and type(run.student.model).__name__ == "BertModel"
     distiller = run.distiller

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from brewer_cli.augment.variants import augment_rows
 from brewer_cli.augment.vectors import EMBEDDINGS_PREFIX, WordVectors
 from brewer_cli.errors import BrewerError
 from brewer_cli.models import PACKAGE_PREFIX, checkpoint_location, package_checkpoint
-from brewer_cli.paths import resolve_path
+from brewer_cli.paths import cache_directory, resolve_path
 from brewer_cli.recipe import AugmentSpec, DataSource, Recipe, load_recipe, on_augmented_data
 from brewer_cli.tasks import TASKS
 from brewer_cli.tasks.data import column, read_source
@@ -105,14 +104,6 @@ def augmented_output(recipe: Recipe) -> Path:
 
 
 # ============================================================================= caching
-
-
-def cache_directory() -> Path:
-    """$BREWER_CACHE, else $XDG_CACHE_HOME/brewer, else ~/.cache/brewer."""
-    if os.environ.get("BREWER_CACHE"):
-        return Path(os.environ["BREWER_CACHE"]).expanduser()
-    base = Path(os.environ["XDG_CACHE_HOME"]).expanduser() if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "brewer"
 
 
 def _augment_cached(

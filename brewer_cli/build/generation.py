@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from brewer_cli.augment import cache_directory
 from brewer_cli.build.settings import resolve_logit_kd
 from brewer_cli.build.single import _teacher_and_student, distiller_inputs
 from brewer_cli.distillers.generation import GenerationSettings, example_prompts
@@ -18,7 +17,7 @@ from brewer_cli.distillers.sequence_kd import SequenceKDDistiller
 from brewer_cli.errors import DataError, ModelError, RecipeError
 from brewer_cli.families.loading import LoadedModel
 from brewer_cli.models import position_limit
-from brewer_cli.paths import resolve_path
+from brewer_cli.paths import cache_directory, resolve_path
 from brewer_cli.recipe import GenerationSpec, Recipe, TrainingSpec
 from brewer_cli.run import Run
 from brewer_cli.tasks import PreparedData

@@ -62,6 +62,7 @@ from brewer_cli.recipe.load import (
     read_utf8,
     resolved_mapping,
     section_mapping,
+    utf8_lines,
     validate_recipe,
 )
 from brewer_cli.recipe.origins import RecipeFile, about_recipe, in_user_terms, origins_of, speaking_of, written_at
@@ -140,6 +141,7 @@ __all__ = [
     "origins_of",
     "read_mapping",
     "read_utf8",
+    "utf8_lines",
     "resolved_mapping",
     "section_mapping",
     "source_from_options",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,25 @@ def read_utf8(path: Path, error: type[BrewerError], where: str = "") -> str:
             f"0x{data[problem.start]:02x} ({problem.reason}); brewer reads UTF-8 text only: re-encode the file, e.g. "
             f"`iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`, or save it as UTF-8"
         ) from None
+
+
+def utf8_lines(path: Path, error: type[BrewerError], where: str = "") -> Iterator[str]:
+    """The lines of a UTF-8 file, read as a text file reads them (universal newlines, a byte-order
+    mark dropped) without holding the file in memory: corpora run to gigabytes. A byte that is not
+    UTF-8 raises `error` with the same message as `read_utf8` (the file is read whole only then,
+    to name the line and the byte)."""
+    try:
+        handle = open(path, encoding="utf-8-sig", newline=None)  # noqa: SIM115 (closed below, also on error)
+    except OSError as problem:
+        raise error(
+            f"{where}{path}: cannot be read ({problem.strerror or problem}) — check the path and its permissions"
+        ) from None
+    with handle:
+        try:
+            yield from handle
+        except UnicodeDecodeError:
+            read_utf8(path, error, where)
+            raise
 
 
 class _DuplicateKey(Exception):

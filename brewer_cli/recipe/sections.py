@@ -37,8 +37,13 @@ class DataSource(Strict):
     hub: str | None = None
     config: str | None = None
     split: str | None = None
+    revision: str | None = Field(default=None, description="hub: a branch, tag or commit of the dataset (default: main)")
     path: str | None = None
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "disk", "conll", "squad"] = "auto"
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "text", "disk", "conll", "squad"] = Field(
+        default="auto",
+        description="auto: from the name (.csv, .tsv, .json, .jsonl, .txt/.text, .conll; a directory is disk); "
+        "text: one example per non-blank line, in column `text`",
+    )
     quoting: bool = Field(default=False, description="TSV: honour CSV quoting (off: plain tab split)")
     synthetic: SyntheticDatasetName | None = Field(default=None, description="a generator registered in brewer_cli.synthetic")
     examples: int | None = Field(default=None, ge=1, description="synthetic: how many examples")
@@ -110,6 +115,12 @@ class DataSpec(Strict):
     eval: DataSource | None = None
     augment: AugmentSpec | None = Field(default=None, description="augment the training split first (TinyBERT)")
     max_length: int = Field(default=128, ge=8, le=8192)
+    num_proc: int | None = Field(
+        default=None,
+        ge=1,
+        description="processes that tokenize (a batched `datasets` map); default: the cores available for splits "
+        "of 100,000 rows or more, else 1",
+    )
     text: str = "text"
     text_pair: str | None = None
     label: str = "label"

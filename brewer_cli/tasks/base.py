@@ -8,48 +8,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
-from torch.utils.data import Dataset
 
-from brewer_cli.recipe import Recipe, TaskSpec, origins_of, written_at
-from brewer_cli.tasks.data import column, read_source
+from brewer_cli.recipe import Recipe, TaskSpec
+from brewer_cli.tasks.data import column, read_source, split_as_written
+from brewer_cli.tasks.examples import PreparedData, TokenizedDataset
+from brewer_cli.tasks.tokenized_cache import cached_preparation
 
-
-class TokenizedDataset(Dataset):
-    """Tokenized examples as columns of Python lists; `__getitem__` adds the example index (the
-    key of the teacher-output cache and of QA post-processing)."""
-
-    def __init__(self, columns: dict[str, list[Any]]):
-        lengths = {len(values) for values in columns.values()}
-        if len(lengths) > 1:
-            raise ValueError(f"columns of different lengths: { {k: len(v) for k, v in columns.items()} }")
-        self.columns = columns
-        self.size = lengths.pop() if lengths else 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = {name: values[index] for name, values in self.columns.items()}
-        item["index"] = index
-        return item
-
-    def lengths(self) -> list[int]:
-        return [len(ids) for ids in self.columns["input_ids"]]
-
-
-@dataclass
-class PreparedData:
-    train: TokenizedDataset
-    eval: TokenizedDataset | None
-    label_names: list[str] | None
-    # Raw eval examples, for tasks whose metric needs them (QA answers, NER words).
-    eval_examples: list[dict[str, Any]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+# The examples' types live in tasks/examples.py (the tokenization cache stores them); every task
+# imports them from here, with the interface they serve.
+__all__ = ["PreparedData", "Task", "TokenizedDataset", "pad_batch", "split_as_written"]
 
 
 def pad_batch(
@@ -117,14 +89,41 @@ class Task(ABC):
 
     # -- data -----------------------------------------------------------------------------------
 
-    @abstractmethod
     def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
-        """Read and tokenize the recipe's splits."""
+        """The recipe's splits, tokenized: from the tokenization cache, or built (`build_data`) and
+        kept there (brewer_cli.tasks.tokenized_cache)."""
+        return cached_preparation(
+            self, recipe, tokenizer, label_names, "prepare", lambda work: self.build_data(recipe, tokenizer, label_names, work)
+        )
+
+    def prepare_eval(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+        """Only the eval split (`brewer eval`: the labels are the trained model's); the train split
+        is left empty, so it is neither read nor reported on. Cached like `prepare`."""
+        return cached_preparation(
+            self,
+            recipe,
+            tokenizer,
+            label_names,
+            "prepare_eval",
+            lambda work: self.build_eval_data(recipe, tokenizer, label_names, work),
+        )
 
     @abstractmethod
-    def prepare_eval(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
-        """Read and tokenize only the eval split (`brewer eval`: the labels are the trained model's);
-        the train split is left empty, so it is neither read nor reported on."""
+    def build_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
+        """Read and tokenize the recipe's splits; `work` is a folder for intermediate files (Arrow
+        files of a large split's map), removed once the result is stored."""
+
+    @abstractmethod
+    def build_eval_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
+        """Read and tokenize only the eval split."""
+
+    def prepared_state(self) -> dict[str, Any]:
+        """What preparing the data sets on the task itself, stored with a cache entry (`restore_state`
+        puts it back on a hit)."""
+        return {}
+
+    def restore_state(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Put back what `prepared_state` returned."""
 
     def tokenizer_texts(self, recipe: Recipe) -> list[str]:
         """The training split's text, for a WordPiece vocabulary trained on it (`train_wordpiece`)."""
@@ -183,10 +182,3 @@ class Task(ABC):
     def generations(self, model: Any, tokenizer: Any, data: PreparedData) -> list[dict[str, str]]:
         """Greedy completions of a few fixed eval prompts, for summary.json (`generates_text`)."""
         return []
-
-
-def split_as_written(recipe: Recipe, field: str) -> str:
-    """A split named as the user gave it, for warnings: `RECIPE: data.eval`, or `--data` alone for
-    `brewer eval --data FILE` (the split is not in the recipe file then)."""
-    written = written_at(origins_of(recipe), field)
-    return written if written.startswith("--") else f"{recipe.path}: {written}"

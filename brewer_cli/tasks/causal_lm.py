@@ -42,6 +42,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -105,13 +106,13 @@ class CausalLM(Task):
 
     # -- data -----------------------------------------------------------------------------------
 
-    def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+    def build_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
         data = recipe.data
         train = self._split(data.train, recipe, "data.train", tokenizer)
         evaluation = self._split(data.eval, recipe, "data.eval", tokenizer) if data.eval is not None else None
         return PreparedData(train=train, eval=evaluation, label_names=None)
 
-    def prepare_eval(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+    def build_eval_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
         evaluation = self._split(recipe.data.eval, recipe, "data.eval", tokenizer)
         return PreparedData(train=TokenizedDataset({}), eval=evaluation, label_names=None)
 

@@ -1,55 +1,119 @@
-"""Reading raw examples: hub datasets, local csv / tsv / json / jsonl files, `save_to_disk`
-directories and the project's own synthetic generators. Every reader returns a list of dicts."""
+"""Reading raw examples into Arrow: hub datasets, local csv / tsv / json / jsonl / text files,
+CoNLL and SQuAD files, `save_to_disk` directories and the project's own synthetic generators.
+Every reader returns a `datasets.Dataset`.
+
+`datasets` has readers for csv and json, but not with the semantics brewer's users rely on: GLUE
+TSV files are read without quoting (SST-2 holds bare quote characters), a byte-order mark is
+dropped from the header (MRPC-style files start with one), every bad line is reported with its
+file and line number, and CoNLL and SQuAD JSON have no reader there at all. So the rows are read
+here and written to Arrow: line-oriented formats (csv, tsv, CoNLL, text) row by row into a file
+under the brewer cache — keyed by the file's content hash, so a large corpus is never held in
+memory and a changed file is never mistaken for the old one — and small files straight into memory.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from brewer_cli.errors import DataError
-from brewer_cli.paths import resolve_path
-from brewer_cli.recipe import DataSource, Recipe, read_utf8
+from brewer_cli.errors import BrewerError, DataError
+from brewer_cli.paths import cache_directory, resolve_path
+from brewer_cli.recipe import DataSource, Recipe, origins_of, read_utf8, utf8_lines, written_at
 from brewer_cli.synthetic import GENERATORS
-from brewer_cli.tasks.formats import TAGS, TOKENS, is_squad_document, read_conll, read_squad, select_articles, squad_rows
+from brewer_cli.tasks.formats import (
+    TAGS,
+    TOKENS,
+    conll_sentences,
+    is_squad_document,
+    read_squad,
+    select_articles,
+    squad_rows,
+)
+
+# Local files at least this large are written to an Arrow file in the cache, row by row; smaller
+# ones are read into memory (writing and memory-mapping a file costs more than it saves there).
+ON_DISK_BYTES = 64 * 2**20
+# Plain-text corpora: one document or sentence per line (format `text`, or these suffixes).
+TEXT_SUFFIXES = (".txt", ".text")
 
 
-def read_source(source: DataSource, recipe: Recipe, field: str) -> list[dict[str, Any]]:
-    """Rows of one split; `field` is its dotted path in the recipe, for messages."""
+def read_source(source: DataSource, recipe: Recipe, field: str) -> Any:
+    """The rows of one split as a `datasets.Dataset`; `field` is its dotted path in the recipe,
+    for messages."""
     where = f"{recipe.path}: {field}"
     if source.synthetic is not None:
-        if source.synthetic not in GENERATORS:
-            raise DataError(f"{where}.synthetic: {GENERATORS.unknown_message(source.synthetic)}")
-        generator = GENERATORS.get(source.synthetic)
-        rows = generator(source.examples or 1000, source.seed)
+        rows = _from_list(_synthetic_rows(source, where))
     elif source.hub is not None:
         rows = _read_hub(source, where)
     else:
-        path = resolve_path(source.path, recipe)
-        if not path.exists():
-            raise DataError(
-                f"{where}.path: data file {source.path!r} not found (looked at {path}) — check the path; relative paths are read from the current directory or the recipe's folder"
-            )
+        path = local_path(source, recipe, where)
         rows = _read_local(path, source, where, recipe)
     if source.articles is not None:
-        rows = select_articles(rows, source.articles, where)
-    if source.limit is not None:
-        rows = rows[: source.limit]
-    if not rows:
+        rows = rows.select(select_articles(rows, source.articles, where))
+    if source.limit is not None and source.limit < len(rows):
+        rows = rows.select(range(source.limit))
+    if not len(rows):
         raise DataError(f"{where}: the dataset is empty — point it at a file or split with at least one example")
     return rows
 
 
-def _read_hub(source: DataSource, where: str) -> list[dict[str, Any]]:
-    # Imported where used: `datasets` (pyarrow, pandas) adds about 80 MiB to every process, and only
-    # hub and save_to_disk sources need it.
+def local_path(source: DataSource, recipe: Recipe, where: str) -> Path:
+    path = resolve_path(source.path, recipe)
+    if not path.exists():
+        raise DataError(
+            f"{where}.path: data file {source.path!r} not found (looked at {path}) — check the path; relative paths are read from the current directory or the recipe's folder"
+        )
+    return path
+
+
+def _synthetic_rows(source: DataSource, where: str) -> list[dict[str, Any]]:
+    if source.synthetic not in GENERATORS:
+        raise DataError(f"{where}.synthetic: {GENERATORS.unknown_message(source.synthetic)}")
+    return GENERATORS.get(source.synthetic)(source.examples or 1000, source.seed)
+
+
+def source_fingerprint(source: DataSource, recipe: Recipe, field: str) -> str:
+    """What identifies a split's rows before reading them: a local file's (or directory's) content
+    hash, a hub dataset's fingerprint (which `datasets` derives from its files and revision), a
+    generator's name and settings; with the source's own settings (format, columns, limit …)."""
+    where = f"{recipe.path}: {field}"
+    settings = source.model_dump(mode="json")
+    if source.synthetic is not None:
+        origin = f"synthetic:{source.synthetic}"
+    elif source.hub is not None:
+        origin = f"hub:{_read_hub(source, where)._fingerprint}"
+    else:
+        origin = f"file:{content_hash(local_path(source, recipe, where))}"
+    settings.pop("path", None)  # the content identifies a file, wherever it lies
+    return hashlib.sha256(json.dumps([origin, settings], sort_keys=True).encode()).hexdigest()
+
+
+def content_hash(path: Path) -> str:
+    """BLAKE2b of a file's bytes, or of a directory's files (names and bytes, in name order)."""
+    digest = hashlib.blake2b(digest_size=20)
+    files = sorted(item for item in path.rglob("*") if item.is_file()) if path.is_dir() else [path]
+    for item in files:
+        if path.is_dir():
+            digest.update(str(item.relative_to(path)).encode() + b"\0")
+        with open(item, "rb") as handle:
+            while chunk := handle.read(2**22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_hub(source: DataSource, where: str) -> Any:
+    # Imported where used: `datasets` (pyarrow, pandas) adds about 80 MiB to a process, and
+    # commands that read no data (size-report, extract, catalog) need not carry it.
     import datasets
 
     try:
-        dataset = datasets.load_dataset(source.hub, source.config, split=source.split)
+        return datasets.load_dataset(source.hub, source.config, split=source.split, revision=source.revision)
     except Exception as error:  # the hub raises many kinds: connection, missing config, missing split
         raise DataError(
             f"{where}.hub: could not load {source.hub!r}"
@@ -57,18 +121,15 @@ def _read_hub(source: DataSource, where: str) -> list[dict[str, Any]]:
             + f", split {source.split!r}: {str(error).splitlines()[0] if str(error) else type(error).__name__} — "
             f"check the name, config and split, or use a local copy with `path:`"
         ) from None
-    return [dict(row) for row in dataset]
 
 
-def _read_local(path: Path, source: DataSource, where: str, recipe: Recipe | None = None) -> list[dict[str, Any]]:
-    kind = source.format
-    if kind == "auto":
-        kind = _format_from_path(path)
-        if kind is None:
-            raise DataError(
-                f"{where}.format: cannot tell the format of {path.name!r} from its name — "
-                f"set `format:` to one of csv, tsv, json, jsonl, disk, conll, squad"
-            )
+def _read_local(path: Path, source: DataSource, where: str, recipe: Recipe | None = None) -> Any:
+    kind = source_format(source, path)
+    if kind is None:
+        raise DataError(
+            f"{where}.format: cannot tell the format of {path.name!r} from its name — "
+            f"set `format:` to one of csv, tsv, json, jsonl, text, disk, conll, squad"
+        )
     if kind == "disk":
         return _read_disk(path, source, where)
     if path.is_dir():
@@ -77,23 +138,22 @@ def _read_local(path: Path, source: DataSource, where: str, recipe: Recipe | Non
             f"format disk for a `save_to_disk` directory"
         )
     if kind in ("csv", "tsv"):
-        return _read_delimited(path, kind, source.quoting, where)
+        header = _delimited_header(path, kind, source.quoting, where)
+        if header is None:
+            return _from_list([])
+        return _rows_to_arrow(
+            path, lambda: _delimited_rows(path, kind, source.quoting, where), {name: "string" for name in header}, where
+        )
+    if kind == "text":
+        return _rows_to_arrow(path, lambda: ({"text": line} for line in _text_lines(path, where)), {"text": "string"}, where)
+    if kind == "conll":
+        # Rows named by the recipe's `data.tokens` / `data.tags` (default tokens / ner_tags).
+        data_spec = recipe.data if recipe is not None else None
+        tokens, tags = (data_spec and data_spec.tokens) or TOKENS, (data_spec and data_spec.tags) or TAGS
+        features = {tokens: ["string"], tags: ["string"], "line": "int64"}
+        return _rows_to_arrow(path, lambda: conll_sentences(path, where, tokens, tags), features, where)
     if kind == "jsonl":
-        rows = []
-        with io.StringIO(read_utf8(path, DataError, f"{where}: "), newline=None) as handle:
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as error:
-                        raise DataError(f"{where}: {path}:{number}: not valid JSON ({error.msg})") from None
-                    if not isinstance(row, dict):
-                        raise DataError(
-                            f"{where}: {path}:{number}: a JSON Lines row must be an object such as "
-                            f'{{"text": …, "label": …}}, found {_json_kind(row)} — one example per line, as an object'
-                        )
-                    rows.append(row)
-        return rows
+        return _from_list(_same_keys(_jsonl_rows(path, where), path, where))
     if kind == "json":
         try:
             data = json.loads(read_utf8(path, DataError, f"{where}: "))
@@ -101,7 +161,7 @@ def _read_local(path: Path, source: DataSource, where: str, recipe: Recipe | Non
             raise DataError(f"{where}: {path}:{error.lineno}: not valid JSON ({error.msg})") from None
         if is_squad_document(data):
             # A SQuAD file (data[].paragraphs[].qas[]): one row per question, as on the hub.
-            return squad_rows(data, path, where)
+            return _from_list(squad_rows(data, path, where))
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
@@ -112,12 +172,41 @@ def _read_local(path: Path, source: DataSource, where: str, recipe: Recipe | Non
                     f"{where}: {path}: example {number} (0-based) is {_json_kind(row)}, not an object — every example "
                     f'must be an object such as {{"text": …, "label": …}}'
                 )
-        return data
-    if kind == "squad":
-        return read_squad(path, where)
-    # conll: rows named by the recipe's `data.tokens` / `data.tags` (default tokens / ner_tags).
-    data_spec = recipe.data if recipe is not None else None
-    return read_conll(path, where, (data_spec and data_spec.tokens) or TOKENS, (data_spec and data_spec.tags) or TAGS)
+        return _from_list(_same_keys(data, path, where))
+    return _from_list(read_squad(path, where))
+
+
+def _jsonl_rows(path: Path, where: str) -> list[dict[str, Any]]:
+    rows = []
+    with io.StringIO(read_utf8(path, DataError, f"{where}: "), newline=None) as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{where}: {path}:{number}: not valid JSON ({error.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(
+                        f"{where}: {path}:{number}: a JSON Lines row must be an object such as "
+                        f'{{"text": …, "label": …}}, found {_json_kind(row)} — one example per line, as an object'
+                    )
+                rows.append(row)
+    return rows
+
+
+def _same_keys(rows: list[dict[str, Any]], path: Path, where: str) -> list[dict[str, Any]]:
+    """JSON examples with the keys of the first one: Arrow would read a missing key as null (a
+    label `None`), so the example that lacks one is named instead."""
+    if rows:
+        keys = list(rows[0])
+        for number, row in enumerate(rows):
+            missing = [key for key in keys if key not in row]
+            if missing:
+                raise DataError(
+                    f"{where}: {path}: example {number} (0-based) has no {missing[0]!r}, which example 0 has — give every "
+                    f"example the same keys"
+                )
+    return rows
 
 
 def _json_kind(value: Any) -> str:
@@ -140,23 +229,47 @@ def _format_from_path(path: Path) -> str | None:
     if path.is_dir():
         return "disk"
     suffix = path.suffix.lower()
-    return {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".conll": "conll", ".txt": None}.get(suffix)
+    if suffix in TEXT_SUFFIXES:
+        return "text"
+    return {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".conll": "conll"}.get(suffix)
 
 
-def _read_delimited(path: Path, kind: str, quoting: bool, where: str) -> list[dict[str, Any]]:
-    delimiter = "\t" if kind == "tsv" else ","
+def _text_lines(path: Path, where: str) -> Iterator[str]:
+    """The non-blank lines of a text file, stripped."""
+    for line in utf8_lines(path, DataError, f"{where}: "):
+        text = line.strip()
+        if text:
+            yield text
+
+
+def _delimited_reader(handle: Any, kind: str, quoting: bool) -> Any:
     # TSV corpora such as GLUE's SST-2 contain bare quote characters: CSV quoting would merge lines.
     use_quoting = quoting or kind == "csv"
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    text = read_utf8(path, DataError, f"{where}: ")
-    reader = csv.reader(
-        io.StringIO(text, newline=""), delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if use_quoting else csv.QUOTE_NONE
+    return csv.reader(
+        handle, delimiter="\t" if kind == "tsv" else ",", quoting=csv.QUOTE_MINIMAL if use_quoting else csv.QUOTE_NONE
     )
+
+
+def _delimited_header(path: Path, kind: str, quoting: bool, where: str) -> list[str] | None:
+    try:
+        return next(_delimited_reader(_csv_lines(path, where), kind, quoting), None)
+    except csv.Error as error:
+        raise DataError(f"{where}: {path}:1: not valid {kind.upper()} ({error})") from None
+
+
+def _csv_lines(path: Path, where: str) -> Iterator[str]:
+    # The csv module wants lines with their own ends (newline=""), so a quoted value may span lines.
+    for line in utf8_lines(path, DataError, f"{where}: "):
+        yield line if line.endswith("\n") else line + "\n"
+
+
+def _delimited_rows(path: Path, kind: str, quoting: bool, where: str) -> Iterator[dict[str, Any]]:
+    reader = _delimited_reader(_csv_lines(path, where), kind, quoting)
     try:
         header = next(reader, None)
         if header is None:
-            return []
-        rows = []
+            return
         start = reader.line_num + 1  # the line the next record starts on (a quoted value may span lines)
         for fields in reader:
             if fields and len(fields) != len(header):
@@ -171,11 +284,10 @@ def _read_delimited(path: Path, kind: str, quoting: bool, where: str) -> list[di
                     f"{where}: {path}:{start}: has {len(fields)} fields, expected {len(header)} ({', '.join(header)}) — {hint}"
                 )
             if fields:  # a blank line is skipped, as csv.DictReader does
-                rows.append(dict(zip(header, fields)))
+                yield dict(zip(header, fields))
             start = reader.line_num + 1
     except csv.Error as error:
         raise DataError(f"{where}: {path}:{reader.line_num}: not valid {kind.upper()} ({error})") from None
-    return rows
 
 
 def _field_count_hint(kind: str, quoting: bool, too_many: bool) -> str:
@@ -186,7 +298,52 @@ def _field_count_hint(kind: str, quoting: bool, too_many: bool) -> str:
     return "put a value in every column, separated by single tabs"
 
 
-def _read_disk(path: Path, source: DataSource, where: str) -> list[dict[str, Any]]:
+def _features(spec: dict[str, Any]) -> Any:
+    """`datasets.Features` from {column: "string" | "int64" | [inner]} (a list is a sequence)."""
+    import datasets
+
+    def feature(value: Any) -> Any:
+        return datasets.Sequence(feature(value[0])) if isinstance(value, list) else datasets.Value(value)
+
+    return datasets.Features({name: feature(value) for name, value in spec.items()})
+
+
+def _from_list(rows: list[dict[str, Any]], features: dict[str, Any] | None = None) -> Any:
+    import datasets
+
+    return datasets.Dataset.from_list(rows, features=_features(features) if features else None)
+
+
+def _rows_to_arrow(path: Path, rows: Callable[[], Iterator[dict[str, Any]]], features: dict[str, Any], where: str) -> Any:
+    """A line-oriented file's rows as a Dataset: in memory when the file is small, else written row
+    by row to an Arrow file under the brewer cache (named by the file's content hash and this
+    reader's settings, so a later run memory-maps it instead of reading the file again)."""
+    if path.stat().st_size < ON_DISK_BYTES:
+        return _from_list(list(rows()), features)
+    import datasets
+
+    try:
+        return datasets.Dataset.from_generator(
+            _generate,
+            features=_features(features),
+            cache_dir=str(cache_directory() / "sources"),
+            gen_kwargs={"rows": rows, "content": content_hash(path), "where": where},
+        )
+    except datasets.exceptions.DatasetGenerationError as error:
+        # Our own message, not the wrapper's: the row that is wrong, its line and the fix.
+        cause = error.__cause__
+        if isinstance(cause, BrewerError):
+            raise cause from None
+        raise
+
+
+def _generate(rows: Callable[[], Iterator[dict[str, Any]]], content: str, where: str) -> Iterator[dict[str, Any]]:
+    # `content` and `where` are not read: they are in the generator's arguments so that the cache
+    # `datasets` keeps for `from_generator` is keyed by the file's content, not only by its reader.
+    yield from rows()
+
+
+def _read_disk(path: Path, source: DataSource, where: str) -> Any:
     import datasets  # where used, as in _read_hub
 
     try:
@@ -197,22 +354,26 @@ def _read_disk(path: Path, source: DataSource, where: str) -> list[dict[str, Any
         if source.split is None or source.split not in loaded:
             raise DataError(f"{where}.split: {path} holds splits {', '.join(loaded)} — name one with `split:`")
         loaded = loaded[source.split]
-    return [dict(row) for row in loaded]
+    return loaded
 
 
-def column(rows: list[dict[str, Any]], name: str, where: str, role: str) -> list[Any]:
-    """One column of every row, or a clear error listing the columns that exist."""
-    if name not in rows[0]:
-        found = ", ".join(str(key) for key in rows[0])
+def column(rows: Any, name: str, where: str, role: str) -> list[Any]:
+    """One column of every row (a Dataset's, or a list of dicts'), or a clear error listing the
+    columns that exist."""
+    names = rows.column_names if hasattr(rows, "column_names") else list(rows[0])
+    if name not in names:
+        found = ", ".join(str(key) for key in names)
         raise DataError(
             f"{where}: {role} column {name!r} not found — columns found: {found}. "
             f"Set the column name in the recipe (e.g. `data.{role}: <column>`)."
         )
-    for number, row in enumerate(rows):
-        if name not in row:
-            # A JSON example without the key would otherwise read as None (`label None`).
-            raise DataError(
-                f"{where}: example {number} (0-based) has no {role} column {name!r}, which example 0 has — give every "
-                f"example the same keys"
-            )
+    if hasattr(rows, "column_names"):
+        return rows.select_columns([name])[:][name]
     return [row[name] for row in rows]
+
+
+def split_as_written(recipe: Recipe, field: str) -> str:
+    """A split named as the user gave it, for warnings: `RECIPE: data.eval`, or `--data` alone for
+    `brewer eval --data FILE` (the split is not in the recipe file then)."""
+    written = written_at(origins_of(recipe), field)
+    return written if written.startswith("--") else f"{recipe.path}: {written}"

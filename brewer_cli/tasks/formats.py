@@ -7,13 +7,13 @@ teacher-training path read these formats the same way.
 
 from __future__ import annotations
 
-import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from brewer_cli.errors import DataError
-from brewer_cli.recipe import read_utf8
+from brewer_cli.recipe import read_utf8, utf8_lines
 
 # The default column names of token classification and QA rows: the Hugging Face Hub's
 # conll2003 / squad conventions, so hub rows and rows read from files look the same.
@@ -23,56 +23,57 @@ DOCUMENT_START = "-DOCSTART-"
 
 
 def read_conll(path: Path, where: str, tokens_column: str = TOKENS, tags_column: str = TAGS) -> list[dict[str, Any]]:
-    """Sentences of a CoNLL file: one token per line, the token in the first column and its tag in
-    the last (CoNLL-2003 has POS and chunk columns in between), a blank line between sentences.
+    """Sentences of a CoNLL file (`conll_sentences`), as a list."""
+    return list(conll_sentences(path, where, tokens_column, tags_column))
+
+
+def conll_sentences(path: Path, where: str, tokens_column: str = TOKENS, tags_column: str = TAGS) -> Iterator[dict[str, Any]]:
+    """Sentences of a CoNLL file, one at a time: one token per line, the token in the first column
+    and its tag in the last (CoNLL-2003 has POS and chunk columns in between), a blank line between
+    sentences.
 
     `-DOCSTART-` lines are document separators, not sentences, and are skipped. Every token line
     must have the same number of columns as the first one: a line that does not is almost always
     a token containing a space or a stray tab, and reading it anyway would shift a tag onto the
     wrong word. Each row also keeps `line`, the line number its sentence starts at, for messages.
     """
-    rows: list[dict[str, Any]] = []
     tokens: list[str] = []
     tags: list[str] = []
     start_line = 0
     expected_columns: int | None = None
     first_line_of_format = 0
 
-    def finish() -> None:
-        if tokens:
-            rows.append({tokens_column: list(tokens), tags_column: list(tags), "line": start_line})
-        tokens.clear()
-        tags.clear()
+    def sentence() -> dict[str, Any]:
+        return {tokens_column: list(tokens), tags_column: list(tags), "line": start_line}
 
     # Lines as a text file reads them (universal newlines), so line numbers match an editor's.
-    with io.StringIO(read_utf8(path, DataError, f"{where}: "), newline=None) as handle:
-        for number, line in enumerate(handle, 1):
-            fields = line.split()
-            if not fields:
-                finish()
-                continue
-            if fields[0] == DOCUMENT_START:
-                finish()
-                continue
-            if expected_columns is None:
-                if len(fields) < 2:
-                    raise DataError(
-                        f"{where}: {path}:{number}: a CoNLL line needs at least two columns (token … tag), found "
-                        f"{len(fields)}: {line.strip()!r} — separate the token and its tag with a space or tab"
-                    )
-                expected_columns, first_line_of_format = len(fields), number
-            elif len(fields) != expected_columns:
+    for number, line in enumerate(utf8_lines(path, DataError, f"{where}: "), 1):
+        fields = line.split()
+        if not fields or fields[0] == DOCUMENT_START:
+            if tokens:
+                yield sentence()
+            tokens.clear()
+            tags.clear()
+            continue
+        if expected_columns is None:
+            if len(fields) < 2:
                 raise DataError(
-                    f"{where}: {path}:{number}: expected {expected_columns} columns (as on line {first_line_of_format}), "
-                    f"found {len(fields)}: {line.strip()!r} — every token line needs the same columns (token first, "
-                    f"tag last); a token containing a space must be written without it"
+                    f"{where}: {path}:{number}: a CoNLL line needs at least two columns (token … tag), found "
+                    f"{len(fields)}: {line.strip()!r} — separate the token and its tag with a space or tab"
                 )
-            if not tokens:
-                start_line = number
-            tokens.append(fields[0])
-            tags.append(fields[-1])
-    finish()
-    return rows
+            expected_columns, first_line_of_format = len(fields), number
+        elif len(fields) != expected_columns:
+            raise DataError(
+                f"{where}: {path}:{number}: expected {expected_columns} columns (as on line {first_line_of_format}), "
+                f"found {len(fields)}: {line.strip()!r} — every token line needs the same columns (token first, "
+                f"tag last); a token containing a space must be written without it"
+            )
+        if not tokens:
+            start_line = number
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+    if tokens:
+        yield sentence()
 
 
 def read_squad(path: Path, where: str) -> list[dict[str, Any]]:
@@ -173,20 +174,22 @@ def parse_article_range(text: str) -> tuple[int | None, int | None]:
     return (int(start) if start.strip() else None, int(end) if end.strip() else None)
 
 
-def select_articles(rows: list[dict[str, Any]], articles: str, where: str) -> list[dict[str, Any]]:
-    """Keep the questions of articles `start:end` (0-based, end excluded, Python slice rules).
+def select_articles(rows: Any, articles: str, where: str) -> list[int]:
+    """The positions of the questions of articles `start:end` (0-based, end excluded, Python slice
+    rules) in `rows` (a Dataset).
 
     Articles are numbered by their order in a SQuAD file, or — for hub rows, which carry a `title`
     but no article number — by the order in which distinct titles first appear. Splitting by
     article keeps every paragraph on one side of a train/eval split.
     """
-    if rows and "article" in rows[0]:
-        numbers = [int(row["article"]) for row in rows]
-    elif rows and "title" in rows[0]:
+    names = rows.column_names
+    if "article" in names:
+        numbers = [int(number) for number in rows["article"]]
+    elif "title" in names:
         order: dict[str, int] = {}
-        numbers = [order.setdefault(str(row["title"]), len(order)) for row in rows]
+        numbers = [order.setdefault(str(title), len(order)) for title in rows["title"]]
     else:
-        found = ", ".join(str(key) for key in rows[0]) if rows else "none"
+        found = ", ".join(str(key) for key in names) or "none"
         raise DataError(
             f"{where}.articles: selecting articles needs SQuAD-style rows with an article or `title` — columns found: "
             f"{found}; remove `articles` or use a SQuAD file (format squad)"
@@ -196,7 +199,7 @@ def select_articles(rows: list[dict[str, Any]], articles: str, where: str) -> li
     kept = set(range(count)[slice(start, end)])
     if not kept:
         raise DataError(f"{where}.articles: {articles!r} selects no article — the data has {count} articles (0…{count - 1})")
-    return [row for row, number in zip(rows, numbers) if number in kept]
+    return [position for position, number in enumerate(numbers) if number in kept]
 
 
 def hub_class_names(source: Any, column: str) -> list[str] | None:

@@ -25,18 +25,16 @@ this phase does not train (and the offline MiniLM checkpoint does not have one).
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
-from brewer_cli.errors import BrewerError, DataError
-from brewer_cli.paths import resolve_path
-from brewer_cli.recipe import DataSource, Recipe, read_utf8
-from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
-from brewer_cli.tasks.data import column, read_source
+import numpy as np
 
-# Plain-text corpora: one document or sentence per line, whatever the other formats say about .txt.
-TEXT_SUFFIXES = (".txt", ".text")
+from brewer_cli.errors import BrewerError, DataError
+from brewer_cli.recipe import DataSource, Recipe
+from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
+from brewer_cli.tasks.data import TEXT_SUFFIXES, column, read_source
+from brewer_cli.tasks.tokenized_cache import batched_map
 
 
 class GeneralCorpus(Task):
@@ -83,27 +81,48 @@ class GeneralCorpus(Task):
 
     # -- data -----------------------------------------------------------------------------------
 
-    def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+    def build_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
         data = recipe.data
-        train = self._tokenize(read_texts(data.train, recipe, "data.train"), tokenizer, data.max_length)
+        train = self._tokenize(corpus_rows(data.train, recipe, "data.train"), tokenizer, recipe, "data.train", work)
         evaluation = None
         if data.eval is not None:
-            evaluation = self._tokenize(read_texts(data.eval, recipe, "data.eval"), tokenizer, data.max_length)
+            evaluation = self._tokenize(corpus_rows(data.eval, recipe, "data.eval"), tokenizer, recipe, "data.eval", work)
         return PreparedData(train=train, eval=evaluation, label_names=None)
 
     def prepare_eval(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+        raise _no_metric_of_its_own(self.name)
+
+    def build_eval_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
         raise _no_metric_of_its_own(self.name)
 
     def tokenizer_texts(self, recipe: Recipe) -> list[str]:
         return read_texts(recipe.data.train, recipe, "data.train")
 
     @staticmethod
-    def _tokenize(texts: list[str], tokenizer: Any, max_length: int) -> TokenizedDataset:
-        encoded = tokenizer(texts, truncation=True, max_length=max_length)
-        columns = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        if "token_type_ids" in encoded:
-            columns["token_type_ids"] = encoded["token_type_ids"]
-        return TokenizedDataset(columns)
+    def _tokenize(rows: Any, tokenizer: Any, recipe: Recipe, field: str, work: Path | None) -> TokenizedDataset:
+        """Lines → token ids (a parallel map), then — with `data.packing` — blocks of max_length
+        tokens (a sequential map, since a block runs on from one batch of lines into the next)."""
+        data = recipe.data
+        segments = "token_type_ids" in tokenizer.model_input_names
+        if not data.packing:
+            encode = _EncodeLines(tokenizer, data.max_length, segments)
+            lines = batched_map(
+                rows, encode, data, field, work, remove_columns=rows.column_names, features=_block_features(segments)
+            )
+            return _non_empty(TokenizedDataset(lines), recipe, field)
+        ids = batched_map(rows, _EncodeLines(tokenizer, None, False), data, field, work, remove_columns=rows.column_names)
+        pack = _Pack(tokenizer, data.max_length, segments, len(ids), f"{recipe.path}: {field}")
+        packed = batched_map(
+            ids.with_format("arrow"),
+            pack,
+            data.model_copy(update={"num_proc": 1}),
+            f"{field}-blocks",
+            work,
+            with_indices=True,
+            remove_columns=ids.column_names,
+            features=_block_features(segments),
+        )
+        return _non_empty(TokenizedDataset(packed.with_format(None)), recipe, field)
 
     # -- model ----------------------------------------------------------------------------------
 
@@ -134,27 +153,112 @@ def _no_metric_of_its_own(task: str) -> BrewerError:
     )
 
 
+def _non_empty(examples: TokenizedDataset, recipe: Recipe, field: str) -> TokenizedDataset:
+    if not len(examples):
+        raise DataError(f"{recipe.path}: {field}: the corpus has no non-blank line — point it at a file or split with text")
+    return examples
+
+
+def corpus_rows(source: DataSource, recipe: Recipe, field: str) -> Any:
+    """A corpus split as a Dataset with one column, `text`: the lines of a text file, or the text
+    column of any other source (blank lines are dropped when tokenizing)."""
+    rows = read_source(source, recipe, field)
+    name = "text" if _is_text_file(source, recipe) else source.text or recipe.data.text
+    column(rows.select(range(1)), name, f"{recipe.path}: {field}", "text")
+    return rows.select_columns([name]).rename_columns({name: "text"}) if name != "text" else rows.select_columns(["text"])
+
+
+def _is_text_file(source: DataSource, recipe: Recipe) -> bool:
+    if source.path is None:
+        return False
+    return source.format == "text" or (source.format == "auto" and Path(source.path).suffix.lower() in TEXT_SUFFIXES)
+
+
 def read_texts(source: DataSource, recipe: Recipe, field: str) -> list[str]:
-    """The non-blank lines of a plain-text file, or the text column of any other source."""
-    where = f"{recipe.path}: {field}"
-    if source.path is not None and source.format == "auto" and Path(source.path).suffix.lower() in TEXT_SUFFIXES:
-        path = resolve_path(source.path, recipe)
-        if not path.is_file():
-            raise DataError(
-                f"{where}.path: corpus file {source.path!r} not found (looked at {path}) — check the path; "
-                f"relative paths are read from the current directory or the recipe's folder"
-            )
-        with io.StringIO(read_utf8(path, DataError, f"{where}: "), newline=None) as handle:
-            texts = [line.strip() for line in handle]
-        texts = [text for text in texts if text]
-        if source.limit is not None:
-            texts = texts[: source.limit]
-    else:
-        rows = read_source(source, recipe, field)
-        name = source.text or recipe.data.text
-        texts = [str(value).strip() for value in column(rows, name, where, "text") if value is not None]
-        # Hub corpora such as wikitext hold blank lines between paragraphs.
-        texts = [text for text in texts if text]
+    """The non-blank lines of a plain-text file, or of the text column of any other source."""
+    texts = [text for text in (_line(value) for value in corpus_rows(source, recipe, field)["text"]) if text]
     if not texts:
-        raise DataError(f"{where}: the corpus has no non-blank line — point it at a file or split with text")
+        raise DataError(f"{recipe.path}: {field}: the corpus has no non-blank line — point it at a file or split with text")
     return texts
+
+
+def _line(value: Any) -> str:
+    # Hub corpora such as wikitext hold blank lines between paragraphs, and some rows are null.
+    return str(value).strip() if value is not None else ""
+
+
+def _block_features(segments: bool) -> Any:
+    import datasets
+
+    columns = {
+        "input_ids": datasets.Sequence(datasets.Value("int32")),
+        "attention_mask": datasets.Sequence(datasets.Value("int8")),
+    }
+    if segments:
+        columns["token_type_ids"] = datasets.Sequence(datasets.Value("int8"))
+    return datasets.Features(columns)
+
+
+class _EncodeLines:
+    """Non-blank lines → token ids: cut at `max_length` with the tokenizer's special tokens (one
+    example per line), or — `max_length` None, for packing — whole and without them."""
+
+    def __init__(self, tokenizer: Any, max_length: int | None, segments: bool):
+        self.tokenizer, self.max_length, self.segments = tokenizer, max_length, segments
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        texts = [text for text in (_line(value) for value in batch["text"]) if text]
+        if self.max_length is None:
+            return {"ids": self.tokenizer(texts, add_special_tokens=False)["input_ids"]}
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        columns = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        if self.segments:
+            columns["token_type_ids"] = [[0] * len(ids) for ids in encoded["input_ids"]]
+        return columns
+
+
+class _Pack:
+    """Token ids of consecutive lines → blocks of `max_length` tokens, as in BERT pre-training:
+    each block is [CLS] … [SEP] and a [SEP] ends every line (document) inside it, so the boundaries
+    stay visible. A block runs on into the next line; the tokens left at the end of one batch of
+    lines start the next batch's first block, and the last batch ends with a shorter block. The map
+    runs in one process, in order, so the carry passes from batch to batch."""
+
+    def __init__(self, tokenizer: Any, max_length: int, segments: bool, rows: int, where: str):
+        start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        if start is None or end is None:
+            raise DataError(
+                f"{where}: packing needs the tokenizer's start and separator tokens ([CLS] and [SEP], or <s> and </s>), "
+                f"and this one has none — set `data.packing: false` (one example per line)"
+            )
+        self.start, self.end, self.width = start, end, max_length - 2
+        self.segments, self.rows = segments, rows
+        self.carry = np.zeros(0, dtype=np.int64)
+
+    def __call__(self, batch: Any, indices: list[int]) -> Any:
+        import pyarrow
+        import pyarrow.compute
+
+        column = batch.column("ids").combine_chunks()
+        values = pyarrow.compute.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
+        ends = pyarrow.compute.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64).cumsum()
+        stream = np.concatenate([self.carry, np.insert(values, ends, self.end)])
+        full = len(stream) // self.width
+        blocks = [stream[: full * self.width].reshape(full, self.width)] if full else []
+        self.carry = stream[full * self.width :]
+        last = indices[-1] == self.rows - 1
+        rows = [np.concatenate([[self.start], row, [self.end]]) for block in blocks for row in block]
+        if last and len(self.carry):
+            rows.append(np.concatenate([[self.start], self.carry, [self.end]]))
+            self.carry = np.zeros(0, dtype=np.int64)
+        lengths = np.asarray([len(row) for row in rows], dtype=np.int32)
+        offsets = pyarrow.array(np.concatenate([[0], lengths.cumsum()]).astype(np.int32))
+        flat = np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, dtype=np.int32)
+        table = {
+            "input_ids": pyarrow.ListArray.from_arrays(offsets, pyarrow.array(flat)),
+            "attention_mask": pyarrow.ListArray.from_arrays(offsets, pyarrow.array(np.ones(len(flat), dtype=np.int8))),
+        }
+        if self.segments:
+            table["token_type_ids"] = pyarrow.ListArray.from_arrays(offsets, pyarrow.array(np.zeros(len(flat), dtype=np.int8)))
+        return pyarrow.table(table)

@@ -114,7 +114,7 @@ class QuestionAnswering(Task):
 
     # -- data -----------------------------------------------------------------------------------
 
-    def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+    def build_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
         check_fast_tokenizer(tokenizer, recipe)
         stride = self.doc_stride(recipe)
         data = recipe.data
@@ -133,7 +133,7 @@ class QuestionAnswering(Task):
             extra={"answer_alignment": alignment, "eval_question_examples": eval_examples},
         )
 
-    def prepare_eval(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+    def build_eval_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
         check_fast_tokenizer(tokenizer, recipe)
         data = recipe.data
         examples = self.read_examples(data.eval, recipe, "data.eval")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,35 @@ from brewer_cli.recipe import Recipe
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
 from brewer_cli.tasks.data import column, read_source
 from brewer_cli.tasks.formats import whole_number
+from brewer_cli.tasks.tokenized_cache import batched_map
+
+
+class _Encode:
+    """A batch of rows → token ids and label ids: the function of the tokenizing `datasets.map`
+    (a class, not a closure, so worker processes receive it by pickling)."""
+
+    def __init__(self, task, tokenizer, max_length, text_column, pair_column, label_column, names, where):
+        self.task, self.tokenizer, self.max_length = task, tokenizer, max_length
+        self.text_column, self.pair_column, self.label_column = text_column, pair_column, label_column
+        self.names, self.where = names, where
+
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+        texts = [str(value) for value in batch[self.text_column]]
+        pairs = [str(value) for value in batch[self.pair_column]] if self.pair_column else None
+        labels = [
+            self.task._label_id(value, number, self.names, self.where, self.label_column)
+            for number, value in zip(indices, batch[self.label_column])
+        ]
+        encoded = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        columns = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
+        if "token_type_ids" in encoded:
+            columns["token_type_ids"] = encoded["token_type_ids"]
+        return columns
+
+
+def _listed(rows: Any) -> list[dict[str, Any]] | None:
+    """The raw eval rows as plain dicts: kept with a cache entry, apart from any file."""
+    return rows.to_list() if rows is not None else None
 
 
 class SequenceClassification(Task):
@@ -29,7 +59,7 @@ class SequenceClassification(Task):
 
     # -- data -----------------------------------------------------------------------------------
 
-    def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+    def build_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
         data = recipe.data
         train_rows = read_source(data.train, recipe, "data.train")
         eval_rows = read_source(data.eval, recipe, "data.eval") if data.eval is not None else None
@@ -42,20 +72,20 @@ class SequenceClassification(Task):
                 f"{recipe.path}: {field}: the data has {len(names)} labels ({', '.join(names[:20])}) but "
                 f"task.num_labels is {self.spec.num_labels} — make them agree"
             )
-        train = self._tokenize(train_rows, recipe, "data.train", data.train, tokenizer, names)
+        train = self._tokenize(train_rows, recipe, "data.train", data.train, tokenizer, names, work)
         evaluation = (
-            self._tokenize(eval_rows, recipe, "data.eval", data.eval, tokenizer, names) if eval_rows is not None else None
+            self._tokenize(eval_rows, recipe, "data.eval", data.eval, tokenizer, names, work) if eval_rows is not None else None
         )
-        return PreparedData(train=train, eval=evaluation, label_names=names, eval_examples=eval_rows)
+        return PreparedData(train=train, eval=evaluation, label_names=names, eval_examples=_listed(eval_rows))
 
-    def prepare_eval(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+    def build_eval_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
         data = recipe.data
         rows = read_source(data.eval, recipe, "data.eval")
         names = list(self.spec.labels) if self.spec.labels else label_names
         if not self.is_regression and names is None:
             names = self._label_names_from(rows, data.eval.label or data.label, recipe, "data.eval")
-        evaluation = self._tokenize(rows, recipe, "data.eval", data.eval, tokenizer, names)
-        return PreparedData(train=TokenizedDataset({}), eval=evaluation, label_names=names, eval_examples=rows)
+        evaluation = self._tokenize(rows, recipe, "data.eval", data.eval, tokenizer, names, work)
+        return PreparedData(train=TokenizedDataset({}), eval=evaluation, label_names=names, eval_examples=_listed(rows))
 
     def _label_names_from(self, rows, label_column: str, recipe: Recipe, field: str) -> list[str] | None:
         values = column(rows, label_column, f"{recipe.path}: {field}", "label")
@@ -65,21 +95,17 @@ class SequenceClassification(Task):
             return [str(i) for i in range(count)]
         return sorted({str(value) for value in values})
 
-    def _tokenize(self, rows, recipe, field, source, tokenizer, names) -> TokenizedDataset:
+    def _tokenize(self, rows, recipe, field, source, tokenizer, names, work: Path | None) -> TokenizedDataset:
         data = recipe.data
         where = f"{recipe.path}: {field}"
         text_column = source.text or data.text
         pair_column = source.text_pair or data.text_pair
         label_column = source.label or data.label
-        texts = [str(value) for value in column(rows, text_column, where, "text")]
-        pairs = [str(value) for value in column(rows, pair_column, where, "text_pair")] if pair_column else None
-        raw_labels = column(rows, label_column, where, "label")
-        labels = [self._label_id(value, number, names, where, label_column) for number, value in enumerate(raw_labels)]
-        encoded = tokenizer(texts, pairs, truncation=True, max_length=data.max_length)
-        columns = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
-        if "token_type_ids" in encoded:
-            columns["token_type_ids"] = encoded["token_type_ids"]
-        return TokenizedDataset(columns)
+        for name, role in ((text_column, "text"), (pair_column, "text_pair"), (label_column, "label")):
+            if name:
+                column(rows.select(range(1)), name, where, role)
+        encode = _Encode(self, tokenizer, data.max_length, text_column, pair_column, label_column, names, where)
+        return TokenizedDataset(batched_map(rows, encode, data, field, work, with_indices=True, remove_columns=rows.column_names))
 
     def _label_id(self, value: Any, number: int, names: list[str] | None, where: str, label_column: str):
         if self.is_regression:
@@ -136,7 +162,7 @@ class SequenceClassification(Task):
 
     def compute_metrics(self, predictions, indices, data: PreparedData, output_dir=None) -> dict[str, Any]:
         logits = torch.cat(predictions).numpy()
-        labels = np.asarray([data.eval.columns["labels"][i] for i in indices])
+        labels = np.asarray(data.eval.column("labels"))[np.asarray(indices, dtype=np.int64)]
         if self.is_regression:
             return regression_metrics(logits.reshape(-1), labels)
         return classification_metrics(logits.argmax(-1), labels, logits.shape[-1])

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,10 +69,17 @@ class TokenClassification(Task):
 
     # -- data -----------------------------------------------------------------------------------
 
-    def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+    def prepared_state(self) -> dict[str, Any]:
+        return {"entity_tags": self.entity_tags, "dataset_tag_names": self.dataset_tag_names}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.entity_tags = state["entity_tags"]
+        self.dataset_tag_names = state["dataset_tag_names"]
+
+    def build_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
         return self._prepare(recipe, tokenizer, label_names, with_train=True)
 
-    def prepare_eval(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+    def build_eval_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
         return self._prepare(recipe, tokenizer, label_names, with_train=False)
 
     def _prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, with_train: bool) -> PreparedData:

@@ -13,7 +13,6 @@ and student split the text the same way: they need the student's tokenizer.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 from brewer_cli.errors import DataError, ModelError
 from brewer_cli.tasks import TASKS
 from brewer_cli.tasks.base import PreparedData
+from brewer_cli.tokenizers import tokenizer_definition
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -36,19 +36,6 @@ def same_tokenizer(first: Any, second: Any) -> bool:
     if first is second:
         return True
     return tokenizer_definition(first) == tokenizer_definition(second)
-
-
-def tokenizer_definition(tokenizer: Any) -> Any:
-    """What decides the ids a tokenizer gives, in a comparable form (the teacher cache's
-    fingerprint hashes it too)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        state = json.loads(backend.to_str())
-        # Truncation and padding are the settings of the last call, not part of the tokenizer.
-        state.pop("truncation", None)
-        state.pop("padding", None)
-        return ("fast", state)
-    return (type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()), getattr(tokenizer, "do_lower_case", None))
 
 
 def column_owners(teacher_tokenizers: Sequence[Any], student_tokenizer: Any) -> list[int | None]:
@@ -99,9 +86,7 @@ def add_view_columns(data: PreparedData, view: PreparedData, prefix: str, where:
                 f"{where}: data.{split}: the teacher's tokenizer gives {0 if source is None else len(source)} examples "
                 f"but the student's {len(target)}; a teacher with its own tokenizer needs one example per row"
             )
-        for key in SEQUENCE_KEYS:
-            if key in source.columns:
-                target.columns[prefix + key] = source.columns[key]
+        setattr(data, split, target.with_columns(source, prefix, SEQUENCE_KEYS))
 
 
 def view_batch(batch: dict[str, torch.Tensor], prefix: str | None) -> dict[str, torch.Tensor]:

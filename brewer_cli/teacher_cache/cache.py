@@ -5,7 +5,6 @@ refusing a stored cache whose fingerprint differs from the run's."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -46,14 +45,18 @@ def _weight_chunks(model: torch.nn.Module) -> Iterable[bytes]:
 
 
 def _column_chunks(data: Any, prefix: str | None) -> Iterable[bytes]:
+    """The token columns a teacher reads, chunk by chunk of the Arrow table (never the whole
+    column at once): each chunk's lengths, then its ids, as int64."""
+    import pyarrow.compute
+
     for key in ("input_ids", "token_type_ids", "attention_mask"):
-        column = data.columns.get((prefix or "") + key)
+        column = data.arrow_column((prefix or "") + key)
         if column is None:
             continue
-        lengths = np.fromiter((len(values) for values in column), dtype=np.int64, count=len(column))
         yield key.encode()
-        yield lengths.tobytes()
-        yield np.fromiter(itertools.chain.from_iterable(column), dtype=np.int64, count=int(lengths.sum())).tobytes()
+        for chunk in column.chunks:
+            yield pyarrow.compute.list_value_length(chunk).to_numpy().astype(np.int64).tobytes()
+            yield pyarrow.compute.list_flatten(chunk).to_numpy().astype(np.int64).tobytes()
 
 
 def fingerprint(distiller: Any, layouts: Sequence[Layout], precision: str) -> dict[str, Any]:

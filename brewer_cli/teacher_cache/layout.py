@@ -159,8 +159,7 @@ def probe_layout(distiller: Any, read: TeacherRead) -> Layout:
 
 def example_lengths(data: Any, prefix: str | None) -> np.ndarray:
     """Tokens per example in the columns a teacher reads (its own, with a prefix)."""
-    column = data.columns[(prefix or "") + "input_ids"]
-    return np.fromiter((len(ids) for ids in column), dtype=np.int64, count=len(column))
+    return data.lengths(prefix or "")
 
 
 def elements_per_example(counts: list[np.ndarray], examples: int) -> np.ndarray:

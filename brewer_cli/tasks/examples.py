@@ -1,0 +1,90 @@
+"""Tokenized examples and a task's prepared data: what the tokenization cache stores and the
+loop reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+
+class TokenizedDataset(Dataset):
+    """Tokenized examples in an Arrow table (`datasets.Dataset`): memory-mapped from the
+    tokenization cache, so a corpus of any size costs the pages a batch touches, not its size.
+    `__getitem__` adds the example index (the key of the teacher-output cache and of QA
+    post-processing). Built from a dict of columns (Python lists), the table is in memory."""
+
+    def __init__(self, columns: Any):
+        import datasets
+
+        if isinstance(columns, dict):
+            lengths = {len(values) for values in columns.values()}
+            if len(lengths) > 1:
+                raise ValueError(f"columns of different lengths: { {k: len(v) for k, v in columns.items()} }")
+            columns = datasets.Dataset.from_dict(columns)
+        self.table = columns
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.table[int(index)]
+        item["index"] = int(index)
+        return item
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """A batch's examples in one read of the table (the DataLoader asks for them together)."""
+        indices = [int(index) for index in indices]
+        columns = self.table[indices]
+        items = [dict(zip(columns, values)) for values in zip(*columns.values())] if columns else [{} for _ in indices]
+        for item, index in zip(items, indices):
+            item["index"] = index
+        return items
+
+    @property
+    def columns(self) -> dict[str, Any]:
+        """Each column as a list-like view of the table (read lazily: `columns[name][i]`)."""
+        return {name: self.table[name] for name in self.table.column_names}
+
+    def column(self, name: str) -> list[Any]:
+        """One column as a Python list."""
+        return self.table.select_columns([name])[:][name]
+
+    def lengths(self, prefix: str = "") -> np.ndarray:
+        """Tokens per example (of the `prefix` teacher's own columns), from the Arrow offsets: no
+        example is read."""
+        import pyarrow.compute
+
+        values = self.arrow_column(prefix + "input_ids")
+        if values is None:
+            return np.zeros(0, dtype=np.int64)
+        return pyarrow.compute.list_value_length(values).to_numpy().astype(np.int64)
+
+    def arrow_column(self, name: str) -> Any:
+        """One column as a `pyarrow.ChunkedArray` in example order, or None when there is none."""
+        if name not in self.table.column_names:
+            return None
+        selected = self.table.select_columns([name])
+        # A selection (`limit`, articles) reads through an index mapping; the cache's tables have none.
+        return (selected.flatten_indices() if selected._indices is not None else selected).data.column(name)
+
+    def with_columns(self, other: TokenizedDataset, prefix: str, names: Sequence[str]) -> TokenizedDataset:
+        """These examples plus `other`'s columns `names` (the same examples) under `prefix`."""
+        import datasets
+
+        present = [name for name in names if name in other.table.column_names]
+        added = other.table.select_columns(present).rename_columns({name: prefix + name for name in present})
+        return TokenizedDataset(datasets.concatenate_datasets([self.table, added.flatten_indices()], axis=1))
+
+
+@dataclass
+class PreparedData:
+    train: TokenizedDataset
+    eval: TokenizedDataset | None
+    label_names: list[str] | None
+    # Raw eval examples, for tasks whose metric needs them (QA answers, NER words).
+    eval_examples: list[dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
