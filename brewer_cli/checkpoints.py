@@ -37,6 +37,8 @@ class LoopState:
     best_step: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped_batches: int = 0  # training.on_nan: skip_batch — kept across a resume
+    # A streamed training split: each process's position in its stream (tasks/streams.py), by rank.
+    data_state: list[Any] | None = None
 
 
 # ============================================================================= guarded writes
@@ -287,6 +289,7 @@ def _write_checkpoint(
                 "best_step": state.best_step,
                 "history": state.history,
                 "skipped_batches": state.skipped_batches,
+                "data_state": state.data_state,
             },
             indent=2,
         )
@@ -362,6 +365,7 @@ def load_latest_checkpoint(
         best_step=state["best_step"],
         history=state["history"],
         skipped_batches=state.get("skipped_batches", 0),
+        data_state=state.get("data_state"),
     ), latest
 
 

@@ -12,6 +12,7 @@ for its batches, its loss, its evaluation and its export.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import signal
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, gather_object, send_to_device
 
 from brewer_cli.best_checkpoint import BestMetric, copy_to_final, metrics_at
 from brewer_cli.checkpoints import (
@@ -70,6 +71,7 @@ class TrainingLoop:
         self.signals = StopSignals()
         self.agreed_signal = 0  # a stop signal every process has seen (set by `_check`)
         self.checked_at: int | None = None  # the step of the last `_check`
+        self.stream: Any = None  # a streamed training split, whose position each checkpoint keeps
         # Loss terms summed on the device since the last log line: reading them (float()) waits
         # for the device, so that happens only when a line is logged, not on every step.
         self.running: dict[str, torch.Tensor] = {}
@@ -107,7 +109,7 @@ class TrainingLoop:
     def fit(self) -> dict[str, Any]:
         accelerator = self.accelerator
         self._seed()
-        loader, sampler = self.distiller.train_loader()
+        loader, sampler = self.distiller.train_loader(accelerator.num_processes)
         for loaded in self.distiller.teachers:
             # On its `teacher.device` (`auto`: the training device), frozen, in eval mode.
             place_teacher(loaded, accelerator.device)
@@ -118,8 +120,14 @@ class TrainingLoop:
                 f"writes several models from the live modules) — launch it without the FSDP configuration"
             )
         # FSDP2 shards the distiller in place (the student and projections; teachers are outside it).
-        distiller, optimizer, loader = accelerator.prepare(self.distiller, optimizer, loader)
-        steps_per_epoch = max(1, math.ceil(len(loader) / self.training.gradient_accumulation))
+        if loader.dataset.streamed:
+            # A stream shards itself (each process reads its own lines) and has no length: Accelerate
+            # would read every batch on the main process and split it. Its epoch is a number of steps.
+            distiller, optimizer = accelerator.prepare(self.distiller, optimizer)
+            steps_per_epoch = self.training.steps_per_epoch or self.training.max_steps
+        else:
+            distiller, optimizer, loader = accelerator.prepare(self.distiller, optimizer, loader)
+            steps_per_epoch = max(1, math.ceil(len(loader) / self.training.gradient_accumulation))
         total_steps = self.training.max_steps or max(1, math.ceil(self.training.epochs * steps_per_epoch))
         self.distiller.total_steps = self.total_steps = total_steps
         scheduler = learning_rate_schedule(optimizer, self.training.lr_schedule, self.training.warmup, total_steps)
@@ -176,12 +184,22 @@ class TrainingLoop:
         pending_counts: dict[str, int] = {}
         finished = self.state.step >= total_steps
         distiller.train()
+        stream = self.stream = loader.dataset if loader.dataset.streamed else None
+        if stream is not None:
+            if self.state.data_state is not None:
+                stream.load_state_dict(self.state.data_state[accelerator.process_index])
+            batches = (send_to_device(batch, accelerator.device) for batch in loader)
         while not finished:
             skip = self.state.batch_in_epoch
-            epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+            if stream is not None:
+                # The stream goes on from where it is; an epoch takes its number of batches from it.
+                epoch_loader = itertools.islice(batches, steps_per_epoch * self.training.gradient_accumulation - skip)
+            else:
+                epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
             # Accelerate's loaders re-set the sampler's epoch from their own counter on every
             # iteration; setting it on the loader keeps both on the loop's epoch (also on resume).
-            for target in (epoch_loader, sampler):
+            # The collate too: masking on the fly draws each epoch's own masks (tasks/streams.py).
+            for target in (epoch_loader, sampler, self.distiller.collate):
                 if hasattr(target, "set_epoch"):
                     target.set_epoch(self.state.epoch)
             for batch in epoch_loader:
@@ -466,6 +484,9 @@ class TrainingLoop:
         # Every process writes the teacher outputs it cached (teacher_cache/process-<rank>/).
         self.distiller.persist_teacher_cache()
         self.state.skipped_batches = self.guard.skipped
+        if self.stream is not None:
+            # Every process's position in its own stream, kept by the main process's checkpoint.
+            self.state.data_state = gather_object([self.stream.state_dict()])
         distiller = self.accelerator.unwrap_model(self.distiller)
         # FSDP: the whole state gathered to the main process (every process joins); else read there.
         sharded = is_sharded(distiller)

@@ -284,3 +284,41 @@ def test_cache_list_and_clear(tmp_path, cache, tokenizer_dir):
     wrong = runner.invoke(app, ["cache", "clear", "tokens"])
     assert wrong.exit_code == 2
     assert "unknown part 'tokens' — the parts are tokenized, sources, augment, sequence_kd" in wrong.output
+
+
+@pytest.mark.parametrize(
+    "count,batch_size,processes,sizes",
+    [
+        (64, 8, 2, [8] * 8),  # steps filled: Accelerate's own batches
+        (70, 8, 2, [8] * 8 + [3, 3]),  # 6 left: shared out
+        (65, 8, 2, [8] * 6 + [5, 4, 4, 4]),  # 1 left, fewer than processes: the last two steps share
+        (7, 1, 3, [1] * 6 + [1]),  # batches of one, 1 left: dealt out as Accelerate does (a repeat)
+    ],
+)
+def test_process_batches_read_every_example_once(count, batch_size, processes, sizes):
+    from accelerate.data_loader import BatchSamplerShard
+
+    from brewer_cli.tasks.ordering import ProcessBatches
+
+    batches = ProcessBatches(EpochSampler(count, 3, batch_size), batch_size, processes)
+    assert batches.sizes() == sizes and sum(sizes) == count
+    order = [index for batch in batches for index in batch]
+    assert order == list(EpochSampler(count, 3, batch_size))
+    shares = [[index for batch in BatchSamplerShard(batches, processes, rank) for index in batch] for rank in range(processes)]
+    assert len({len(list(BatchSamplerShard(batches, processes, rank))) for rank in range(processes)}) == 1
+    if len(sizes) % processes == 0:
+        assert sorted(index for share in shares for index in share) == list(range(count))
+
+
+def test_json_columns_of_mixed_types_are_read_as_text(tmp_path, cache, tokenizer_dir):
+    """Arrow keeps one type per column; labels written as 1 and "pos" in one file still read."""
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": "pos"}\n', encoding="utf-8")
+    recipe = classification_recipe(tmp_path, "sentence\tlabel\na\t0\n")
+    rows = read_source(DataSource(path=str(path)), recipe, "data.train")
+    assert rows["label"] == ["1", "pos"]
+    prepared = TASKS.get("sequence_classification")(recipe.task).prepare(
+        recipe.model_copy(update={"data": recipe.data.model_copy(update={"train": DataSource(path=str(path))})}),
+        word_tokenizer(tokenizer_dir),
+    )
+    assert prepared.label_names == ["1", "pos"] and prepared.train.column("labels") == [0, 1]

@@ -35,7 +35,13 @@ def check_names(recipe: Recipe) -> None:
         problems.extend(line for line in _stage_problems(recipe) if line not in problems)
     else:
         if recipe.task is not None and recipe.task.kind in TASKS:
-            problems.extend(TASKS.get(recipe.task.kind).recipe_problems(recipe))
+            task = TASKS.get(recipe.task.kind)
+            problems.extend(task.recipe_problems(recipe))
+            if recipe.task.mask_probability > 0 and not task.masks_inputs:
+                problems.append(
+                    f"{recipe.path}: task.mask_probability: task {recipe.task.kind} reads its text unmasked (masking on "
+                    f"the fly is for masked_lm) — remove it"
+                )
         problems.extend(DISTILLERS.get(recipe.distillation.kind).recipe_problems(recipe))
         # A teacher store (`teacher.store`) stands in for the teacher's logits only.
         problems.extend(store_problems(recipe))

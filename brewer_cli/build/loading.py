@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from transformers import AutoModelForMaskedLM
 
 from brewer_cli.augment.masked_lm import missing_head_weights
@@ -164,8 +164,8 @@ def extract_from_teacher(recipe: Recipe, task: Task, teacher: LoadedModel, data:
     batches = None
     objective = None
     if plan.strategy in ("importance", "activation"):
-        count = min(spec.examples, len(data.train))
-        loader = DataLoader(Subset(data.train, range(count)), batch_size=16, collate_fn=task.collate(teacher.tokenizer))
+        examples = data.train.head(spec.examples)
+        loader = DataLoader(examples, batch_size=16, collate_fn=task.collate(teacher.tokenizer))
         batches = [{name: tensor for name, tensor in batch.items() if name != "index"} for batch in loader]
         # A task without labels and heads (general distillation) scores the teacher with its own
         # pre-training objective (brewer_cli/extract/objectives.py).

@@ -15,8 +15,11 @@ from brewer_cli.teacher_cache import plan_cache
 
 def plan_lines(run: Run) -> list[str]:
     training = run.recipe.training
-    batches = -(-len(run.data.train) // training.batch_size)
-    steps_per_epoch = max(1, -(-batches // training.gradient_accumulation))
+    if run.data.train.streamed:
+        steps_per_epoch = training.steps_per_epoch or training.max_steps
+    else:
+        batches = -(-len(run.data.train) // training.batch_size)
+        steps_per_epoch = max(1, -(-batches // training.gradient_accumulation))
     total = training.max_steps or max(1, int(-(-training.epochs * steps_per_epoch // 1)))
     lines = [f"run directory: {run.run_dir}"]
     for teacher in run.teachers:
@@ -36,10 +39,13 @@ def plan_lines(run: Run) -> list[str]:
         ratio = parameter_count(student.model) / parameter_count(run.teachers[0].model)
         lines.append(f"student / teacher parameters: {ratio:.3f}")
     labels = f", labels: {', '.join(run.data.label_names)}" if run.data.label_names else ""
-    lines.append(
-        f"data: {len(run.data.train):,} training examples, "
-        f"{len(run.data.eval) if run.data.eval is not None else 0:,} eval examples{labels}"
+    training_examples = (
+        f"training blocks of {run.recipe.data.max_length} tokens streamed (read as the run goes; an epoch is "
+        f"{steps_per_epoch:,} steps)"
+        if run.data.train.streamed
+        else f"{len(run.data.train):,} training examples"
     )
+    lines.append(f"data: {training_examples}, {len(run.data.eval) if run.data.eval is not None else 0:,} eval examples{labels}")
     # The columns each split reads, so a column the recipe names wrongly (or not at all) shows here.
     lines.extend(f"  columns of {line}" for line in _column_lines(run.recipe))
     # What the task found while reading the data (e.g. the NER tagging scheme and its conversion).

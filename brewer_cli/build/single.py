@@ -9,11 +9,13 @@ from brewer_cli.build.loading import check_vocabularies, load_student, load_teac
 from brewer_cli.build.settings import resolve_logit_kd
 from brewer_cli.build.store import build_basic_store_run
 from brewer_cli.distillers import BasicDistiller, DistillerInputs, GeneralDistiller, TrainerDistiller
+from brewer_cli.errors import ModelError
 from brewer_cli.families.loading import LoadedModel
 from brewer_cli.matches import resolve_matches
 from brewer_cli.recipe import Recipe
 from brewer_cli.run import Run
 from brewer_cli.tasks import TASKS, PreparedData, Task
+from brewer_cli.tasks.streams import MaskingCollate
 
 
 def build_trainer_run(recipe: Recipe, run_dir: Path, stand_ins: dict[str, LoadedModel]) -> Run:
@@ -68,10 +70,21 @@ def distiller_inputs(
     collate: Callable | None = None,
 ) -> DistillerInputs:
     """What every builder hands its distiller (the multi kinds pass their own collate)."""
+    collate = collate or task.collate(student.tokenizer)
+    eval_collate = None
+    if recipe.task is not None and recipe.task.mask_probability > 0:
+        if student.tokenizer.mask_token_id is None:
+            raise ModelError(
+                f"{recipe.path}: task.mask_probability: the student's tokenizer has no mask token to put in — use a "
+                f"masked-LM tokenizer (BERT's [MASK]), or remove mask_probability"
+            )
+        masking = MaskingCollate(collate, student.tokenizer, recipe.task.mask_probability, recipe.training.seed)
+        collate, eval_collate = masking, masking.for_evaluation()
     return DistillerInputs(
         task=task,
         data=data,
-        collate=collate or task.collate(student.tokenizer),
+        collate=collate,
+        eval_collate=eval_collate,
         student=student,
         teachers=tuple(teachers),
         training=recipe.training,

@@ -30,7 +30,7 @@ from brewer_cli.features import FeatureNeeds, Features
 from brewer_cli.models import save_model_dir
 from brewer_cli.recipe import Recipe, TrainingSpec
 from brewer_cli.tasks import PreparedData
-from brewer_cli.tasks.ordering import EpochSampler
+from brewer_cli.tasks.ordering import EpochSampler, ProcessBatches
 from brewer_cli.tasks.views import view_batch
 from brewer_cli.teacher_cache import TeacherRead, open_teacher_cache
 
@@ -52,6 +52,8 @@ class DistillerInputs:
     # `teacher: {store: DIR}`: the teacher's sparse logits from a store (brewer_cli.logit_store), no
     # teacher model in memory; `teachers` is then empty.
     teacher_store: Any = None
+    # The eval split's collate when it differs from training's (masks fixed across evaluations).
+    eval_collate: Callable | None = None
 
 
 class Distiller(nn.Module, ABC):
@@ -121,29 +123,32 @@ class Distiller(nn.Module, ABC):
 
     # -- the loop's hooks; multi-task distillation brings its own data, evaluation and export ---
 
-    def train_loader(self) -> tuple[DataLoader, Any]:
-        """The training batches and the sampler whose `set_epoch` orders an epoch."""
+    def train_loader(self, processes: int = 1) -> tuple[DataLoader, Any]:
+        """The training batches and the sampler whose `set_epoch` orders an epoch; with several
+        processes, batches that Accelerate deals out so that each example is read once (ProcessBatches)."""
         training = self.training_settings
         data = self.data.train
+        # The loader's own generator: creating an epoch's iterator draws a seed from it, and drawing
+        # from the global RNG instead would shift dropout masks after a resume.
+        generator = torch.Generator().manual_seed(training.seed)
+        if data.streamed:
+            # In the order it is read; its position is its own state (checkpointed by the loop).
+            return DataLoader(data, batch_size=training.batch_size, collate_fn=self.collate, generator=generator), data
         sampler = EpochSampler(
             len(data),
             training.seed,
             training.batch_size,
             lengths=data.lengths() if training.group_by_length else None,
         )
-        # The loader's own generator: creating an epoch's iterator draws a seed from it, and drawing
-        # from the global RNG instead would shift dropout masks after a resume.
-        loader = DataLoader(
-            data,
-            batch_size=training.batch_size,
-            sampler=sampler,
-            collate_fn=self.collate,
-            generator=torch.Generator().manual_seed(training.seed),
-        )
+        if processes > 1:
+            batches = ProcessBatches(sampler, training.batch_size, processes)
+            return DataLoader(data, batch_sampler=batches, collate_fn=self.collate, generator=generator), batches
+        loader = DataLoader(data, batch_size=training.batch_size, sampler=sampler, collate_fn=self.collate, generator=generator)
         return loader, sampler
 
     def eval_setup(self) -> EvalSetup:
-        return EvalSetup(self.task, self.data, self.collate, eval_batch_size(self.training_settings))
+        collate = self.inputs.eval_collate or self.collate
+        return EvalSetup(self.task, self.data, collate, eval_batch_size(self.training_settings))
 
     def evaluate(self, accelerator: Any = None) -> dict[str, Any]:
         """The student's metrics on the eval split; the loop keeps the best by the task's primary

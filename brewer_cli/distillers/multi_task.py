@@ -185,7 +185,8 @@ class MultiTaskDistiller(BasicDistiller):
         # No teacher-output cache: the tasks' example indices overlap (each task counts from 0).
         return []
 
-    def train_loader(self) -> tuple[DataLoader, MultiTaskBatchSampler]:
+    def train_loader(self, processes: int = 1) -> tuple[DataLoader, MultiTaskBatchSampler]:
+        # One task per batch, drawn per batch: Accelerate deals them out to the processes.
         training = self.training_settings
         sampler = MultiTaskBatchSampler(self.data.train.sizes, training.batch_size, training.seed, self.sampling_temperature)
         loader = DataLoader(

@@ -74,12 +74,12 @@ class SequenceKDDistiller(BasicDistiller):
 
     # -- the training examples: prompt + the teacher's completion -------------------------------
 
-    def train_loader(self):
+    def train_loader(self, processes: int = 1):
         if self.teacher_completions is None:
             prompts = example_prompts(self.data.train.columns, self.generation.prompt_tokens)
             self.teacher_completions = self.complete(prompts)
             self.data = replace(self.data, train=_training_examples(prompts, self.teacher_completions.completions))
-        return super().train_loader()
+        return super().train_loader(processes)
 
     def complete(self, prompts: list[list[int]]) -> TeacherCompletions:
         """The teacher's completions of `prompts`: from the cache, or generated and written there.

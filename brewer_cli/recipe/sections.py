@@ -29,6 +29,13 @@ class TaskSpec(Strict):
         default=None, ge=0, description="causal_lm: greedy generations of eval prompts in summary.json (default 3; 0: none)"
     )
     max_new_tokens: int | None = Field(default=None, ge=1, description="causal_lm: tokens per eval generation (default 32)")
+    mask_probability: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="masked_lm: mask this share of the tokens on the fly, as DataCollatorForLanguageModeling does "
+        "(80% [MASK], 10% random, 10% kept; 0.15 is BERT's); 0: the text as it is (TinyBERT, MiniLM)",
+    )
 
 
 class DataSource(Strict):
@@ -45,6 +52,11 @@ class DataSource(Strict):
         "text: one example per non-blank line, in column `text`",
     )
     quoting: bool = Field(default=False, description="TSV: honour CSV quoting (off: plain tab split)")
+    streaming: bool = Field(
+        default=False,
+        description="masked_lm data.train: read the text files or hub dataset as a stream, never whole; an epoch is "
+        "training.steps_per_epoch steps, and --resume continues at the same position",
+    )
     synthetic: SyntheticDatasetName | None = Field(default=None, description="a generator registered in brewer_cli.synthetic")
     examples: int | None = Field(default=None, ge=1, description="synthetic: how many examples")
     seed: int = 0
@@ -305,6 +317,11 @@ LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "const
 class TrainingSpec(Strict):
     epochs: float = Field(default=3.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="overrides epochs when set")
+    steps_per_epoch: int | None = Field(
+        default=None,
+        ge=1,
+        description="streamed data (data.train.streaming): the steps of an epoch, which a stream has no end to define",
+    )
     batch_size: int = Field(default=32, ge=1)
     eval_batch_size: int | None = Field(default=None, ge=1)
     learning_rate: float = Field(default=5.0e-5, gt=0)

@@ -77,6 +77,8 @@ class Task(ABC):
     # `distillation.teacher_cache: auto` may keep the teacher's logits: false where they are dense
     # over a vocabulary per token (L × V per example) — a causal LM's; `brewer capture` keeps them sparse.
     caches_teacher_logits: bool = True
+    # `task.mask_probability` may mask its inputs on the fly (tasks/streams.py: MaskingCollate).
+    masks_inputs: bool = False
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec

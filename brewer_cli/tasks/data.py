@@ -310,8 +310,22 @@ def _features(spec: dict[str, Any]) -> Any:
 
 def _from_list(rows: list[dict[str, Any]], features: dict[str, Any] | None = None) -> Any:
     import datasets
+    import pyarrow
 
-    return datasets.Dataset.from_list(rows, features=_features(features) if features else None)
+    try:
+        return datasets.Dataset.from_list(rows, features=_features(features) if features else None)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError):
+        # An Arrow column holds one type; JSON examples may mix them (labels 1 and "pos"). Such a
+        # column is kept as text, which every reader of labels and offsets accepts (`whole_number`).
+        mixed = [name for name in rows[0] if len({type(row.get(name)) for row in rows} - {type(None)}) > 1]
+        as_text = [{**row, **{name: _as_text(row.get(name)) for name in mixed}} for row in rows]
+        return datasets.Dataset.from_list(as_text)
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 def _rows_to_arrow(path: Path, rows: Callable[[], Iterator[dict[str, Any]]], features: dict[str, Any], where: str) -> Any:

@@ -17,6 +17,9 @@ class TokenizedDataset(Dataset):
     `__getitem__` adds the example index (the key of the teacher-output cache and of QA
     post-processing). Built from a dict of columns (Python lists), the table is in memory."""
 
+    # Read whole and in any order (tasks/streams.py: a stream is read in its order, as the run goes).
+    streamed = False
+
     def __init__(self, columns: Any):
         import datasets
 
@@ -70,6 +73,10 @@ class TokenizedDataset(Dataset):
         selected = self.table.select_columns([name])
         # A selection (`limit`, articles) reads through an index mapping; the cache's tables have none.
         return (selected.flatten_indices() if selected._indices is not None else selected).data.column(name)
+
+    def head(self, count: int) -> list[dict[str, Any]]:
+        """The first `count` examples (ETD-Impt scores the teacher on them)."""
+        return self.__getitems__(range(min(count, len(self))))
 
     def with_columns(self, other: TokenizedDataset, prefix: str, names: Sequence[str]) -> TokenizedDataset:
         """These examples plus `other`'s columns `names` (the same examples) under `prefix`."""

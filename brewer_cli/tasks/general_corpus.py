@@ -25,6 +25,8 @@ this phase does not train (and the offline MiniLM checkpoint does not have one).
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,8 @@ import numpy as np
 from brewer_cli.errors import BrewerError, DataError
 from brewer_cli.recipe import DataSource, Recipe
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
-from brewer_cli.tasks.data import TEXT_SUFFIXES, column, read_source
+from brewer_cli.tasks.data import TEXT_SUFFIXES, column, local_path, read_source
+from brewer_cli.tasks.streams import FileLines, HubLines, PackedStream
 from brewer_cli.tasks.tokenized_cache import batched_map
 
 
@@ -46,6 +49,7 @@ class GeneralCorpus(Task):
     measured_by_distillation_loss = True
     # Importance extraction scores the teacher with its pre-training objective (build/loading.py).
     scored_by_pretraining_objective = True
+    masks_inputs = True
 
     @classmethod
     def recipe_problems(cls, recipe: Recipe) -> list[str]:
@@ -77,13 +81,35 @@ class GeneralCorpus(Task):
             )
         if recipe.data is not None and recipe.data.text_pair is not None:
             problems.append(f"{recipe.path}: data.text_pair: a general corpus is single texts — remove `text_pair`")
-        return problems
+        return problems + _stream_problems(recipe)
 
     # -- data -----------------------------------------------------------------------------------
 
+    def prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> PreparedData:
+        """The splits from the tokenization cache, except a streamed training split: read as the
+        run goes (tasks/streams.py)."""
+        prepared = super().prepare(recipe, tokenizer, label_names)
+        source = recipe.data.train
+        if not source.streaming:
+            return prepared
+        where = f"{recipe.path}: data.train"
+        # The process's place among those of a torchrun / accelerate launch (set before any Accelerator).
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        if source.hub is not None:
+            reader = HubLines(source, source.text or recipe.data.text, where, rank, world)
+        else:
+            reader = FileLines(local_path(source, recipe, where), where, rank, world)
+        segments = "token_type_ids" in tokenizer.model_input_names
+        stream = PackedStream(reader, tokenizer, recipe.data.max_length, segments, where, rank, world)
+        return replace(prepared, train=stream)
+
     def build_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
         data = recipe.data
-        train = self._tokenize(corpus_rows(data.train, recipe, "data.train"), tokenizer, recipe, "data.train", work)
+        if data.train.streaming:
+            # Read as the run goes (`prepare`); only the eval split is tokenized and kept here.
+            train = TokenizedDataset({})
+        else:
+            train = self._tokenize(corpus_rows(data.train, recipe, "data.train"), tokenizer, recipe, "data.train", work)
         evaluation = None
         if data.eval is not None:
             evaluation = self._tokenize(corpus_rows(data.eval, recipe, "data.eval"), tokenizer, recipe, "data.eval", work)
@@ -151,6 +177,47 @@ def _no_metric_of_its_own(task: str) -> BrewerError:
         f"and summary.json); evaluate it after task distillation (a task recipe with "
         f"`student: {{checkpoint: …/final}}`)"
     )
+
+
+def _stream_problems(recipe: Recipe) -> list[str]:
+    """What a streamed training split needs: an epoch defined by steps, a source that can stream."""
+    data, where = recipe.data, f"{recipe.path}: data"
+    if data is None:
+        return []
+    problems = []
+    if data.eval is not None and data.eval.streaming:
+        problems.append(
+            f"{where}.eval.streaming: the eval split is read whole, every evaluation the same — remove `streaming` "
+            f"(and set `limit: N` for a sample of a large split)"
+        )
+    cache = getattr(recipe.distillation, "teacher_cache", "off")
+    if recipe.task.mask_probability > 0 and cache not in ("auto", "off"):
+        problems.append(
+            f"{recipe.path}: distillation.teacher_cache: {cache} keeps outputs to reuse, and task.mask_probability "
+            f"masks the inputs afresh every epoch — set it to auto or off"
+        )
+    source = data.train
+    if not source.streaming:
+        return problems
+    if source.synthetic is not None or (source.path is not None and not _is_text_file(source, recipe)):
+        problems.append(
+            f"{where}.train.streaming: streams read text files (.txt / format: text) or hub datasets — remove "
+            f"`streaming` for this source, which is read into Arrow (memory-mapped) instead"
+        )
+    if source.limit is not None or source.articles is not None:
+        problems.append(f"{where}.train.limit: a stream has no length to cut — remove `limit`, or `streaming`")
+    if cache not in ("auto", "off"):
+        problems.append(
+            f"{recipe.path}: distillation.teacher_cache: {cache} keeps outputs to reuse, and a stream gives every "
+            f"block once — set it to auto or off"
+        )
+    training = recipe.training
+    if training.max_steps is None and training.steps_per_epoch is None:
+        problems.append(
+            f"{recipe.path}: training.steps_per_epoch: a stream has no end to define an epoch — set "
+            f"training.steps_per_epoch (with training.epochs) or training.max_steps"
+        )
+    return problems
 
 
 def _non_empty(examples: TokenizedDataset, recipe: Recipe, field: str) -> TokenizedDataset:

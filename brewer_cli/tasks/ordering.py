@@ -79,6 +79,58 @@ class EpochSampler(Sampler[int]):
         return (int(index) for index in ordered)
 
 
+class ProcessBatches(Sampler[list[int]]):
+    """An epoch's batches for several processes (DDP), from one EpochSampler order: Accelerate deals
+    them out in turn (batch i to process i mod N), so each step's N batches are consecutive
+    stretches of the order and every example is read once, by one process.
+
+    Accelerate's own split of a sampler pads the last step with examples from the start of the
+    epoch when the examples do not fill it, so those are seen twice. Here the last step's examples
+    are spread over the processes instead (⌊r/N⌋ or ⌈r/N⌉ each); when there are fewer left than
+    processes, the last two steps share theirs. Every process gets as many batches — a process
+    with fewer would leave the others waiting in their gradient all-reduce. Where the order fills
+    every step, the batches are exactly those Accelerate would make."""
+
+    def __init__(self, sampler: EpochSampler, batch_size: int, processes: int):
+        # Not `batch_size`: Accelerate reads that name as "every batch has this size" and would pad
+        # the last step with repeated examples to make it so.
+        self.sampler, self.size, self.processes = sampler, batch_size, processes
+        # Read by Accelerate when it deals the batches out.
+        self.drop_last = False
+        if len(sampler) < processes:
+            raise ValueError(f"{len(sampler)} examples cannot give each of {processes} processes one")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def sizes(self) -> list[int]:
+        count, processes, size = len(self.sampler), self.processes, self.size
+        full, rest = divmod(count, size * processes)
+        sizes = [size] * (full * processes)
+        if rest >= processes:
+            sizes += _spread(rest, processes)
+        elif rest and size > 1:
+            sizes = sizes[:-processes] + _spread(size * processes + rest, 2 * processes)
+        elif rest:
+            # Batches of one example, and fewer left than processes: no split avoids a repeat, so
+            # the last step's missing batches are dealt from the start of the epoch, as Accelerate does.
+            sizes += [1] * rest
+        return sizes
+
+    def __len__(self) -> int:
+        return len(self.sizes())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = iter(self.sampler)
+        for size in self.sizes():
+            yield [next(order) for _ in range(size)]
+
+
+def _spread(count: int, parts: int) -> list[int]:
+    """`count` as `parts` near-equal whole numbers, the larger first."""
+    return [count // parts + (1 if part < count % parts else 0) for part in range(parts)]
+
+
 def task_probabilities(sizes: Sequence[int], temperature: float) -> list[float]:
     """p_k ∝ |D_k|^τ."""
     weights = [float(size) ** temperature for size in sizes]
@@ -104,8 +156,11 @@ class MultiTaskDataset(Dataset):
         item["task"] = task
         return item
 
-    def lengths(self) -> list[int]:
-        return [length for dataset in self.datasets if dataset is not None for length in dataset.lengths()]
+    # Read whole, like each task's examples (a stream is not one of them).
+    streamed = False
+
+    def lengths(self) -> np.ndarray:
+        return np.concatenate([dataset.lengths() for dataset in self.datasets if dataset is not None] or [np.zeros(0, np.int64)])
 
 
 class MultiTaskCollate:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from brewer_cli.tasks.streams import MaskingCollate
 from brewer_cli.teacher_cache.layout import Layout, example_lengths, offsets, probe_layout
 
 MODES = ("auto", "off", "memory", "disk", "prefill")
@@ -81,6 +82,12 @@ def plan_cache(distiller: Any, total_steps: int, steps_per_epoch: int, run_dir: 
         return CachePlan("off", requested, f"kind {distiller.kind} does not cache teacher outputs")
     if requested == "off":
         return CachePlan("off", requested, "distillation.teacher_cache: off")
+    if distiller.data.train.streamed:
+        return CachePlan("off", requested, "data.train is streamed: read once, in order, so no example comes again to reuse")
+    if isinstance(distiller.collate, MaskingCollate):
+        return CachePlan(
+            "off", requested, "task.mask_probability: the inputs are masked afresh every epoch, so no output comes again"
+        )
     # A multi-task run's group of tasks declares nothing: its tasks' logits are small.
     if requested == "auto" and not getattr(distiller.task, "caches_teacher_logits", True):
         return CachePlan(
