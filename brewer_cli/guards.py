@@ -162,3 +162,28 @@ class StopSignals:
     def __exit__(self, *exception: Any) -> None:
         self._restore()
         self.previous = {}
+
+
+def non_finite(parts: list[str], gradient: bool) -> str:
+    """`loss parts kd, loss and the gradient norm`: what went non-finite, for a message."""
+    what = [f"loss part{'s' if len(parts) > 1 else ''} {', '.join(parts)}"] if parts else []
+    what += ["the gradient norm"] if gradient else []
+    return " and ".join(what) or "values on another process"
+
+
+def divergence_fixes(training: Any, precision: str, skipping: bool, source: Any, run_dir: Any) -> str:
+    """What to change in the recipe after a divergence, for the message that stops the run."""
+    clip = (
+        "set training.max_grad_norm (e.g. 1.0)"
+        if not training.max_grad_norm
+        else f"lower training.max_grad_norm (now {training.max_grad_norm:g})"
+    )
+    fixes = [f"lower training.learning_rate (now {training.learning_rate:g})", clip]
+    if precision != "no":
+        fixes.append(f"train in fp32 with training.precision: no (now {precision})")
+    if not skipping:
+        fixes.append("set training.on_nan: skip_batch to skip batches with non-finite values")
+    return (
+        f"In {source or 'the recipe'}: {', '.join(fixes[:-1])} or {fixes[-1]}; then start again under another name "
+        f"(--set name=…) or after removing {run_dir}"
+    )

@@ -35,7 +35,7 @@ from brewer_cli.checkpoints import (
 )
 from brewer_cli.errors import BrewerError, DivergenceError, InterruptedRun
 from brewer_cli.families.placement import place_teacher
-from brewer_cli.guards import DivergenceGuard, StopSignals
+from brewer_cli.guards import DivergenceGuard, StopSignals, divergence_fixes, non_finite
 from brewer_cli.reporting import PrefillDisplay, Reporter, StepDisplay, Throughput
 from brewer_cli.run import Run
 from brewer_cli.sharding import full_optimizer_state, full_state, gathered_for_forward, is_sharded, weights_finite
@@ -327,7 +327,7 @@ class TrainingLoop:
             first = self.state.step - guard.in_a_row + 1
             raise DivergenceError(
                 f"{self.run_dir}: training diverged — {guard.in_a_row} batches in a row (steps {first} to "
-                f"{self.state.step}) had non-finite values (at step {self.state.step}: {_non_finite(parts, gradient)}) "
+                f"{self.state.step}) had non-finite values (at step {self.state.step}: {non_finite(parts, gradient)}) "
                 f"and training.nan_patience is {guard.patience}; nothing non-finite was written and "
                 f"{self._kept_checkpoint()}. {self._fixes()}"
             )
@@ -336,26 +336,12 @@ class TrainingLoop:
         found = "" if first_step == self.state.step else f" (found at the check after step {self.state.step})"
         return (
             f"{self.run_dir}: training diverged at step {first_step} of {self.total_steps}{found} — non-finite "
-            f"{_non_finite(self.guard.first_problems(), gradient)}; nothing non-finite was written and "
+            f"{non_finite(self.guard.first_problems(), gradient)}; nothing non-finite was written and "
             f"{self._kept_checkpoint()}. {self._fixes()}"
         )
 
     def _fixes(self) -> str:
-        training, source = self.training, self.run.recipe.path or "the recipe"
-        clip = (
-            "set training.max_grad_norm (e.g. 1.0)"
-            if not training.max_grad_norm
-            else f"lower training.max_grad_norm (now {training.max_grad_norm:g})"
-        )
-        fixes = [f"lower training.learning_rate (now {training.learning_rate:g})", clip]
-        if self.precision != "no":
-            fixes.append(f"train in fp32 with training.precision: no (now {self.precision})")
-        if not self.guard.skip_batch:
-            fixes.append("set training.on_nan: skip_batch to skip batches with non-finite values")
-        return (
-            f"In {source}: {', '.join(fixes[:-1])} or {fixes[-1]}; then start again under another name "
-            f"(--set name=…) or after removing {self.run_dir}"
-        )
+        return divergence_fixes(self.training, self.precision, self.guard.skip_batch, self.run.recipe.path, self.run_dir)
 
     def _kept_checkpoint(self) -> str:
         root = self.run_dir / "checkpoints"
@@ -504,10 +490,3 @@ class TrainingLoop:
                 optimizer_state,
             )
         self.accelerator.wait_for_everyone()
-
-
-def _non_finite(parts: list[str], gradient: bool) -> str:
-    """`loss parts kd, loss and the gradient norm`: what went non-finite, for a message."""
-    what = [f"loss part{'s' if len(parts) > 1 else ''} {', '.join(parts)}"] if parts else []
-    what += ["the gradient norm"] if gradient else []
-    return " and ".join(what) or "values on another process"

@@ -53,7 +53,8 @@ from brewer_cli.errors import DataError
 from brewer_cli.recipe import DataSource, Recipe
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset, split_as_written
 from brewer_cli.tasks.data import column, read_source
-from brewer_cli.tasks.general_corpus import read_texts
+from brewer_cli.tasks.general_corpus import corpus_rows, read_texts
+from brewer_cli.tasks.text_blocks import BlockShape, line_examples, packed_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +109,12 @@ class CausalLM(Task):
 
     def build_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
         data = recipe.data
-        train = self._split(data.train, recipe, "data.train", tokenizer)
-        evaluation = self._split(data.eval, recipe, "data.eval", tokenizer) if data.eval is not None else None
+        train = self._split(data.train, recipe, "data.train", tokenizer, work)
+        evaluation = self._split(data.eval, recipe, "data.eval", tokenizer, work) if data.eval is not None else None
         return PreparedData(train=train, eval=evaluation, label_names=None)
 
     def build_eval_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
-        evaluation = self._split(recipe.data.eval, recipe, "data.eval", tokenizer)
+        evaluation = self._split(recipe.data.eval, recipe, "data.eval", tokenizer, work)
         return PreparedData(train=TokenizedDataset({}), eval=evaluation, label_names=None)
 
     def tokenizer_texts(self, recipe: Recipe) -> list[str]:
@@ -129,7 +130,7 @@ class CausalLM(Task):
             return [str(value) for role, name in pairs for value in column(rows, name, where, role)]
         return read_texts(data.train, recipe, "data.train")
 
-    def _split(self, source: DataSource, recipe: Recipe, field: str, tokenizer: Any) -> TokenizedDataset:
+    def _split(self, source: DataSource, recipe: Recipe, field: str, tokenizer: Any, work: Path | None) -> TokenizedDataset:
         data = recipe.data
         where = f"{recipe.path}: {field}"
         if data.messages is not None:
@@ -141,15 +142,15 @@ class CausalLM(Task):
             completions = [str(value) for value in column(rows, data.completion, where, "completion")]
             examples = prompt_completion_examples(prompts, completions, tokenizer, _eos(tokenizer, where))
         else:
-            texts = read_texts(source, recipe, field)
-            eos = _eos(tokenizer, where)
-            examples = (
-                packed_examples(texts, tokenizer, data.max_length, eos)
-                if data.packing
-                else document_examples(texts, tokenizer, data.max_length, eos)
+            # Plain text: Arrow maps (tasks/text_blocks.py), never the whole corpus in memory. A
+            # one-token block (the end of the stream) predicts nothing: left out without a warning.
+            shape = BlockShape(data.max_length, separator=_eos(tokenizer, where), special_tokens=True, labels=True)
+            blocks = (packed_blocks if data.packing else line_examples)(
+                corpus_rows(source, recipe, field), tokenizer, shape, data, field, work
             )
-            # A one-token block (the end of the stream) predicts nothing: left out without a warning.
-            examples = [example for example in examples if len(example[0]) > 1]
+            if not len(blocks):
+                raise DataError(f"{where}: the corpus has no non-blank line — point it at a file or split with text")
+            return blocks
         examples, dropped = truncated(examples, data.max_length)
         if dropped:
             logger.warning(
@@ -333,17 +334,6 @@ def _eos(tokenizer: Any, where: str) -> int:
 
 def _token_ids(tokenizer: Any, texts: list[str], special_tokens: bool) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=special_tokens)["input_ids"]] if texts else []
-
-
-def packed_examples(texts: list[str], tokenizer: Any, block: int, eos: int) -> list[Example]:
-    """Documents + EOS, concatenated, cut into blocks of `block` tokens (the last may be shorter)."""
-    stream = [token for ids in _token_ids(tokenizer, texts, True) for token in (*ids, eos)]
-    return [(stream[start : start + block], stream[start : start + block], 0) for start in range(0, len(stream), block)]
-
-
-def document_examples(texts: list[str], tokenizer: Any, max_length: int, eos: int) -> list[Example]:
-    """One example per document (+ EOS), truncated to `max_length`."""
-    return [((ids + [eos])[:max_length], (ids + [eos])[:max_length], 0) for ids in _token_ids(tokenizer, texts, True)]
 
 
 def prompt_completion_examples(prompts: list[str], completions: list[str], tokenizer: Any, eos: int | None) -> list[Example]:

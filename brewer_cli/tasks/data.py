@@ -14,6 +14,7 @@ memory and a changed file is never mistaken for the old one — and small files 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -95,7 +96,15 @@ def source_fingerprint(source: DataSource, recipe: Recipe, field: str) -> str:
 
 
 def content_hash(path: Path) -> str:
-    """BLAKE2b of a file's bytes, or of a directory's files (names and bytes, in name order)."""
+    """BLAKE2b of a file's bytes, or of a directory's files (names and bytes, in name order) —
+    once per process while the file keeps its size and modification time (a run asks for a
+    corpus's hash twice: for the tokenization cache's key and for its Arrow copy's)."""
+    stat = path.stat()
+    return _content_hash(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(path: Path, size: int, modified: int) -> str:
     digest = hashlib.blake2b(digest_size=20)
     files = sorted(item for item in path.rglob("*") if item.is_file()) if path.is_dir() else [path]
     for item in files:

@@ -30,14 +30,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from brewer_cli.errors import BrewerError, DataError
 from brewer_cli.recipe import DataSource, Recipe
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
 from brewer_cli.tasks.data import TEXT_SUFFIXES, column, local_path, read_source
 from brewer_cli.tasks.streams import FileLines, HubLines, PackedStream
-from brewer_cli.tasks.tokenized_cache import batched_map
+from brewer_cli.tasks.text_blocks import BlockShape, line_examples, packed_blocks
 
 
 class GeneralCorpus(Task):
@@ -126,29 +124,20 @@ class GeneralCorpus(Task):
 
     @staticmethod
     def _tokenize(rows: Any, tokenizer: Any, recipe: Recipe, field: str, work: Path | None) -> TokenizedDataset:
-        """Lines → token ids (a parallel map), then — with `data.packing` — blocks of max_length
-        tokens (a sequential map, since a block runs on from one batch of lines into the next)."""
+        """Lines → blocks of max_length tokens with `data.packing` (tasks/text_blocks.py), else one
+        example per line, cut at max_length."""
         data = recipe.data
-        segments = "token_type_ids" in tokenizer.model_input_names
-        if not data.packing:
-            encode = _EncodeLines(tokenizer, data.max_length, segments)
-            lines = batched_map(
-                rows, encode, data, field, work, remove_columns=rows.column_names, features=_block_features(segments)
+        start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        if start is None or end is None:
+            raise DataError(
+                f"{recipe.path}: {field}: a general corpus needs the tokenizer's start and separator tokens ([CLS] and "
+                f"[SEP], or <s> and </s>), and this one has none — use the teacher's own tokenizer"
             )
-            return _non_empty(TokenizedDataset(lines), recipe, field)
-        ids = batched_map(rows, _EncodeLines(tokenizer, None, False), data, field, work, remove_columns=rows.column_names)
-        pack = _Pack(tokenizer, data.max_length, segments, len(ids), f"{recipe.path}: {field}")
-        packed = batched_map(
-            ids.with_format("arrow"),
-            pack,
-            data.model_copy(update={"num_proc": 1}),
-            f"{field}-blocks",
-            work,
-            with_indices=True,
-            remove_columns=ids.column_names,
-            features=_block_features(segments),
-        )
-        return _non_empty(TokenizedDataset(packed.with_format(None)), recipe, field)
+        segments = "token_type_ids" in tokenizer.model_input_names
+        shape = BlockShape(data.max_length, separator=end, start=start, end=end, segments=segments)
+        make = packed_blocks if data.packing else line_examples
+        return _non_empty(make(rows, tokenizer, shape, data, field, work), recipe, field)
 
     # -- model ----------------------------------------------------------------------------------
 
@@ -252,80 +241,3 @@ def read_texts(source: DataSource, recipe: Recipe, field: str) -> list[str]:
 def _line(value: Any) -> str:
     # Hub corpora such as wikitext hold blank lines between paragraphs, and some rows are null.
     return str(value).strip() if value is not None else ""
-
-
-def _block_features(segments: bool) -> Any:
-    import datasets
-
-    columns = {
-        "input_ids": datasets.Sequence(datasets.Value("int32")),
-        "attention_mask": datasets.Sequence(datasets.Value("int8")),
-    }
-    if segments:
-        columns["token_type_ids"] = datasets.Sequence(datasets.Value("int8"))
-    return datasets.Features(columns)
-
-
-class _EncodeLines:
-    """Non-blank lines → token ids: cut at `max_length` with the tokenizer's special tokens (one
-    example per line), or — `max_length` None, for packing — whole and without them."""
-
-    def __init__(self, tokenizer: Any, max_length: int | None, segments: bool):
-        self.tokenizer, self.max_length, self.segments = tokenizer, max_length, segments
-
-    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        texts = [text for text in (_line(value) for value in batch["text"]) if text]
-        if self.max_length is None:
-            return {"ids": self.tokenizer(texts, add_special_tokens=False)["input_ids"]}
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        columns = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        if self.segments:
-            columns["token_type_ids"] = [[0] * len(ids) for ids in encoded["input_ids"]]
-        return columns
-
-
-class _Pack:
-    """Token ids of consecutive lines → blocks of `max_length` tokens, as in BERT pre-training:
-    each block is [CLS] … [SEP] and a [SEP] ends every line (document) inside it, so the boundaries
-    stay visible. A block runs on into the next line; the tokens left at the end of one batch of
-    lines start the next batch's first block, and the last batch ends with a shorter block. The map
-    runs in one process, in order, so the carry passes from batch to batch."""
-
-    def __init__(self, tokenizer: Any, max_length: int, segments: bool, rows: int, where: str):
-        start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-        end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-        if start is None or end is None:
-            raise DataError(
-                f"{where}: packing needs the tokenizer's start and separator tokens ([CLS] and [SEP], or <s> and </s>), "
-                f"and this one has none — set `data.packing: false` (one example per line)"
-            )
-        self.start, self.end, self.width = start, end, max_length - 2
-        self.segments, self.rows = segments, rows
-        self.carry = np.zeros(0, dtype=np.int64)
-
-    def __call__(self, batch: Any, indices: list[int]) -> Any:
-        import pyarrow
-        import pyarrow.compute
-
-        column = batch.column("ids").combine_chunks()
-        values = pyarrow.compute.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
-        ends = pyarrow.compute.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64).cumsum()
-        stream = np.concatenate([self.carry, np.insert(values, ends, self.end)])
-        full = len(stream) // self.width
-        blocks = [stream[: full * self.width].reshape(full, self.width)] if full else []
-        self.carry = stream[full * self.width :]
-        last = indices[-1] == self.rows - 1
-        rows = [np.concatenate([[self.start], row, [self.end]]) for block in blocks for row in block]
-        if last and len(self.carry):
-            rows.append(np.concatenate([[self.start], self.carry, [self.end]]))
-            self.carry = np.zeros(0, dtype=np.int64)
-        lengths = np.asarray([len(row) for row in rows], dtype=np.int32)
-        offsets = pyarrow.array(np.concatenate([[0], lengths.cumsum()]).astype(np.int32))
-        flat = np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, dtype=np.int32)
-        table = {
-            "input_ids": pyarrow.ListArray.from_arrays(offsets, pyarrow.array(flat)),
-            "attention_mask": pyarrow.ListArray.from_arrays(offsets, pyarrow.array(np.ones(len(flat), dtype=np.int8))),
-        }
-        if self.segments:
-            table["token_type_ids"] = pyarrow.ListArray.from_arrays(offsets, pyarrow.array(np.zeros(len(flat), dtype=np.int8)))
-        return pyarrow.table(table)

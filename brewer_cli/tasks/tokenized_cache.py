@@ -285,6 +285,10 @@ def batched_map(rows: Any, function: Callable, data: Any, field: str, work: Path
         work.mkdir(parents=True, exist_ok=True)
     shown = datasets.is_progress_bar_enabled()
     (datasets.enable_progress_bars if large else datasets.disable_progress_bars)()
+    # With worker processes `datasets` (5.2) replaces os.environ by a deep copy of itself and leaves
+    # it so; whatever holds the real mapping (monkeypatch, click's test runner) would then change a
+    # dead object. The real one is put back.
+    environment = os.environ
     try:
         return rows.map(
             function,
@@ -298,6 +302,7 @@ def batched_map(rows: Any, function: Callable, data: Any, field: str, work: Path
             **options,
         )
     finally:
+        os.environ = environment  # noqa: B003 (the same object, not a cleared environment)
         (datasets.enable_progress_bars if shown else datasets.disable_progress_bars)()
 
 

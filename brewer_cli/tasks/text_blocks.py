@@ -1,0 +1,178 @@
+"""Plain text → token ids → blocks, as batched `datasets` maps: the corpus path of `masked_lm`
+(general distillation) and of `causal_lm`'s plain text, so that a corpus of any size is tokenized
+into Arrow files and never held in memory.
+
+Tokenizing is a map over batches of lines in `data.num_proc` processes. Packing is a second map,
+in one process and in order: a block runs on from one batch of lines into the next, so the tokens
+left at the end of a batch (the carry) start the next batch's first block, and the last batch
+ends with a shorter block. Each line (document) is followed by a separator token, so the
+boundaries stay visible inside a block; a block may be framed by a start and an end token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brewer_cli.tasks.examples import TokenizedDataset
+from brewer_cli.tasks.tokenized_cache import batched_map
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    """How lines become blocks: `[start] tokens… [end]` of `length` tokens in all, a `separator`
+    after each line, the lines tokenized with the tokenizer's own special tokens or without;
+    `columns` the example's columns beyond input_ids (attention_mask, token_type_ids, labels,
+    prompt_length)."""
+
+    length: int
+    separator: int
+    start: int | None = None
+    end: int | None = None
+    special_tokens: bool = False
+    segments: bool = False  # token_type_ids (zeros)
+    labels: bool = False  # labels = input_ids and prompt_length = 0 (a causal LM's plain text)
+
+    @property
+    def width(self) -> int:
+        """Tokens of text per block, between the start and end tokens."""
+        return self.length - (self.start is not None) - (self.end is not None)
+
+
+def features(shape: BlockShape) -> Any:
+    import datasets
+
+    columns = {
+        "input_ids": datasets.Sequence(datasets.Value("int32")),
+        "attention_mask": datasets.Sequence(datasets.Value("int8")),
+    }
+    if shape.segments:
+        columns["token_type_ids"] = datasets.Sequence(datasets.Value("int8"))
+    if shape.labels:
+        columns["labels"] = datasets.Sequence(datasets.Value("int32"))
+        columns["prompt_length"] = datasets.Value("int32")
+    return datasets.Features(columns)
+
+
+def packed_blocks(rows: Any, tokenizer: Any, shape: BlockShape, data: Any, field: str, work: Path | None) -> TokenizedDataset:
+    """`rows` (a Dataset with a `text` column) → blocks of `shape.length` tokens."""
+    ids = batched_map(rows, EncodeLines(tokenizer, shape.special_tokens), data, field, work, remove_columns=rows.column_names)
+    packed = batched_map(
+        ids.with_format("arrow"),
+        Pack(shape, len(ids)),
+        data.model_copy(update={"num_proc": 1}),  # in order, one process: the carry passes batch to batch
+        f"{field}-blocks",
+        work,
+        with_indices=True,
+        remove_columns=ids.column_names,
+        features=features(shape),
+    )
+    return TokenizedDataset(packed.with_format(None))
+
+
+def line_examples(rows: Any, tokenizer: Any, shape: BlockShape, data: Any, field: str, work: Path | None) -> TokenizedDataset:
+    """`rows` → one example per line: `[start] tokens [end]`, or the tokens and the separator,
+    cut at `shape.length` (`packing: false`)."""
+    encode = EncodeLines(tokenizer, shape.special_tokens, shape)
+    return TokenizedDataset(
+        batched_map(rows, encode, data, field, work, remove_columns=rows.column_names, features=features(shape))
+    )
+
+
+def _line(value: Any) -> str:
+    # Hub corpora such as wikitext hold blank lines between paragraphs, and some rows are null.
+    return str(value).strip() if value is not None else ""
+
+
+class EncodeLines:
+    """Non-blank lines → token ids (the map's function: a class, so worker processes get it by
+    pickling). Without `shape`: the ids alone, for packing; with it: whole examples, one per line."""
+
+    def __init__(self, tokenizer: Any, special_tokens: bool, shape: BlockShape | None = None):
+        self.tokenizer, self.special_tokens, self.shape = tokenizer, special_tokens, shape
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        texts = [text for text in (_line(value) for value in batch["text"]) if text]
+        ids = self.tokenizer(texts, add_special_tokens=self.special_tokens)["input_ids"] if texts else []
+        if self.shape is None:
+            return {"ids": ids}
+        shape = self.shape
+        examples = []
+        for tokens in ids:
+            if shape.start is not None or shape.end is not None:
+                tokens = [*([shape.start] if shape.start is not None else []), *tokens[: shape.width]]
+                tokens += [shape.end] if shape.end is not None else []
+            else:
+                tokens = [*tokens, shape.separator][: shape.length]
+            examples.append(tokens)
+        # A one-token causal example predicts nothing: left out.
+        examples = [tokens for tokens in examples if not shape.labels or len(tokens) > 1]
+        return _columns([np.asarray(tokens) for tokens in examples], shape)
+
+
+class Pack:
+    """Token ids of consecutive lines → blocks (module docstring)."""
+
+    def __init__(self, shape: BlockShape, rows: int):
+        self.shape, self.rows = shape, rows
+        self.carry = np.zeros(0, dtype=np.int64)
+
+    def __call__(self, batch: Any, indices: list[int]) -> Any:
+        import pyarrow.compute
+
+        shape, width = self.shape, self.shape.width
+        column = batch.column("ids").combine_chunks()
+        values = pyarrow.compute.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
+        ends = pyarrow.compute.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64).cumsum()
+        stream = np.concatenate([self.carry, np.insert(values, ends, shape.separator)])
+        full = len(stream) // width
+        pieces = list(stream[: full * width].reshape(full, width)) if full else []
+        self.carry = stream[full * width :]
+        if indices[-1] == self.rows - 1 and len(self.carry):
+            pieces.append(self.carry)
+            self.carry = np.zeros(0, dtype=np.int64)
+        framed = [
+            np.concatenate(
+                [[shape.start] if shape.start is not None else [], piece, [shape.end] if shape.end is not None else []]
+            )
+            for piece in pieces
+        ]
+        # A one-token causal block (the end of the stream) predicts nothing: left out.
+        framed = [block for block in framed if not shape.labels or len(block) > 1]
+        return _arrow_columns(framed, shape)
+
+
+def _columns(blocks: list[np.ndarray], shape: BlockShape) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {
+        "input_ids": [block.tolist() for block in blocks],
+        "attention_mask": [[1] * len(block) for block in blocks],
+    }
+    if shape.segments:
+        columns["token_type_ids"] = [[0] * len(block) for block in blocks]
+    if shape.labels:
+        columns["labels"] = [block.tolist() for block in blocks]
+        columns["prompt_length"] = [0] * len(blocks)
+    return columns
+
+
+def _arrow_columns(blocks: list[np.ndarray], shape: BlockShape) -> Any:
+    """The blocks as an Arrow table, built from flat arrays (no Python list per token)."""
+    import pyarrow
+
+    lengths = np.asarray([len(block) for block in blocks], dtype=np.int64)
+    offsets = pyarrow.array(np.concatenate([[0], lengths.cumsum()]).astype(np.int32))
+    flat = np.concatenate(blocks).astype(np.int32) if blocks else np.zeros(0, dtype=np.int32)
+
+    def lists(values: np.ndarray) -> Any:
+        return pyarrow.ListArray.from_arrays(offsets, pyarrow.array(values))
+
+    table = {"input_ids": lists(flat), "attention_mask": lists(np.ones(len(flat), dtype=np.int8))}
+    if shape.segments:
+        table["token_type_ids"] = lists(np.zeros(len(flat), dtype=np.int8))
+    if shape.labels:
+        table["labels"] = lists(flat)
+        table["prompt_length"] = pyarrow.array(np.zeros(len(blocks), dtype=np.int32))
+    return pyarrow.table(table)
