@@ -7,6 +7,7 @@ import io
 import logging
 import random
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,7 +108,9 @@ def test_a_second_preparation_reads_the_cache_and_a_changed_file_or_setting_does
     second = task.prepare(recipe, tokenizer)
     assert first.extra["tokenization_cache"].hit is False and second.extra["tokenization_cache"].hit is True
     assert second.train.table.to_dict() == first.train.table.to_dict()
-    assert second.train.table.cache_files  # memory-mapped from the entry, not copied into memory
+    # Memory-mapped from the entry's files, not copied into memory.
+    entry = second.extra["tokenization_cache"].directory
+    assert str(entry / "train-00000.arrow") in Path("/proc/self/maps").read_text()
     assert second.label_names == ["0", "1"]
     assert "tokenization cache: hit — read from" in second.extra["plan_lines"][-1]
     # The same file elsewhere is the same data; other content or another max_length is not.

@@ -219,7 +219,7 @@ def test_collate_drops_offsets_and_example_ids(tmp_path, word_tokenizer):
 
 def test_logits_peaked_at_the_training_targets_decode_to_the_gold_answers(tmp_path, word_tokenizer):
     """Windows, offsets, targets, n-best decoding over windows and the metric agree with each other."""
-    from brewer_cli.tasks.question_answering import answer_positions
+    from brewer_cli.tasks.qa_windows import answer_positions
 
     recipe, task = load(tmp_path, qa_recipe(tmp_path, "unused"))
     data = task.prepare(recipe, word_tokenizer)
@@ -363,7 +363,7 @@ def test_decode_gives_the_null_score_minus_the_best_span_score():
 def test_v2_metrics_and_null_odds_from_the_task(tmp_path, word_tokenizer):
     """Peaked logits at the training targets: every answer right, the unanswerable question's null
     answer wins; the report has the official v2 keys and null_odds.json the no-answer scores."""
-    from brewer_cli.tasks.question_answering import answer_positions
+    from brewer_cli.tasks.qa_windows import answer_positions
 
     raw = qa_recipe(tmp_path, "unused", version_2_with_negative=True)
     document = json.loads(Path(raw["data"]["eval"]["path"]).read_text())

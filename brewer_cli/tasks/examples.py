@@ -3,6 +3,7 @@ loop reads."""
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +21,12 @@ class TokenizedDataset(Dataset):
     # Read whole and in any order (tasks/streams.py: a stream is read in its order, as the run goes).
     streamed = False
 
-    def __init__(self, columns: Any):
+    def __init__(self, columns: Any, mappings: Sequence[Any] = ()):
+        """`mappings`: the memory maps of the table's files (tasks/tokenized_cache.py), whose pages
+        are handed back after every read."""
         import datasets
+
+        self.mappings = list(mappings)
 
         if isinstance(columns, dict):
             lengths = {len(values) for values in columns.values()}
@@ -36,6 +41,7 @@ class TokenizedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.table[int(index)]
         item["index"] = int(index)
+        self.release()
         return item
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
@@ -45,7 +51,17 @@ class TokenizedDataset(Dataset):
         items = [dict(zip(columns, values)) for values in zip(*columns.values())] if columns else [{} for _ in indices]
         for item, index in zip(items, indices):
             item["index"] = index
+        self.release()
         return items
+
+    def release(self) -> None:
+        """Drop the mapped files' pages from this process (MADV_DONTNEED): the examples read are
+        Python objects by now, and the pages stay in the kernel's page cache for the next read. A
+        mapped page counts in the process's RSS from its first touch — with the kernel's
+        fault-around, 64 KiB of the file per example — so without this a run's peak memory would
+        grow with the steps it takes, up to the corpus's size."""
+        for mapped in self.mappings:
+            mapped.madvise(mmap.MADV_DONTNEED)
 
     @property
     def columns(self) -> dict[str, Any]:
@@ -64,7 +80,9 @@ class TokenizedDataset(Dataset):
         values = self.arrow_column(prefix + "input_ids")
         if values is None:
             return np.zeros(0, dtype=np.int64)
-        return pyarrow.compute.list_value_length(values).to_numpy().astype(np.int64)
+        lengths = pyarrow.compute.list_value_length(values).to_numpy().astype(np.int64)
+        self.release()
+        return lengths
 
     def arrow_column(self, name: str) -> Any:
         """One column as a `pyarrow.ChunkedArray` in example order, or None when there is none."""
@@ -84,7 +102,8 @@ class TokenizedDataset(Dataset):
 
         present = [name for name in names if name in other.table.column_names]
         added = other.table.select_columns(present).rename_columns({name: prefix + name for name in present})
-        return TokenizedDataset(datasets.concatenate_datasets([self.table, added.flatten_indices()], axis=1))
+        added = added.flatten_indices() if added._indices is not None else added
+        return TokenizedDataset(datasets.concatenate_datasets([self.table, added], axis=1), [*self.mappings, *other.mappings])
 
 
 @dataclass

@@ -55,8 +55,10 @@ from brewer_cli.recipe import DataSource, Recipe
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset, split_as_written
 from brewer_cli.tasks.data import column, read_source
 from brewer_cli.tasks.formats import answer_start
+from brewer_cli.tasks.qa_windows import EncodeWindows
 from brewer_cli.tasks.squad_metric import squad_scores
 from brewer_cli.tasks.token_classification import check_fast_tokenizer
+from brewer_cli.tasks.tokenized_cache import batched_map
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +122,11 @@ class QuestionAnswering(Task):
         data = recipe.data
         train_examples = self.read_examples(data.train, recipe, "data.train")
         train_examples, alignment = self.align_answers(train_examples, recipe, "data.train")
-        train = self.windows(train_examples, tokenizer, data.max_length, stride, recipe, "data.train", for_eval=False)
+        train = self.windows(train_examples, tokenizer, data.max_length, stride, recipe, "data.train", False, work)
         evaluation, eval_examples = None, None
         if data.eval is not None:
             eval_examples = self.read_examples(data.eval, recipe, "data.eval")
-            evaluation = self.windows(eval_examples, tokenizer, data.max_length, stride, recipe, "data.eval", for_eval=True)
+            evaluation = self.windows(eval_examples, tokenizer, data.max_length, stride, recipe, "data.eval", True, work)
         return PreparedData(
             train=train,
             eval=evaluation,
@@ -138,7 +140,7 @@ class QuestionAnswering(Task):
         data = recipe.data
         examples = self.read_examples(data.eval, recipe, "data.eval")
         stride = self.doc_stride(recipe)
-        evaluation = self.windows(examples, tokenizer, data.max_length, stride, recipe, "data.eval", for_eval=True)
+        evaluation = self.windows(examples, tokenizer, data.max_length, stride, recipe, "data.eval", True, work)
         return PreparedData(
             train=TokenizedDataset({}),
             eval=evaluation,
@@ -231,50 +233,32 @@ class QuestionAnswering(Task):
         recipe: Recipe,
         field: str,
         for_eval: bool,
+        work: Path | None = None,
     ) -> TokenizedDataset:
+        """Questions → windows of max_length tokens over their contexts, sharing `stride` tokens
+        (a batched `datasets` map: tasks/qa_windows.py)."""
+        import datasets
+
         questions = self._fit_questions(examples, tokenizer, max_length, stride, recipe, field)
-        try:
-            encoded = tokenizer(
-                questions,
-                [example.context for example in examples],
-                truncation="only_second",
-                max_length=max_length,
-                stride=stride,
-                return_overflowing_tokens=True,
-                return_offsets_mapping=True,
-            )
-        except Exception as error:  # the Rust tokenizer reports a stride it cannot honour this way
-            raise DataError(
-                f"{recipe.path}: task.doc_stride: the tokenizer could not split the contexts into windows of "
-                f"{max_length} tokens sharing {stride}: {error} — lower task.doc_stride or raise data.max_length"
-            ) from None
-        cls_id = tokenizer.cls_token_id
-        columns: dict[str, list[Any]] = collections.defaultdict(list)
-        for window in range(len(encoded["input_ids"])):
-            example = examples[encoded["overflow_to_sample_mapping"][window]]
-            input_ids = encoded["input_ids"][window]
-            sequence_ids = encoded.sequence_ids(window)
-            cls_index = input_ids.index(cls_id) if cls_id in input_ids else 0
-            context_mask = [1 if sequence == 1 else 0 for sequence in sequence_ids]
-            context_mask[cls_index] = 1
-            offsets = [
-                tuple(offset) if sequence == 1 else None
-                for offset, sequence in zip(encoded["offset_mapping"][window], sequence_ids)
-            ]
-            columns["input_ids"].append(input_ids)
-            columns["attention_mask"].append(encoded["attention_mask"][window])
-            if "token_type_ids" in encoded:
-                columns["token_type_ids"].append(encoded["token_type_ids"][window])
-            columns["context_mask"].append(context_mask)
-            if for_eval:
-                columns["offset_mapping"].append(offsets)
-                columns["example_index"].append(encoded["overflow_to_sample_mapping"][window])
-                columns["cls_index"].append(cls_index)
-            else:
-                start, end = answer_positions(example, offsets, cls_index)
-                columns["start_positions"].append(start)
-                columns["end_positions"].append(end)
-        return TokenizedDataset(dict(columns))
+        rows = datasets.Dataset.from_dict(
+            {
+                "question": questions,
+                "context": [example.context for example in examples],
+                "answer_texts": [example.answer_texts for example in examples],
+                "answer_starts": [example.answer_starts for example in examples],
+            },
+            features=datasets.Features(
+                {
+                    "question": datasets.Value("string"),
+                    "context": datasets.Value("string"),
+                    "answer_texts": datasets.Sequence(datasets.Value("string")),
+                    "answer_starts": datasets.Sequence(datasets.Value("int64")),
+                }
+            ),
+        )
+        encode = EncodeWindows(tokenizer, max_length, stride, for_eval, f"{recipe.path}: task.doc_stride")
+        windows = batched_map(rows, encode, recipe.data, field, work, with_indices=True, remove_columns=rows.column_names)
+        return TokenizedDataset(windows)
 
     def _fit_questions(
         self, examples: list[QuestionExample], tokenizer: Any, max_length: int, stride: int, recipe: Recipe, field: str
@@ -442,24 +426,6 @@ def _on_word_boundaries(context: str, start: int, length: int) -> bool:
     before = start > 0 and context[start - 1].isalnum() and context[start].isalnum()
     after = end < len(context) and context[end].isalnum() and context[end - 1].isalnum()
     return not before and not after
-
-
-def answer_positions(example: QuestionExample, offsets: Sequence[tuple[int, int] | None], cls_index: int) -> tuple[int, int]:
-    """Token positions of the (first) answer in one window; (cls, cls) when it is not wholly inside."""
-    if not example.answer_texts:
-        return cls_index, cls_index
-    char_start = example.answer_starts[0]
-    char_end = char_start + len(example.answer_texts[0])
-    context_tokens = [position for position, offset in enumerate(offsets) if offset is not None]
-    if not context_tokens:
-        return cls_index, cls_index
-    first, last = context_tokens[0], context_tokens[-1]
-    if offsets[first][0] > char_start or offsets[last][1] < char_end:
-        return cls_index, cls_index
-    # The first token that ends after the answer's start, the last that starts before its end.
-    start = next(position for position in context_tokens if offsets[position][1] > char_start)
-    end = next(position for position in reversed(context_tokens) if offsets[position][0] < char_end)
-    return start, end
 
 
 def decode_answer(windows: Sequence[Window], context: str, n_best: int, max_answer_length: int, allow_null: bool) -> str:

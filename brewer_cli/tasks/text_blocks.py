@@ -2,7 +2,7 @@
 (general distillation) and of `causal_lm`'s plain text, so that a corpus of any size is tokenized
 into Arrow files and never held in memory.
 
-Tokenizing is a map over batches of lines in `data.num_proc` processes. Packing is a second map,
+Tokenizing is a map over batches of lines in `data.num_proc` processes. Packing is a second pass,
 in one process and in order: a block runs on from one batch of lines into the next, so the tokens
 left at the end of a batch (the carry) start the next batch's first block, and the last batch
 ends with a shorter block. Each line (document) is followed by a separator token, so the
@@ -58,19 +58,28 @@ def features(shape: BlockShape) -> Any:
 
 
 def packed_blocks(rows: Any, tokenizer: Any, shape: BlockShape, data: Any, field: str, work: Path | None) -> TokenizedDataset:
-    """`rows` (a Dataset with a `text` column) → blocks of `shape.length` tokens."""
+    """`rows` (a Dataset with a `text` column) → blocks of `shape.length` tokens: the ids of a map,
+    then one pass in order that reads them batch by batch from their files (read, not mapped: a
+    mapped file's pages would stay in the process's memory) and writes the blocks to one file."""
+    import datasets
+    import pyarrow
+    from datasets.arrow_writer import ArrowWriter
+    from datasets.table import InMemoryTable
+
     ids = batched_map(rows, EncodeLines(tokenizer, shape.special_tokens), data, field, work, remove_columns=rows.column_names)
-    packed = batched_map(
-        ids.with_format("arrow"),
-        Pack(shape, len(ids)),
-        data.model_copy(update={"num_proc": 1}),  # in order, one process: the carry passes batch to batch
-        f"{field}-blocks",
-        work,
-        with_indices=True,
-        remove_columns=ids.column_names,
-        features=features(shape),
-    )
-    return TokenizedDataset(packed.with_format(None))
+    pack = Pack(shape)
+    if work is None:  # no cache folder: everything in memory
+        tables = [pack(batch) for batch in ids.data.table.to_batches()] + [pack.finish()]
+        return TokenizedDataset(datasets.Dataset(InMemoryTable(pyarrow.concat_tables(tables))))
+    output = work / f"{field}-blocks.arrow"
+    with ArrowWriter(path=str(output), features=features(shape)) as writer:
+        for item in ids.cache_files:
+            with pyarrow.OSFile(item["filename"]) as source:
+                for batch in pyarrow.ipc.open_stream(source):
+                    writer.write_table(pack(batch))
+        writer.write_table(pack.finish())
+        writer.finalize()
+    return TokenizedDataset(datasets.Dataset.from_file(str(output)))
 
 
 def line_examples(rows: Any, tokenizer: Any, shape: BlockShape, data: Any, field: str, work: Path | None) -> TokenizedDataset:
@@ -114,26 +123,31 @@ class EncodeLines:
 
 
 class Pack:
-    """Token ids of consecutive lines → blocks (module docstring)."""
+    """Token ids of consecutive lines → blocks (module docstring); call it on each batch of lines
+    in order, then `finish` for the last, shorter block."""
 
-    def __init__(self, shape: BlockShape, rows: int):
-        self.shape, self.rows = shape, rows
+    def __init__(self, shape: BlockShape):
+        self.shape = shape
         self.carry = np.zeros(0, dtype=np.int64)
 
-    def __call__(self, batch: Any, indices: list[int]) -> Any:
+    def __call__(self, batch: Any) -> Any:
         import pyarrow.compute
 
         shape, width = self.shape, self.shape.width
-        column = batch.column("ids").combine_chunks()
+        column = batch.column("ids")
         values = pyarrow.compute.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
         ends = pyarrow.compute.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64).cumsum()
         stream = np.concatenate([self.carry, np.insert(values, ends, shape.separator)])
         full = len(stream) // width
-        pieces = list(stream[: full * width].reshape(full, width)) if full else []
         self.carry = stream[full * width :]
-        if indices[-1] == self.rows - 1 and len(self.carry):
-            pieces.append(self.carry)
-            self.carry = np.zeros(0, dtype=np.int64)
+        return self._blocks(list(stream[: full * width].reshape(full, width)) if full else [])
+
+    def finish(self) -> Any:
+        pieces, self.carry = ([self.carry] if len(self.carry) else []), np.zeros(0, dtype=np.int64)
+        return self._blocks(pieces)
+
+    def _blocks(self, pieces: list[np.ndarray]) -> Any:
+        shape = self.shape
         framed = [
             np.concatenate(
                 [[shape.start] if shape.start is not None else [], piece, [shape.end] if shape.end is not None else []]
@@ -141,8 +155,7 @@ class Pack:
             for piece in pieces
         ]
         # A one-token causal block (the end of the stream) predicts nothing: left out.
-        framed = [block for block in framed if not shape.labels or len(block) > 1]
-        return _arrow_columns(framed, shape)
+        return _arrow_columns([block for block in framed if not shape.labels or len(block) > 1], shape)
 
 
 def _columns(blocks: list[np.ndarray], shape: BlockShape) -> dict[str, list[Any]]:

@@ -45,6 +45,7 @@ from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset, split_as
 from brewer_cli.tasks.data import column, read_source
 from brewer_cli.tasks.formats import TAGS, TOKENS, hub_class_names
 from brewer_cli.tasks.tag_schemes import IOB2, TagConversion, convert_to_iob2, iob2_tag_list, to_iob2
+from brewer_cli.tasks.tokenized_cache import batched_map
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +78,14 @@ class TokenClassification(Task):
         self.dataset_tag_names = state["dataset_tag_names"]
 
     def build_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
-        return self._prepare(recipe, tokenizer, label_names, with_train=True)
+        return self._prepare(recipe, tokenizer, label_names, work, with_train=True)
 
     def build_eval_data(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None) -> PreparedData:
-        return self._prepare(recipe, tokenizer, label_names, with_train=False)
+        return self._prepare(recipe, tokenizer, label_names, work, with_train=False)
 
-    def _prepare(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, with_train: bool) -> PreparedData:
+    def _prepare(
+        self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None, work: Path | None, with_train: bool
+    ) -> PreparedData:
         data = recipe.data
         check_fast_tokenizer(tokenizer, recipe)
         given = list(self.spec.labels) if self.spec.labels else label_names
@@ -124,10 +127,14 @@ class TokenClassification(Task):
             check_tags(evaluation, names, recipe, "data.eval", origin, eval_conversion)
         self.entity_tags = all(is_iob2(tag) for tag in names)
         train_set = (
-            self.tokenize(train, names, tokenizer, data.max_length, recipe, "data.train") if with_train else TokenizedDataset({})
+            self.tokenize(train, names, tokenizer, data.max_length, recipe, "data.train", work)
+            if with_train
+            else TokenizedDataset({})
         )
         eval_set = (
-            self.tokenize(evaluation, names, tokenizer, data.max_length, recipe, "data.eval") if evaluation is not None else None
+            self.tokenize(evaluation, names, tokenizer, data.max_length, recipe, "data.eval", work)
+            if evaluation is not None
+            else None
         )
         extra: dict[str, Any] = {"eval_tags": [tags for _, tags, _ in evaluation]} if evaluation is not None else {}
         schemes = {field: found for field, found in conversions.items() if found is not None}
@@ -200,34 +207,18 @@ class TokenClassification(Task):
         max_length: int,
         recipe: Recipe,
         field: str,
+        work: Path | None = None,
     ) -> TokenizedDataset:
-        label_ids = {name: index for index, name in enumerate(names)}
-        try:
-            encoded = tokenizer(
-                [words for words, _, _ in sentences], is_split_into_words=True, truncation=True, max_length=max_length
-            )
-        except ValueError as error:  # e.g. byte-level BPE (RoBERTa) saved without add_prefix_space
-            raise ModelError(
-                f"{recipe.path}: {field}: the tokenizer cannot read pre-split words: {str(error).splitlines()[0]} — for "
-                f"RoBERTa-style tokenizers save the checkpoint's tokenizer with add_prefix_space=True"
-            ) from None
-        columns: dict[str, list[Any]] = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        if "token_type_ids" in encoded:
-            columns["token_type_ids"] = encoded["token_type_ids"]
-        labels, word_starts = [], []
-        truncated = 0
-        for number, (words, tags, _) in enumerate(sentences):
-            word_ids = encoded.word_ids(number)
-            token_labels, starts = align_labels(
-                word_ids, [label_ids[tag] for tag in tags], names, bool(self.spec.label_all_tokens)
-            )
-            labels.append(token_labels)
-            word_starts.append(starts)
-            # Cut off: the sequence is full and its last word is not the sentence's last word. (A word
-            # with no piece at all, e.g. only control characters, also leaves a gap, but not this one.)
-            last_word = max((word for word in word_ids if word is not None), default=-1)
-            if len(word_ids) >= max_length and last_word < len(words) - 1:
-                truncated += 1
+        """Sentences (their tags checked and in IOB2) → token ids and per-token labels, as a batched
+        `datasets` map; the count of sentences cut by max_length is gathered after it, for one warning."""
+        import datasets
+
+        rows = datasets.Dataset.from_dict(
+            {"words": [words for words, _, _ in sentences], "tags": [tags for _, tags, _ in sentences]}
+        )
+        encode = _EncodeSentences(tokenizer, names, bool(self.spec.label_all_tokens), max_length, f"{recipe.path}: {field}")
+        table = batched_map(rows, encode, recipe.data, field, work, remove_columns=rows.column_names)
+        truncated = sum(table["truncated"])
         if truncated:
             logger.warning(
                 "%s: %d of %d sentences are longer than data.max_length=%d tokens; their last words are cut "
@@ -237,9 +228,7 @@ class TokenClassification(Task):
                 len(sentences),
                 max_length,
             )
-        columns["labels"] = labels
-        columns["word_starts"] = word_starts
-        return TokenizedDataset(columns)
+        return TokenizedDataset(table.remove_columns(["truncated"]))
 
     # -- model ----------------------------------------------------------------------------------
 
@@ -440,3 +429,37 @@ def _tag_name(value: Any, names: list[str], where: str, place: str, tags_column:
             f"({', '.join(names)}) — fix the data or task.labels"
         )
     return names[value]
+
+
+class _EncodeSentences:
+    """A batch of sentences → token ids, labels on each word's first piece (`align_labels`), the
+    position of each word's first piece, and whether max_length cut the sentence: the function of
+    the tokenizing map (a class, so worker processes receive it by pickling)."""
+
+    def __init__(self, tokenizer: Any, names: list[str], label_all_tokens: bool, max_length: int, where: str):
+        self.tokenizer, self.names, self.label_all_tokens = tokenizer, names, label_all_tokens
+        self.label_ids = {name: index for index, name in enumerate(names)}
+        self.max_length, self.where = max_length, where
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        try:
+            encoded = self.tokenizer(batch["words"], is_split_into_words=True, truncation=True, max_length=self.max_length)
+        except ValueError as error:  # e.g. byte-level BPE (RoBERTa) saved without add_prefix_space
+            raise ModelError(
+                f"{self.where}: the tokenizer cannot read pre-split words: {str(error).splitlines()[0]} — for "
+                f"RoBERTa-style tokenizers save the checkpoint's tokenizer with add_prefix_space=True"
+            ) from None
+        columns: dict[str, list[Any]] = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        if "token_type_ids" in encoded:
+            columns["token_type_ids"] = encoded["token_type_ids"]
+        columns.update(labels=[], word_starts=[], truncated=[])
+        for number, (words, tags) in enumerate(zip(batch["words"], batch["tags"])):
+            word_ids = encoded.word_ids(number)
+            labels, starts = align_labels(word_ids, [self.label_ids[tag] for tag in tags], self.names, self.label_all_tokens)
+            columns["labels"].append(labels)
+            columns["word_starts"].append(starts)
+            # Cut off: the sequence is full and its last word is not the sentence's last word. (A word
+            # with no piece at all, e.g. only control characters, also leaves a gap, but not this one.)
+            last_word = max((word for word in word_ids if word is not None), default=-1)
+            columns["truncated"].append(len(word_ids) >= self.max_length and last_word < len(words) - 1)
+        return columns

@@ -8,8 +8,8 @@ given, and `PREPROCESSING_VERSION` — raised whenever brewer's tokenization cha
 produces, so an entry is never read by code that would have made something else. A changed file, a
 different tokenizer or max_length is a different entry; nothing is ever invalidated in place.
 
-An entry is a directory `<cache>/tokenized/<key>/`: each split saved by `datasets.save_to_disk`
-(Arrow, memory-mapped when read), `prepared.pkl` with the rest of the task's preparation (label
+An entry is a directory `<cache>/tokenized/<key>/`: each split's Arrow files (those its map
+wrote, moved in; memory-mapped for random reads when used), `prepared.pkl` with the rest of the task's preparation (label
 names, eval examples, what it found in the data), the warnings the tokenization logged (shown
 again on a hit, so a hit says what a miss said) and `entry.json` (what `brewer cache list`
 shows). It is written in a temporary directory and renamed into place, under a file lock, so
@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import pickle
 import shutil
@@ -150,15 +151,15 @@ def _write_entry(task: Any, recipe: Recipe, tokenizer: Any, method: str, build: 
     try:
         with _captured_warnings(recipe) as warnings:
             prepared = build(partial / "work")
-        rows = {}
+        rows, files = {}, {}
         for split in SPLITS:
             dataset = getattr(prepared, split)
             if dataset is not None:
                 rows[split] = len(dataset)
-                if len(dataset):  # an empty table (`brewer eval`'s train split) cannot be loaded back
-                    dataset.table.save_to_disk(str(partial / split))
+                # An empty table (`brewer eval`'s train split) has no file to map.
+                files[split] = _store_split(dataset, partial, split, partial / "work") if len(dataset) else []
         rest = replace(prepared, train=None, eval=None)
-        stored = {"prepared": rest, "task_state": task.prepared_state(), "warnings": warnings, "rows": rows}
+        stored = {"prepared": rest, "task_state": task.prepared_state(), "warnings": warnings, "rows": rows, "files": files}
         with open(partial / "prepared.pkl", "wb") as handle:
             pickle.dump(stored, handle)
         shutil.rmtree(partial / "work", ignore_errors=True)
@@ -206,8 +207,6 @@ def _describe_source(source: Any) -> str:
 def _read_entry(task: Any, directory: Path, replay_for: Recipe | None) -> Any:
     """The stored preparation; `replay_for`: show the stored warnings again, naming the splits as
     this recipe (or command line) gives them."""
-    import datasets
-
     with open(directory / "prepared.pkl", "rb") as handle:
         stored = pickle.load(handle)
     task.restore_state(stored["task_state"])
@@ -218,10 +217,50 @@ def _read_entry(task: Any, directory: Path, replay_for: Recipe | None) -> Any:
                 message = message.replace(_placeholder(field), written)
             logging.getLogger(name).warning("%s", message)
     splits = {
-        split: TokenizedDataset(datasets.load_from_disk(str(directory / split)) if rows else {})
+        split: TokenizedDataset(*_mapped(directory, stored["files"][split])) if rows else TokenizedDataset({})
         for split, rows in stored["rows"].items()
     }
     return replace(stored["prepared"], train=splits.get("train"), eval=splits.get("eval"))
+
+
+def _store_split(dataset: TokenizedDataset, entry: Path, split: str, work: Path) -> list[str]:
+    """A split's Arrow files in the entry: the files its map wrote, moved in (a corpus is not read
+    and written a second time, as `save_to_disk` would), or its in-memory table written once."""
+    from datasets.arrow_writer import ArrowWriter
+
+    table = dataset.table
+    written = [Path(item["filename"]) for item in table.cache_files]
+    names = []
+    if written and table._indices is None and all(work in path.parents for path in written):
+        for number, path in enumerate(written):
+            names.append(f"{split}-{number:05d}.arrow")
+            os.replace(path, entry / names[-1])
+        return names
+    with ArrowWriter(path=str(entry / f"{split}-00000.arrow"), features=table.features) as writer:
+        writer.write_table(table.with_format("arrow")[:])
+        writer.finalize()
+    return [f"{split}-00000.arrow"]
+
+
+def _mapped(directory: Path, names: list[str]) -> tuple[Any, list[mmap.mmap]]:
+    """A split's files memory-mapped for random reads (MADV_RANDOM: no read-ahead), and the
+    mappings, whose pages the dataset hands back after each read (`TokenizedDataset.release`)."""
+    import datasets
+    import pyarrow
+    from datasets.table import InMemoryTable
+
+    tables, mappings = [], []
+    for name in names:
+        with open(directory / name, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        mapped.madvise(mmap.MADV_RANDOM)
+        mappings.append(mapped)
+        tables.append(pyarrow.ipc.open_stream(pyarrow.py_buffer(mapped)).read_all())
+        mapped.madvise(mmap.MADV_DONTNEED)  # the record batches' headers, read to open the table
+    # Zero-copy views of the mapping: "in memory" to `datasets`, which then leaves the files alone.
+    # The entry's name is the fingerprint: without one, `datasets` would hash every byte to make one.
+    dataset = datasets.Dataset(InMemoryTable(pyarrow.concat_tables(tables)), fingerprint=f"{directory.name}-{names[0]}")
+    return dataset, mappings
 
 
 def _split_names(recipe: Recipe) -> dict[str, str]:
