@@ -80,9 +80,13 @@ class TokenizedDataset(Dataset):
         values = self.arrow_column(prefix + "input_ids")
         if values is None:
             return np.zeros(0, dtype=np.int64)
-        lengths = pyarrow.compute.list_value_length(values).to_numpy().astype(np.int64)
+        lengths = []
+        for number, chunk in enumerate(values.chunks):
+            lengths.append(pyarrow.compute.list_value_length(chunk).to_numpy(zero_copy_only=False).astype(np.int64))
+            if number % 64 == 63:  # the offsets read so far, and the mapped pages around them
+                self.release()
         self.release()
-        return lengths
+        return np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
 
     def arrow_column(self, name: str) -> Any:
         """One column as a `pyarrow.ChunkedArray` in example order, or None when there is none."""

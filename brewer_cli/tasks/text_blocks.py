@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from brewer_cli.tasks.data import RECORD_BATCH_ROWS
 from brewer_cli.tasks.examples import TokenizedDataset
 from brewer_cli.tasks.tokenized_cache import batched_map
 
@@ -72,7 +73,7 @@ def packed_blocks(rows: Any, tokenizer: Any, shape: BlockShape, data: Any, field
         tables = [pack(batch) for batch in ids.data.table.to_batches()] + [pack.finish()]
         return TokenizedDataset(datasets.Dataset(InMemoryTable(pyarrow.concat_tables(tables))))
     output = work / f"{field}-blocks.arrow"
-    with ArrowWriter(path=str(output), features=features(shape)) as writer:
+    with ArrowWriter(path=str(output), features=features(shape), writer_batch_size=RECORD_BATCH_ROWS) as writer:
         for item in ids.cache_files:
             with pyarrow.OSFile(item["filename"]) as source:
                 for batch in pyarrow.ipc.open_stream(source):

@@ -36,7 +36,7 @@ from typing import Any
 
 from brewer_cli.paths import cache_directory
 from brewer_cli.recipe import Recipe
-from brewer_cli.tasks.data import source_fingerprint, split_as_written
+from brewer_cli.tasks.data import RECORD_BATCH_ROWS, source_fingerprint, split_as_written
 from brewer_cli.tasks.examples import TokenizedDataset
 from brewer_cli.tokenizers import tokenizer_definition
 
@@ -255,8 +255,13 @@ def _mapped(directory: Path, names: list[str]) -> tuple[Any, list[mmap.mmap]]:
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         mapped.madvise(mmap.MADV_RANDOM)
         mappings.append(mapped)
-        tables.append(pyarrow.ipc.open_stream(pyarrow.py_buffer(mapped)).read_all())
-        mapped.madvise(mmap.MADV_DONTNEED)  # the record batches' headers, read to open the table
+        batches = []
+        for batch in pyarrow.ipc.open_stream(pyarrow.py_buffer(mapped)):
+            batches.append(batch)
+            if len(batches) % 64 == 0:  # the headers read so far, and the pages around them
+                mapped.madvise(mmap.MADV_DONTNEED)
+        mapped.madvise(mmap.MADV_DONTNEED)
+        tables.append(pyarrow.Table.from_batches(batches))
     # Zero-copy views of the mapping: "in memory" to `datasets`, which then leaves the files alone.
     # The entry's name is the fingerprint: without one, `datasets` would hash every byte to make one.
     dataset = datasets.Dataset(InMemoryTable(pyarrow.concat_tables(tables)), fingerprint=f"{directory.name}-{names[0]}")
@@ -337,6 +342,7 @@ def batched_map(rows: Any, function: Callable, data: Any, field: str, work: Path
             # The cache is keyed here (module docstring); hashing the function to name a map of
             # `datasets`' own would cost time and warn about tokenizers it cannot hash.
             new_fingerprint=uuid.uuid4().hex,
+            writer_batch_size=RECORD_BATCH_ROWS,
             desc=f"tokenizing {field}",
             **options,
         )
