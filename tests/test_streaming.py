@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from rich.console import Console
-from safetensors.torch import load_file
 
 from brewer_cli.commands import distill
 from brewer_cli.errors import RecipeError
@@ -21,6 +20,7 @@ from brewer_cli.recipe import load_recipe
 from brewer_cli.tasks import TASKS
 from brewer_cli.tasks.streams import FileLines, MaskingCollate, PackedStream
 from tests.conftest import write_recipe
+from tests.test_resume import _weights
 from tests.test_tinybert import INTERMEDIATE, STUDENT
 
 WORDS = ["the", "film", "was", "great", "dull", "but", "not", "a", "story", "of", "love"]
@@ -123,10 +123,6 @@ def test_masking_follows_the_masked_lm_collator_and_is_seeded_per_example(tokeni
     evaluation.set_epoch(3)
     masking.set_epoch(0)
     assert torch.equal(evaluation(items)["input_ids"], masking(items)["input_ids"])
-
-
-def _weights(directory: Path) -> dict[str, torch.Tensor]:
-    return {name: tensor for path in sorted(directory.rglob("*.safetensors")) for name, tensor in load_file(str(path)).items()}
 
 
 def test_a_streamed_run_resumed_after_a_crash_matches_an_uninterrupted_one(tmp_path, teacher_dir, quiet_console):
