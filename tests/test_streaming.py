@@ -285,3 +285,16 @@ def test_a_hub_stream_packs_like_a_file_and_resumes_from_its_state(tmp_path, tok
     resumed = hub_stream()
     resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
     assert [example["input_ids"] for example, _ in zip(resumed, range(29))] == expected[21:]
+
+
+def test_a_streamed_split_is_not_read_to_key_the_cache(tmp_path, teacher_dir, tokenizer_dir, monkeypatch):
+    """Only the eval split is stored: the streamed corpus is neither hashed nor read when keying it."""
+    from brewer_cli.tasks import data as data_module
+
+    raw = stream_recipe(tmp_path, teacher_dir)
+    recipe = load_recipe(write_recipe(tmp_path, raw))
+    hashed = []
+    real = data_module.content_hash
+    monkeypatch.setattr(data_module, "content_hash", lambda path: hashed.append(path.name) or real(path))
+    prepared = TASKS.get("masked_lm")(recipe.task).prepare(recipe, tokenizer_of(tokenizer_dir))
+    assert prepared.train.streamed and hashed == ["held-out.txt"]

@@ -35,7 +35,7 @@ from brewer_cli.recipe import DataSource, Recipe
 from brewer_cli.tasks.base import PreparedData, Task, TokenizedDataset
 from brewer_cli.tasks.data import TEXT_SUFFIXES, column, local_path, read_source
 from brewer_cli.tasks.streams import FileLines, HubLines, PackedStream
-from brewer_cli.tasks.text_blocks import BlockShape, line_examples, packed_blocks
+from brewer_cli.tasks.text_blocks import BlockShape, frame_tokens, line, line_examples, packed_blocks
 
 
 class GeneralCorpus(Task):
@@ -127,13 +127,7 @@ class GeneralCorpus(Task):
         """Lines → blocks of max_length tokens with `data.packing` (tasks/text_blocks.py), else one
         example per line, cut at max_length."""
         data = recipe.data
-        start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-        end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-        if start is None or end is None:
-            raise DataError(
-                f"{recipe.path}: {field}: a general corpus needs the tokenizer's start and separator tokens ([CLS] and "
-                f"[SEP], or <s> and </s>), and this one has none — use the teacher's own tokenizer"
-            )
+        start, end = frame_tokens(tokenizer, f"{recipe.path}: {field}")
         segments = "token_type_ids" in tokenizer.model_input_names
         shape = BlockShape(data.max_length, separator=end, start=start, end=end, segments=segments)
         make = packed_blocks if data.packing else line_examples
@@ -232,12 +226,7 @@ def _is_text_file(source: DataSource, recipe: Recipe) -> bool:
 
 def read_texts(source: DataSource, recipe: Recipe, field: str) -> list[str]:
     """The non-blank lines of a plain-text file, or of the text column of any other source."""
-    texts = [text for text in (_line(value) for value in corpus_rows(source, recipe, field)["text"]) if text]
+    texts = [text for text in (line(value) for value in corpus_rows(source, recipe, field)["text"]) if text]
     if not texts:
         raise DataError(f"{recipe.path}: {field}: the corpus has no non-blank line — point it at a file or split with text")
     return texts
-
-
-def _line(value: Any) -> str:
-    # Hub corpora such as wikitext hold blank lines between paragraphs, and some rows are null.
-    return str(value).strip() if value is not None else ""

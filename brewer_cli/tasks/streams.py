@@ -35,6 +35,7 @@ from torch.utils.data import IterableDataset
 
 from brewer_cli.errors import DataError
 from brewer_cli.recipe import DataSource
+from brewer_cli.tasks.text_blocks import frame_tokens
 
 # Lines tokenized together: one call of the fast tokenizer, a few milliseconds in the training process.
 LINES_PER_READ = 256
@@ -127,8 +128,7 @@ class PackedStream(IterableDataset):
         world: int = 1,
     ):
         self.reader, self.tokenizer, self.where = reader, tokenizer, where
-        self.start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-        self.end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        self.start, self.end = frame_tokens(tokenizer, where)
         self.width, self.segments, self.rank, self.world = max_length - 2, segments, rank, world
         self.state: dict[str, Any] = {"pass": 0, "position": None, "carry": np.zeros(0, dtype=np.int64), "blocks": 0}
 

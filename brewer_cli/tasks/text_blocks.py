@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from brewer_cli.errors import DataError
 from brewer_cli.tasks.data import RECORD_BATCH_ROWS
 from brewer_cli.tasks.examples import TokenizedDataset
 from brewer_cli.tasks.tokenized_cache import batched_map
@@ -41,6 +42,19 @@ class BlockShape:
     def width(self) -> int:
         """Tokens of text per block, between the start and end tokens."""
         return self.length - (self.start is not None) - (self.end is not None)
+
+
+def frame_tokens(tokenizer: Any, where: str) -> tuple[int, int]:
+    """The tokens that open and close an encoder's block and end each line in it: [CLS] and [SEP],
+    or <s> and </s>."""
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if start is None or end is None:
+        raise DataError(
+            f"{where}: a general corpus needs the tokenizer's start and separator tokens ([CLS] and [SEP], or <s> and "
+            f"</s>), and this one has none — use the teacher's own tokenizer"
+        )
+    return start, end
 
 
 def features(shape: BlockShape) -> Any:
@@ -92,7 +106,7 @@ def line_examples(rows: Any, tokenizer: Any, shape: BlockShape, data: Any, field
     )
 
 
-def _line(value: Any) -> str:
+def line(value: Any) -> str:
     # Hub corpora such as wikitext hold blank lines between paragraphs, and some rows are null.
     return str(value).strip() if value is not None else ""
 
@@ -105,7 +119,7 @@ class EncodeLines:
         self.tokenizer, self.special_tokens, self.shape = tokenizer, special_tokens, shape
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        texts = [text for text in (_line(value) for value in batch["text"]) if text]
+        texts = [text for text in (line(value) for value in batch["text"]) if text]
         ids = self.tokenizer(texts, add_special_tokens=self.special_tokens)["input_ids"] if texts else []
         if self.shape is None:
             return {"ids": ids}

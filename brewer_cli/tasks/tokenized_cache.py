@@ -44,8 +44,7 @@ from brewer_cli.tokenizers import tokenizer_definition
 PREPROCESSING_VERSION = 1
 SPLITS = ("train", "eval")
 ENTRY_FILE = "entry.json"
-# Splits of at least this many rows are tokenized by several processes when `data.num_proc` is
-# unset, and show a progress bar.
+# Splits of at least this many rows are tokenized by several processes when `data.num_proc` is unset.
 PARALLEL_ROWS = 100_000
 
 
@@ -78,7 +77,9 @@ def preparation_key(task: Any, recipe: Recipe, tokenizer: Any, label_names: list
     sources = {}
     for split in SPLITS:
         source = getattr(data, split)
-        if source is not None and (split == "eval" or method == "prepare"):
+        # A streamed split is read as the run goes, never stored: fingerprinting it would hash a
+        # corpus file, or download a hub dataset whole, for nothing.
+        if source is not None and not source.streaming and (split == "eval" or method == "prepare"):
             sources[split] = source_fingerprint(source, recipe, f"data.{split}")
     settings = data.model_dump(mode="json", exclude={"train", "eval", "augment", "num_proc"})
     ingredients = {
@@ -126,7 +127,7 @@ def cached_preparation(
         return _with_outcome(prepared, CacheOutcome(False, None, time.perf_counter() - started))
     from filelock import FileLock
 
-    with FileLock(str(directory) + ".lock"), _quiet_datasets():
+    with FileLock(str(directory) + ".lock"):
         hit = (directory / ENTRY_FILE).is_file()
         if not hit:
             _write_entry(task, recipe, tokenizer, method, build, directory)
@@ -179,21 +180,6 @@ def _write_entry(task: Any, recipe: Recipe, tokenizer: Any, method: str, build: 
         os.replace(partial, directory)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-
-
-@contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """No progress bars from `datasets` while a split is read and saved (a few ms each on small
-    data); `batched_map` shows one for a large split."""
-    import datasets
-
-    shown = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if shown:
-            datasets.enable_progress_bars()
 
 
 def _describe_source(source: Any) -> str:
@@ -317,18 +303,13 @@ def batched_map(rows: Any, function: Callable, data: Any, field: str, work: Path
     """`rows.map(function, batched=True)` as every task tokenizes: in `data.num_proc` processes
     (default: every available core for a split of `PARALLEL_ROWS` rows or more — worker processes
     cost more to start than they save on a small one), written to an Arrow file in `work` (so a
-    large split is never held in memory), with a progress bar for a large split only."""
-    import datasets
-
+    large split is never held in memory)."""
     processes = data.num_proc
     if processes is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         processes = cores if len(rows) >= PARALLEL_ROWS else 1
-    large = len(rows) >= PARALLEL_ROWS
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
-    shown = datasets.is_progress_bar_enabled()
-    (datasets.enable_progress_bars if large else datasets.disable_progress_bars)()
     # With worker processes `datasets` (5.2) replaces os.environ by a deep copy of itself and leaves
     # it so; whatever holds the real mapping (monkeypatch, click's test runner) would then change a
     # dead object. The real one is put back.
@@ -348,7 +329,6 @@ def batched_map(rows: Any, function: Callable, data: Any, field: str, work: Path
         )
     finally:
         os.environ = environment  # noqa: B003 (the same object, not a cleared environment)
-        (datasets.enable_progress_bars if shown else datasets.disable_progress_bars)()
 
 
 @dataclass(frozen=True)
