@@ -360,11 +360,16 @@ def blocks_and_tokens(outcome: dict[str, Any] | None, lines: int) -> tuple[int |
     if not entry.is_file():
         return None, None
     blocks = (json.loads(entry.read_text()).get("rows") or {}).get("train")
-    if not blocks or not (directory / "train").is_dir():
+    files = sorted(directory.glob("train-*.arrow"))
+    if not blocks or not files:
         return blocks, None
-    import datasets
+    import pyarrow
 
-    last = len(datasets.load_from_disk(str(directory / "train"))[blocks - 1]["input_ids"])
+    # The entry's last file, read batch by batch (its blocks are in order, the last one last).
+    with pyarrow.OSFile(str(files[-1])) as source:
+        for batch in pyarrow.ipc.open_stream(source):
+            final = batch
+    last = len(final.column("input_ids")[len(final) - 1])
     return blocks, (blocks - 1) * MAX_LENGTH + last - 2 * blocks - lines
 
 

@@ -221,11 +221,20 @@ def test_masked_lm_packs_lines_into_blocks_with_separators(tmp_path, cache, toke
     assert stream == expected
     assert prepared.train.column("attention_mask") == [[1] * len(block) for block in blocks]
     assert prepared.train.column("token_type_ids") == [[0] * len(block) for block in blocks]
-    # More batches of lines than one map batch: the carry crosses the batches (1000 lines each).
+    # More lines than one map batch (RECORD_BATCH_ROWS = 20,000): the carry crosses the batches.
     (tmp_path / "many").mkdir()
-    many = general_recipe(tmp_path / "many", lines * 8)
+    many = general_recipe(tmp_path / "many", lines * 70)
     packed = TASKS.get("masked_lm")(many.task).prepare(many, tokenizer).train.column("input_ids")
-    assert [token for block in packed for token in block[1:-1]] == expected * 8
+    assert [token for block in packed for token in block[1:-1]] == expected * 70
+    # One record batch of blocks per 20,000 lines (two here) and one for the last block — not one
+    # per 1,000 lines (`datasets`' default), whose headers cost memory when the file is opened
+    # (batched_map's docstring).
+    import pyarrow
+
+    [entry] = [item for item in entries() if item.record["rows"]["train"] == len(packed)]
+    [stored] = entry.directory.glob("train-*.arrow")
+    with pyarrow.OSFile(str(stored)) as source:
+        assert len(list(pyarrow.ipc.open_stream(source))) == 3
 
 
 def test_masked_lm_without_packing_is_one_example_per_line(tmp_path, cache, tokenizer_dir):

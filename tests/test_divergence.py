@@ -254,6 +254,10 @@ def test_sigterm_exits_143_and_a_second_signal_stops_at_once(tmp_path, teacher, 
     raw = distill_recipe(teacher)
     raw["training"].update({"epochs": 3, "save_every": 100, "eval_every": 100})
     recipe = write_recipe(tmp_path, raw)
+    # Python's own SIGINT handler: the second SIGINT below must meet the one that raises
+    # KeyboardInterrupt. A suite started in the background by a non-interactive shell (`cmd &`)
+    # inherits SIGINT ignored, and Python then installs no handler of its own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
 
     _signal_at_step(monkeypatch, 3, signal.SIGTERM)

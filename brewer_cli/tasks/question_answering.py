@@ -257,7 +257,12 @@ class QuestionAnswering(Task):
             ),
         )
         encode = EncodeWindows(tokenizer, max_length, stride, for_eval, f"{recipe.path}: task.doc_stride")
-        windows = batched_map(rows, encode, recipe.data, field, work, with_indices=True, remove_columns=rows.column_names)
+        # Windows are padded to max_length: 20,000 questions a batch would be over a GB of Python
+        # lists in each worker. QA sets hold about 10^5 questions, so 1,000 a batch keeps the
+        # files' record batches few (batched_map's docstring says why that matters).
+        windows = batched_map(
+            rows, encode, recipe.data, field, work, with_indices=True, remove_columns=rows.column_names, batch_size=1000
+        )
         return TokenizedDataset(windows)
 
     def _fit_questions(

@@ -19,6 +19,7 @@ half-written entry that looks complete.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -131,6 +132,7 @@ def cached_preparation(
         hit = (directory / ENTRY_FILE).is_file()
         if not hit:
             _write_entry(task, recipe, tokenizer, method, build, directory)
+            _return_freed_memory()
         prepared = _read_entry(task, directory, recipe if hit else None)
     _touch(directory)
     return _with_outcome(prepared, CacheOutcome(hit, directory, time.perf_counter() - started))
@@ -143,6 +145,19 @@ def _with_outcome(prepared: Any, outcome: CacheOutcome) -> Any:
     # summary.json's `data`, beside what the task found in the data.
     extra["summary"] = {**extra.get("summary", {}), "tokenization_cache": outcome.report()}
     return replace(prepared, extra=extra)
+
+
+def _return_freed_memory() -> None:
+    """Give the memory that preparing used and freed back to the system. The allocators keep it
+    for reuse, and training, which allocates differently, does not reuse it: a first run's peak
+    was 60 MiB above a cache hit's at every corpus size (benchmarks/data_scale.py)."""
+    import pyarrow
+
+    pyarrow.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc only; other C libraries have no such call
+    except (OSError, AttributeError):
+        pass
 
 
 def _write_entry(task: Any, recipe: Recipe, tokenizer: Any, method: str, build: Callable, directory: Path) -> None:
@@ -303,7 +318,14 @@ def batched_map(rows: Any, function: Callable, data: Any, field: str, work: Path
     """`rows.map(function, batched=True)` as every task tokenizes: in `data.num_proc` processes
     (default: every available core for a split of `PARALLEL_ROWS` rows or more — worker processes
     cost more to start than they save on a small one), written to an Arrow file in `work` (so a
-    large split is never held in memory)."""
+    large split is never held in memory).
+
+    A map writes one record batch per batch of its function, and `datasets` opens each result
+    file by reading every batch's header through a memory map, the kernel mapping 64 KiB of the
+    file around each into this process: with the default 1,000 rows a batch, the token ids of a
+    1-million-line corpus put 62 MiB of their files into the memory of the process that tokenizes
+    (measured), ten times that at 10 million lines. So the function is called on
+    `RECORD_BATCH_ROWS` rows at a time unless a task asks for fewer."""
     processes = data.num_proc
     if processes is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -324,6 +346,7 @@ def batched_map(rows: Any, function: Callable, data: Any, field: str, work: Path
             # `datasets`' own would cost time and warn about tokenizers it cannot hash.
             new_fingerprint=uuid.uuid4().hex,
             writer_batch_size=RECORD_BATCH_ROWS,
+            batch_size=options.pop("batch_size", RECORD_BATCH_ROWS),
             desc=f"tokenizing {field}",
             **options,
         )
