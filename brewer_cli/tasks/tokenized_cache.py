@@ -150,7 +150,7 @@ def _with_outcome(prepared: Any, outcome: CacheOutcome) -> Any:
 def _return_freed_memory() -> None:
     """Give the memory that preparing used and freed back to the system. The allocators keep it
     for reuse, and training, which allocates differently, does not reuse it: a first run's peak
-    was 60 MiB above a cache hit's at every corpus size (benchmarks/data_scale.py)."""
+    was 30-65 MiB above a cache hit's at every corpus size (benchmarks/data_scale.py)."""
     import pyarrow
 
     pyarrow.default_memory_pool().release_unused()
