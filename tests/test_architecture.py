@@ -50,7 +50,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("families",),
     ("models", "tokenizers", "synthetic", "conversion"),
     ("recipe",),
-    ("registry", "errors", "paths", "features"),
+    ("registry", "errors", "paths", "features", "memory"),
 )
 # Losses are tensor math: they may read features (typed tensors), but no model, task or recipe code.
 LOSSES_MAY_IMPORT = {"losses", "features", "registry", "errors"}

@@ -107,7 +107,7 @@ def test_a_second_preparation_reads_the_cache_and_a_changed_file_or_setting_does
     first = task.prepare(recipe, tokenizer)
     second = task.prepare(recipe, tokenizer)
     assert first.extra["tokenization_cache"].hit is False and second.extra["tokenization_cache"].hit is True
-    assert second.train.table.to_dict() == first.train.table.to_dict()
+    assert second.train.table.to_pydict() == first.train.table.to_pydict()
     # Memory-mapped from the entry's files, not copied into memory.
     entry = second.extra["tokenization_cache"].directory
     assert str(entry / "train-00000.arrow") in Path("/proc/self/maps").read_text()
@@ -125,6 +125,38 @@ def test_a_second_preparation_reads_the_cache_and_a_changed_file_or_setting_does
     longer = classification_recipe(tmp_path, "sentence\tlabel\nthe film was great\t1\nthe film was bad\t0\n", max_length=32)
     assert not task.prepare(longer, tokenizer).extra["tokenization_cache"].hit
     assert len(entries()) == 3
+
+
+def test_a_preparation_served_by_the_cache_does_not_import_datasets(tmp_path, cache, tokenizer_dir):
+    """A hit is read with pyarrow alone: a run whose data is in the cache never loads `datasets`
+    and pandas (about 50 MiB of a training process's peak memory), and reads the same examples."""
+    import json
+    import subprocess
+    import sys
+
+    recipe = classification_recipe(tmp_path, "sentence\tlabel\nthe film was great\t1\nthe film was dull\t0\nfine\t1\n")
+    task = TASKS.get("sequence_classification")(recipe.task)
+    first = task.prepare(recipe, word_tokenizer(tokenizer_dir))
+    expected = {"rows": first.train.__getitems__([2, 0]), "lengths": first.train.lengths().tolist()}
+    code = f"""
+import json, sys
+from transformers import AutoTokenizer
+from brewer_cli.recipe import validate_recipe
+from brewer_cli.tasks import TASKS
+recipe = validate_recipe(json.loads({json.dumps(json.dumps(recipe.model_dump(mode="json", exclude_none=True)))}), {str(tmp_path / "recipe.yaml")!r})
+data = TASKS.get("sequence_classification")(recipe.task).prepare(recipe, AutoTokenizer.from_pretrained({str(tokenizer_dir)!r}))
+print(json.dumps({{
+    "hit": data.extra["tokenization_cache"].hit,
+    "rows": data.train.__getitems__([2, 0]),
+    "lengths": data.train.lengths().tolist(),
+    "loaded": sorted(name for name in ("datasets", "pandas") if name in sys.modules),
+}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer == {"hit": True, **expected, "loaded": []}, result.stderr
+    assert expected["rows"][0]["index"] == 2 and expected["rows"][0]["labels"] == 1
 
 
 def test_warnings_of_the_tokenization_are_shown_again_on_a_hit(tmp_path, cache, caplog):
@@ -167,7 +199,7 @@ def test_several_processes_tokenize_to_the_same_examples(tmp_path, cache, tokeni
     shutil.rmtree(serial.extra["tokenization_cache"].directory)
     parallel = task.prepare(two, tokenizer)
     assert not parallel.extra["tokenization_cache"].hit
-    assert parallel.train.table.to_dict() == serial.train.table.to_dict()
+    assert parallel.train.table.to_pydict() == serial.train.table.to_pydict()
     # `datasets`' worker pool swaps os.environ for a copy; brewer puts the real one back.
     assert os.environ is environment and os.environ["BREWER_CACHE"] == str(cache)
 

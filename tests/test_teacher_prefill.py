@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from brewer_cli.commands import distill
+from brewer_cli.build import build_run
+from brewer_cli.commands import distill, execute
 from brewer_cli.recipe import load_recipe
 from brewer_cli.teacher_cache.prefill import batch_end
 from tests.conftest import write_recipe
@@ -62,6 +63,24 @@ def test_a_prefilled_run_matches_the_lazy_cache_and_training_never_runs_the_teac
         kept = np.fromfile(lazy_files / name, dtype=dtype)
         assert stored.shape == kept.shape and stored.size > 0
         np.testing.assert_allclose(stored.astype(np.float64), kept.astype(np.float64), rtol=1e-6, atol=1e-7)
+
+
+def test_a_complete_store_lets_the_teacher_go_and_the_summary_still_describes_it(tmp_path, teacher_dir, quiet_console):
+    runs, summaries = {}, {}
+    for cache in ("memory", "prefill"):
+        recipe = load_recipe(write_recipe(tmp_path, {**general_raw(teacher_dir, cache), "name": f"run-{cache}"}))
+        runs[cache] = build_run(recipe, tmp_path / "out")
+        summaries[cache] = execute(runs[cache], resume=False, console=quiet_console)
+    # The lazy cache may still need the teacher (an example not yet seen); the prefilled store never does.
+    devices = {cache: {parameter.device.type for parameter in run.teacher.model.parameters()} for cache, run in runs.items()}
+    assert devices == {"memory": {"cpu"}, "prefill": {"meta"}}
+    assert runs["prefill"].distiller.teachers_run_after_prefill is False
+    # Evaluated before training; counted, described and costed from the released module as from the whole one.
+    lazy, prefilled = summaries["memory"], summaries["prefill"]
+    assert prefilled["teacher"]["metrics"]["accuracy"] == lazy["teacher"]["metrics"]["accuracy"] > 0
+    assert prefilled["teacher"]["parameters"] == lazy["teacher"]["parameters"] > 0
+    assert prefilled["size"]["teacher"] == lazy["size"]["teacher"]
+    assert prefilled["size"]["flops_fewer_by"] == lazy["size"]["flops_fewer_by"]
 
 
 def test_a_store_read_from_disk_gives_the_run_it_gives_from_memory(tmp_path, teacher_dir, quiet_console, monkeypatch):

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 
 from brewer_cli.evaluation import EvalSetup, average_losses, eval_batch_size, evaluate_model
 from brewer_cli.families.loading import LoadedModel
-from brewer_cli.families.placement import model_device, place_teacher, teacher_features
+from brewer_cli.families.placement import model_device, place_teacher, release_teacher, teacher_features
 from brewer_cli.features import FeatureNeeds, Features
 from brewer_cli.models import save_model_dir
 from brewer_cli.recipe import Recipe, TrainingSpec
@@ -276,6 +276,17 @@ class Distiller(nn.Module, ABC):
         self.teacher_cache = open_teacher_cache(
             self, run_dir, resume, step, total_steps, steps_per_epoch, accelerator, precision, on_progress
         )
+        if self.teacher_cache is not None and self.teacher_cache.prefilled and not self.teachers_run_after_prefill:
+            # Training reads every teacher output from the store: the weights are let go (release_teacher).
+            for teacher in self.teacher_cache.stores:
+                release_teacher(self.teachers[teacher])
+
+    @property
+    def teachers_run_after_prefill(self) -> bool:
+        """Whether a teacher still runs once a prefilled store holds its outputs on the training
+        split: an evaluation measured by this distiller's loss runs it on the eval split, and the
+        summary of a text-generating task shows the teacher's own completions."""
+        return self.task.measured_by_distillation_loss or self.task.generates_text
 
     def teacher_outputs_of(self, read: TeacherRead, indices: list[int]) -> Features:
         """What teacher `read.teacher` gives the losses on these training examples, as one batch:

@@ -21,6 +21,7 @@ import torch
 from brewer_cli.errors import ModelError
 from brewer_cli.families.loading import LoadedModel
 from brewer_cli.features import FeatureNeeds, Features
+from brewer_cli.memory import return_freed_memory
 
 # `teacher.dtype` → what transformers' from_pretrained takes as `dtype` ("auto": as saved).
 DTYPES: dict[str, Any] = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,6 +64,32 @@ def place_teacher(teacher: LoadedModel, default: Any) -> torch.device:
     teacher.model.eval()
     teacher.model.requires_grad_(False)
     return device
+
+
+def release_teacher(teacher: LoadedModel) -> None:
+    """Let go of a teacher's weights once nothing will run it again (its outputs all sit in a
+    prefilled teacher-output store): every parameter and buffer becomes a meta tensor of its shape
+    and dtype and the memory goes back to the system — the teacher's size, 87 MiB for MiniLM-L6 and
+    GiBs for a large teacher, which a run would otherwise carry through training for nothing. The
+    module itself stays, so the summary still reads its architecture, parameter count and FLOPs;
+    tied parameters stay one object (counted once), and a forward fails on meta tensors rather
+    than computing on nothing."""
+    replaced: dict[int, torch.nn.Parameter] = {}
+    # The originals stay referenced until every tie is replaced, so that no id is reused meanwhile.
+    originals = []
+    for module in teacher.model.modules():
+        for name, parameter in list(module._parameters.items()):
+            if parameter is None:
+                continue
+            if id(parameter) not in replaced:
+                originals.append(parameter)
+                replaced[id(parameter)] = torch.nn.Parameter(torch.empty_like(parameter, device="meta"), requires_grad=False)
+            module._parameters[name] = replaced[id(parameter)]
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None:
+                module._buffers[name] = buffer.to("meta")
+    del originals, replaced
+    return_freed_memory()
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

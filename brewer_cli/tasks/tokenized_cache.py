@@ -19,7 +19,6 @@ half-written entry that looks complete.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
@@ -35,6 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from brewer_cli.memory import return_freed_memory
 from brewer_cli.paths import cache_directory
 from brewer_cli.recipe import Recipe
 from brewer_cli.tasks.data import RECORD_BATCH_ROWS, source_fingerprint, split_as_written
@@ -132,7 +132,8 @@ def cached_preparation(
         hit = (directory / ENTRY_FILE).is_file()
         if not hit:
             _write_entry(task, recipe, tokenizer, method, build, directory)
-            _return_freed_memory()
+            # Training allocates differently and would not reuse what preparing freed.
+            return_freed_memory()
         prepared = _read_entry(task, directory, recipe if hit else None)
     _touch(directory)
     return _with_outcome(prepared, CacheOutcome(hit, directory, time.perf_counter() - started))
@@ -145,19 +146,6 @@ def _with_outcome(prepared: Any, outcome: CacheOutcome) -> Any:
     # summary.json's `data`, beside what the task found in the data.
     extra["summary"] = {**extra.get("summary", {}), "tokenization_cache": outcome.report()}
     return replace(prepared, extra=extra)
-
-
-def _return_freed_memory() -> None:
-    """Give the memory that preparing used and freed back to the system. The allocators keep it
-    for reuse, and training, which allocates differently, does not reuse it: a first run's peak
-    was 30-65 MiB above a cache hit's at every corpus size (benchmarks/data_scale.py)."""
-    import pyarrow
-
-    pyarrow.default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)  # glibc only; other C libraries have no such call
-    except (OSError, AttributeError):
-        pass
 
 
 def _write_entry(task: Any, recipe: Recipe, tokenizer: Any, method: str, build: Callable, directory: Path) -> None:
@@ -226,29 +214,28 @@ def _read_entry(task: Any, directory: Path, replay_for: Recipe | None) -> Any:
 
 def _store_split(dataset: TokenizedDataset, entry: Path, split: str, work: Path) -> list[str]:
     """A split's Arrow files in the entry: the files its map wrote, moved in (a corpus is not read
-    and written a second time, as `save_to_disk` would), or its in-memory table written once."""
-    from datasets.arrow_writer import ArrowWriter
+    and written a second time, as `save_to_disk` would), or its table written once."""
+    import pyarrow
 
-    table = dataset.table
-    written = [Path(item["filename"]) for item in table.cache_files]
+    built = dataset.dataset
+    written = [Path(item["filename"]) for item in built.cache_files] if built is not None else []
     names = []
-    if written and table._indices is None and all(work in path.parents for path in written):
+    if written and built._indices is None and all(work in path.parents for path in written):
         for number, path in enumerate(written):
             names.append(f"{split}-{number:05d}.arrow")
             os.replace(path, entry / names[-1])
         return names
-    with ArrowWriter(path=str(entry / f"{split}-00000.arrow"), features=table.features) as writer:
-        writer.write_table(table.with_format("arrow")[:])
-        writer.finalize()
+    # The Arrow streaming format, as `datasets` writes its files: `_mapped` reads either alike.
+    with pyarrow.ipc.new_stream(str(entry / f"{split}-00000.arrow"), dataset.table.schema) as writer:
+        writer.write_table(dataset.table, max_chunksize=RECORD_BATCH_ROWS)
     return [f"{split}-00000.arrow"]
 
 
 def _mapped(directory: Path, names: list[str]) -> tuple[Any, list[mmap.mmap]]:
     """A split's files memory-mapped for random reads (MADV_RANDOM: no read-ahead), and the
-    mappings, whose pages the dataset hands back after each read (`TokenizedDataset.release`)."""
-    import datasets
+    mappings, whose pages the dataset hands back after each read (`TokenizedDataset.release`).
+    Read with pyarrow alone: a run served by the cache does not import `datasets`."""
     import pyarrow
-    from datasets.table import InMemoryTable
 
     tables, mappings = [], []
     for name in names:
@@ -257,16 +244,15 @@ def _mapped(directory: Path, names: list[str]) -> tuple[Any, list[mmap.mmap]]:
         mapped.madvise(mmap.MADV_RANDOM)
         mappings.append(mapped)
         batches = []
-        for batch in pyarrow.ipc.open_stream(pyarrow.py_buffer(mapped)):
+        reader = pyarrow.ipc.open_stream(pyarrow.py_buffer(mapped))
+        for batch in reader:
             batches.append(batch)
             if len(batches) % 64 == 0:  # the headers read so far, and the pages around them
                 mapped.madvise(mmap.MADV_DONTNEED)
         mapped.madvise(mmap.MADV_DONTNEED)
-        tables.append(pyarrow.Table.from_batches(batches))
-    # Zero-copy views of the mapping: "in memory" to `datasets`, which then leaves the files alone.
-    # The entry's name is the fingerprint: without one, `datasets` would hash every byte to make one.
-    dataset = datasets.Dataset(InMemoryTable(pyarrow.concat_tables(tables)), fingerprint=f"{directory.name}-{names[0]}")
-    return dataset, mappings
+        tables.append(pyarrow.Table.from_batches(batches, schema=reader.schema))
+    # Zero-copy views of the mapping.
+    return pyarrow.concat_tables(tables), mappings
 
 
 def _split_names(recipe: Recipe) -> dict[str, str]:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from brewer_cli.errors import CheckpointError
 from brewer_cli.features import Features
+from brewer_cli.tasks.examples import integers
 from brewer_cli.tasks.views import tokenizer_definition, view_batch
 from brewer_cli.teacher_cache.layout import Layout, TeacherRead, example_lengths
 from brewer_cli.teacher_cache.plan import CachePlan, plan_cache
@@ -55,8 +55,8 @@ def _column_chunks(data: Any, prefix: str | None) -> Iterable[bytes]:
             continue
         yield key.encode()
         for chunk in column.chunks:
-            yield pyarrow.compute.list_value_length(chunk).to_numpy().astype(np.int64).tobytes()
-            yield pyarrow.compute.list_flatten(chunk).to_numpy().astype(np.int64).tobytes()
+            yield integers(pyarrow.compute.list_value_length(chunk)).tobytes()
+            yield integers(pyarrow.compute.list_flatten(chunk)).tobytes()
             data.release()  # the mapped pages this chunk touched (TokenizedDataset.release)
 
 
@@ -104,6 +104,11 @@ class TeacherCache:
         self.counts = CacheCounts()
         # A prefilled store: its folder, whether this run filled it, and the seconds it took.
         self.prefill = prefill
+
+    @property
+    def prefilled(self) -> bool:
+        """Whether every training example's outputs were in the store before training began."""
+        return self.prefill is not None
 
     def read_of(self, teacher: int) -> TeacherRead | None:
         store = self.stores.get(teacher)
