@@ -130,7 +130,27 @@ def speed_arguments(description: str) -> Any:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-results", action="store_true", help="print, do not append to RESULTS.md (trial runs)")
     parser.add_argument("--compile", action="store_true", help="brewer sides with training.compile: true (inductor)")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where every side trains: auto = a GPU when there is one (brewer's own choice), cpu = hide the GPUs",
+    )
+    parser.add_argument(
+        "--precision", choices=("no", "bf16", "fp16"), default="no", help="brewer's training.precision (TextBrewer stays fp32)"
+    )
     return parser
+
+
+def device_description(device: str) -> str:
+    """The device the sides run on, in words; stops the script when `--device cuda` has none."""
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    if device == "cuda":
+        raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine")
+    return "CPU only"
 
 
 def majority_rate() -> float:
@@ -172,7 +192,7 @@ def brewer_recipe(arguments: dict[str, Any]) -> dict[str, Any]:
             "log_every": 1,
             "progress": False,
             "save_every": total,
-            "precision": "no",
+            "precision": arguments.get("precision", "no"),
             "compile": bool(arguments.get("compile")),
         },
     }
@@ -233,13 +253,23 @@ def brewer_child(arguments: dict[str, Any]) -> dict[str, Any]:
     summary = distill(recipe, output, console=Console(file=open(os.devnull, "w")))
     run_dir = output / arguments["name"]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    ends = [record["time"] for record in records if "loss" in record]
+    steps = [record for record in records if "loss" in record]
+    ends = [record["time"] for record in steps]
     cache = summary.get("teacher_cache") or {}
     prefill_s = float((cache.get("prefill") or {}).get("seconds", 0.0))
     times = step_times_from_ends(ends, steps_per_epoch(arguments))
+    # Non-padding tokens per second in epochs 2+ (the cache warm): each log line's rate since the
+    # line before, weighted by the time between them (log_every 1: one step each).
+    later = list(zip(steps, [None, *ends[:-1]]))[steps_per_epoch(arguments) :]
+    seconds = [record["time"] - before for record, before in later]
+    tokens = [record["tokens_per_s"] * (record["time"] - before) for record, before in later]
     result = {
         "steps": summary["steps"],
         **times,
+        "tokens_per_s": summary["throughput"]["tokens_per_s"],
+        "later_epochs_tokens_per_s": sum(tokens) / sum(seconds) if seconds else None,
+        "cuda_peak_bytes": summary["peak_memory_bytes"].get("cuda_allocated"),
+        "precision": summary["precision"],
         # The teacher pass before training, spread over the steps: the time per step a user waits.
         "prefill_s": prefill_s,
         "per_step_with_prefill_s": times["per_step_s"] + prefill_s / (len(ends) - 1),
@@ -267,8 +297,10 @@ def textbrewer_child(arguments: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
     torch.manual_seed(arguments["seed"])
-    teacher = AutoModelForSequenceClassification.from_pretrained(TEACHER)
-    student = AutoModelForSequenceClassification.from_pretrained(arguments["student"])
+    device = "cuda" if arguments.get("device") != "cpu" and torch.cuda.is_available() else "cpu"
+    # TextBrewer moves the batches to `device`; the models are the caller's to place.
+    teacher = AutoModelForSequenceClassification.from_pretrained(TEACHER).to(device)
+    student = AutoModelForSequenceClassification.from_pretrained(arguments["student"]).to(device)
     tokenizer = AutoTokenizer.from_pretrained(TEACHER)
     rows = read_tsv(Path(arguments["data"]))
     encoded = tokenizer(
@@ -287,7 +319,7 @@ def textbrewer_child(arguments: dict[str, Any]) -> dict[str, Any]:
     total = steps_per_epoch * arguments["epochs"]
     output = Path(arguments["output"]) / arguments["name"]
     # Checkpoints (torch.save of the student) only after the last epoch, like brewer's save_every.
-    train_config = TrainingConfig(device="cpu", output_dir=str(output), ckpt_epoch_frequency=arguments["epochs"] + 1)
+    train_config = TrainingConfig(device=device, output_dir=str(output), ckpt_epoch_frequency=arguments["epochs"] + 1)
     matches = [
         {
             "layer_T": t,
@@ -336,7 +368,7 @@ def textbrewer_child(arguments: dict[str, Any]) -> dict[str, Any]:
     result = {"steps": total, **step_times_from_ends(starts[1:], steps_per_epoch)}
     result["per_step_with_prefill_s"] = result["per_step_s"]  # no pass before training
     if arguments.get("evaluate"):
-        result["dev_accuracy"] = dev_accuracy(student, tokenizer)
+        result["dev_accuracy"] = dev_accuracy(student.to("cpu"), tokenizer)
     return result
 
 
@@ -353,6 +385,8 @@ def run_child(side: str, arguments: dict[str, Any], label: str) -> dict[str, Any
     argument_file.write_text(json.dumps(arguments))
     result_file.unlink(missing_ok=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    if arguments.get("device") == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # brewer trains on a GPU whenever it sees one
     print(f"  {label} …", end="", flush=True)
     start = time.time()
     child = subprocess.Popen(

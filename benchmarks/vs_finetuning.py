@@ -17,7 +17,7 @@ import shutil
 from typing import Any
 
 from common import append
-from speed_common import WORK, median, mib, prepare_inputs, run_child, speed_arguments
+from speed_common import WORK, device_description, median, mib, prepare_inputs, run_child, speed_arguments
 
 SIDES = [
     ("fine-tuning (`trainer`)", {"kind": "trainer"}),
@@ -28,6 +28,7 @@ SIDES = [
 
 def main() -> None:
     arguments = speed_arguments(__doc__).parse_args()
+    device = device_description(arguments.device)
     directory = WORK / "vs_finetuning"
     if directory.exists():
         shutil.rmtree(directory)
@@ -47,6 +48,8 @@ def main() -> None:
                 "learning_rate": arguments.learning_rate,
                 "seed": 42,
                 "compile": arguments.compile,
+                "device": arguments.device,
+                "precision": arguments.precision,
                 **extra,
             }
             results[label].append(run_child("brewer", child_arguments, label))
@@ -58,25 +61,30 @@ def main() -> None:
         def ratio(key: str) -> float:
             return median([run[key] / base[key] for run, base in zip(runs, trainer)])
 
+        cuda = [run["cuda_peak_bytes"] for run in runs if run.get("cuda_peak_bytes") is not None]
         rows.append(
             f"| {label} | {1000 * median([run['per_step_s'] for run in runs]):.0f} | {ratio('per_step_s'):.2f}× | "
             f"{1000 * median([run['later_epochs_per_step_s'] for run in runs]):.0f} | "
             f"{ratio('later_epochs_per_step_s'):.2f}× | {median([run['prefill_s'] for run in runs]):.1f} s | "
-            f"{ratio('per_step_with_prefill_s'):.2f}× | {mib(median([run['peak_rss_bytes'] for run in runs]))} |"
+            f"{ratio('per_step_with_prefill_s'):.2f}× | {median([run['later_epochs_tokens_per_s'] for run in runs]):,.0f} | "
+            f"{100 * ratio('later_epochs_tokens_per_s'):.0f}% | {mib(median([run['peak_rss_bytes'] for run in runs]))} | "
+            f"{mib(median(cuda)) if cuda else '—'} |"
         )
     body = f"""
 Command: `python benchmarks/vs_finetuning.py --examples {arguments.examples} --epochs {arguments.epochs} \
---batch-size {arguments.batch_size} --rounds {arguments.rounds}{" --compile" if arguments.compile else ""}`. CPU only (no GPU on this machine; the script runs
-unchanged on one when lent), fp32. Student 3 × 192 from one saved initialization; the first {arguments.examples} SST-2
+--batch-size {arguments.batch_size} --rounds {arguments.rounds}{" --compile" if arguments.compile else ""} --device {arguments.device} \
+--precision {arguments.precision}`. {device}, training.precision {arguments.precision} (fused AdamW on CPU and GPU alike). Student 3 × 192 from one saved initialization; the first {arguments.examples} SST-2
 training sentences, batch {arguments.batch_size}, {arguments.epochs} epochs, the same seed (so the same batches) for all
 three; teacher MiniLM-L6-H384 fine-tuned on SST-2. `general` matches: hidden_mse (linear 192 → 384) student 0-3 ↔
 teacher 0, 2, 4, 6 and nst 1-3 ↔ 2, 4, 6. Each run is its own process (peak RSS = its ru_maxrss); runs alternate
 within each round, ratios are per round, median over {arguments.rounds} rounds; step 1 (warm-up) is left out. The
 distillation runs prefill their teacher-output store before training (each run its own: none is reused); "whole
-run" is the training steps plus that pass, against the fine-tuning run's steps.
+run" is the training steps plus that pass, against the fine-tuning run's steps. Tokens/s: non-padding tokens per
+second in epochs 2+ (brewer's metrics.jsonl), and that as a share of the fine-tuning run's, the ceiling a distiller
+with a warm cache can reach. Peak CUDA memory: torch.cuda.max_memory_allocated on a GPU.
 
-| run | ms / step | × fine-tuning | ms / step, epochs 2+ | × fine-tuning | prefill | whole run × fine-tuning | peak RSS |
-|---|---:|---:|---:|---:|---:|---:|---:|
+| run | ms / step | × fine-tuning | ms / step, epochs 2+ | × fine-tuning | prefill | whole run × fine-tuning | tokens / s, epochs 2+ | of fine-tuning's | peak RSS | peak CUDA memory |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 """
     if not arguments.no_results:

@@ -28,7 +28,17 @@ import shutil
 from typing import Any
 
 from common import append
-from speed_common import TEXTBREWER_PYTHON, WORK, majority_rate, median, mib, prepare_inputs, run_child, speed_arguments
+from speed_common import (
+    TEXTBREWER_PYTHON,
+    WORK,
+    device_description,
+    majority_rate,
+    median,
+    mib,
+    prepare_inputs,
+    run_child,
+    speed_arguments,
+)
 
 SIDES = [
     ("textbrewer", "TextBrewer GeneralDistiller", {}),
@@ -42,6 +52,7 @@ def main() -> None:
     parser.add_argument("--title", default="brewer vs TextBrewer: general distillation, time per step and peak memory")
     parser.add_argument("--variants", default="sst2,fixed128")
     arguments = parser.parse_args()
+    device = device_description(arguments.device)
     if not TEXTBREWER_PYTHON.exists():
         raise SystemExit(f"{TEXTBREWER_PYTHON}: TextBrewer's venv is missing — see this script's docstring")
     directory = WORK / "vs_textbrewer"
@@ -65,6 +76,8 @@ def main() -> None:
                     "batch_size": arguments.batch_size,
                     "learning_rate": arguments.learning_rate,
                     "seed": 42,
+                    "device": arguments.device,
+                    "precision": arguments.precision,
                     # Dev accuracy once per side, on real text only.
                     "evaluate": variant == "sst2" and round_number == 0,
                     **extra,
@@ -75,9 +88,9 @@ def main() -> None:
     header = f"""
 Command: `python benchmarks/vs_textbrewer.py --examples {arguments.examples} --epochs {arguments.epochs} \
 --batch-size {arguments.batch_size} --learning-rate {arguments.learning_rate:g} --rounds {arguments.rounds} \
---variants {arguments.variants}` — TextBrewer 0.2.1.post1 from its own venv, both on
-torch 2.13 CPU, transformers 5.23, fp32. No GPU on this machine (the same script runs on one when lent; this
-section is CPU only). Teacher MiniLM-L6-H384 fine-tuned on SST-2, student 3 × 192 (one saved initialization),
+--variants {arguments.variants} --device {arguments.device} --precision {arguments.precision}` — TextBrewer 0.2.1.post1 from
+its own venv, both on torch 2.13, transformers 5.23; {device}; TextBrewer in fp32, brewer with training.precision
+{arguments.precision}. Teacher MiniLM-L6-H384 fine-tuned on SST-2, student 3 × 192 (one saved initialization),
 KD ce at T = 8, hidden_mse (linear 192 → 384) on student layers 0-3 ↔ teacher 0, 2, 4, 6 and nst on 1-3 ↔ 2, 4, 6;
 batch {arguments.batch_size}, {arguments.epochs} epochs over the first {arguments.examples} SST-2 training sentences,
 AdamW lr {arguments.learning_rate:g}, linear warmup 10%, clipping 1.0. Each side is a separate process (peak RSS =
