@@ -1,5 +1,5 @@
 """Which number form the teacher-output cache can keep hidden states in (issue 18, point 3): fp16
-(what it keeps), bf16, and int8 with one scale per row (per token: absmax / 127), measured
+(what it kept first), bf16, and int8 with one scale per row (per token: absmax / 127; what it keeps now), measured
 against the tolerance the cache is held to: the training loss of every step within 2e-3
 (relative) of the run without a cache (tests/test_teacher_cache.py). How far the final weights end
 from the reference is reported beside it, as a share of how far training moved them.

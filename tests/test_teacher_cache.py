@@ -18,6 +18,7 @@ from brewer_cli.errors import CheckpointError
 from brewer_cli.families import AttentionInputs, FeatureNeeds, Features
 from brewer_cli.recipe import load_recipe
 from brewer_cli.teacher_cache import Layout, Part, SlotStore, TeacherRead
+from brewer_cli.teacher_cache.layout import INT8_ROW
 from tests.conftest import TINY_BERT, distill_recipe, save_tiny_model, write_recipe
 
 # Dropout off: runs with and without the cache then differ by the cache alone.
@@ -184,6 +185,23 @@ def test_only_entries_filled_before_the_resumed_step_are_reused(tmp_path):
     assert torch.equal(features.hidden_states[1][1], torch.cat([hidden[0, :2], torch.zeros(1, 3)]))
 
 
+def test_hidden_states_are_kept_as_int8_rows_in_about_half_the_bytes_of_fp16():
+    """Each token's vector as int8 with one fp16 scale (its largest magnitude / 127): every value
+    back within half a step of its scale, an all-zero row back as zeros."""
+    part = Part("hidden.1", "token", (5,), INT8_ROW)
+    hidden = torch.tensor([[1.0, -2.0, 3.0, 0.5, -127.0], [0.0] * 5, [1e-3, 2e-3, -1e-3, 0.0, 5e-4]])
+    stored = part.encode(hidden)
+    # 3 scales + 15 int8 values (8 fp16 elements, the last half padding) = 11 elements; 15 in fp16.
+    assert stored.dtype == np.float16 and stored.size == part.counts(np.array([3]))[0] == 11
+    assert Part("hidden.1", "token", (5,)).counts(np.array([3]))[0] == 15
+    back = part.decode(stored, 3)
+    # Scale 1: every value whole, 0.5 rounded to even.
+    assert torch.equal(back[0], torch.tensor([1.0, -2.0, 3.0, 0.0, -127.0]))
+    assert torch.equal(back[1], torch.zeros(5))
+    step = float(torch.tensor(2e-3 / 127).half())
+    assert 0 < float((back[2] - hidden[2]).abs().max()) <= step / 2 * 1.01
+
+
 def test_a_disk_store_reads_and_writes_its_file_without_mapping_it(tmp_path):
     """Pages of a mapped file count in the process's resident memory as they are touched: a disk
     cache read through a map would end the run holding all of it. The store's file is never mapped."""
@@ -283,7 +301,7 @@ def test_the_plan_says_which_cache_and_why(tmp_path, teacher_dir, monkeypatch):
 
     line = plan("auto", 2)
     assert line.startswith("teacher cache: auto → prefill, memory — ")
-    assert "features (fp16, memory: hidden 0, 2; attention 1)" in line
+    assert "features (hidden states int8 with an fp16 scale per token, the rest fp16, memory: hidden 0, 2; attention 1)" in line
     assert "filled by one teacher pass over the training set before training" in line
     assert line.endswith(
         "kept in teacher_outputs/ beside the runs, where --resume and later runs of this teacher and data reuse it"
@@ -294,7 +312,7 @@ def test_the_plan_says_which_cache_and_why(tmp_path, teacher_dir, monkeypatch):
     # Asked for, a prefill runs even when each example is seen once.
     assert plan("prefill", 1).startswith("teacher cache: prefill, memory — ")
     assert plan("off", 2) == "teacher cache: off (distillation.teacher_cache: off)"
-    assert "adds at most 10% to the run's own peak memory of about" in plan("auto", 2)
+    assert "adds at most 5% to the run's own peak memory of about" in plan("auto", 2)
     # Above the margin over the run's own peak, the cache goes to disk (its pages then stay outside the process).
     monkeypatch.setattr(teacher_cache, "MEMORY_MARGIN", 0.0)
     line = plan("auto", 2)

@@ -134,9 +134,9 @@ class BasicDistillation(DistillationSpec):
     teacher_cache: Literal["auto", "off", "memory", "disk", "prefill"] = Field(
         default="auto",
         description="keep the frozen teacher's outputs (brewer_cli.teacher_cache): logits in memory, the matches' "
-        "features in fp16 in memory or in a file. prefill: computed in one teacher pass before training "
+        "features (hidden states int8 with a scale per token, others fp16) in memory or in a file. prefill: computed in one teacher pass before training "
         "into teacher_outputs/ beside the runs, shared by later runs of the same teacher and data; memory / disk: "
-        "filled as examples are first seen; auto: prefill (in memory while it adds at most 10% to the run's own peak "
+        "filled as examples are first seen; auto: prefill (in memory while it adds at most 5% to the run's own peak "
         "memory, else on disk), off for runs "
         "of one epoch or less",
     )

@@ -42,9 +42,9 @@ from brewer_cli.teacher_cache.cache import (
     fingerprint,
     open_teacher_cache,
 )
-from brewer_cli.teacher_cache.layout import FEATURE_KINDS, Layout, Part, TeacherRead, example_lengths, probe_layout
+from brewer_cli.teacher_cache.layout import FEATURE_KINDS, FP16_MAX, Layout, Part, TeacherRead, example_lengths, probe_layout
 from brewer_cli.teacher_cache.plan import DISK_SHARE, MEMORY_BUDGET_BYTES, MEMORY_MARGIN, MODES, CachePlan, plan_cache
-from brewer_cli.teacher_cache.store import FP16_MAX, SlotStore
+from brewer_cli.teacher_cache.store import SlotStore
 
 __all__ = [
     "DIRECTORY_NAME",

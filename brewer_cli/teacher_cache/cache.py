@@ -25,7 +25,7 @@ from brewer_cli.teacher_cache.plan import CachePlan, plan_cache
 from brewer_cli.teacher_cache.prefill import open_store, prefill, prefill_tokens, store_directory
 from brewer_cli.teacher_cache.store import SlotStore
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: hidden states kept as int8 rows (layout.INT8_ROW)
 DIRECTORY_NAME = "teacher_cache"
 
 

@@ -16,6 +16,15 @@ from brewer_cli.tasks.views import view_batch
 
 # Where each kind of feature comes from in `Features`.
 FEATURE_KINDS = ("hidden", "attention", "attention_inputs")
+# How a part's values are kept: `plain` in the store's own dtype (fp32 logits, fp16 features), or
+# `int8-row`: each token's vector as int8 scaled by one fp16 factor (its largest magnitude / 127),
+# about half of fp16's bytes. Hidden states are kept so: benchmarks/cache_forms.py measured every
+# training step's loss within 1.5e-4 (relative) of the uncached run with them, against the cache's
+# tolerance of 2e-3 (bf16: 2.2e-5, fp16: 6.5e-6). Attention scores and inputs stay fp16 (not measured).
+PLAIN = "plain"
+INT8_ROW = "int8-row"
+HIDDEN_FORM = INT8_ROW
+FP16_MAX = float(np.finfo(np.float16).max)
 
 
 @dataclass(frozen=True)
@@ -35,21 +44,62 @@ class Part:
     """One tensor kept per example.
 
     kind `row`: the same shape for every example (sequence-level logits); `token`: (L_i, *shape);
-    `square`: (shape[0], L_i, L_i) (attention scores, heads first).
+    `square`: (shape[0], L_i, L_i) (attention scores, heads first). `form`: how its values are kept
+    (`PLAIN` or `INT8_ROW`, a `token` part's only), counted in elements of the store's dtype.
     """
 
     name: str
     kind: str
     shape: tuple[int, ...]
+    form: str = PLAIN
 
     def counts(self, lengths: np.ndarray) -> np.ndarray:
-        """Elements per example, from the examples' token counts."""
+        """Elements of the store per example, from the examples' token counts."""
         width = int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
         if self.kind == "row":
             return np.full(len(lengths), width, dtype=np.int64)
         if self.kind == "token":
-            return lengths.astype(np.int64) * width
+            tokens = lengths.astype(np.int64)
+            if self.form == INT8_ROW:
+                # One fp16 scale per token, then the int8 values two to an fp16 element.
+                return tokens + (tokens * width + 1) // 2
+            return tokens * width
         return lengths.astype(np.int64) ** 2 * width
+
+    @property
+    def largest_value(self) -> float:
+        """The largest magnitude kept: fp16's, or for an int8 row, whose scale (its largest
+        magnitude / 127) is an fp16 value, 127 times that."""
+        return FP16_MAX * (127 if self.form == INT8_ROW else 1)
+
+    def staged(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A batch's tensor of this part on the CPU, in the precision `encode` reads."""
+        return tensor.float().cpu() if self.form == INT8_ROW else tensor.to(torch.float16).cpu()
+
+    def encode(self, piece: torch.Tensor) -> np.ndarray:
+        """One example's values (`piece`) as the store keeps them: as they are (already in the
+        store's dtype), or for `INT8_ROW` the scales then the int8 values, as fp16 elements."""
+        if self.form == PLAIN:
+            return piece.reshape(-1).numpy()
+        rows = piece.reshape(piece.shape[0], -1).float()
+        scales = (rows.abs().amax(dim=1) / 127).to(torch.float16)
+        # Divided by the fp16 scale the reader multiplies by; an all-zero row has scale 0.
+        divisors = torch.where(scales > 0, scales.float(), torch.ones_like(rows[:, 0]))
+        values = (rows / divisors[:, None]).round().clamp(-127, 127).to(torch.int8).reshape(-1).numpy().view(np.uint8)
+        if values.size % 2:
+            values = np.concatenate([values, np.zeros(1, dtype=np.uint8)])
+        return np.concatenate([scales.numpy().view(np.uint8), values]).view(np.float16)
+
+    def decode(self, stored: np.ndarray, length: int) -> torch.Tensor:
+        """One example's values back from `encode`'s elements (fp32 for `INT8_ROW`)."""
+        shape = self.example_shape(length)
+        if self.form == PLAIN:
+            return torch.from_numpy(stored).view(shape)
+        width = int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        raw = stored.view(np.uint8)
+        scales = torch.from_numpy(raw[: 2 * length].view(np.float16)).float()
+        values = torch.from_numpy(raw[2 * length : 2 * length + length * width].view(np.int8)).float()
+        return (values.view(length, width) * scales[:, None]).view(shape)
 
     def example_shape(self, length: int) -> tuple[int, ...]:
         if self.kind == "row":
@@ -95,7 +145,10 @@ class Layout:
     num_heads: int
 
     def describe(self) -> str:
-        parts = [f"{part.name}:{part.kind}{list(part.shape)}" for part in (*self.logits, *self.features)]
+        parts = [
+            f"{part.name}:{part.kind}{list(part.shape)}" + (f":{part.form}" if part.form != PLAIN else "")
+            for part in (*self.logits, *self.features)
+        ]
         return f"{self.logits_form};{self.depth};" + ",".join(parts)
 
     def feature_words(self) -> str:
@@ -145,7 +198,7 @@ def probe_layout(distiller: Any, read: TeacherRead) -> Layout:
     parts: list[Part] = []
     for kind, layer in read.layers:
         if kind == "hidden":
-            parts.append(Part(f"hidden.{layer}", "token", tuple(features.hidden_states[layer].shape[2:])))
+            parts.append(Part(f"hidden.{layer}", "token", tuple(features.hidden_states[layer].shape[2:]), HIDDEN_FORM))
         elif kind == "attention":
             parts.append(Part(f"attention.{layer}", "square", (int(features.attention_scores[layer - 1].shape[1]),)))
         else:

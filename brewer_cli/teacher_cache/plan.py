@@ -11,14 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from brewer_cli.tasks.streams import MaskingCollate
-from brewer_cli.teacher_cache.layout import Layout, example_lengths, offsets, probe_layout
+from brewer_cli.teacher_cache.layout import INT8_ROW, Layout, example_lengths, offsets, probe_layout
 
 MODES = ("auto", "off", "memory", "disk", "prefill")
 MEMORY_BUDGET_BYTES = 2 * 1024**3
 # `auto` keeps the cache in memory only while it adds at most this share to the peak memory the
 # run has without it; above that it goes to disk, where its pages sit in the kernel's page cache,
-# outside the process (store.py reads the file example by example), at a pread per example.
-MEMORY_MARGIN = 0.10
+# outside the process (store.py reads the file example by example), at a pread per example. That
+# costs little: on 128-token inputs a run reading its store from disk trained at 2.40x TextBrewer's
+# speed, one reading it from memory at 2.36x (epochs 2+, benchmarks/vs_textbrewer.py), so memory
+# is chosen only where it adds little to the run's peak.
+MEMORY_MARGIN = 0.05
 # `auto` leaves at least half of the free disk space to checkpoints and everything else.
 DISK_SHARE = 0.5
 # Prefilled stores live beside the runs (the recipe's output folder), one folder per fingerprint.
@@ -52,7 +55,7 @@ class CachePlan:
         what = f"{_size(self.logits_bytes)} logits (fp32, in memory)"
         if self.feature_bytes:
             where = "file, read example by example" if self.mode == "disk" else "memory"
-            what += f" + {_size(self.feature_bytes)} features (fp16, {where}: {features})"
+            what += f" + {_size(self.feature_bytes)} features ({self._forms()}, {where}: {features})"
         if self.fill == "prefill":
             return (
                 f"{chosen} — {what}; filled by one teacher pass over the training set before training (length-sorted "
@@ -63,6 +66,12 @@ class CachePlan:
             f"{chosen} — {what} per process; filled as examples are first seen, reused after ({self.reason}); "
             f"kept in teacher_cache/ beside the run for --resume"
         )
+
+    def _forms(self) -> str:
+        forms = {part.form for layout in self.layouts for part in layout.features}
+        if forms == {INT8_ROW}:
+            return "int8 with an fp16 scale per token"
+        return "hidden states int8 with an fp16 scale per token, the rest fp16" if INT8_ROW in forms else "fp16"
 
 
 def _size(count: int) -> str:

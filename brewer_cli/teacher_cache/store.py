@@ -1,5 +1,6 @@
-"""One teacher's cached outputs (`SlotStore`): logits in fp32 in memory, features in fp16 in
-memory or in a file, each example's values laid end to end at its offset.
+"""One teacher's cached outputs (`SlotStore`): logits in fp32 in memory, features as fp16
+elements in memory or in a file (hidden states int8 with a scale per token, packed into them:
+layout.INT8_ROW), each example's values laid end to end at its offset.
 
 Files are read and written with `pread`/`pwrite` at an example's offset, never memory-mapped: the
 pages of a mapped file count in the process's resident memory as they are touched, so a disk-mode
@@ -22,12 +23,11 @@ from brewer_cli.errors import ModelError
 from brewer_cli.features import AttentionInputs, Features
 from brewer_cli.teacher_cache.layout import Layout, Part, elements_per_example, logits_components, offsets
 
-FP16_MAX = float(np.finfo(np.float16).max)
-
 
 class SlotStore:
-    """One teacher's cached outputs: logits (fp32, memory) and features (fp16, memory or a
-    file read example by example), with the step at which each example was filled (−1: not yet).
+    """One teacher's cached outputs: logits (fp32, memory) and features (fp16 elements, hidden
+    states as int8 rows within them; memory or a file read example by example), with the step at
+    which each example was filled (−1: not yet).
 
     `resume_step`: take back what an earlier run with this fingerprint persisted in `directory`,
     keeping only the examples filled before that step; None starts empty. `read_only`: a prefilled
@@ -162,13 +162,14 @@ class SlotStore:
         feature_tensors = []
         for part in layout.features:
             tensor = _feature_tensor(features, part).detach()
-            if torch.is_floating_point(tensor) and tensor.abs().amax() > FP16_MAX:
+            limit = part.largest_value
+            if torch.is_floating_point(tensor) and tensor.abs().amax() > limit:
                 raise ModelError(
                     f"distillation.teacher_cache: the teacher's {part.name.replace('.', ' ', 1)} has values beyond the "
-                    f"fp16 range (±{FP16_MAX:.0f}) that the cache stores features in — set "
+                    f"fp16 range (±{limit:.0f}) that the cache stores features in — set "
                     f"`distillation.teacher_cache: off` for this teacher"
                 )
-            feature_tensors.append(tensor.to(torch.float16).cpu())
+            feature_tensors.append(part.staged(tensor))
         for position, index in enumerate(indices):
             length = int(self.lengths[index])
             # An example's parts lie end to end from its start: one write per example and store.
@@ -177,7 +178,7 @@ class SlotStore:
                 (self.features, self.feature_starts, layout.features, feature_tensors),
             ):
                 if parts:
-                    block = [part.piece(tensor, position, length).reshape(-1).numpy() for part, tensor in zip(parts, tensors)]
+                    block = [part.encode(part.piece(tensor, position, length)) for part, tensor in zip(parts, tensors)]
                     values.write(starts[index], block[0] if len(block) == 1 else np.concatenate(block))
             self.filled_step[index] = step
 
@@ -195,15 +196,15 @@ class SlotStore:
             ):
                 if not parts:
                     continue
-                # An example's parts lie end to end: one read, then a view of each part.
-                block = torch.from_numpy(source.read(starts[index], totals[index]))
-                sizes = [int(counts[number][index]) for number in range(len(parts))]
-                for part, kept, values in zip(parts, pieces, torch.split(block, sizes)):
-                    kept.append(values.view(part.example_shape(length)))
+                # An example's parts lie end to end: one read, then each part's own elements.
+                block = source.read(starts[index], totals[index])
+                ends = np.cumsum([int(counts[number][index]) for number in range(len(parts))])
+                for part, kept, values in zip(parts, pieces, np.split(block, ends[:-1])):
+                    kept.append(part.decode(values, length))
         logit_batches = [part.batch(pieces, padded) for part, pieces in zip(layout.logits, logit_pieces)]
         feature_batches = [part.batch(pieces, padded) for part, pieces in zip(layout.features, feature_pieces)]
         logits = [tensor.to(device, non_blocking=True) for tensor in logit_batches]
-        # Moved in fp16 (half the bytes), widened on the device.
+        # Moved as read (fp16 for plain features, half the bytes), widened on the device.
         features = {
             part.name: tensor.to(device, non_blocking=True).float() for part, tensor in zip(layout.features, feature_batches)
         }
