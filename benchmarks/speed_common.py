@@ -257,10 +257,11 @@ def brewer_child(arguments: dict[str, Any]) -> dict[str, Any]:
     ends = [record["time"] for record in steps]
     cache = summary.get("teacher_cache") or {}
     prefill_s = float((cache.get("prefill") or {}).get("seconds", 0.0))
-    times = step_times_from_ends(ends, steps_per_epoch(arguments))
+    per_epoch = steps_per_epoch(arguments)
+    times = step_times_from_ends(ends, per_epoch)
     # Non-padding tokens per second in epochs 2+ (the cache warm): each log line's rate since the
     # line before, weighted by the time between them (log_every 1: one step each).
-    later = list(zip(steps, [None, *ends[:-1]]))[steps_per_epoch(arguments) :]
+    later = list(zip(steps, [None, *ends[:-1]]))[per_epoch:]
     seconds = [record["time"] - before for record, before in later]
     tokens = [record["tokens_per_s"] * (record["time"] - before) for record, before in later]
     result = {

@@ -53,9 +53,14 @@ class Part:
     shape: tuple[int, ...]
     form: str = PLAIN
 
+    @property
+    def width(self) -> int:
+        """Values per row (`row`), per token (`token`) or per head (`square`)."""
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
     def counts(self, lengths: np.ndarray) -> np.ndarray:
         """Elements of the store per example, from the examples' token counts."""
-        width = int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        width = self.width
         if self.kind == "row":
             return np.full(len(lengths), width, dtype=np.int64)
         if self.kind == "token":
@@ -95,11 +100,10 @@ class Part:
         shape = self.example_shape(length)
         if self.form == PLAIN:
             return torch.from_numpy(stored).view(shape)
-        width = int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
         raw = stored.view(np.uint8)
         scales = torch.from_numpy(raw[: 2 * length].view(np.float16)).float()
-        values = torch.from_numpy(raw[2 * length : 2 * length + length * width].view(np.int8)).float()
-        return (values.view(length, width) * scales[:, None]).view(shape)
+        values = torch.from_numpy(raw[2 * length : 2 * length + length * self.width].view(np.int8)).float()
+        return (values.view(length, self.width) * scales[:, None]).view(shape)
 
     def example_shape(self, length: int) -> tuple[int, ...]:
         if self.kind == "row":
