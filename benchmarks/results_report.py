@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ def record_for(
     model = summary.get("student") or summary.get("model") or {}
     teacher = summary.get("teacher") or {}
     dataset = DATASETS[run.row.dataset]
-    latency = row.as_dict()["latency"]
+    compared = row.as_dict()
     return {
         "row": run.row.id,
         "run": run.name,
@@ -84,7 +83,7 @@ def record_for(
         "flops": row.flops,
         "teacher_flops": row.teacher_flops,
         "seq_len": row.seq_len,
-        "latency": latency,
+        "latency": compared["latency"],
         "steps": row.steps,
         "epochs": list(row.epochs),
         "examples_per_second": row.examples_per_second,
@@ -95,6 +94,10 @@ def record_for(
         "machine": machine_info,
         "load": load,
         "command": command,
+        # What the tables need once the run directory is gone (a later sitting on a fresh machine):
+        # brewer compare's row and the evaluations the steps-to-reach figure reads.
+        "compare": compared,
+        "evaluations": [[step, metrics.get(row.metric)] for step, metrics in compare.eval_history(run.run_dir)],
         "recorded": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -139,7 +142,8 @@ def steps_to_reach(candidate: dict, reference: dict) -> float | None:
     target = reference.get("final")
     if target is None or not reference.get("steps"):
         return None
-    step = compare.first_step_reaching(compare.eval_history(candidate["run_dir"]), candidate["metric"], target)
+    history = [(step, {candidate["metric"]: value}) for step, value in candidate.get("evaluations") or []]
+    step = compare.first_step_reaching(history, candidate["metric"], target)
     return None if step is None else step / reference["steps"]
 
 
@@ -330,16 +334,14 @@ def results_markdown(records: Sequence[dict], settings: Settings, brief: bool = 
         ]
         return "\n".join(parts) + "\n"
     parts += [f"- {line}" for line in _reach_lines(found)]
-    rows = []
-    for record in records:
-        latency = {int(size): entry for size, entry in (record.get("latency") or {}).items()} or None
-        if Path(record["run_dir"], "summary.json").is_file():
-            # A run directory removed since its record was written leaves the per-run table only.
-            rows.append(replace(compare.run_row(record["run_dir"]), latency=latency))
+    # A record without brewer compare's row (made by hand) is left out of the per-run table only.
+    rows = [compare.RunRow.from_dict(record["compare"]) for record in records if "compare" in record]
     parts += ["", "Every run (`brewer compare`):", "", compare.to_markdown(rows).rstrip()]
     commands = {}
     for record in records:
-        commands.setdefault(record["row"], record["command"])
+        # The working folder the record's run was in (OUTPUT/runs/NAME), which may be another machine's.
+        output = str(Path(record["run_dir"]).parents[1])
+        commands.setdefault(record["row"], record["command"].replace(output, "OUTPUT"))
     unknown = [record["run"] for record in records if not record.get("machine")]
     seeds = ", ".join(str(seed) for seed in settings.seeds)
     parts += [
@@ -356,8 +358,7 @@ def results_markdown(records: Sequence[dict], settings: Settings, brief: bool = 
     if unknown:
         parts.append(f"- Not run by this driver (machine and company unknown): {', '.join(unknown)}.")
     parts += ["", "Commands (from the project root; OUTPUT = the driver's --output-dir):", ""]
-    output = str(settings.output)
-    parts += [f"- {row_id}: `{command.replace(output, 'OUTPUT')}`" for row_id, command in commands.items()]
+    parts += [f"- {row_id}: `{command}`" for row_id, command in commands.items()]
     return "\n".join(parts) + "\n"
 
 

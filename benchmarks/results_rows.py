@@ -17,6 +17,9 @@ from brewer_cli.run_directory import run_started
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "work" / "results"
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+# The records kept in the repository (--record): a sitting's machine may be a fresh one, and a row
+# recorded here is not run again on it (results_table.main).
+RECORDS = ROOT / "benchmarks" / "results.json"
 README = ROOT / "README.md"
 START_MARKER = "<!-- results-table:start -->"
 END_MARKER = "<!-- results-table:end -->"

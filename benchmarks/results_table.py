@@ -17,9 +17,16 @@ Each run is `brewer distill RECIPE --output-dir OUTPUT/runs --set …` in a subp
 once. A run whose directory holds summary.json is skipped; one with checkpoints is continued with
 `--resume`; a row's teacher row runs first when it has not finished. After each run the driver
 writes OUTPUT/results.json (one record per run) and OUTPUT/results.md; `--record` also writes the
-table into benchmarks/RESULTS.md and README.md between `<!-- results-table:start -->` and
-`<!-- results-table:end -->`. The table's per-run figures come from `brewer compare`
-(brewer_cli.compare), latency included (measured after each run, alone on the machine).
+records into benchmarks/results.json and the table into benchmarks/RESULTS.md and README.md between
+`<!-- results-table:start -->` and `<!-- results-table:end -->`, after every run. The table's
+per-run figures come from `brewer compare` (brewer_cli.compare), latency included (measured after
+each run, alone on the machine).
+
+Across sittings: a sitting may get a fresh machine, with OUTPUT gone. A run recorded in
+benchmarks/results.json is then not run again — its record holds everything the tables need. A
+teacher run recorded there but missing on disk is trained again (same recipe, same seed) when a
+row still to run distils from it; its record keeps the earlier values beside the new one
+(`earlier`), which shows whether the teacher came out the same.
 
 Whether other jobs shared the machine is measured, not assumed: the CPU time the whole machine
 spent during the run (/proc/stat) minus the run's own (its process) and the driver's, as a share of
@@ -35,7 +42,8 @@ outputs are cached) at about 45 GFLOP/s, the rate brewer's 3 × 192 fine-tuning 
     python benchmarks/results_table.py                      # every CPU row
     python benchmarks/results_table.py --rows sst2-teacher,sst2-d --seeds 42
     python benchmarks/results_table.py --dry-run            # validate every row's recipe (brewer distill --dry-run)
-    python benchmarks/results_table.py --record             # also write RESULTS.md and README.md
+    python benchmarks/results_table.py --record             # also write benchmarks/results.json, RESULTS.md, README.md
+    python benchmarks/results_table.py --report-only --record   # the same from what is finished, running nothing
     python benchmarks/results_table.py --scale full --device cuda --precision bf16
 """
 
@@ -62,6 +70,7 @@ from results_rows import (
     DEFAULT_SEEDS,
     OTHERS_THRESHOLD,
     README,
+    RECORDS,
     RESULTS_MD,
     ROOT,
     ROWS,
@@ -243,13 +252,15 @@ def machine_cores() -> int:
 # ============================================================================= the command line
 
 
-def print_list(planned: Sequence[PlannedRun]) -> None:
+def print_list(planned: Sequence[PlannedRun], recorded: set[str]) -> None:
     print(f"{'row':<24} {'run':<52} {'steps':>7} {'s/step':>7} {'hours':>6}  {'status':<12} recipe")
     total = 0.0
     for run in planned:
         hours = estimated_hours(run)
         total += hours
         status = {"skip": "finished", "resume": "started", "fresh": "not started"}[decide(run.run_dir)]
+        if status != "finished" and run.name in recorded:
+            status = "recorded"
         hub = (
             " (hub)"
             if "Needs the Hugging Face Hub" in (ROOT / run.row.recipe).read_text(encoding="utf-8").splitlines()[0]
@@ -278,13 +289,27 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dry-run", action="store_true", help="brewer distill --dry-run per run: every recipe valid, nothing trained"
     )
-    parser.add_argument("--record", action="store_true", help="also write the table into benchmarks/RESULTS.md and README.md")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="also write benchmarks/results.json, and the table into benchmarks/RESULTS.md and README.md",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write results.json and results.md (with --record, the repository's files too) from the runs "
+        "finished on disk and the records kept",
+    )
     parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True, help="measure speed-ups (default on)")
     return parser.parse_args(argv)
 
 
 def main(
-    argv: Sequence[str] | None = None, rows: Sequence[Row] = ROWS, results_md: Path = RESULTS_MD, readme: Path = README
+    argv: Sequence[str] | None = None,
+    rows: Sequence[Row] = ROWS,
+    results_md: Path = RESULTS_MD,
+    readme: Path = README,
+    records_file: Path = RECORDS,
 ) -> int:
     args = parse(argv)
     try:
@@ -300,7 +325,7 @@ def main(
     catalog = catalogue(args.scale, rows)
     planned = plan_runs(select(catalog, args.rows), settings, catalog)
     if args.list:
-        print_list(planned)
+        print_list(planned, set(load_results(records_file)) | set(load_results(settings.output / "results.json")))
         return 0
     logs = settings.output / "logs"
     if args.dry_run:
@@ -312,6 +337,10 @@ def main(
         return 1 if failed else 0
     results_path = settings.output / "results.json"
     records = load_results(results_path)
+    # Rows recorded in an earlier sitting, perhaps on a machine since wiped: kept, and not run again.
+    for name, record in load_results(records_file).items():
+        records.setdefault(name, record)
+    rerun = teachers_to_rebuild(planned, records)
     meter = LatencyMeter(runs=10) if args.latency else None
     machine_info = machine()
     for run in planned:
@@ -319,24 +348,70 @@ def main(
             print(f"{run.name}: finished already ({run.run_dir / 'summary.json'}) — skipped")
             if run.name not in records:
                 records[run.name] = record_for(run, meter, None, None, shlex.join(run.command()))
-        else:
-            returncode, load, command = run_one(run, settings, logs)
-            if returncode != 0:
-                save_results(results_path, records, planned, settings)
-                again = "run the driver again to resume it" if returncode in (130, 143) else "fix it and run the driver again"
-                raise SystemExit(
-                    f"{run.name}: brewer exited with {returncode} — log: {logs / (run.name + '.log')}; {again} "
-                    f"(finished runs are skipped, a started one resumes from its checkpoints)"
-                )
-            records[run.name] = record_for(run, meter, machine_info, load, command)
-        save_results(results_path, records, planned, settings)
-        ordered = json.loads(results_path.read_text(encoding="utf-8"))["records"]
-        (settings.output / "results.md").write_text(results_markdown(ordered, settings), encoding="utf-8")
-    ordered = json.loads(results_path.read_text(encoding="utf-8"))["records"] if results_path.exists() else []
-    print(f"\nwritten: {results_path} and {settings.output / 'results.md'}")
-    if args.record:
-        record_tables(ordered, settings, results_md, readme)
+            continue
+        earlier = records.get(run.name)
+        if args.report_only:
+            continue
+        if earlier is not None and run.name not in rerun:
+            print(f"{run.name}: recorded on {earlier.get('recorded')} ({records_file}) — skipped")
+            continue
+        if earlier is not None:
+            print(
+                f"{run.name}: recorded earlier, but its run directory is gone and a row to run needs it as a teacher — training it again"
+            )
+        returncode, load, command = run_one(run, settings, logs)
+        if returncode != 0:
+            save_results(results_path, records, planned, settings)
+            again = "run the driver again to resume it" if returncode in (130, 143) else "fix it and run the driver again"
+            raise SystemExit(
+                f"{run.name}: brewer exited with {returncode} — log: {logs / (run.name + '.log')}; {again} "
+                f"(finished runs are skipped, a started one resumes from its checkpoints)"
+            )
+        records[run.name] = record_for(run, meter, machine_info, load, command)
+        if earlier is not None:
+            records[run.name]["earlier"] = earlier_values(earlier)
+            print(
+                f"{run.name}: {records[run.name]['value']} now, {earlier.get('value')} when recorded on {earlier.get('recorded')}"
+            )
+        # After every run, not once at the end: a sitting may end before the last row does.
+        write_outputs(records, planned, settings, args.record, records_file, results_md, readme)
+    write_outputs(records, planned, settings, args.record, records_file, results_md, readme)
+    print(f"\nwritten: {settings.output / 'results.json'} and {settings.output / 'results.md'}")
     return 0
+
+
+def teachers_to_rebuild(planned: Sequence[PlannedRun], records: dict[str, dict]) -> set[str]:
+    """The teacher runs that are recorded but whose directories are gone while a run still to do
+    distils from them: those are trained again (from the same recipe and seed) before it."""
+    to_do = [run for run in planned if run.name not in records and decide(run.run_dir) != "skip"]
+    needed = {run.teacher_dir.name for run in to_do if run.teacher_dir is not None}
+    return {run.name for run in planned if run.name in needed and run.name in records and decide(run.run_dir) != "skip"}
+
+
+def earlier_values(record: dict) -> list[dict]:
+    """A retrained run's earlier results (its value and when), oldest first, kept in its record."""
+    return [*record.get("earlier", []), {"value": record.get("value"), "recorded": record.get("recorded")}]
+
+
+def write_outputs(
+    records: dict[str, dict],
+    planned: Sequence[PlannedRun],
+    settings: Settings,
+    record: bool,
+    records_file: Path,
+    results_md: Path,
+    readme: Path,
+) -> None:
+    """OUTPUT/results.json and results.md; with --record also the repository's results.json, and
+    the table in RESULTS.md and README.md."""
+    results_path = settings.output / "results.json"
+    save_results(results_path, records, planned, settings)
+    ordered = json.loads(results_path.read_text(encoding="utf-8"))["records"]
+    (settings.output / "results.md").write_text(results_markdown(ordered, settings), encoding="utf-8")
+    if record:
+        records_file.parent.mkdir(parents=True, exist_ok=True)
+        records_file.write_text(results_path.read_text(encoding="utf-8"), encoding="utf-8")
+        record_tables(ordered, settings, results_md, readme)
 
 
 if __name__ == "__main__":

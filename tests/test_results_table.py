@@ -195,6 +195,13 @@ def _finish(run) -> None:
     assert result.exit_code == 0, result.output
 
 
+def _finish_all(planned) -> None:
+    for run in planned:
+        if decide(run.run_dir) == "fresh":
+            _finish(run)
+        assert decide(run.run_dir) == "skip"
+
+
 @pytest.fixture
 def tiny_dataset(monkeypatch):
     monkeypatch.setitem(results_rows.DATASETS, "tiny", Dataset("tiny sentiment", 64, 32, "sentences", 64))
@@ -206,10 +213,7 @@ def test_records_results_json_and_markdown_from_tiny_runs(tiny, tiny_dataset, tm
     catalog = catalogue("cpu", rows)
     planned = plan_runs(select(catalog, None), settings, catalog)
     assert [run.name for run in planned] == ["tiny-teacher", "tiny-student-seed5", "tiny-student-seed6"]
-    for run in planned:
-        if decide(run.run_dir) == "fresh":
-            _finish(run)
-        assert decide(run.run_dir) == "skip"
+    _finish_all(planned)
 
     student = planned[1]
     meter = LatencyMeter(runs=1, batch_sizes=(1,))
@@ -236,8 +240,11 @@ def test_records_results_json_and_markdown_from_tiny_runs(tiny, tiny_dataset, tm
     output = tmp_path / "work"
     shutil.copytree(root / "runs", output / "runs", symlinks=True)
     monkeypatch.setattr(results_table, "machine", lambda: machine)
-    code = results_table.main(["--output-dir", str(output), "--seeds", "5,6", "--no-latency"], rows=rows)
+    records_file = tmp_path / "repository" / "results.json"
+    arguments = ["--output-dir", str(output), "--seeds", "5,6", "--no-latency"]
+    code = results_table.main(arguments, rows=rows, records_file=records_file)
     assert code == 0
+    assert not records_file.exists()  # the repository's records only with --record
     saved = json.loads((output / "results.json").read_text())
     assert [entry["run"] for entry in saved["records"]] == ["tiny-teacher", "tiny-student-seed5", "tiny-student-seed6"]
     values = [entry["value"] for entry in saved["records"][1:]]
@@ -256,23 +263,65 @@ def test_records_results_json_and_markdown_from_tiny_runs(tiny, tiny_dataset, tm
     )
 
 
-def test_steps_to_reach_the_reference_final(tmp_path):
-    def fake_run(name: str, evaluations: list[tuple[int, float]]) -> Path:
-        directory = tmp_path / name
-        directory.mkdir()
-        lines = [json.dumps({"step": step, "eval": {"accuracy": value}}) for step, value in evaluations]
-        (directory / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-        return directory
+def test_a_fresh_machine_keeps_the_recorded_rows_and_retrains_a_missing_teacher(tiny, tiny_dataset, tmp_path, monkeypatch):
+    """Sittings may get a fresh machine: what --record kept in the repository is not run again, the
+    tables are rebuilt from the records alone, and a teacher missing on disk is trained again for
+    a row still to run (its record keeps the earlier value)."""
+    root, rows = tiny
+    machine = {"cpu": "test cpu", "cores": 2, "gpu": None, "torch": "x", "python": "3"}
+    monkeypatch.setattr(results_table, "machine", lambda: machine)
+    records_file = tmp_path / "repository" / "results.json"
+    results_md, readme = tmp_path / "RESULTS.md", tmp_path / "README.md"
+    readme.write_text("# brewer\n")
 
+    def drive(output: Path, *extra: str) -> int:
+        arguments = ["--output-dir", str(output), "--seeds", "5,6", "--no-latency", "--record", *extra]
+        return results_table.main(arguments, rows=rows, results_md=results_md, readme=readme, records_file=records_file)
+
+    catalog = catalogue("cpu", rows)
+    _finish_all(plan_runs(select(catalog, None), Settings(output=root, seeds=(5, 6)), catalog))
+    first = tmp_path / "first-machine"
+    shutil.copytree(root / "runs", first / "runs", symlinks=True)
+    assert drive(first) == 0
+    kept = json.loads(records_file.read_text())["records"]
+    assert [record["run"] for record in kept] == ["tiny-teacher", "tiny-student-seed5", "tiny-student-seed6"]
+    assert kept[1]["evaluations"] and kept[1]["compare"]["name"] == "tiny-student-seed5"
+
+    # A fresh machine: no runs, nothing run again, the same per-run table from the records.
+    table_before = results_md.read_text()
+    shutil.rmtree(first)
+    fresh = tmp_path / "fresh-machine"
+    assert drive(fresh) == 0
+    assert not (fresh / "runs").exists()
+    assert "| tiny-student-seed5 | basic, random init | accuracy |" in results_md.read_text()
+    assert results_md.read_text().split("\n", 2)[2] == table_before.split("\n", 2)[2]  # all but the time stamp
+
+    # A row not recorded yet on a fresh machine: its teacher is trained again first.
+    records_file.write_text(json.dumps({"records": kept[:2]}))
+    again = tmp_path / "another-machine"
+    assert drive(again, "--report-only") == 0
+    assert not (again / "runs").exists() and len(json.loads(records_file.read_text())["records"]) == 2
+    assert drive(again) == 0
+    assert (again / "runs" / "tiny-teacher" / "summary.json").is_file()
+    assert (again / "runs" / "tiny-student-seed6" / "summary.json").is_file()
+    assert not (again / "runs" / "tiny-student-seed5").exists()
+    rebuilt = {record["run"]: record for record in json.loads(records_file.read_text())["records"]}
+    assert rebuilt["tiny-teacher"]["earlier"] == [{"value": kept[0]["value"], "recorded": kept[0]["recorded"]}]
+    assert rebuilt["tiny-teacher"]["value"] == kept[0]["value"]  # same recipe and seed, the same teacher
+    assert rebuilt["tiny-student-seed5"] == kept[1]
+
+
+def test_steps_to_reach_the_reference_final():
+    # Read from the records alone: their run directories may be on a machine since wiped.
     reference = {"row": "b", "run": "b1", "seed": 1, "metric": "accuracy", "final": 0.80, "steps": 100, "value": 0.81}
-    reference["run_dir"] = str(fake_run("b1", [(25, 0.6), (50, 0.75), (100, 0.80)]))
+    reference["evaluations"] = [[25, 0.6], [50, 0.75], [100, 0.80]]
     reached = {"row": "d", "run": "d1", "seed": 1, "metric": "accuracy", "reference_row": "b", "value": 0.85}
-    reached["run_dir"] = str(fake_run("d1", [(25, 0.79), (50, 0.82), (100, 0.85)]))
+    reached["evaluations"] = [[25, 0.79], [50, 0.82], [100, 0.85]]
     found = results_report.figures([reference, reached])
     assert found["d"]["steps_to_reach_reference_final"] == {"reference": "b", "by_seed": {1: 0.5}, "mean": 0.5, "not_reached": []}
     assert found["b"]["value"] == {"mean": 0.81, "sd": None, "min": 0.81, "max": 0.81, "n": 1}
 
-    never = {**reached, "run": "d2", "seed": 2, "run_dir": str(fake_run("d2", [(100, 0.7)]))}
+    never = {**reached, "run": "d2", "seed": 2, "evaluations": [[100, 0.7]]}
     second_reference = {**reference, "run": "b2", "seed": 2}
     found = results_report.figures([reference, second_reference, reached, never])
     entry = found["d"]["steps_to_reach_reference_final"]

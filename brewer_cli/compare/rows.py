@@ -59,6 +59,12 @@ class RunRow:
         record["latency"] = {str(size): entry for size, entry in (self.latency or {}).items()} or None
         return record
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> RunRow:
+        """The row `as_dict` wrote (JSON turns tuples into lists and batch sizes into strings)."""
+        latency = {int(size): entry for size, entry in (record.get("latency") or {}).items()} or None
+        return cls(**{**record, "epochs": tuple(record["epochs"]), "latency": latency})
+
 
 # ============================================================================= reading a run
 
