@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from results_rows import DATASETS, END_MARKER, OTHERS_THRESHOLD, START_MARKER, PlannedRun, Settings
+from results_rows import DATASETS, END_MARKER, OTHERS_THRESHOLD, START_MARKER, PlannedRun
 
 from brewer_cli import compare
 
@@ -108,11 +108,11 @@ def load_results(path: Path) -> dict[str, dict]:
     return {record["run"]: record for record in json.loads(path.read_text(encoding="utf-8")).get("records", [])}
 
 
-def save_results(path: Path, records: dict[str, dict], planned: Sequence[PlannedRun], settings: Settings) -> None:
+def save_results(path: Path, records: dict[str, dict], planned: Sequence[PlannedRun]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     order = {run.name: index for index, run in enumerate(planned)}
     ordered = sorted(records.values(), key=lambda record: (order.get(record["run"], len(order)), record["run"]))
-    payload = {"seeds": list(settings.seeds), "records": ordered, "figures": figures(ordered)}
+    payload = {"records": ordered, "figures": figures(ordered)}
     temporary = path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(payload, indent=2, ensure_ascii=False), encoding="utf-8")
     temporary.replace(path)
@@ -321,7 +321,7 @@ def _machines(records: Sequence[dict]) -> list[str]:
     return seen
 
 
-def results_markdown(records: Sequence[dict], settings: Settings, brief: bool = False) -> str:
+def results_markdown(records: Sequence[dict], brief: bool = False) -> str:
     """The table, the targets and (unless `brief`) the steps-to-reach figures, the per-run table of
     `brewer compare`, the commands, the machine and the seeds."""
 
@@ -343,14 +343,14 @@ def results_markdown(records: Sequence[dict], settings: Settings, brief: bool = 
         output = str(Path(record["run_dir"]).parents[1])
         commands.setdefault(record["row"], record["command"].replace(output, "OUTPUT"))
     unknown = [record["run"] for record in records if not record.get("machine")]
-    seeds = ", ".join(str(seed) for seed in settings.seeds)
     parts += [
         "",
         "Notes:",
         "",
         "- value: the run's headline metric (the best checkpoint's with training.load_best_at_end, which final/ holds); "
         "best / final: the best and the last evaluation; several seeds: mean ± sample standard deviation.",
-        f"- Seeds of the seeded rows: {seeds} (training.seed, and for ETD-Rand the extraction seed too).",
+        # From the records, not the driver's --seeds: the table may hold rows of several sittings.
+        "- seeds: training.seed, and for ETD-Rand the extraction seed too.",
         "- other jobs: CPU time other processes took during the run (/proc/stat minus the run's own) over "
         f"{OTHERS_THRESHOLD:.0%} of the machine's — 'none' means the run had the machine alone.",
         f"- Machine: {'; '.join(_machines(records)) or 'not recorded'}.",
@@ -376,14 +376,14 @@ def replace_between_markers(
     raise SystemExit(f"only one of {start_marker} and {end_marker} (or the end before the start) — fix the markers by hand")
 
 
-def record_tables(records: Sequence[dict], settings: Settings, results_md: Path, readme: Path) -> None:
+def record_tables(records: Sequence[dict], results_md: Path, readme: Path) -> None:
     """--record: the table into RESULTS.md (all of it) and README.md (the table and the targets)."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    full = f"_{stamp}, `python benchmarks/results_table.py`_\n\n" + results_markdown(records, settings)
+    full = f"_{stamp}, `python benchmarks/results_table.py`_\n\n" + results_markdown(records)
     results_md.write_text(
         replace_between_markers(results_md.read_text(encoding="utf-8") if results_md.exists() else "", full, "## Results table"),
         encoding="utf-8",
     )
-    brief = results_markdown(records, settings, brief=True)
+    brief = results_markdown(records, brief=True)
     readme.write_text(replace_between_markers(readme.read_text(encoding="utf-8"), brief, "## Results"), encoding="utf-8")
     print(f"recorded the table in {results_md} and {readme}")

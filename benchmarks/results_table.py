@@ -361,7 +361,7 @@ def main(
             )
         returncode, load, command = run_one(run, settings, logs)
         if returncode != 0:
-            save_results(results_path, records, planned, settings)
+            save_results(results_path, records, planned)
             again = "run the driver again to resume it" if returncode in (130, 143) else "fix it and run the driver again"
             raise SystemExit(
                 f"{run.name}: brewer exited with {returncode} — log: {logs / (run.name + '.log')}; {again} "
@@ -405,13 +405,13 @@ def write_outputs(
     """OUTPUT/results.json and results.md; with --record also the repository's results.json, and
     the table in RESULTS.md and README.md."""
     results_path = settings.output / "results.json"
-    save_results(results_path, records, planned, settings)
+    save_results(results_path, records, planned)
     ordered = json.loads(results_path.read_text(encoding="utf-8"))["records"]
-    (settings.output / "results.md").write_text(results_markdown(ordered, settings), encoding="utf-8")
+    (settings.output / "results.md").write_text(results_markdown(ordered), encoding="utf-8")
     if record:
         records_file.parent.mkdir(parents=True, exist_ok=True)
         records_file.write_text(results_path.read_text(encoding="utf-8"), encoding="utf-8")
-        record_tables(ordered, settings, results_md, readme)
+        record_tables(ordered, results_md, readme)
 
 
 if __name__ == "__main__":

@@ -404,7 +404,7 @@ def test_record_writes_both_files(tmp_path):
         "command": "brewer distill r.yaml",
     }
     results_md.write_text("# Benchmark results\n\n## Older section\n\nkept\n")
-    results_report.record_tables([record], Settings(output=tmp_path), results_md, readme)
+    results_report.record_tables([record], results_md, readme)
     line = (
         "| x | SST-2 (67,349 / 872 sentences) | m | 3 × 384, 12 heads, FFN 768 (15.0M) | 42 | accuracy | 0.9000 | — "
         "| 0.9100 / 0.9000 | 10 (3) | 100.0 | 2.0 h | — | none |"
@@ -417,7 +417,7 @@ def test_record_writes_both_files(tmp_path):
     assert full.startswith("# Benchmark results\n\n## Older section\n\nkept\n\n## Results table\n\n" + results_rows.START_MARKER)
     assert line in full and "- x: `brewer distill r.yaml`" in full
     # Recording again replaces the block instead of adding a second one.
-    results_report.record_tables([record], Settings(output=tmp_path), results_md, readme)
+    results_report.record_tables([record], results_md, readme)
     assert results_md.read_text().count(results_rows.START_MARKER) == readme.read_text().count(results_rows.START_MARKER) == 1
 
 
