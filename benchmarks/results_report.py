@@ -308,6 +308,25 @@ def _reach_lines(found: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _retrained_lines(records: Sequence[dict]) -> list[str]:
+    """Runs trained again in a later sitting (a teacher missing on a fresh machine): whether they
+    came out the same, since students recorded before distilled from the earlier one."""
+    lines = []
+    for record in records:
+        earlier = record.get("earlier") or []
+        if not earlier:
+            continue
+        values = [entry.get("value") for entry in earlier]
+        same = all(value == record.get("value") for value in values)
+        history = ", ".join(f"{entry.get('value')} ({entry.get('recorded')})" for entry in earlier)
+        lines.append(
+            f"{record['run']} was trained again on {record.get('recorded')} from the same recipe and seed: "
+            f"{record.get('value')} now, {history} before — "
+            + ("the same." if same else "different: students recorded before it distilled from the earlier teacher.")
+        )
+    return lines
+
+
 def _machines(records: Sequence[dict]) -> list[str]:
     seen = []
     for record in records:
@@ -357,6 +376,7 @@ def results_markdown(records: Sequence[dict], brief: bool = False) -> str:
     ]
     if unknown:
         parts.append(f"- Not run by this driver (machine and company unknown): {', '.join(unknown)}.")
+    parts += [f"- {line}" for line in _retrained_lines(records)]
     parts += ["", "Commands (from the project root; OUTPUT = the driver's --output-dir):", ""]
     parts += [f"- {row_id}: `{command}`" for row_id, command in commands.items()]
     return "\n".join(parts) + "\n"

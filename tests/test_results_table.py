@@ -309,6 +309,10 @@ def test_a_fresh_machine_keeps_the_recorded_rows_and_retrains_a_missing_teacher(
     assert rebuilt["tiny-teacher"]["earlier"] == [{"value": kept[0]["value"], "recorded": kept[0]["recorded"]}]
     assert rebuilt["tiny-teacher"]["value"] == kept[0]["value"]  # same recipe and seed, the same teacher
     assert rebuilt["tiny-student-seed5"] == kept[1]
+    assert (
+        f"- tiny-teacher was trained again on {rebuilt['tiny-teacher']['recorded']} from the same recipe and seed: "
+        f"{kept[0]['value']} now, {kept[0]['value']} ({kept[0]['recorded']}) before — the same." in results_md.read_text()
+    )
 
 
 def test_steps_to_reach_the_reference_final():
