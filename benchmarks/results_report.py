@@ -39,14 +39,11 @@ def _shape(architecture: dict[str, Any] | None) -> str | None:
     return f"{architecture.get('layers')} × {architecture.get('hidden')}, {architecture.get('heads')} heads, FFN {architecture.get('ffn')}"
 
 
-def record_for(
-    run: PlannedRun, meter: Any, machine_info: dict[str, Any] | None, load: dict[str, Any] | None, command: str
-) -> dict:
-    """One results.json record, its figures read by `brewer compare` from the finished run."""
+def record_for(run: PlannedRun, machine_info: dict[str, Any] | None, load: dict[str, Any] | None, command: str) -> dict:
+    """One results.json record, its figures read by `brewer compare` from the finished run (latency:
+    results_table.measure_speedups, over several runs at once)."""
 
     row = compare.run_row(run.run_dir)
-    if meter is not None:
-        row = meter.measure(row)
     summary = compare.read_summary(run.run_dir)
     model = summary.get("student") or summary.get("model") or {}
     teacher = summary.get("teacher") or {}
@@ -327,6 +324,29 @@ def _retrained_lines(records: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _latency_lines(records: Sequence[dict]) -> list[str]:
+    """How the speed-up column was measured: per measuring job, when, how many passes, which runs."""
+    jobs: dict[str, tuple[dict, list[str]]] = {}
+    for record in records:
+        measured = record.get("latency_measured")
+        if measured:
+            jobs.setdefault(measured["at"], (measured, []))[1].append(record["run"])
+    unmeasured = [record["run"] for record in records if record.get("latency") and not record.get("latency_measured")]
+    lines = []
+    for at, (measured, runs) in jobs.items():
+        company = {True: "other jobs beside it", False: "the machine alone", None: "company unknown"}[
+            measured.get("others_beside")
+        ]
+        lines.append(
+            f"speed-up b1: the teacher's median latency over the model's, batch size 1, at the run's max_length, on CPU; "
+            f"measured {at} ({company}), {measured['runs']} passes per model and batch size in {measured['rounds']} rounds "
+            f"that interleave the models, one figure per architecture, for {', '.join(runs)}."
+        )
+    if unmeasured:
+        lines.append(f"speed-up b1 of {', '.join(unmeasured)}: 10 passes per model, measured right after each run.")
+    return lines
+
+
 def _machines(records: Sequence[dict]) -> list[str]:
     seen = []
     for record in records:
@@ -377,6 +397,7 @@ def results_markdown(records: Sequence[dict], brief: bool = False) -> str:
     if unknown:
         parts.append(f"- Not run by this driver (machine and company unknown): {', '.join(unknown)}.")
     parts += [f"- {line}" for line in _retrained_lines(records)]
+    parts += [f"- {line}" for line in _latency_lines(records)]
     parts += ["", "Commands (from the project root; OUTPUT = the driver's --output-dir):", ""]
     parts += [f"- {row_id}: `{command}`" for row_id, command in commands.items()]
     return "\n".join(parts) + "\n"

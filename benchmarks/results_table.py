@@ -19,8 +19,9 @@ once. A run whose directory holds summary.json is skipped; one with checkpoints 
 writes OUTPUT/results.json (one record per run) and OUTPUT/results.md; `--record` also writes the
 records into benchmarks/results.json and the table into benchmarks/RESULTS.md and README.md between
 `<!-- results-table:start -->` and `<!-- results-table:end -->`, after every run. The table's
-per-run figures come from `brewer compare` (brewer_cli.compare), latency included (measured after
-each run, alone on the machine).
+per-run figures come from `brewer compare` (brewer_cli.compare). Latency is measured after each run
+for the runs not measured yet, alone on the machine; `--report-only --measure-latency` measures
+every run on disk again in one job, so that the whole speed-up column comes from one sitting.
 
 Across sittings: a sitting may get a fresh machine, with OUTPUT gone. A run recorded in
 benchmarks/results.json is then not run again — its record holds everything the tables need. A
@@ -61,6 +62,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +86,13 @@ from results_rows import (
     select,
 )
 
-from brewer_cli.compare.rows import LatencyMeter
+from brewer_cli.compare.rows import LatencyMeter, RunRow
+from brewer_cli.models import PACKAGE_PREFIX
+
+# Timed passes per model and batch size behind the speed-up column, spread over rounds that
+# interleave the models: ten passes per model, each model timed on its own, left a 60% spread
+# between students of one shape.
+LATENCY_RUNS, LATENCY_ROUNDS = 50, 10
 
 # ============================================================================= running
 
@@ -300,7 +308,18 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run nothing: write results.json and results.md (with --record, the repository's files too) from the runs "
         "finished on disk and the records kept",
     )
-    parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True, help="measure speed-ups (default on)")
+    parser.add_argument(
+        "--latency",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure the speed-ups of runs not measured yet (default on)",
+    )
+    parser.add_argument(
+        "--measure-latency",
+        action="store_true",
+        help="measure the speed-ups of every run with its models on disk again, all in one job (with --report-only: "
+        "alone on the machine, after the rows are done)",
+    )
     return parser.parse_args(argv)
 
 
@@ -341,13 +360,12 @@ def main(
     for name, record in load_results(records_file).items():
         records.setdefault(name, record)
     rerun = teachers_to_rebuild(planned, records)
-    meter = LatencyMeter(runs=10) if args.latency else None
     machine_info = machine()
     for run in planned:
         if decide(run.run_dir) == "skip":
             print(f"{run.name}: finished already ({run.run_dir / 'summary.json'}) — skipped")
             if run.name not in records:
-                records[run.name] = record_for(run, meter, None, None, shlex.join(run.command()))
+                records[run.name] = record_for(run, None, None, shlex.join(run.command()))
             continue
         earlier = records.get(run.name)
         if args.report_only:
@@ -367,14 +385,18 @@ def main(
                 f"{run.name}: brewer exited with {returncode} — log: {logs / (run.name + '.log')}; {again} "
                 f"(finished runs are skipped, a started one resumes from its checkpoints)"
             )
-        records[run.name] = record_for(run, meter, machine_info, load, command)
+        records[run.name] = record_for(run, machine_info, load, command)
         if earlier is not None:
             records[run.name]["earlier"] = earlier_values(earlier)
             print(
                 f"{run.name}: {records[run.name]['value']} now, {earlier.get('value')} when recorded on {earlier.get('recorded')}"
             )
+        if args.latency:
+            measure_speedups(records)
         # After every run, not once at the end: a sitting may end before the last row does.
         write_outputs(records, planned, settings, args.record, records_file, results_md, readme)
+    if args.latency:
+        measure_speedups(records, everything=args.measure_latency)
     write_outputs(records, planned, settings, args.record, records_file, results_md, readme)
     print(f"\nwritten: {settings.output / 'results.json'} and {settings.output / 'results.md'}")
     return 0
@@ -386,6 +408,42 @@ def teachers_to_rebuild(planned: Sequence[PlannedRun], records: dict[str, dict])
     to_do = [run for run in planned if run.name not in records and decide(run.run_dir) != "skip"]
     needed = {run.teacher_dir.name for run in to_do if run.teacher_dir is not None}
     return {run.name for run in planned if run.name in needed and run.name in records and decide(run.run_dir) != "skip"}
+
+
+def measure_speedups(
+    records: dict[str, dict], everything: bool = False, runs: int = LATENCY_RUNS, rounds: int = LATENCY_ROUNDS
+) -> None:
+    """The speed-up column: the latency of the recorded runs whose final models and teachers are on
+    disk and not measured yet (all of them with `everything`, --measure-latency), measured in one
+    job with the models interleaved (brewer_cli.compare.rows.LatencyMeter). A run whose models are
+    gone keeps the figure it has, and its `latency_measured` says from which job."""
+    chosen = [
+        record
+        for record in records.values()
+        if "compare" in record and _models_on_disk(record["compare"]) and (everything or not record.get("latency_measured"))
+    ]
+    if not chosen:
+        return
+    print(f"\nmeasuring latency: {', '.join(record['run'] for record in chosen)} ({runs} passes per model and batch size)")
+    watch = LoadWatch(cores=machine_cores())
+    rows = LatencyMeter(runs=runs, rounds=rounds).measure_rows([RunRow.from_dict(record["compare"]) for record in chosen])
+    load = watch.report()
+    measured = {
+        "at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "runs": runs,
+        "rounds": rounds,
+        "together": [record["run"] for record in chosen],
+        "others_beside": load.get("others_beside"),
+    }
+    for record, row in zip(chosen, rows):
+        record["latency"] = record["compare"]["latency"] = row.as_dict()["latency"]
+        record["latency_measured"] = measured
+
+
+def _models_on_disk(compared: dict) -> bool:
+    teacher = compared.get("teacher_checkpoint")
+    local = teacher is None or teacher.startswith(PACKAGE_PREFIX) or Path(teacher).exists()
+    return (Path(compared["run_dir"]) / "summary.json").is_file() and local
 
 
 def earlier_values(record: dict) -> list[dict]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from brewer_cli import compare
@@ -150,6 +151,24 @@ def test_latency_speedups_measure_each_model_once(runs):
         assert teacher.latency[size]["student_ms"] == entry["teacher_ms"]
         assert teacher.latency[size]["speedup"] is None
     assert set(student.as_dict()["latency"]) == {"1", "2"}
+
+
+def test_runs_of_one_architecture_share_one_latency_figure(runs, tmp_path):
+    """Forward time depends on shapes, not weight values: a second run of the student's shape
+    (another directory, other weights) is not measured again."""
+    twin = tmp_path / "tiny-student-twin"
+    shutil.copytree(runs["student"], twin)
+    final = twin / "final"
+    (weights,) = final.glob("*.safetensors")
+    tensors = {name: tensor + 1.0 for name, tensor in load_file(weights).items()}
+    save_file(tensors, weights, metadata={"format": "pt"})
+    meter = LatencyMeter(runs=1, batch_sizes=(1,))
+    rows = compare.compare_runs([runs["student"], runs["teacher"]], latency=False)
+    twin_row = replace(rows[0], run_dir=str(twin))
+    student, teacher, again = meter.measure_rows([*rows, twin_row])
+    assert len(meter.measured) == 2  # the student's shape and the teacher's
+    assert again.latency == student.latency
+    assert teacher.latency[1]["student_ms"] == student.latency[1]["teacher_ms"]
 
 
 def test_seq_len_recounts_flops_and_is_checked_against_positions(runs):

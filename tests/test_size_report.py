@@ -237,6 +237,26 @@ def test_latency_is_positive_on_a_tiny_model():
     assert model.training  # the caller's mode is restored
 
 
+def test_latencies_interleave_the_models_round_by_round():
+    """Each round times every model in turn, each block after one untimed pass, so a slow spell of
+    the machine falls on all the models compared rather than on one."""
+    calls: list[tuple[str, int, int]] = []
+    models = []
+    for name, layers in (("a", 1), ("b", 2)):
+        model = BertForSequenceClassification(tiny_bert(layers=layers))
+        model.register_forward_hook(
+            lambda module, args, kwargs, output, name=name: calls.append((name, *kwargs["input_ids"].shape)), with_kwargs=True
+        )
+        models.append(model)
+    results = size_report.measure_latencies([(models[0], 8), (models[1], 16)], runs=4, batch_sizes=(1, 2), rounds=2)
+    warmup = size_report.WARMUP_RUNS
+    expected = [(name, size, seq) for name, seq in (("a", 8), ("b", 16)) for size in (1, 2) for _ in range(warmup)]
+    block = [(name, size, seq) for name, seq in (("a", 8), ("b", 16)) for size in (1, 2) for _ in range(1 + 2)]
+    assert calls == expected + block + block
+    assert [[entry["batch_size"] for entry in entries] for entries in results] == [[1, 2], [1, 2]]
+    assert all(entry["median_ms"] > 0 for entries in results for entry in entries)
+
+
 def test_cuda_request_without_cuda_is_an_error(saved_student, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(BrewerError, match="CUDA is not available"):

@@ -53,6 +53,7 @@ from brewer_cli.size_report.latency import (
     DEFAULT_SEQ_LEN,
     WARMUP_RUNS,
     check_device,
+    measure_latencies,
     measure_latency,
     percentile,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "choose_seq_len",
     "compare",
     "count_parameters",
+    "measure_latencies",
     "measure_latency",
     "model_figures",
     "percentile",
