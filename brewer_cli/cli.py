@@ -259,11 +259,15 @@ def compare(
     run_dirs: list[Path] = typer.Argument(..., help="finished run directories (runs/<name>)", show_default=False, metavar="RUN"),
     markdown: bool = typer.Option(False, "--markdown", help="print a Markdown table"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="draw metric against latency into this PNG (needs brewer\\[plot])"),
-    latency: bool = typer.Option(True, "--latency/--no-latency", help="measure each model's and its teacher's latency on CPU"),
+    latency: bool = typer.Option(
+        True,
+        "--latency/--no-latency",
+        help="measure each model's and its teacher's latency on CPU, once per architecture, the models interleaved",
+    ),
     seq_len: Optional[int] = typer.Option(
         None, "--seq-len", help="sequence length for FLOPs and latency (default: each run's max_length)"
     ),
-    runs: int = typer.Option(10, "--runs", help="timed runs per batch size after warm-up"),
+    runs: int = typer.Option(10, "--runs", help="timed passes per model and batch size after warm-up, in up to 5 rounds"),
 ) -> None:
     """Finished runs side by side: metric, share of the teacher, size, FLOPs, speed-up, steps and time."""
 

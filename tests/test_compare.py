@@ -141,7 +141,7 @@ def test_markdown_table(runs):
 
 def test_latency_speedups_measure_each_model_once(runs):
     meter = LatencyMeter(runs=1, batch_sizes=(1, 2))
-    rows = [meter.measure(row) for row in compare.compare_runs([runs["student"], runs["teacher"]], latency=False)]
+    rows = meter.measure_rows(compare.compare_runs([runs["student"], runs["teacher"]], latency=False))
     # The student's teacher is the teacher run's final/: one measurement serves both rows.
     assert len(meter.measured) == 2
     student, teacher = rows

@@ -204,7 +204,7 @@ def _examples_per_second(summary: dict[str, Any]) -> float | None:
 
 
 def run_row(run_dir: str | Path) -> RunRow:
-    """The figures of one finished run (latency: `LatencyMeter.measure`)."""
+    """The figures of one finished run (latency: `LatencyMeter.measure_rows`)."""
     path = Path(run_dir)
     summary = read_summary(path)
     recipe = _read_recipe(path)
@@ -312,10 +312,6 @@ class LatencyMeter:
             _with_latency(row, self.measured[row_keys[0]], self.measured[row_keys[1]] if len(row_keys) > 1 else {})
             for row, row_keys in zip(rows, keys)
         ]
-
-    def measure(self, row: RunRow) -> RunRow:
-        """One row (`measure_rows`)."""
-        return self.measure_rows([row])[0]
 
     def _architecture(self, location: str, what: str) -> str:
         """The model's class, parameter names, shapes and dtypes, from its module tree alone (meta device)."""
