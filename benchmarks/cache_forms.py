@@ -10,7 +10,9 @@ through that form on their way to the losses: the `general` run of vs_finetuning
 teacher → 3 × 192 student, KD ce + hidden_mse on 4 layers + nst on 3, the first 256 SST-2
 sentences, batch 16, 3 epochs, seed 42), once per form, one after the other in this process.
 
-    python benchmarks/cache_forms.py [--examples 256 --epochs 3]
+The report goes to benchmarks/work/reports/; `--record` also writes it into benchmarks/RESULTS.md.
+
+    python benchmarks/cache_forms.py [--examples 256 --epochs 3] [--record]
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import append
+from common import write_section
 from speed_common import WORK, brewer_recipe, prepare_inputs, sst2_job
 
 
@@ -93,7 +95,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--no-results", action="store_true")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="also write the section into benchmarks/RESULTS.md (replacing one of the same title)",
+    )
     arguments = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     directory = WORK / "cache_forms"
@@ -120,8 +126,9 @@ def main() -> None:
         rows.append(f"| {label} | {errors[label]:.2e} | {loss_error:.2e} | {apart / moved:.2e} | {'yes' if within else 'no'} |")
         print(rows[-1], flush=True)
     smallest = next((label for label in ("int8-row", "bf16", "fp16") if verdicts[label]), "none")
+    record = " --record" if arguments.record else ""
     body = f"""
-Command: `python benchmarks/cache_forms.py --examples {arguments.examples} --epochs {arguments.epochs}`. CPU, fp32
+Command: `python benchmarks/cache_forms.py --examples {arguments.examples} --epochs {arguments.epochs}{record}`. CPU, fp32
 training; the `general` run of vs_finetuning.py (teacher MiniLM-L6-H384 fine-tuned on SST-2, student 3 × 192 from one
 saved initialization, KD ce T = 8, hidden_mse with a linear projection on 4 layers and nst on 3; the first
 {arguments.examples} SST-2 training sentences, batch 16, {arguments.epochs} epochs = {len(reference_losses)} steps, seed
@@ -139,8 +146,7 @@ initialization (all tensors, L2).
 Smallest form within the tolerance: **{smallest}**.
 """
     print(body)
-    if not arguments.no_results:
-        append("Teacher-output cache: the number form of cached hidden states", body)
+    write_section("Teacher-output cache: the number form of cached hidden states", body, arguments.record)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ results_table.py does (/proc/stat minus the runs' own CPU time; over 5% of the m
 
 Results go to benchmarks/work/data_scale/results.json, one record per size, written as soon as the
 size is measured; a size already there is skipped unless --again. The tokenization cache of a
-size (about 1 GB at 10M lines) is deleted once measured unless --keep-cache. `--record` writes
-(or replaces) the section "Data at corpus scale (issue 17)" in benchmarks/RESULTS.md.
+size (about 1 GB at 10M lines) is deleted once measured unless --keep-cache. The report goes to
+benchmarks/work/reports/; `--record` also writes (or replaces) the section "Data at corpus scale
+(issue 17)" in benchmarks/RESULTS.md.
 
     python benchmarks/data_scale.py                             # 100k, 1M and 10M lines
     python benchmarks/data_scale.py --sizes 100000 --again      # measure 100k lines again
@@ -49,7 +50,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import random
 import shlex
 import shutil
@@ -60,7 +60,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, ROOT, WORK
+from common import ROOT, WORK, write_section
 
 DIRECTORY = WORK / "data_scale"
 RESULTS_JSON = DIRECTORY / "results.json"
@@ -462,7 +462,7 @@ def size_label(lines: int) -> str:
     return f"{lines:,}"
 
 
-def section(results: dict[str, Any], sizes: list[int]) -> str:
+def section(results: dict[str, Any], sizes: list[int], record: bool) -> str:
     records = sorted(results["records"].values(), key=lambda record: record["lines"])
     rows = []
     for record in records:
@@ -512,7 +512,7 @@ def section(results: dict[str, Any], sizes: list[int]) -> str:
         machine_line += f" — except {', '.join(elsewhere)}, measured on another machine (results.json says which)"
     shown_sizes = ",".join(str(lines) for lines in sizes)
     return f"""
-Command: `python benchmarks/data_scale.py --sizes {shown_sizes} --record`. Each size: a generated corpus (one sentence of
+Command: `python benchmarks/data_scale.py --sizes {shown_sizes}{" --record" if record else ""}`. Each size: a generated corpus (one sentence of
 8-20 words per line, blank lines between paragraphs not counted; a fixed vocabulary of {len(FUNCTION_WORDS)} English function words and {MADE_UP_WORDS:,}
 made-up words), task masked_lm packed into blocks of {MAX_LENGTH} tokens, `general` distillation (TinyBERT attention and
 hidden matches, teacher cache off) of a random 4 × 128 BERT teacher into a 2 × 64 student, batch {BATCH_SIZE}, {STEPS} steps.
@@ -534,22 +534,6 @@ Machine: {machine_line}.
 
 {verdict}
 """
-
-
-def record_section(body: str) -> None:
-    """Write the section into RESULTS.md, replacing an earlier one of the same title."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = f"## {SECTION}\n\n_{stamp} — {platform.machine()}, {len(os.sched_getaffinity(0))} cores_\n\n{body.strip()}\n"
-    current = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    heading = f"\n## {SECTION}\n"
-    start = current.find(heading)
-    if start < 0:
-        updated = current.rstrip("\n") + "\n\n" + text
-    else:
-        following = current.find("\n## ", start + len(heading))
-        rest = current[following:] if following >= 0 else ""
-        updated = current[: start + 1] + text + rest
-    RESULTS.write_text(updated, encoding="utf-8")
 
 
 # ============================================================================= the command line
@@ -575,7 +559,9 @@ def main() -> None:
         help="corpus sizes in lines, comma-separated (100k, 1M accepted); default 100000,1000000,10000000",
     )
     parser.add_argument("--again", action="store_true", help="measure sizes that results.json already holds again")
-    parser.add_argument("--record", action="store_true", help="write the section into benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--record", action="store_true", help="also write the report into benchmarks/RESULTS.md (replacing its section)"
+    )
     parser.add_argument("--keep-cache", action="store_true", help="keep each size's tokenization cache (cache-<N>/)")
     parser.add_argument(
         "--num-proc", type=int, default=len(os.sched_getaffinity(0)), help="data.num_proc (default: the cores available)"
@@ -593,11 +579,9 @@ def main() -> None:
             results["records"][str(lines)] = measure(lines, arguments.num_proc, model_info, arguments.keep_cache)
             save_results(results)
     measured = sorted(int(key) for key in results["records"])
-    body = section(results, measured)
+    body = section(results, measured, arguments.record)
     print(body)
-    if arguments.record:
-        record_section(body)
-        print(f"written into {RESULTS.relative_to(ROOT)}")
+    write_section(SECTION, body, arguments.record)
 
 
 if __name__ == "__main__":

@@ -458,7 +458,7 @@ def main(argv: Sequence[str] | None = None, rows: Sequence[Row] = ROWS, results_
             records[run.name] = record_for(run, settings, machine_info, load, command)
         save_results(results_path, records, planned, settings, corpus_stats(settings.output))
     payload = json.loads(results_path.read_text(encoding="utf-8")) if results_path.exists() else {"records": []}
-    markdown = results_markdown(payload["records"], settings, payload.get("corpus") or {})
+    markdown = results_markdown(payload["records"], settings, payload.get("corpus") or {}, args.record)
     (settings.output / "results.md").write_text(markdown, encoding="utf-8")
     print(f"\n{markdown}\nwritten: {results_path} and {settings.output / 'results.md'}")
     if args.record:

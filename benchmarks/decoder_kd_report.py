@@ -252,7 +252,7 @@ def table(records: Sequence[dict], found: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def results_markdown(records: Sequence[dict], settings: Any, corpus: dict) -> str:
+def results_markdown(records: Sequence[dict], settings: Any, corpus: dict, record: bool = False) -> str:
     found = figures(records)
     parts = [table(records, found), ""]
     captures = [record for record in records if record["kind"] == "capture"]
@@ -286,7 +286,8 @@ def results_markdown(records: Sequence[dict], settings: Any, corpus: dict) -> st
         f"- Seeds of the student rows: {', '.join(str(seed) for seed in settings.seeds)} (training.seed).",
         f"- Machine: {'; '.join(machines) or 'not recorded'}. other jobs: CPU time other processes took during the run over 5% "
         "of the machine's — 'none' means the run had the machine alone.",
-        f"- Command: `python benchmarks/decoder_kd.py{'' if settings.scale.name == 'full' else ' --scale ' + settings.scale.name}` "
+        f"- Command: `python benchmarks/decoder_kd.py{'' if settings.scale.name == 'full' else ' --scale ' + settings.scale.name}"
+        f"{' --record' if record else ''}` "
         "(resumable; `--list` for the runs and their estimated hours).",
     ]
     return "\n".join(parts) + "\n"
@@ -295,7 +296,7 @@ def results_markdown(records: Sequence[dict], settings: Any, corpus: dict) -> st
 def record_section(markdown: str, results_md: Path) -> None:
     """--record: the table between the decoder-kd markers of RESULTS.md (a new section when missing)."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    block = f"_{stamp}, `python benchmarks/decoder_kd.py`_\n\n{markdown}"
+    block = f"_{stamp}, `python benchmarks/decoder_kd.py --record`_\n\n{markdown}"
     text = results_md.read_text(encoding="utf-8") if results_md.exists() else ""
     results_md.write_text(replace_between_markers(text, block, HEADING, START_MARKER, END_MARKER), encoding="utf-8")
     print(f"recorded the table in {results_md}")

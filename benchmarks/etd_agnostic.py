@@ -14,8 +14,8 @@
 
 Three seeds each (mean ± spread). One job at a time; every finished run is skipped when the script
 is started again (a killed run is continued with --resume), and results.json is rewritten after
-each run, so it can run across several sittings. Runs go to benchmarks/work/etd_agnostic/;
-RESULTS.md is written only with --record.
+each run, so it can run across several sittings. Runs go to benchmarks/work/etd_agnostic/, the report
+to benchmarks/work/reports/; --record also writes it into benchmarks/RESULTS.md.
 
     python benchmarks/etd_agnostic.py [--general-steps 100] [--task-steps 100] [--seeds 1 2 3] [--record]
 """
@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, WORK, append, summary
+from common import ROOT, WORK, summary, write_section
 
 OUTPUT = WORK / "etd_agnostic"
 PIPELINE = "recipes/etd/minilm-local.yaml"  # stage 1: general distillation; stage 2: the task
@@ -182,7 +182,8 @@ def steps_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
 def report(arguments: argparse.Namespace, results: dict) -> str:
     lines = [
         f"Command: `python benchmarks/etd_agnostic.py --general-steps {arguments.general_steps} --task-steps "
-        f"{arguments.task_steps} --seeds {' '.join(map(str, arguments.seeds))}`; one job at a time on the machine.",
+        f"{arguments.task_steps} --seeds {' '.join(map(str, arguments.seeds))}{' --record' if arguments.record else ''}`; "
+        "one job at a time on the machine.",
         f"Data: general stage on the first {arguments.general_steps * BATCH_SIZE:,} SST-2 training sentences as "
         f"unlabeled text; task stage on the first {arguments.task_examples:,} labeled sentences; dev: all 872. "
         f"Teacher of the task stage: MiniLM-L6-H384 fine-tuned by the task recipe's `teacher.train`.",
@@ -241,7 +242,9 @@ def main() -> None:
     parser.add_argument("--budget", default="8M")
     parser.add_argument("--parts", default="ab", help="a, b or ab")
     parser.add_argument("--teacher-epochs", type=float, default=1.0)
-    parser.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--record", action="store_true", help="also write the report into benchmarks/RESULTS.md (replacing one of the same title)"
+    )
     arguments = parser.parse_args()
     results_path = OUTPUT / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"a": {}, "b": {}}
@@ -260,8 +263,11 @@ def main() -> None:
             part_b(arguments, results, seed)
     text = report(arguments, results)
     print(text)
-    if arguments.record:
-        append("ETD, task-agnostic: random init vs ETD-Rand vs ETD-Impt, and extraction to a budget (SST-2, MiniLM)", text)
+    write_section(
+        "ETD, task-agnostic: random init vs ETD-Rand vs ETD-Impt, and extraction to a budget (SST-2, MiniLM)",
+        text,
+        arguments.record,
+    )
 
 
 if __name__ == "__main__":

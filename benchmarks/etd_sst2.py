@@ -9,15 +9,16 @@ MiniLM-L6-H384 teacher:
 
 Dev accuracy is read against steps from each run's metrics.jsonl (evaluated every ~1/8 of the run);
 the extracted students of (b) and (c) are also evaluated before any training (step 0) with
-`brewer extract` + `brewer eval`. The script draws benchmarks/etd_sst2.png and appends a section
-to benchmarks/RESULTS.md.
+`brewer extract` + `brewer eval`. The script draws the plot and writes the report into --work and
+benchmarks/work/reports/; `--record` draws benchmarks/etd_sst2.png instead and writes the report into
+benchmarks/RESULTS.md (replacing the section of the same title).
 
 The teacher is reused, not trained here: by default the one benchmarks/sst2_minilm.py trains
 (MiniLM fine-tuned on the first 3,000 SST-2 sentences); the script waits for it when it is still
 being trained.
 
-    python benchmarks/etd_sst2.py [--teacher DIR] [--train-examples 3000] [--epochs 2] [--evaluations 8]
-    python benchmarks/etd_sst2.py --report-only   # redraw and re-append from the finished runs
+    python benchmarks/etd_sst2.py [--teacher DIR] [--train-examples 3000] [--epochs 2] [--evaluations 8] [--record]
+    python benchmarks/etd_sst2.py --report-only [--record]   # redraw and rewrite the report from the finished runs
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import ROOT, WORK, append, brewer, summary
+from common import ROOT, WORK, brewer, summary, write_section
 
 RUNS = (
     # key, label, recipe, run name
@@ -105,9 +106,12 @@ def plot(results: dict, path: Path, teacher_accuracy: float | None) -> None:
     figure.savefig(path, dpi=120)
 
 
-def report(results: dict) -> str:
+def report(results: dict, plot_path: Path, record: bool) -> str:
     runs = results["runs"]
     settings = results["settings"]
+    # The command that ran the runs, with --record when this report is recorded (maybe by --report-only).
+    command = " ".join([part for part in settings["command"].split() if part != "--record"] + (["--record"] if record else []))
+    shown_plot = plot_path.relative_to(ROOT) if plot_path.is_relative_to(ROOT) else plot_path
     baseline = runs["random"]
     baseline_final = baseline["curve"][-1][1]
     baseline_steps = baseline["steps"]
@@ -148,7 +152,7 @@ def report(results: dict) -> str:
     teacher = results["teacher"]
     extraction = results.get("extraction_notes", "")
     return f"""
-Command: `{settings["command"]}`.
+Command: `{command}`.
 Each run is `brewer distill RECIPE --output-dir {settings["work"]}` with {overrides}; the recipes differ only in
 `student` (same seed {settings["seed"]}, data, batch {settings["batch_size"]}, max_length {settings["max_length"]},
 lr {settings["learning_rate"]:g} with 10% warmup, basic KD: CE to the teacher at T=4 + 0.5 × hard-label CE).
@@ -158,7 +162,7 @@ training sentences, as benchmarks/sst2_minilm.py does; dev accuracy {teacher["ac
 Student: 3 layers (teacher layers 2, 4, 6 for ETD), hidden 192, 12 heads × 16, FFN 768. Dev set: {settings["dev"]},
 evaluated every {settings["eval_every"]} steps; step 0 for (b) and (c) is the extracted student before training
 (`brewer extract` + `brewer eval`). {extraction}
-Plot: `benchmarks/etd_sst2.png`. Wall times on a 2-core machine shared with other jobs (run with `nice -n 10`),
+Plot: `{shown_plot}`. Wall times on a 2-core machine shared with other jobs (run with `nice -n 10`),
 so they are indicative only; "command wall time" includes loading, the teacher's dev evaluation and extraction.
 
 Dev accuracy against training steps:
@@ -188,9 +192,9 @@ def main() -> None:
     parser.add_argument("--poll", type=int, default=60, help="seconds between checks for the teacher")
     parser.add_argument("--work", type=Path, default=OUTPUT, help="directory for the runs (replaced)")
     parser.add_argument(
-        "--no-record",
+        "--record",
         action="store_true",
-        help="a trial: draw the plot inside --work and print the report, leaving RESULTS.md alone",
+        help="draw benchmarks/etd_sst2.png and write the report into benchmarks/RESULTS.md (default: the plot inside --work)",
     )
     parser.add_argument("--report-only", action="store_true", help="rebuild the plot and the report from results.json")
     arguments = parser.parse_args()
@@ -282,11 +286,11 @@ def main() -> None:
                 f"this share of the teacher's importance in the kept layers: {retained}."
             )
     results["extraction_notes"] = " ".join(notes)
-    plot(results, output / PLOT.name if arguments.no_record else PLOT, results["teacher"]["accuracy"])
-    body = report(results)
-    if not arguments.no_record:
-        append("SST-2, ETD: random init vs ETD-Rand vs ETD-Impt (3×192 student from MiniLM)", body)
+    plot_path = PLOT if arguments.record else output / PLOT.name
+    plot(results, plot_path, results["teacher"]["accuracy"])
+    body = report(results, plot_path, arguments.record)
     print(body)
+    write_section("SST-2, ETD: random init vs ETD-Rand vs ETD-Impt (3×192 student from MiniLM)", body, arguments.record)
 
 
 if __name__ == "__main__":

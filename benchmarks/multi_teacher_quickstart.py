@@ -2,11 +2,12 @@
 differ only in their seed (one `brewer train-teacher` command each), distill them together into
 the quickstart student (`recipes/quickstart-multi-teacher.yaml`: KD against the mean of their
 logits), and, for comparison, the same student from two of them and from single teachers
-(`recipes/quickstart.yaml`), each student configuration repeated over a few seeds. Appends each
+(`recipes/quickstart.yaml`), each student configuration repeated over a few seeds. Reports each
 teacher's accuracy, their mean, the ensembles' (mean-logits) accuracies and the students'
-accuracies to RESULTS.md. Finished teachers of the same settings are reused.
+accuracies in benchmarks/work/reports/ (`--record`: also in benchmarks/RESULTS.md). Finished
+teachers of the same settings are reused.
 
-    nice -n 10 python benchmarks/multi_teacher_quickstart.py [--teacher-epochs 12] [--student-epochs 16] [--student-seeds 42,43,44]
+    nice -n 10 python benchmarks/multi_teacher_quickstart.py [--teacher-epochs 12] [--student-epochs 16] [--student-seeds 42,43,44] [--record]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import shutil
 import time
 
 import yaml
-from common import ROOT, WORK, append, brewer, summary
+from common import ROOT, WORK, brewer, summary, write_section
 
 SEEDS = (1, 2, 3)
 
@@ -30,6 +31,9 @@ def main() -> None:
         type=lambda text: [int(part) for part in text.split(",")],
         default=[42, 43, 44],
         help="training.seed of the repeated student runs, comma-separated",
+    )
+    parser.add_argument(
+        "--record", action="store_true", help="also write the report into benchmarks/RESULTS.md (replacing one of the same title)"
     )
     arguments = parser.parse_args()
     output = WORK / "quickstart-multi-teacher"
@@ -119,9 +123,10 @@ def main() -> None:
 
     student_rows = "\n".join(student_row(label, runs) for label, runs in results.items())
     seeds = ",".join(str(seed) for seed in arguments.student_seeds)
+    record = " --record" if arguments.record else ""
     kd = yaml.safe_load((ROOT / "recipes" / "quickstart-multi-teacher.yaml").read_text())["distillation"]
     body = f"""
-Command: `nice -n 10 python benchmarks/multi_teacher_quickstart.py --teacher-epochs {arguments.teacher_epochs:g} --student-epochs {arguments.student_epochs:g} --student-seeds {seeds}`
+Command: `nice -n 10 python benchmarks/multi_teacher_quickstart.py --teacher-epochs {arguments.teacher_epochs:g} --student-epochs {arguments.student_epochs:g} --student-seeds {seeds}{record}`
 (teachers: `brewer train-teacher recipes/quickstart-teacher.yaml --set training.seed=N --set name=quickstart-teacher-seedN`;
 students: `recipes/quickstart-multi-teacher.yaml` and, for comparison, `recipes/quickstart.yaml` from one teacher).
 Data: the generated quickstart sentiment task (4,000 training / 1,000 eval sentences, 3% label noise).
@@ -139,8 +144,8 @@ earlier invocation keep the wall time of the run that trained them.
 {ensemble_rows}
 {student_rows}
 """
-    append("Quickstart, three seeds' teachers → one student (multi-teacher KD)", body)
     print(body)
+    write_section("Quickstart, three seeds' teachers → one student (multi-teacher KD)", body, arguments.record)
 
 
 def _finished_with(run_dir, epochs: float) -> bool:

@@ -8,7 +8,9 @@ SST-2 sentences sorted by length, longest first, with its hidden states returned
 runs in a child process of its own, so that its peak RSS (ru_maxrss, less the RSS before the
 pass) is its own.
 
-    python benchmarks/prefill_batch.py [--examples 2048 --budgets 1024,2048,4096,8192,16384]
+The report goes to benchmarks/work/reports/; `--record` also writes it into benchmarks/RESULTS.md.
+
+    python benchmarks/prefill_batch.py [--examples 2048 --budgets 1024,2048,4096,8192,16384] [--record]
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=2048)
     parser.add_argument("--budgets", default="1024,2048,4096,8192,16384")
-    parser.add_argument("--no-results", action="store_true")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="also write the section into benchmarks/RESULTS.md (replacing one of the same title)",
+    )
     arguments = parser.parse_args()
     rows = ["| padded tokens per batch | ms / example | peak RSS added |", "|---:|---:|---:|"]
     print("\n".join(rows))
@@ -68,8 +74,9 @@ def main() -> None:
         result = json.loads(output.strip().splitlines()[-1])
         rows.append(f"| {budget:,} | {result['ms_per_example']:.2f} | {result['added_mib']:.0f} MiB |")
         print(rows[-1], flush=True)
+    record = " --record" if arguments.record else ""
     body = f"""
-Command: `python benchmarks/prefill_batch.py --examples {arguments.examples} --budgets {arguments.budgets}`. The teacher
+Command: `python benchmarks/prefill_batch.py --examples {arguments.examples} --budgets {arguments.budgets}{record}`. The teacher
 (MiniLM-L6-H384 fine-tuned on SST-2) under `inference_mode` with its hidden states returned, over the first
 {arguments.examples} SST-2 training sentences sorted by length (longest first), in batches of at most B padded tokens;
 each budget in a process of its own (peak RSS added: ru_maxrss after the pass less before it). brewer's prefill takes
@@ -77,10 +84,9 @@ each budget in a process of its own (peak RSS added: ru_maxrss after the pass le
 
 {chr(10).join(rows)}
 """
-    if not arguments.no_results:
-        from common import append
+    from common import write_section
 
-        append("Teacher-output prefill: batch size on a CPU", body)
+    write_section("Teacher-output prefill: batch size on a CPU", body, arguments.record)
 
 
 if __name__ == "__main__":

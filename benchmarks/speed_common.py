@@ -128,7 +128,11 @@ def speed_arguments(description: str) -> Any:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--no-results", action="store_true", help="print, do not append to RESULTS.md (trial runs)")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="also write the report into benchmarks/RESULTS.md (default: benchmarks/work/reports/ only)",
+    )
     parser.add_argument("--compile", action="store_true", help="brewer sides with training.compile: true (inductor)")
     parser.add_argument(
         "--device",

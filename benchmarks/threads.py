@@ -15,7 +15,8 @@ Two questions, each answered by child processes so that every measurement is its
 
     python benchmarks/threads.py [--steps 60 --rounds 2] [--record]
 
-Writes benchmarks/work/threads/results.json; `--record` also replaces its section in RESULTS.md.
+Writes benchmarks/work/threads/results.json and the report to benchmarks/work/reports/; `--record`
+also replaces its section in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, WORK, machine
+from common import WORK, machine, write_section
 
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 DIRECTORY = WORK / "threads"
@@ -233,7 +234,8 @@ def plain_versus_brewer(data: Path, steps: int, rounds: int, threads: int) -> di
 
 def markdown(results: dict[str, Any], arguments: argparse.Namespace, examples: int) -> str:
     lines = [
-        f"`python benchmarks/threads.py --steps {arguments.steps} --rounds {arguments.rounds}` — MiniLM-L6-H384 "
+        f"`python benchmarks/threads.py --steps {arguments.steps} --rounds {arguments.rounds}"
+        f"{' --record' if arguments.record else ''}` — MiniLM-L6-H384 "
         f"fine-tuning (`kind: trainer`), the first {examples:,} SST-2 training sentences, batch {BATCH_SIZE}, "
         f"max_length {MAX_LENGTH}, {arguments.steps} optimizer steps per job, seed 42, fp32; nothing else ran on the "
         f"machine. Wall time per job includes start-up (imports, loading MiniLM, tokenization).",
@@ -257,25 +259,15 @@ def markdown(results: dict[str, Any], arguments: argparse.Namespace, examples: i
     return "\n".join(lines)
 
 
-def record(body: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (current evidence only)."""
-    text = RESULTS.read_text(encoding="utf-8")
-    heading = f"\n## {SECTION}\n"
-    if heading in text:
-        start = text.index(heading)
-        following = text.find("\n## ", start + len(heading))
-        text = text[:start] + (text[following:] if following != -1 else "\n")
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    RESULTS.write_text(text.rstrip("\n") + f"\n{heading}\n_{stamp} — {machine()}_\n\n{body.strip()}\n", encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--examples", type=int, default=4000)
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated setting names")
-    parser.add_argument("--record", action="store_true", help="write the section into RESULTS.md")
+    parser.add_argument(
+        "--record", action="store_true", help="also write the report into benchmarks/RESULTS.md (replacing its section)"
+    )
     parser.add_argument("--plain-child", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.plain_child is not None:
@@ -295,8 +287,7 @@ def main() -> None:
     output.write_text(json.dumps(results, indent=2))
     body = markdown(results, arguments, arguments.examples)
     print(body)
-    if arguments.record:
-        record(body)
+    write_section(SECTION, body, arguments.record)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@
    prediction-layer KD at τ = 1. Dev accuracy on all 872 SST-2 dev sentences.
 
 The teacher is reused: benchmarks/work/sst2/sst2-minilm-teacher/final (benchmarks/sst2_minilm.py
-trains it on the first 3,000 sentences; dev accuracy 0.82).
+trains it on the first 3,000 sentences; dev accuracy 0.82). The figures go to --work/results.json, the
+report to benchmarks/work/reports/; `--record` also writes the report into benchmarks/RESULTS.md.
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/tinybert_sst2.py [--train-examples 800] [--stage-steps 150 300]
-    python benchmarks/tinybert_sst2.py --no-record --work /tmp/tinybert --train-examples 32 --general-examples 64 \
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/tinybert_sst2.py [--train-examples 800] [--stage-steps 150 300] [--record]
+    python benchmarks/tinybert_sst2.py --work /tmp/tinybert --train-examples 32 --general-examples 64 \
         --stage-steps 2 2 --eval-examples 32       # a quick check of the whole path
 """
 
@@ -32,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import WORK, append, brewer, summary
+from common import WORK, brewer, summary, write_section
 
 GENERAL_RECIPE = "recipes/tinybert/general-minilm_to_tinybert4-local.yaml"
 TASK_RECIPE = "recipes/tinybert/task-sst2-local.yaml"
@@ -82,7 +83,9 @@ def main() -> None:
     )
     parser.add_argument("--eval-examples", type=int, default=None, help="limit the dev set (default all 872)")
     parser.add_argument("--work", type=Path, default=OUTPUT, help="directory for the runs (replaced)")
-    parser.add_argument("--no-record", action="store_true", help="print the report, leave RESULTS.md alone")
+    parser.add_argument(
+        "--record", action="store_true", help="also write the report into benchmarks/RESULTS.md (replacing one of the same title)"
+    )
     parser.add_argument(
         "--reuse-general",
         action="store_true",
@@ -166,8 +169,7 @@ def main() -> None:
     (output / "results.json").write_text(
         json.dumps({"general": general, "augmentation": record, "runs": runs}, indent=2, default=str)
     )
-    if not arguments.no_record:
-        append("TinyBERT on SST-2: two-stage task distillation with and without augmentation", body)
+    write_section("TinyBERT on SST-2: two-stage task distillation with and without augmentation", body, arguments.record)
 
 
 def report(arguments, general, general_dir, general_wall, record, augment_wall, cached_wall, runs, total) -> str:

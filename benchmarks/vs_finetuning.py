@@ -8,7 +8,10 @@ settings; `basic` adds KD (ce, T = 8) against the MiniLM SST-2 teacher, `general
 and nst matches (as in vs_textbrewer.py). The teacher runs once per example, in the prefill before
 training; no training step runs it.
 
-    python benchmarks/vs_finetuning.py [--examples 256 --epochs 3 --batch-size 16 --rounds 2]
+The report goes to benchmarks/work/reports/; `--record` also writes it into benchmarks/RESULTS.md
+(replacing the section of the same title).
+
+    python benchmarks/vs_finetuning.py [--examples 256 --epochs 3 --batch-size 16 --rounds 2] [--record]
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from common import append
+from common import write_section
 from speed_common import WORK, device_description, median, mib, prepare_inputs, run_child, speed_arguments
 
 SIDES = [
@@ -73,7 +76,7 @@ def main() -> None:
     body = f"""
 Command: `python benchmarks/vs_finetuning.py --examples {arguments.examples} --epochs {arguments.epochs} \
 --batch-size {arguments.batch_size} --rounds {arguments.rounds}{" --compile" if arguments.compile else ""} --device {arguments.device} \
---precision {arguments.precision}`. {device}, training.precision {arguments.precision} (fused AdamW on CPU and GPU alike). Student 3 × 192 from one saved initialization; the first {arguments.examples} SST-2
+--precision {arguments.precision}{" --record" if arguments.record else ""}`. {device}, training.precision {arguments.precision} (fused AdamW on CPU and GPU alike). Student 3 × 192 from one saved initialization; the first {arguments.examples} SST-2
 training sentences, batch {arguments.batch_size}, {arguments.epochs} epochs, the same seed (so the same batches) for all
 three; teacher MiniLM-L6-H384 fine-tuned on SST-2. `general` matches: hidden_mse (linear 192 → 384) student 0-3 ↔
 teacher 0, 2, 4, 6 and nst 1-3 ↔ 2, 4, 6. Each run is its own process (peak RSS = its ru_maxrss); runs alternate
@@ -87,10 +90,9 @@ with a warm cache can reach. Peak CUDA memory: torch.cuda.max_memory_allocated o
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 """
-    if not arguments.no_results:
-        title = "Distillation step vs fine-tuning step (teacher cache auto, prefilled)"
-        append(title + (", training.compile" if arguments.compile else ""), body)
     print(body)
+    title = "Distillation step vs fine-tuning step (teacher cache auto, prefilled)"
+    write_section(title + (", training.compile" if arguments.compile else ""), body, arguments.record)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,19 @@ outputs' attributes, torch.optim.AdamW) from its own venv, benchmarks/work/tb-ve
 brewer runs with the teacher cache off and with its default (`auto`: for 3 epochs a prefill, one
 teacher pass before training, whose time counts in "with the prefill").
 
-    python benchmarks/vs_textbrewer.py [--examples 256 --epochs 3 --batch-size 16 --rounds 2]
+The report goes to benchmarks/work/reports/; `--record` also writes it into benchmarks/RESULTS.md
+(replacing the section of the same title, --title).
+
+    python benchmarks/vs_textbrewer.py [--examples 256 --epochs 3 --batch-size 16 --rounds 2] [--record]
 """
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from typing import Any
 
-from common import append
+from common import write_section
 from speed_common import (
     TEXTBREWER_PYTHON,
     WORK,
@@ -85,10 +89,13 @@ def main() -> None:
                 results[label].append(run_child(side, child_arguments, label))
         sections.append(describe(variant, results, arguments))
     body = "\n".join(sections)
+    # --title names the section: a section of another title is only reproduced with its --title.
+    title = "" if arguments.title == parser.get_default("title") else f" --title {shlex.quote(arguments.title)}"
+    record = " --record" if arguments.record else ""
     header = f"""
 Command: `python benchmarks/vs_textbrewer.py --examples {arguments.examples} --epochs {arguments.epochs} \
 --batch-size {arguments.batch_size} --learning-rate {arguments.learning_rate:g} --rounds {arguments.rounds} \
---variants {arguments.variants} --device {arguments.device} --precision {arguments.precision}` — TextBrewer 0.2.1.post1 from
+--variants {arguments.variants} --device {arguments.device} --precision {arguments.precision}{title}{record}` — TextBrewer 0.2.1.post1 from
 its own venv, both on torch 2.13, transformers 5.23; {device}; TextBrewer in fp32, brewer with training.precision
 {arguments.precision}. Teacher MiniLM-L6-H384 fine-tuned on SST-2, student 3 × 192 (one saved initialization),
 KD ce at T = 8, hidden_mse (linear 192 → 384) on student layers 0-3 ↔ teacher 0, 2, 4, 6 and nst on 1-3 ↔ 2, 4, 6;
@@ -100,9 +107,8 @@ prefill" adds brewer's teacher pass before training (each run fills its own stor
 steps. Absolute times vary with the machine's load; the ratios are the figures to read. Dev accuracy: SST-2 dev (872 sentences) after the run, the same
 evaluation code for every side; always answering the majority label scores {majority_rate():.3f}.
 """
-    if not arguments.no_results:
-        append(arguments.title, header + body)
     print(header + body)
+    write_section(arguments.title, header + body, arguments.record)
 
 
 def describe(variant: str, results: dict[str, list[dict[str, Any]]], arguments: Any) -> str:

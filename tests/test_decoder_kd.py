@@ -180,6 +180,9 @@ def test_figures_and_markdown_from_a_hand_made_results_json(tmp_path):
     assert "| sparse-k8 | sparse-k8 | 1 | 85.00 | 85.00 | 25.0% | 36.4% | 100 (100%) | 10.0 | 10.0 min | 22 | none |" in lines
     assert "- Stores (`brewer capture`): k = 8: 2.0 MB, 22 bytes per token, 2.0 min." in lines
     assert "train 10 lines / 100 words, eval 2 lines / 20 words" in markdown and "Seeds of the student rows: 1, 2" in markdown
+    assert "- Command: `python benchmarks/decoder_kd.py` (resumable" in markdown
+    recorded = decoder_kd_report.results_markdown(records, settings, {}, record=True)
+    assert "- Command: `python benchmarks/decoder_kd.py --record` (resumable" in recorded
 
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text("# Results\n\nintro\n")
@@ -187,6 +190,7 @@ def test_figures_and_markdown_from_a_hand_made_results_json(tmp_path):
     text = results_md.read_text()
     assert text.startswith("# Results\n\nintro\n\n## Decoder KD, offline (issue 19)\n\n<!-- decoder-kd:start -->\n_")
     assert text.rstrip().endswith("<!-- decoder-kd:end -->") and "| forward-kl |" in text
+    assert ", `python benchmarks/decoder_kd.py --record`_" in text
     decoder_kd_report.record_section("| replaced |", results_md)
     again = results_md.read_text()
     assert again.count("<!-- decoder-kd:start -->") == 1 and "| replaced |" in again and "| forward-kl |" not in again
