@@ -135,13 +135,16 @@ def mean_spread(values: Sequence[float]) -> dict[str, Any] | None:
 def steps_to_reach(candidate: dict, reference: dict) -> float | None:
     """The first evaluated step at which `candidate` reaches the reference run's final metric, as a
     fraction of the reference run's steps (None: never reached)."""
+    step = _reaching_step(candidate, reference)
+    return None if step is None else step / reference["steps"]
 
+
+def _reaching_step(candidate: dict, reference: dict) -> int | None:
     target = reference.get("final")
     if target is None or not reference.get("steps"):
         return None
     history = [(step, {candidate["metric"]: value}) for step, value in candidate.get("evaluations") or []]
-    step = compare.first_step_reaching(history, candidate["metric"], target)
-    return None if step is None else step / reference["steps"]
+    return compare.first_step_reaching(history, candidate["metric"], target)
 
 
 def figures(records: Sequence[dict]) -> dict[str, Any]:
@@ -170,6 +173,14 @@ def figures(records: Sequence[dict]) -> dict[str, Any]:
                 "by_seed": fractions,
                 "mean": statistics.mean(reached) if reached and len(reached) == len(fractions) else None,
                 "not_reached": sorted(seed for seed, value in fractions.items() if value is None),
+                # Reached at the first evaluation: the figure is the evaluation interval's, an upper bound.
+                "at_first_evaluation": sorted(
+                    record["seed"]
+                    for record in members
+                    if record["seed"] in references
+                    and record.get("evaluations")
+                    and _reaching_step(record, references[record["seed"]]) == record["evaluations"][0][0]
+                ),
             }
         result[row_id] = entry
     return result
@@ -299,8 +310,15 @@ def _reach_lines(found: dict[str, Any]) -> list[str]:
             f"seed {seed}: {'not reached' if value is None else f'{value:.1%}'}" for seed, value in reach["by_seed"].items()
         )
         mean = "—" if reach["mean"] is None else f"{reach['mean']:.1%}"
+        first = reach.get("at_first_evaluation") or []
+        bound = (
+            f" Seed(s) {', '.join(map(str, first))} reached it at the first evaluation, so there the figure is the "
+            "evaluation interval's: an upper bound."
+            if first
+            else ""
+        )
         lines.append(
-            f"{row_id} reaches the final {reach['reference']} run's metric (same seed) in {mean} of that run's steps ({seeds})."
+            f"{row_id} reaches the final {reach['reference']} run's metric (same seed) in {mean} of that run's steps ({seeds}).{bound}"
         )
     return lines
 

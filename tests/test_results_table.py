@@ -361,7 +361,13 @@ def test_steps_to_reach_the_reference_final():
     reached = {"row": "d", "run": "d1", "seed": 1, "metric": "accuracy", "reference_row": "b", "value": 0.85}
     reached["evaluations"] = [[25, 0.79], [50, 0.82], [100, 0.85]]
     found = results_report.figures([reference, reached])
-    assert found["d"]["steps_to_reach_reference_final"] == {"reference": "b", "by_seed": {1: 0.5}, "mean": 0.5, "not_reached": []}
+    assert found["d"]["steps_to_reach_reference_final"] == {
+        "reference": "b",
+        "by_seed": {1: 0.5},
+        "mean": 0.5,
+        "not_reached": [],
+        "at_first_evaluation": [],
+    }
     assert found["b"]["value"] == {"mean": 0.81, "sd": None, "min": 0.81, "max": 0.81, "n": 1}
 
     never = {**reached, "run": "d2", "seed": 2, "evaluations": [[100, 0.7]]}
@@ -370,6 +376,16 @@ def test_steps_to_reach_the_reference_final():
     entry = found["d"]["steps_to_reach_reference_final"]
     assert entry["by_seed"] == {1: 0.5, 2: None} and entry["mean"] is None and entry["not_reached"] == [2]
     assert "with seed(s) [2] (target ≤ 30%: missed)" in " ".join(results_report.targets({"sst2-d": found["d"]}))
+
+    # Reached at the first evaluation: the figure is the evaluation interval, and the notes say so.
+    early = {**reached, "run": "d3", "seed": 3, "evaluations": [[25, 0.81], [100, 0.85]]}
+    found = results_report.figures([reference, {**reference, "run": "b3", "seed": 3}, reached, early])
+    entry = found["d"]["steps_to_reach_reference_final"]
+    assert entry["by_seed"] == {1: 0.5, 3: 0.25} and entry["at_first_evaluation"] == [3]
+    assert results_report._reach_lines(found) == [
+        "d reaches the final b run's metric (same seed) in 37.5% of that run's steps (seed 1: 50.0%, seed 3: 25.0%). "
+        "Seed(s) 3 reached it at the first evaluation, so there the figure is the evaluation interval's: an upper bound."
+    ]
 
 
 def test_mean_spread():
