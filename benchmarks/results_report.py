@@ -132,14 +132,9 @@ def mean_spread(values: Sequence[float]) -> dict[str, Any] | None:
     }
 
 
-def steps_to_reach(candidate: dict, reference: dict) -> float | None:
-    """The first evaluated step at which `candidate` reaches the reference run's final metric, as a
-    fraction of the reference run's steps (None: never reached)."""
-    step = _reaching_step(candidate, reference)
-    return None if step is None else step / reference["steps"]
-
-
 def _reaching_step(candidate: dict, reference: dict) -> int | None:
+    """The first evaluated step at which `candidate` reaches the reference run's final metric (None:
+    never reached, or the reference has no final metric or steps)."""
     target = reference.get("final")
     if target is None or not reference.get("steps"):
         return None
@@ -162,11 +157,9 @@ def figures(records: Sequence[dict]) -> dict[str, Any]:
         reference_id = members[0].get("reference_row")
         if reference_id and reference_id in by_row:
             references = {record["seed"]: record for record in by_row[reference_id]}
-            fractions = {
-                record["seed"]: steps_to_reach(record, references[record["seed"]])
-                for record in members
-                if record["seed"] in references
-            }
+            paired = [record for record in members if record["seed"] in references]
+            steps = {record["seed"]: _reaching_step(record, references[record["seed"]]) for record in paired}
+            fractions = {seed: None if step is None else step / references[seed]["steps"] for seed, step in steps.items()}
             reached = [value for value in fractions.values() if value is not None]
             entry["steps_to_reach_reference_final"] = {
                 "reference": reference_id,
@@ -176,10 +169,8 @@ def figures(records: Sequence[dict]) -> dict[str, Any]:
                 # Reached at the first evaluation: the figure is the evaluation interval's, an upper bound.
                 "at_first_evaluation": sorted(
                     record["seed"]
-                    for record in members
-                    if record["seed"] in references
-                    and record.get("evaluations")
-                    and _reaching_step(record, references[record["seed"]]) == record["evaluations"][0][0]
+                    for record in paired
+                    if record.get("evaluations") and steps[record["seed"]] == record["evaluations"][0][0]
                 ),
             }
         result[row_id] = entry
