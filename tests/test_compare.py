@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -150,7 +151,18 @@ def test_latency_speedups_measure_each_model_once(runs):
         assert entry["speedup"] == pytest.approx(entry["teacher_ms"] / entry["student_ms"])
         assert teacher.latency[size]["student_ms"] == entry["teacher_ms"]
         assert teacher.latency[size]["speedup"] is None
+        assert entry["threads"] == torch.get_num_threads()
     assert set(student.as_dict()["latency"]) == {"1", "2"}
+
+
+def test_latency_note_names_the_thread_count_the_figures_were_measured_with(runs):
+    """Not the renderer's: a table rendered under OMP_NUM_THREADS=1 once said "1 threads" of
+    figures measured on 2."""
+    (row,) = compare.compare_runs([runs["student"]], latency=False)
+    measured = replace(row, latency={1: {"student_ms": 1.0, "teacher_ms": 2.0, "speedup": 2.0, "threads": 7}})
+    assert ", CPU, 7 threads, random token ids" in " ".join(compare.notes([measured]))
+    older = replace(row, latency={1: {"student_ms": 1.0, "teacher_ms": 2.0, "speedup": 2.0}})
+    assert "CPU, thread count not recorded, random token ids" in " ".join(compare.notes([older]))
 
 
 def test_runs_of_one_architecture_share_one_latency_figure(runs, tmp_path):

@@ -24,6 +24,7 @@ from transformers import (
 
 from brewer_cli import size_report
 from brewer_cli.errors import BrewerError
+from brewer_cli.size_report import report as report_module
 
 BERT_BASE_VOCAB = 30522
 # TextBrewer's English experiments used the cased BERT-base vocabulary.
@@ -374,6 +375,33 @@ def test_report_with_teacher_has_every_ratio(saved_student, saved_teacher, quiet
 
     printed = quiet_console.file.getvalue()
     assert "excluding output layers" in printed and "teacher ÷ student" in printed
+
+
+def test_target_and_teacher_are_timed_together(saved_student, saved_teacher, quiet_console, monkeypatch):
+    """One interleaved measurement (measure_latencies) for every model of the report, so the speed-up
+    divides figures taken over the same moments."""
+    calls = []
+    real = report_module.measure_latencies
+
+    def recording(models, **options):
+        calls.append(([type(model).__name__ for model, _ in models], [seq_len for _, seq_len in models], options))
+        return real(models, **options)
+
+    monkeypatch.setattr(report_module, "measure_latencies", recording)
+    report = size_report.run(
+        str(saved_student), against=str(saved_teacher), seq_len=16, runs=3, batch_sizes=(1,), console=quiet_console
+    )
+    ((classes, lengths, options),) = calls
+    assert len(classes) == 2 and lengths == [16, 16]
+    assert options == {"runs": 3, "batch_sizes": (1,), "device": "cpu", "rounds": 5}
+    student, teacher = report["models"]
+    assert student["latency"][0]["threads"] == teacher["latency"][0]["threads"] == torch.get_num_threads()
+    (latency_note,) = [note for note in report["notes"] if note.startswith("Latency:")]
+    assert latency_note == (
+        f"Latency: median and p90 ms per batch over 3 runs after {size_report.WARMUP_RUNS} warm-up runs, the models "
+        f"timed in turn in 3 rounds, random token ids of length 16 without padding, torch.inference_mode, eval mode, "
+        f"on cpu, {torch.get_num_threads()} CPU threads."
+    )
 
 
 def test_config_only_target_is_timed_with_random_weights(tmp_path, saved_student, quiet_console):

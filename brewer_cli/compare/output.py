@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich import box
 from rich.markup import escape
 from rich.table import Table
@@ -100,9 +99,13 @@ def notes(rows: Sequence[RunRow]) -> list[str]:
         f"FLOPs: per example at sequence length {shown}, as `brewer size-report` counts them; parameters: the whole model.",
     ]
     if any(row.latency for row in rows):
+        # Figures recorded before the thread count travelled with them say so rather than guess.
+        counts = {entry.get("threads") for row in rows for entry in (row.latency or {}).values()}
+        recorded = "/".join(str(count) for count in sorted(counts - {None}))
+        threads = f"{recorded} threads" if recorded else "thread count not recorded"
         lines.append(
             f"latency b1: the final model's median ms per forward pass at batch size 1; speed-up bN: the teacher's median "
-            f"÷ the run's at batch size N (sequence length {shown}, CPU, {torch.get_num_threads()} threads, random token "
+            f"÷ the run's at batch size N (sequence length {shown}, CPU, {threads}, random token "
             f"ids without padding, eval mode)."
         )
     lines.append("train time: the training loop's wall time; ex/s: training examples per second, when the run recorded it.")

@@ -282,8 +282,11 @@ class LatencyMeter:
         if runs < 1:
             raise BrewerError(f"--runs must be at least 1 to measure latency, got {runs} — or pass --no-latency")
         self.runs, self.batch_sizes, self.rounds = runs, tuple(batch_sizes), rounds
-        # (architecture, sequence length) → batch size → median ms.
+        # (architecture, sequence length) → batch size → median ms, and the intra-op thread count
+        # each was measured with: the figure means nothing without it, and the process that later
+        # renders the table may run with another.
         self.measured: dict[tuple[str, int], dict[int, float]] = {}
+        self.threads: dict[tuple[str, int], int] = {}
         self._architectures: dict[str, str] = {}
 
     def measure_rows(self, rows: Sequence[RunRow]) -> list[RunRow]:
@@ -307,9 +310,15 @@ class LatencyMeter:
             results = measure_latencies(built, runs=self.runs, batch_sizes=self.batch_sizes, device="cpu", rounds=self.rounds)
             for key, entries in zip(missing, results):
                 self.measured[key] = {entry["batch_size"]: entry["median_ms"] for entry in entries}
+                self.threads[key] = entries[0]["threads"]
             del built
         return [
-            _with_latency(row, self.measured[row_keys[0]], self.measured[row_keys[1]] if len(row_keys) > 1 else {})
+            _with_latency(
+                row,
+                self.measured[row_keys[0]],
+                self.measured[row_keys[1]] if len(row_keys) > 1 else {},
+                self.threads[row_keys[0]],
+            )
             for row, row_keys in zip(rows, keys)
         ]
 
@@ -324,7 +333,7 @@ class LatencyMeter:
         return self._architectures[location_key]
 
 
-def _with_latency(row: RunRow, student: dict[int, float], teacher: dict[int, float]) -> RunRow:
+def _with_latency(row: RunRow, student: dict[int, float], teacher: dict[int, float], threads: int) -> RunRow:
     latency = {}
     for size, student_ms in student.items():
         teacher_ms = teacher.get(size)
@@ -332,6 +341,7 @@ def _with_latency(row: RunRow, student: dict[int, float], teacher: dict[int, flo
             "student_ms": student_ms,
             "teacher_ms": teacher_ms,
             "speedup": teacher_ms / student_ms if teacher_ms and student_ms else None,
+            "threads": threads,
         }
     return replace(row, latency=latency)
 

@@ -123,6 +123,9 @@ def _figures(batch_size: int, timings_ms: list[float]) -> dict[str, Any]:
         "median_ms": median_ms,
         "p90_ms": percentile(timings_ms, 90.0),
         "examples_per_second": batch_size / (median_ms / 1000.0),
+        # CPU figures depend on the intra-op thread count; it is recorded with them because the
+        # process that later shows them may run with another.
+        "threads": torch.get_num_threads(),
     }
 
 

@@ -7,35 +7,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from rich.console import Console
 
 from brewer_cli.errors import BrewerError
 from brewer_cli.size_report.figures import model_figures
-from brewer_cli.size_report.latency import DEFAULT_BATCH_SIZES, WARMUP_RUNS, check_device
+from brewer_cli.size_report.latency import DEFAULT_BATCH_SIZES, WARMUP_RUNS, check_device, measure_latencies
 from brewer_cli.size_report.rendering import plot, render_table, to_json, to_markdown
 from brewer_cli.size_report.runs import choose_seq_len, run_metric, run_name, teacher_metric
 from brewer_cli.size_report.targets import SizeTarget, resolve_target
 
+# Each model's timed passes are spread over this many rounds (fewer when there are fewer passes).
+LATENCY_ROUNDS = 5
 
-def _target_figures(
-    size_target: SizeTarget,
-    role: str,
-    seq_len: int,
-    runs: int,
-    batch_sizes: Sequence[int],
-    device: str,
-) -> dict[str, Any]:
-    # Counts and FLOPs need only the module tree; weights are read only to time the model.
-    model = size_target.build("cpu" if runs > 0 else "meta")
-    figures = model_figures(
-        model,
-        seq_len=seq_len,
-        runs=runs,
-        batch_sizes=batch_sizes,
-        device=device,
-        weight_files=size_target.weight_files(),
-    )
+
+def _target_figures(size_target: SizeTarget, role: str, model: Any, seq_len: int, timed: bool) -> dict[str, Any]:
+    # Counts and FLOPs need only the module tree; latency is measured for all targets together.
+    figures = model_figures(model, seq_len=seq_len, runs=0, weight_files=size_target.weight_files())
     return {
         "name": size_target.target,
         "run": run_name(size_target),
@@ -43,7 +30,7 @@ def _target_figures(
         "source": size_target.kind,
         "location": size_target.location,
         "config_only": not size_target.has_weights,
-        "random_weights": not size_target.has_weights and runs > 0,
+        "random_weights": not size_target.has_weights and timed,
         **figures,
     }
 
@@ -97,11 +84,17 @@ def _notes(report: dict[str, Any]) -> list[str]:
         "not counted.",
     ]
     if report["runs"] > 0:
-        threads = f", {torch.get_num_threads()} CPU threads" if report["device"] == "cpu" else ""
+        threads = ""
+        if report["device"] == "cpu":
+            counts = sorted({entry["threads"] for model in report["models"] for entry in model["latency"] or ()})
+            threads = f", {'/'.join(map(str, counts))} CPU threads"
+        together = ""
+        if len(report["models"]) > 1:
+            together = f", the models timed in turn in {min(LATENCY_ROUNDS, report['runs'])} rounds"
         notes.append(
-            f"Latency: median and p90 ms per batch over {report['runs']} runs after "
-            f"{WARMUP_RUNS} warm-up runs, random token ids of length {report['seq_len']} without "
-            f"padding, torch.inference_mode, eval mode, on {report['device']}{threads}."
+            f"Latency: median and p90 ms per batch over {report['runs']} runs after {WARMUP_RUNS} warm-up runs{together}, "
+            f"random token ids of length {report['seq_len']} without padding, torch.inference_mode, eval mode, "
+            f"on {report['device']}{threads}."
         )
     for model in report["models"]:
         if model["random_weights"]:
@@ -152,7 +145,20 @@ def build_report(
     seq_len, seq_len_source = choose_seq_len(
         seq_len, [size_target for size_target, _ in targets], [size_target.build("meta") for size_target, _ in targets]
     )
-    models = [_target_figures(size_target, role, seq_len, runs, batch_sizes, device) for size_target, role in targets]
+    # Weights are read only to time the models.
+    built = [size_target.build("cpu" if runs > 0 else "meta") for size_target, _ in targets]
+    models = [
+        _target_figures(size_target, role, model, seq_len, timed=runs > 0) for (size_target, role), model in zip(targets, built)
+    ]
+    if runs > 0:
+        # Timed together, round by round, so that the speed-up divides figures taken over the same
+        # moments rather than over two spells of a machine whose speed drifts.
+        timed = measure_latencies(
+            [(model, seq_len) for model in built], runs=runs, batch_sizes=batch_sizes, device=device, rounds=LATENCY_ROUNDS
+        )
+        for figures, latency in zip(models, timed):
+            figures["latency"] = latency
+    del built
     student = targets[0][0]
     for model, (size_target, role) in zip(models, targets):
         model["metric"] = teacher_metric(student, size_target) if role == "against" else run_metric(size_target)
