@@ -15,6 +15,7 @@ import yaml
 from results_rows import DATASETS, END_MARKER, OTHERS_THRESHOLD, START_MARKER, PlannedRun
 
 from brewer_cli import compare
+from brewer_cli.size_report import recorded_threads
 
 # ============================================================================= records
 
@@ -347,8 +348,7 @@ def _latency_lines(records: Sequence[dict]) -> list[str]:
         company = {True: "other jobs beside it", False: "the machine alone", None: "company unknown"}[
             measured.get("others_beside")
         ]
-        counts = {entry.get("threads") for record in members for entry in (record.get("latency") or {}).values()}
-        recorded = "/".join(str(count) for count in sorted(counts - {None}))
+        recorded = recorded_threads(entry for record in members for entry in (record.get("latency") or {}).values())
         cpu = f"on CPU with {recorded} threads" if recorded else "on CPU"
         lines.append(
             f"speed-up b1: the teacher's median latency over the model's, batch size 1, at the run's max_length, {cpu}; "

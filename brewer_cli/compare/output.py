@@ -13,7 +13,7 @@ from rich.table import Table
 
 from brewer_cli.compare.rows import RunRow
 from brewer_cli.errors import BrewerError
-from brewer_cli.size_report import ScatterPanel, draw_scatter
+from brewer_cli.size_report import ScatterPanel, draw_scatter, recorded_threads
 
 COLUMNS = (
     "run",
@@ -100,8 +100,7 @@ def notes(rows: Sequence[RunRow]) -> list[str]:
     ]
     if any(row.latency for row in rows):
         # Figures recorded before the thread count travelled with them say so rather than guess.
-        counts = {entry.get("threads") for row in rows for entry in (row.latency or {}).values()}
-        recorded = "/".join(str(count) for count in sorted(counts - {None}))
+        recorded = recorded_threads(entry for row in rows for entry in (row.latency or {}).values())
         threads = f"{recorded} threads" if recorded else "thread count not recorded"
         lines.append(
             f"latency b1: the final model's median ms per forward pass at batch size 1; speed-up bN: the teacher's median "

@@ -56,6 +56,7 @@ from brewer_cli.size_report.latency import (
     measure_latencies,
     measure_latency,
     percentile,
+    recorded_threads,
 )
 from brewer_cli.size_report.rendering import (
     PlotPoint,
@@ -89,6 +90,7 @@ __all__ = [
     "count_parameters",
     "measure_latencies",
     "measure_latency",
+    "recorded_threads",
     "model_figures",
     "percentile",
     "plot",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -92,6 +92,13 @@ def measure_latencies(
         for (model, _), training in zip(models, was_training):
             model.train(training)
     return [[_figures(batch_size, timings[batch_size]) for batch_size in batch_sizes] for timings in timings_ms]
+
+
+def recorded_threads(entries: Iterable[dict[str, Any]]) -> str:
+    """The thread counts latency entries were measured with, as "2" or "1/2"; "" when none was
+    recorded (figures kept from before the count travelled with them)."""
+    counts = {entry.get("threads") for entry in entries} - {None}
+    return "/".join(str(count) for count in sorted(counts))
 
 
 def _inputs(model: nn.Module, seq_len: int, batch_sizes: Sequence[int], device: str) -> dict[int, dict[str, torch.Tensor]]:

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from brewer_cli.errors import BrewerError
 from brewer_cli.size_report.figures import model_figures
-from brewer_cli.size_report.latency import DEFAULT_BATCH_SIZES, WARMUP_RUNS, check_device, measure_latencies
+from brewer_cli.size_report.latency import DEFAULT_BATCH_SIZES, WARMUP_RUNS, check_device, measure_latencies, recorded_threads
 from brewer_cli.size_report.rendering import plot, render_table, to_json, to_markdown
 from brewer_cli.size_report.runs import choose_seq_len, run_metric, run_name, teacher_metric
 from brewer_cli.size_report.targets import SizeTarget, resolve_target
@@ -86,8 +86,8 @@ def _notes(report: dict[str, Any]) -> list[str]:
     if report["runs"] > 0:
         threads = ""
         if report["device"] == "cpu":
-            counts = sorted({entry["threads"] for model in report["models"] for entry in model["latency"] or ()})
-            threads = f", {'/'.join(map(str, counts))} CPU threads"
+            counts = recorded_threads(entry for model in report["models"] for entry in model["latency"] or ())
+            threads = f", {counts} CPU threads"
         together = ""
         if len(report["models"]) > 1:
             together = f", the models timed in turn in {min(LATENCY_ROUNDS, report['runs'])} rounds"
