@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from results_rows import DATASETS, END_MARKER, OTHERS_THRESHOLD, START_MARKER, PlannedRun
+from results_rows import DATASETS, END_MARKER, OTHERS_THRESHOLD, ROWS, START_MARKER, PlannedRun
 
 from brewer_cli import compare
 from brewer_cli.size_report import recorded_threads
@@ -315,6 +315,32 @@ def _reach_lines(found: dict[str, Any]) -> list[str]:
     return lines
 
 
+def comparison_lines(records: Sequence[dict], found: dict[str, Any]) -> list[str]:
+    """Rows a single setting apart (Row.compared_with), best and final side by side, with what one
+    evaluation example weighs: on a small evaluation set (RTE: 277 pairs) a gap of one or two
+    examples is no finding."""
+    lines = []
+    for row in ROWS:
+        if row.compared_with is None or row.id not in found or row.compared_with not in found:
+            continue
+        members = [record for record in records if record["row"] in (row.id, row.compared_with)]
+        seeds = sorted({record["seed"] for record in members})
+        sizes = {record["split_sizes"]["eval"] for record in members}
+        units = {record["split_sizes"]["unit"] for record in members}
+        metrics = {record["metric"] for record in members}
+        weight = ""
+        if len(sizes) == 1 and len(units) == 1 and metrics == {"accuracy"}:
+            (size,), (unit,) = sizes, units
+            weight = f"; on {size:,} evaluation {unit}, one of them moves the accuracy by {1 / size:.4f}"
+        ours, theirs = found[row.id], found[row.compared_with]
+        lines.append(
+            f"{row.id} against {row.compared_with}: best {_mean_text(ours['best'])} vs {_mean_text(theirs['best'])}, "
+            f"final {_mean_text(ours['final'])} vs {_mean_text(theirs['final'])} "
+            f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}{weight})."
+        )
+    return lines
+
+
 def _retrained_lines(records: Sequence[dict]) -> list[str]:
     """Runs trained again in a later sitting (a teacher missing on a fresh machine): whether they
     came out the same, since students recorded before distilled from the earlier one."""
@@ -378,7 +404,12 @@ def results_markdown(records: Sequence[dict], brief: bool = False) -> str:
     `brewer compare`, the commands, the machine and the seeds."""
 
     found = figures(records)
-    parts = [aggregated_table(records, found), "", *[f"- {line}" for line in targets(found)]]
+    parts = [
+        aggregated_table(records, found),
+        "",
+        *[f"- {line}" for line in targets(found)],
+        *[f"- {line}" for line in comparison_lines(records, found)],
+    ]
     if brief:
         parts += [
             "",

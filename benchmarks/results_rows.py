@@ -70,6 +70,9 @@ class Row:
     seed_fields: tuple[str, ...] = ("training.seed",)
     # The random-init run that the steps-to-reach figure measures the other students against.
     reference_row: str | None = None
+    # The row this one differs from in a single setting (the same recipe without augmentation):
+    # the notes set their best and final figures side by side.
+    compared_with: str | None = None
 
 
 ROWS: tuple[Row, ...] = (
@@ -153,6 +156,7 @@ ROWS: tuple[Row, ...] = (
         1.0,
         15,
         teacher_row="rte-teacher",
+        compared_with="rte-student",
     ),
     Row(
         "squad-teacher",

@@ -387,6 +387,25 @@ def test_steps_to_reach_the_reference_final():
     ]
 
 
+def test_augmented_row_is_set_beside_the_same_recipe_without_augmentation():
+    def record(row: str, best: float, final: float) -> dict:
+        sizes = {"train": 2490, "eval": 277, "unit": "pairs"}
+        figures = {"value": best, "best": {"value": best, "step": 3}, "final": final}
+        table = {"dataset": "RTE", "method": row, "steps": 4, "epochs": [2]}
+        return {"row": row, "run": row, "seed": 42, "metric": "accuracy", "split_sizes": sizes, **figures, **table}
+
+    records = [record("rte-student", 0.5848, 0.5596), record("rte-student-augmented", 0.5848, 0.5523)]
+    found = results_report.figures(records)
+    line = (
+        "rte-student-augmented against rte-student: best 0.5848 vs 0.5848, final 0.5523 vs 0.5596 "
+        "(seed 42; on 277 evaluation pairs, one of them moves the accuracy by 0.0036)."
+    )
+    assert results_report.comparison_lines(records, found) == [line]
+    assert f"- {line}" in results_report.results_markdown(records, brief=True)
+    # Without the row it is compared with, there is nothing to set it beside.
+    assert results_report.comparison_lines(records[1:], results_report.figures(records[1:])) == []
+
+
 def test_mean_spread():
     spread = results_report.mean_spread([0.80, 0.82, 0.84, None])
     assert spread["mean"] == pytest.approx(0.82) and spread["sd"] == pytest.approx(0.02)
