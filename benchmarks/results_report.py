@@ -155,6 +155,9 @@ def figures(records: Sequence[dict]) -> dict[str, Any]:
             name: mean_spread([record.get(name) for record in members]) for name in ("value", "ratio", "final")
         }
         entry["best"] = mean_spread([(record.get("best") or {}).get("value") for record in members])
+        # Every metric of the headline evaluation (SQuAD: exact match beside F1).
+        names = sorted({name for record in members for name in (record.get("metrics") or {})})
+        entry["metrics"] = {name: mean_spread([(record.get("metrics") or {}).get(name) for record in members]) for name in names}
         reference_id = members[0].get("reference_row")
         if reference_id and reference_id in by_row:
             references = {record["seed"]: record for record in by_row[reference_id]}
@@ -213,8 +216,17 @@ def targets(found: dict[str, Any]) -> list[str]:
     squad = found.get("squad-student")
     if squad and (squad.get("ratio") or {}).get("mean") is not None:
         ratio = squad["ratio"]["mean"]
+        scores = "; ".join(
+            f"{label} EM {_mean_text(metrics.get('exact_match'), digits=2)} / F1 {_mean_text(metrics.get('f1'), digits=2)}"
+            for label, metrics in (
+                ("teacher", (found.get("squad-teacher") or {}).get("metrics") or {}),
+                ("student", squad.get("metrics") or {}),
+            )
+            if metrics
+        )
         lines.append(
-            f"SQuAD: the student keeps {ratio:.1%} of the teacher's F1 (target ≥ 90%: {'met' if ratio >= 0.90 else 'missed'})."
+            f"SQuAD: the student keeps {ratio:.1%} of the teacher's F1 (target ≥ 90%: {'met' if ratio >= 0.90 else 'missed'})"
+            + (f" — {scores}." if scores else ".")
         )
     else:
         lines.append("SQuAD student ≥ 90% of the teacher's F1: not run yet (row squad-student).")

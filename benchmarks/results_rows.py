@@ -60,6 +60,8 @@ class Row:
     dataset: str
     recipe: str
     method: str
+    # The plan's cost estimate. CPU rows: train_time_s / steps of the recorded run (results.json) on
+    # the 2-core machine, rounded up; extra_minutes: evaluation, importance scoring, augmentation.
     seconds_per_step: float
     extra_minutes: float = 0.0
     scale: str = "cpu"
@@ -76,13 +78,13 @@ class Row:
 
 
 ROWS: tuple[Row, ...] = (
-    Row("sst2-teacher", "sst2", "recipes/sst2/minilm-teacher-full-local.yaml", "teacher: MiniLM-L6-H384 fine-tuned", 0.75, 5),
+    Row("sst2-teacher", "sst2", "recipes/sst2/minilm-teacher-full-local.yaml", "teacher: MiniLM-L6-H384 fine-tuned", 0.40, 5),
     Row(
         "sst2-a",
         "sst2",
         "recipes/sst2/minilm_l3-h384-labels-only-local.yaml",
         "(a) labels only, no teacher",
-        0.30,
+        0.20,
         2,
     ),
     Row(
@@ -90,7 +92,7 @@ ROWS: tuple[Row, ...] = (
         "sst2",
         "recipes/sst2/minilm_to_l3-h384-random-local.yaml",
         "(b) random init + basic KD",
-        0.40,
+        0.23,
         3,
         seeded=True,
         teacher_row="sst2-teacher",
@@ -100,7 +102,7 @@ ROWS: tuple[Row, ...] = (
         "sst2",
         "recipes/sst2/minilm_to_l3-h384-etd-rand-local.yaml",
         "(c) ETD-Rand + basic KD",
-        0.40,
+        0.20,
         3,
         seeded=True,
         teacher_row="sst2-teacher",
@@ -112,7 +114,7 @@ ROWS: tuple[Row, ...] = (
         "sst2",
         "recipes/sst2/minilm_to_l3-h384-etd-impt-local.yaml",
         "(d) ETD-Impt + basic KD",
-        0.40,
+        0.20,
         5,
         seeded=True,
         teacher_row="sst2-teacher",
@@ -123,7 +125,7 @@ ROWS: tuple[Row, ...] = (
         "sst2",
         "recipes/sst2/minilm_to_l3-h384-etd-impt-general-local.yaml",
         "(e) ETD-Impt + general KD (hidden + attention)",
-        0.50,
+        0.23,
         5,
         seeded=True,
         teacher_row="sst2-teacher",
@@ -134,17 +136,17 @@ ROWS: tuple[Row, ...] = (
         "sst2",
         "recipes/sst2/minilm_to_t4-tiny-etd-impt-general-local.yaml",
         "(f) 4 × 312 TinyBERT shape, ETD-Impt + general KD",
-        0.45,
+        0.27,
         5,
         teacher_row="sst2-teacher",
     ),
-    Row("rte-teacher", "rte", "recipes/rte/minilm-teacher-local.yaml", "teacher: MiniLM-L6-H384 fine-tuned", 1.8, 3),
+    Row("rte-teacher", "rte", "recipes/rte/minilm-teacher-local.yaml", "teacher: MiniLM-L6-H384 fine-tuned", 1.0, 3),
     Row(
         "rte-student",
         "rte",
         "recipes/rte/minilm_to_l3-h384-etd-impt-general-local.yaml",
         "(e) ETD-Impt + general KD",
-        0.9,
+        0.5,
         3,
         teacher_row="rte-teacher",
     ),
@@ -153,7 +155,7 @@ ROWS: tuple[Row, ...] = (
         "rte-augmented",
         "recipes/rte/minilm_to_l3-h384-etd-impt-general-augment-local.yaml",
         "(e) + TinyBERT augmentation",
-        1.0,
+        0.21,
         15,
         teacher_row="rte-teacher",
         compared_with="rte-student",
@@ -163,7 +165,7 @@ ROWS: tuple[Row, ...] = (
         "squad-articles",
         "recipes/squad/minilm-teacher-384-local.yaml",
         "teacher: MiniLM-L6-H384 fine-tuned",
-        4.6,
+        3.2,
         12,
     ),
     Row(

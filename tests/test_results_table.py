@@ -438,6 +438,27 @@ def test_targets_say_met_or_missed():
     )
     assert lines[2] == "SQuAD: the student keeps 85.0% of the teacher's F1 (target ≥ 90%: missed)."
 
+    # With the runs' exact match and F1 (figures() reads them from the records), both models' scores follow.
+    def squad(row: str, exact_match: float, f1: float) -> dict:
+        return {
+            "row": row,
+            "run": row,
+            "seed": 42,
+            "metric": "f1",
+            "value": f1,
+            "metrics": {"exact_match": exact_match, "f1": f1},
+        }
+
+    scored = results_report.figures([squad("squad-teacher", 54.18, 68.278), squad("squad-student", 40.0, 60.0)])
+    found["squad-teacher"], found["squad-student"] = (
+        scored["squad-teacher"],
+        {**scored["squad-student"], "ratio": found["squad-student"]["ratio"]},
+    )
+    assert results_report.targets(found)[2] == (
+        "SQuAD: the student keeps 85.0% of the teacher's F1 (target ≥ 90%: missed) — teacher EM 54.18 / F1 68.28; "
+        "student EM 40.00 / F1 60.00."
+    )
+
 
 # ============================================================================= Markdown between markers
 
