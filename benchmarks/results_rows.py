@@ -173,7 +173,7 @@ ROWS: tuple[Row, ...] = (
         "squad-articles",
         "recipes/squad/minilm_to_l3-h384-etd-impt-local.yaml",
         "ETD-Impt 3 × 384 + basic KD",
-        2.1,
+        1.3,
         12,
         teacher_row="squad-teacher",
     ),
